@@ -1,0 +1,36 @@
+"""Tiny Dancer: a FastGRNN router that decides in microseconds where each AI request should go.
+
+The public API is re-exported here; each concept lives in its own module.
+"""
+
+from .data import BatchIterator, TrainingDataset, balanced_sample_weights
+from .errors import ModelFileError, NotFittedError, TinyDancerError, ValidationError
+from .losses import binary_cross_entropy, generate_teacher_predictions, soft_targets_from_logits, temperature_softmax
+from .model import FastGRNN, FastGRNNConfig, Normalizer, load_normalization_params, save_normalization_params
+from .training import Trainer, TrainingConfig, TrainingDivergedError, TrainingMetrics, evaluate_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchIterator",
+    "FastGRNN",
+    "FastGRNNConfig",
+    "ModelFileError",
+    "Normalizer",
+    "NotFittedError",
+    "TinyDancerError",
+    "Trainer",
+    "TrainingConfig",
+    "TrainingDataset",
+    "TrainingDivergedError",
+    "TrainingMetrics",
+    "ValidationError",
+    "balanced_sample_weights",
+    "binary_cross_entropy",
+    "evaluate_model",
+    "generate_teacher_predictions",
+    "load_normalization_params",
+    "save_normalization_params",
+    "soft_targets_from_logits",
+    "temperature_softmax",
+]

@@ -1,0 +1,63 @@
+"""Checks applied where data enters the package, so NaN or a wrong shape never travels inward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import ValidationError
+
+
+def as_float_array(
+    value: Any,
+    name: str,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    dtype: type = np.float32,
+    allow_empty: bool = False,
+) -> np.ndarray:
+    """Convert ``value`` to a finite float array, with messages that name the culprit.
+
+    Ragged nested lists, non-numeric entries, NaN and Inf, the wrong number of dimensions and
+    empty input each raise :class:`ValidationError`.
+    """
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(_describe_bad_array(value, name, exc)) from None
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if arr.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValidationError(f"{name} must be {want}, got an array of shape {arr.shape}")
+    if arr.size == 0 and not allow_empty:
+        raise ValidationError(f"{name} is empty: provide at least one value")
+    check_finite(arr, name)
+    return arr
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise if ``arr`` holds NaN or ±Inf, naming the first bad position."""
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        where = ", ".join(str(int(i)) for i in bad)
+        raise ValidationError(
+            f"{name} contains a non-finite value ({arr[tuple(bad)]!r} at index [{where}]); "
+            "remove or impute NaN/Inf before routing or training"
+        )
+
+
+def _describe_bad_array(value: Any, name: str, exc: Exception) -> str:
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(row, (list, tuple, np.ndarray)) for row in value
+    ):
+        lengths = [len(row) for row in value]
+        first = lengths[0]
+        for i, n in enumerate(lengths):
+            if n != first:
+                return (
+                    f"{name} is ragged: row 0 has {first} values but row {i} has {n}; "
+                    "every row must have the same number of features"
+                )
+    return f"{name} could not be read as numbers ({exc})"
