@@ -1,0 +1,68 @@
+"""Shared helpers for the benchmarks: timing, environment description, result tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+console = Console(width=140)
+
+
+def time_call(fn: Callable[[], Any], *, min_time: float = 0.2, repeats: int = 7) -> float:
+    """Median seconds per call: calls are batched so each sample lasts ~min_time/repeats."""
+    fn()  # warm-up
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt > min_time / repeats:
+            break
+        n *= 2
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples)
+
+
+def environment() -> str:
+    import numpy as np
+
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} cores, {cpu}"
+    )
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    t = Table(title=title)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*(str(c) for c in row))
+    return t
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f} µs"

@@ -1,0 +1,102 @@
+"""The ``tinydancer`` command line: train, evaluate and predict on CSV, JSONL and NPZ files."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tinydancer import FastGRNN
+from tinydancer.cli import app
+from tinydancer.synthetic import seed_example_data
+
+runner = CliRunner()
+
+
+def _write(fmt: str, path, x: np.ndarray, y: np.ndarray) -> None:
+    if fmt == "csv":
+        lines = ["similarity,recency,popularity,success_rate,complexity,label"]
+        lines += [",".join(f"{v:.6f}" for v in row) + f",{int(t)}" for row, t in zip(x, y)]
+        path.write_text("\n".join(lines) + "\n")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"features": row.tolist(), "label": float(t)}) + "\n" for row, t in zip(x, y)))
+    else:
+        np.savez(path, features=x, labels=y)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "npz"])
+def test_train_evaluate_predict(tmp_path, fmt: str) -> None:
+    x, y = seed_example_data(800, seed=0)
+    data = tmp_path / f"train.{fmt}"
+    _write(fmt, data, x, y)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "15", "--lr", "0.01", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for name in ("model.safetensors", "normalization.json", "metrics.json", "training_curve.png"):
+        assert (out / name).is_file(), name
+    assert len(json.loads((out / "metrics.json").read_text())) <= 15
+
+    xt, yt = seed_example_data(2000, seed=1)
+    test = tmp_path / f"test.{fmt}"
+    _write(fmt, test, xt, yt)
+    result = runner.invoke(app, ["evaluate", "--model", str(out / "model.safetensors"), "--data", str(test), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert scores["n"] == 2000 and scores["accuracy"] > 0.85 and 0 <= scores["brier"] < 0.15
+
+    result = runner.invoke(app, ["predict", "--model", str(out / "model.safetensors"), "--features", "0.9,0.8,0.7,0.9,0.2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) > 0.9  # high similarity, low complexity: lightweight
+    result = runner.invoke(app, ["predict", "--model", str(out / "model.safetensors"), "--data", str(test)])
+    assert len(result.output.strip().splitlines()) == 2000
+    model = FastGRNN.load(out / "model.safetensors")
+    first = float(result.output.splitlines()[0])
+    assert first == pytest.approx(float(model.predict(xt[:1])[0, 0]), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a,b,label\n1,2,0\n1,x,1\n", "not a number"),
+        ("a,b,label\n1,2,0\n1,2\n", "fields"),
+        ("a,b,label\n1,nan,1\n1,2,0\n", "non-finite"),
+        ("a,b,label\n1,2,3\n", r"\[0, 1\]"),
+        ("", "empty"),
+    ],
+)
+def test_train_reports_bad_csv_in_one_line(tmp_path, content: str, message: str) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text(content)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and re.search(message, result.output)
+    assert "Traceback" not in result.output
+
+
+def test_jsonl_ragged_rows_and_unknown_format(tmp_path) -> None:
+    data = tmp_path / "r.jsonl"
+    data.write_text('{"features": [1, 2], "label": 1}\n{"features": [1], "label": 0}\n')
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 1 and "ragged" in result.output
+    other = tmp_path / "d.parquet"
+    other.write_text("x")
+    result = runner.invoke(app, ["train", "--data", str(other), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 1 and "unknown data format" in result.output
+
+
+def test_predict_with_a_corrupt_model_fails_cleanly(tmp_path) -> None:
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"\x00" * 40)
+    result = runner.invoke(app, ["predict", "--model", str(bad), "--features", "1,2,3,4,5"])
+    assert result.exit_code == 1 and "corrupt" in result.output
+
+
+def test_demo_writes_a_reloadable_default_model(tmp_path) -> None:
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy" in result.output
+    model = FastGRNN.load(tmp_path / "default.safetensors")
+    assert model.normalizer is not None and model.config.rank == 8
