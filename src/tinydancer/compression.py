@@ -10,16 +10,18 @@ quantized matrix adds its float32 scale.  EdgeML's 1-byte index is optimistic fo
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .errors import ValidationError
+from .model import RECURRENT_MATRICES, WEIGHT_MATRICES
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .data import TrainingDataset
     from .model import FastGRNN
-
-from .model import RECURRENT_MATRICES, WEIGHT_MATRICES
+    from .training import Trainer, TrainingMetrics
 
 
 def recurrent_names(model: "FastGRNN") -> list[str]:
@@ -128,3 +130,122 @@ def model_size_bytes(model: "FastGRNN") -> int:
     if model.quantized is not None:
         total += 4 * len(model.quantized)
     return total
+
+
+# ---------------------------------------------------------------------- sparse training
+def sparsity_targets(model: "FastGRNN", w_sparsity: float, u_sparsity: float) -> dict[str, float]:
+    """Fraction of entries to remove, per recurrent matrix (W factors get w_, U factors u_)."""
+    _check_sparsity(w_sparsity, "w_sparsity")
+    _check_sparsity(u_sparsity, "u_sparsity")
+    return {n: (w_sparsity if n.startswith("W") else u_sparsity) for n in recurrent_names(model)}
+
+
+@dataclass
+class IterativeHardThresholding:
+    """Stage 2 of the paper: every ``every`` steps keep only the top entries of each matrix.
+
+    A dense *shadow* copy of the weights receives every update (computed at the sparse point);
+    the model always holds ``shadow * mask``, and the mask is recomputed from |shadow| every
+    ``every`` steps.  So the support is re-applied after each step, yet a pruned weight whose
+    shadow grows large can come back — without the shadow, IHT would reduce to one-shot pruning.
+    """
+
+    sparsity: dict[str, float]
+    every: int = 15
+    _shadow: np.ndarray | None = field(default=None, repr=False)
+    _masked: np.ndarray | None = field(default=None, repr=False)
+    _masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    support_changes: int = 0
+
+    def start(self, model: "FastGRNN") -> None:
+        if self.every < 1:
+            raise ValidationError(f"iht_every must be >= 1, got {self.every}")
+        model.masks = None  # the trainer must not freeze a support during this stage
+        self._shadow = model.get_flat()
+        self._threshold(model)
+        self._apply(model)
+
+    def _threshold(self, model: "FastGRNN") -> None:
+        assert self._shadow is not None
+        views = model.unflatten(self._shadow)
+        new = {n: top_k_mask(views[n], kept_count(views[n].size, s)) for n, s in self.sparsity.items()}
+        if self._masks:
+            self.support_changes += sum(int((new[n] != self._masks[n]).sum()) for n in new)
+        self._masks = new
+
+    def _apply(self, model: "FastGRNN") -> None:
+        assert self._shadow is not None
+        model._flat[...] = self._shadow
+        views = model._views
+        for name, mask in self._masks.items():
+            views[name] *= mask
+        self._masked = model.get_flat()
+        model._invalidate()
+
+    def __call__(self, model: "FastGRNN", step: int, epoch: int) -> None:
+        assert self._shadow is not None and self._masked is not None
+        self._shadow -= self._masked - model._flat  # the optimizer's update, moved to the shadow
+        if step % self.every == 0:
+            self._threshold(model)
+        self._apply(model)
+
+    def finish(self, model: "FastGRNN") -> dict[str, np.ndarray]:
+        """Fix the last support on the model (stage 3 fine-tunes on it)."""
+        self._threshold(model)
+        self._apply(model)
+        model.masks = {n: m.copy() for n, m in self._masks.items()}
+        return model.masks
+
+
+def train_sparse(
+    trainer: "Trainer",
+    model: "FastGRNN",
+    dataset: "TrainingDataset",
+    validation: "TrainingDataset | None",
+    on_epoch_end: "Callable[[TrainingMetrics], None] | None",
+) -> "list[TrainingMetrics]":
+    """The paper's three stages over ``trainer.config.epochs`` split in thirds.
+
+    1. dense training of the (low-rank) model;
+    2. iterative hard thresholding to the target sparsities;
+    3. fine-tuning on the fixed support, with early stopping and best-weight restore.
+    Early stopping acts only in stage 3, so the returned model always has the final support.
+    """
+    from .training import Trainer
+
+    cfg = trainer.config
+    if cfg.epochs < 3:
+        raise ValidationError("sparse training needs at least 3 epochs (one per stage)")
+    targets = sparsity_targets(model, cfg.w_sparsity, cfg.u_sparsity)
+    if validation is None and cfg.validation_split > 0:
+        dataset, validation = dataset.split(cfg.validation_split, seed=cfg.seed)
+    e1 = cfg.epochs // 3
+    e2 = cfg.epochs // 3
+    dense_cfg = replace(cfg, w_sparsity=0.0, u_sparsity=0.0)
+    stages = [
+        (replace(dense_cfg, epochs=e1, early_stopping_patience=None), None),
+        (replace(dense_cfg, epochs=e2, early_stopping_patience=None, restore_best_weights=False),
+         IterativeHardThresholding(targets, cfg.iht_every)),
+        (replace(dense_cfg, epochs=cfg.epochs - e1 - e2), None),
+    ]
+    metrics: list[TrainingMetrics] = []
+    for stage_cfg, iht in stages:
+        stage = Trainer(trainer.model_config, stage_cfg)
+        if iht is not None:
+            iht.start(model)
+        stage.train(model, dataset, validation=validation, on_epoch_end=on_epoch_end,
+                    hooks=() if iht is None else (iht,), start_epoch=len(metrics))
+        if iht is not None:
+            iht.finish(model)
+        metrics.extend(stage.metrics)
+        trainer.best_epoch = stage.best_epoch
+        trainer.stopped_early = stage.stopped_early
+    trainer.metrics = metrics
+    model.training_summary["epochs_run"] = len(metrics)
+    model.training_summary["sparse_training"] = {
+        "w_sparsity": cfg.w_sparsity,
+        "u_sparsity": cfg.u_sparsity,
+        "iht_every": cfg.iht_every,
+        "stage_epochs": [e1, e2, cfg.epochs - e1 - e2],
+    }
+    return metrics

@@ -51,6 +51,12 @@ class TrainingConfig:
     seed: int = 0
     #: at the end (or on early stop), put back the weights of the best validation epoch
     restore_best_weights: bool = True
+    #: fraction of W (or W1, W2) / U (or U1, U2) entries removed by the paper's sparse training:
+    #: epochs split in thirds — dense, iterative hard thresholding, fine-tuning on the support
+    w_sparsity: float = 0.0
+    u_sparsity: float = 0.0
+    #: hard-threshold every this many optimizer steps during stage 2 (the paper: ~15 batches)
+    iht_every: int = 15
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -73,6 +79,12 @@ class TrainingConfig:
         need(self.l2_reg >= 0, f"l2_reg must be >= 0, got {self.l2_reg}")
         need(self.distillation_temperature > 0, "distillation_temperature must be > 0")
         need(0.0 <= self.distillation_alpha <= 1.0, "distillation_alpha must be in [0, 1]")
+        need(0.0 <= self.w_sparsity < 1.0 and 0.0 <= self.u_sparsity < 1.0, "w_sparsity and u_sparsity must be in [0, 1)")
+        need(int(self.iht_every) >= 1, f"iht_every must be >= 1, got {self.iht_every}")
+
+    @property
+    def sparse(self) -> bool:
+        return self.w_sparsity > 0 or self.u_sparsity > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,12 +196,15 @@ class Trainer:
         validation: TrainingDataset | None = None,
         on_epoch_end: Callable[[TrainingMetrics], None] | None = None,
         hooks: Sequence[StepHook] = (),
+        start_epoch: int = 0,
     ) -> list[TrainingMetrics]:
         """Train ``model`` in place; return the metrics of every epoch run.
 
         Without an explicit ``validation`` set, ``validation_split`` of ``dataset`` is held out
         (seeded).  Early stopping watches the validation loss; with ``restore_best_weights`` the
-        best epoch's weights are put back at the end.
+        best epoch's weights are put back at the end.  With ``w_sparsity``/``u_sparsity`` set,
+        the paper's three-stage sparse training runs instead (see ``compression.train_sparse``).
+        ``start_epoch`` continues the epoch count and learning-rate schedule of an earlier run.
         """
         cfg = self.config
         if self.model_config is not None and model.config != self.model_config:
@@ -209,6 +224,10 @@ class Trainer:
             train_set, val_set = dataset, validation
         if val_set is not None:
             _check_compatible(model, val_set, "validation data")
+        if cfg.sparse:
+            from .compression import train_sparse
+
+            return train_sparse(self, model, train_set, val_set, on_epoch_end)
 
         # training changes the weights: any int8 copy is stale from here on
         model.quantized = None
@@ -225,7 +244,7 @@ class Trainer:
         waited = 0
         step = 0
         started = time.perf_counter()
-        for epoch in range(cfg.epochs):
+        for epoch in range(start_epoch, start_epoch + cfg.epochs):
             t0 = time.perf_counter()
             lr = cfg.learning_rate * cfg.lr_decay ** (epoch // cfg.lr_decay_step)
             loss_sum = 0.0
@@ -288,7 +307,7 @@ class Trainer:
             model._invalidate()
         if dataset.normalization is not None:
             model.normalizer = dataset.normalization
-        best = self.metrics[self.best_epoch] if self.best_epoch is not None else self.metrics[-1]
+        best = self.metrics[self.best_epoch - start_epoch] if self.best_epoch is not None else self.metrics[-1]
         model.training_summary = {
             "epochs_run": len(self.metrics),
             "best_epoch": best.epoch,
