@@ -98,8 +98,10 @@ def quantize(model: "FastGRNN") -> dict[str, tuple[np.ndarray, float]]:
 def quantize_tensor(values: np.ndarray) -> tuple[np.ndarray, float]:
     """int8 values and the float scale of one tensor."""
     peak = float(np.abs(values).max()) if values.size else 0.0
-    scale = peak / 127.0 if peak > 0 else 1.0
-    q = np.clip(np.rint(values / scale), -127, 127).astype(np.int8)
+    if peak < np.finfo(np.float32).tiny:  # zero or subnormal: the scale would underflow in float32
+        return np.zeros(values.shape, dtype=np.int8), 1.0
+    scale = peak / 127.0
+    q = np.clip(np.rint(np.asarray(values, dtype=np.float64) / scale), -127, 127).astype(np.int8)
     return q, scale
 
 
