@@ -219,3 +219,149 @@ def main() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+# ---------------------------------------------------------------------- query routing
+router_app = typer.Typer(help="Model-tier routing: train, evaluate and use query routers.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
+
+
+def _load_table(path: Path, prices: Optional[Path]) -> Any:
+    from .tables import RoutingTable, load_prices
+
+    return RoutingTable.from_jsonl(path, load_prices(prices) if prices else None)
+
+
+@router_app.command("train")
+@friendly_errors
+def router_train(
+    table: Path = typer.Argument(..., help="Routing table (.jsonl): query, scores per model, costs (or --prices)."),
+    out: Path = typer.Option(..., "--out", help="Folder for router.safetensors."),
+    embedder: str = typer.Option("minilm", help="Embedder for rows without embeddings: minilm, minilm-torch, hashing-DIM."),
+    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: $ per query} for rows without costs."),
+    teacher_logits: Optional[Path] = typer.Option(None, help="Two-model tables: .npy of a teacher's logits, one per row, to distil."),
+    neighbours: int = typer.Option(100, help="Neighbour smoothing of training targets (0 = raw outcomes)."),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train a query router from a routing table (hyperparameters chosen on a validation slice)."""
+    from .embeddings import make_embedder
+    from .query_router import QueryRouter, QueryRouterConfig
+
+    data = _load_table(table, prices)
+    emb = make_embedder(embedder)
+    if data.embeddings is not None:
+        data.meta["embedder_id"] = emb.id if data.embeddings.shape[1] == emb.dim else f"table-{data.embeddings.shape[1]}d"
+    else:
+        data = _embed_with_progress(data, emb, quiet)
+    logits = None
+    if teacher_logits is not None:
+        logits = np.load(teacher_logits)
+    say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]"))
+    router = QueryRouter.fit(data, QueryRouterConfig(neighbours=neighbours, seed=seed), embedder=emb, teacher_logits=logits, progress=say)
+    path = router.save(out)
+    info = router.info
+    console.print(
+        f"trained a {len(router.models)}-model router in {info['seconds']:.1f} s: validation "
+        f"{info['validation_metric'].upper()} {info['validation_score']:.4f} (hidden {info['hidden_dim']}); wrote {path}"
+    )
+
+
+def _embed_with_progress(data: Any, emb: Any, quiet: bool) -> Any:
+    with Progress(TextColumn("[bold]embedding queries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, disable=quiet) as progress:
+        task = progress.add_task("embed", total=len(data))
+        return data.with_embeddings(emb, progress=lambda n: progress.advance(task, n))
+
+
+@router_app.command("eval")
+@friendly_errors
+def router_eval(
+    router_dir: Path = typer.Argument(..., help="Folder written by `router train`."),
+    table: Path = typer.Argument(..., help="Routing table (.jsonl) to evaluate on."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    prices: Optional[Path] = typer.Option(None),
+    plot: Optional[Path] = typer.Option(None, help="Write the cost-quality curve as PNG."),
+) -> None:
+    """AIQ, and for two-model tables APGR and CPT(20/50/80 %), of a router on a table."""
+    from .query_router import QueryRouter
+
+    router = QueryRouter.load(router_dir)
+    data = _load_table(table, prices)
+    if data.embeddings is not None and data.embeddings.shape[1] != router.model.config.input_dim:
+        data.embeddings = None  # embed with the router's own embedder instead
+    if data.embeddings is None:
+        data = _embed_with_progress(data, router.embedder, as_json)
+    result = router.evaluate(data)
+    curve = result.pop("curve")
+    result.pop("default_setting")
+    result.update(_calibration(router, data))
+    if plot is not None:
+        from .plotting import plot_lines
+
+        col = [data.models.index(m) for m in router.models]
+        singles = {m: (float(data.costs[:, c].mean()), float(data.scores[:, c].mean())) for m, c in zip(router.models, col)}
+        plot_lines({"router": (curve["mean_cost"], curve["mean_quality"])}, plot, xlabel="mean cost per query ($)",
+                   ylabel="mean quality", title=f"{router_dir.name} on {table.name}", points=singles)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _print_or_json({k: v for k, v in result.items() if k != "models"}, False, f"router {router_dir.name} on {table.name}")
+
+
+def _calibration(router: Any, data: Any) -> dict[str, float]:
+    """Brier score and ECE of the per-model quality predictions against observed quality."""
+    from .evaluation import brier_score, expected_calibration_error
+
+    col = [data.models.index(m) for m in router.models]
+    pred = router.model.predict(data.embeddings)[:, : len(router.models)]
+    observed = data.scores[:, col]
+    return {"brier": brier_score(pred, observed), "ece": expected_calibration_error(pred, observed)}
+
+
+@router_app.command("route")
+@friendly_errors
+def router_route(
+    router_dir: Path = typer.Argument(..., help="Folder written by `router train`."),
+    query: str = typer.Argument(..., help="The query text."),
+    strong_share: Optional[float] = typer.Option(None, help="Two models: calibrate so this share of typical queries go strong."),
+    cost_weight: Optional[float] = typer.Option(None, help="N models: quality − cost_weight × cost."),
+    quality_bar: Optional[float] = typer.Option(None, help="N models: cheapest model predicted to reach this quality."),
+) -> None:
+    """Route one query and print the decision as JSON."""
+    from .query_router import QueryRouter
+
+    router = QueryRouter.load(router_dir)
+    if strong_share is not None:
+        router.calibrate(strong_share)
+    if cost_weight is not None:
+        router.cost_weight = cost_weight
+    if quality_bar is not None:
+        router.quality_bar = quality_bar
+    typer.echo(json.dumps(router.route(query).to_dict()))
+
+
+@router_app.command("tables")
+@friendly_errors
+def router_tables(
+    out: Path = typer.Option(Path("tables"), help="Folder for the JSONL tables."),
+    data_dir: Optional[Path] = typer.Option(None, help="The shared data folder (default: $TINY_DANCER_DATA or ../shared/data)."),
+    embeddings: bool = typer.Option(False, help="Include MiniLM embeddings in the rows (large files)."),
+) -> None:
+    """Write the benchmark's fixed train/test splits (MMLU, GSM8K, LLMRouter) as routing tables."""
+    from .tables import shared_data_dir, standard_splits
+
+    folder = data_dir or shared_data_dir()
+    if folder is None:
+        raise TinyDancerError("no shared data folder found: pass --data-dir or set TINY_DANCER_DATA")
+    emb = None
+    if embeddings:
+        from .embeddings import make_embedder
+
+        emb = make_embedder("minilm")
+    for name, (train, test) in standard_splits(Path(folder)).items():
+        for split, table in (("train", train), ("test", test)):
+            if emb is not None:
+                table = _embed_with_progress(table, emb, False)
+            path = table.to_jsonl(out / f"{name}_{split}.jsonl", include_embeddings=embeddings)
+            console.print(f"{path}: {len(table)} queries × {len(table.models)} models")

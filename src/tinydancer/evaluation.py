@@ -1,0 +1,187 @@
+"""Routing-quality metrics, computed exactly as the reference code does.
+
+Two models (RouteLLM, ``routellm/evals/evaluate.py`` and ``benchmarks.py``)
+    A router gives each query a score (higher = more likely to need the strong model).  The
+    thresholds are the edges of ``pd.qcut(scores, num_results)`` — the 0, 10, ..., 100 %
+    quantiles with linear interpolation, duplicates kept.  Threshold i sends a query to the strong
+    model when ``score >= t_i``, except the last edge, where it is ``score > t_i`` (so 0 % strong).
+    Each threshold gives (% strong calls, quality in %).  Sorted by % strong:
+    AUC = trapz(quality, strong_pct / 100); APGR = (AUC - weak_auc) / (strong_auc - weak_auc) with
+    weak/strong_auc the same integral of the constant weak/strong quality; CPT(x) =
+    ``np.interp(weak + x (strong - weak), quality, strong_pct)``, in percent of strong calls.
+
+N models (RouterBench's AIQ, as issue 3 defines it)
+    Sweep the router's cost knob to get (mean cost, mean quality) points; take their upper convex
+    hull, made non-decreasing and extended flat to the right; AIQ is its average height over
+    [cheapest single model's mean cost, dearest single model's mean cost], counting zero left of
+    the router's cheapest point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ValidationError
+
+_trapz = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+
+
+# ---------------------------------------------------------------------- two models
+@dataclass(frozen=True)
+class RoutingCurve:
+    """RouteLLM's curve: % strong calls and quality (in %) per threshold, sorted by % strong."""
+
+    thresholds: np.ndarray
+    strong_pct: np.ndarray
+    quality: np.ndarray
+    weak_quality: float
+    strong_quality: float
+
+    @property
+    def auc(self) -> float:
+        return float(_trapz(self.quality, self.strong_pct / 100))
+
+    @property
+    def apgr(self) -> float:
+        x = self.strong_pct / 100
+        weak_auc = float(_trapz(np.full(len(x), self.weak_quality), x))
+        strong_auc = float(_trapz(np.full(len(x), self.strong_quality), x))
+        return (self.auc - weak_auc) / (strong_auc - weak_auc)
+
+    def cpt(self, pgr: float) -> float:
+        """% of strong calls needed to reach a performance gap recovered of ``pgr`` (0..1)."""
+        target = pgr * (self.strong_quality - self.weak_quality) + self.weak_quality
+        return float(np.interp(target, self.quality, self.strong_pct))
+
+
+def routellm_curve(
+    scores: np.ndarray, strong_quality: np.ndarray, weak_quality: np.ndarray, num_results: int = 10
+) -> RoutingCurve:
+    """The curve RouteLLM's ``Benchmark.evaluate`` yields for a router's per-query scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    s = np.asarray(strong_quality, dtype=np.float64)
+    w = np.asarray(weak_quality, dtype=np.float64)
+    if not (scores.shape == s.shape == w.shape) or scores.ndim != 1 or scores.size == 0:
+        raise ValidationError("scores and the two quality arrays must be equal-length, non-empty vectors")
+    if not np.isfinite(scores).all():
+        raise ValidationError("router scores contain NaN or Inf")
+    thresholds = np.quantile(scores, np.linspace(0, 1, num_results + 1))
+    pct, quality = [], []
+    for i, t in enumerate(thresholds):
+        selection = scores >= t if i != len(thresholds) - 1 else scores > t
+        pct.append(selection.mean() * 100)
+        quality.append(np.where(selection, s, w).mean() * 100)
+    order = np.argsort(pct, kind="stable")
+    return RoutingCurve(
+        thresholds=thresholds[order],
+        strong_pct=np.asarray(pct)[order],
+        quality=np.asarray(quality)[order],
+        weak_quality=float(w.mean() * 100),
+        strong_quality=float(s.mean() * 100),
+    )
+
+
+def pgr(quality: float, weak_quality: float, strong_quality: float) -> float:
+    """Performance gap recovered: (q_router - q_weak) / (q_strong - q_weak)."""
+    return (quality - weak_quality) / (strong_quality - weak_quality)
+
+
+def oracle_scores(strong_quality: np.ndarray, weak_quality: np.ndarray) -> np.ndarray:
+    """The oracle's ranking: the strong model's true advantage on each query."""
+    return np.asarray(strong_quality, dtype=np.float64) - np.asarray(weak_quality, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- N models
+def upper_hull(costs: Sequence[float], qualities: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Upper convex hull of the points, then cut at its highest point (non-decreasing part)."""
+    pts = sorted(set(zip(map(float, costs), map(float, qualities))))
+    if not pts:
+        raise ValidationError("no (cost, quality) points")
+    hull: list[tuple[float, float]] = []
+    for p in pts:
+        # keep only right turns (upper hull); equal costs keep the better quality via sort order
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                hull.pop()
+            else:
+                break
+        if hull and hull[-1][0] == p[0]:
+            hull[-1] = p if p[1] > hull[-1][1] else hull[-1]
+            continue
+        hull.append(p)
+    xs = np.array([p[0] for p in hull])
+    ys = np.array([p[1] for p in hull])
+    top = int(np.argmax(ys))
+    return xs[: top + 1], ys[: top + 1]
+
+
+def aiq(costs: Sequence[float], qualities: Sequence[float], cost_min: float, cost_max: float) -> float:
+    """Average quality of the non-decreasing upper hull over [cost_min, cost_max]."""
+    if not cost_max > cost_min:
+        raise ValidationError(f"AIQ needs cost_max > cost_min, got [{cost_min}, {cost_max}]")
+    xs, ys = upper_hull(costs, qualities)
+    lo = max(cost_min, float(xs[0]))  # zero to the left of the router's cheapest point
+    if lo >= cost_max:
+        return 0.0
+    grid = np.unique(np.concatenate([[lo, cost_max], xs[(xs > lo) & (xs < cost_max)]]))
+    heights = np.interp(grid, xs, ys, right=float(ys[-1]))
+    return float(_trapz(heights, grid) / (cost_max - cost_min))
+
+
+def sweep_points(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
+    """(mean cost, mean quality) of routing query i to model ``choices[i]``."""
+    rows = np.arange(len(choices))
+    return float(costs[rows, choices].mean()), float(scores[rows, choices].mean())
+
+
+def oracle_points(scores: np.ndarray, costs: np.ndarray, n_settings: int = 201) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle's frontier: per query, argmax(true quality - λ cost) over a sweep of λ."""
+    lambdas = lambda_grid(scores, costs, n_settings)
+    pts = [sweep_points(np.argmax(scores - lam * costs, axis=1), scores, costs) for lam in lambdas]
+    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+
+def lambda_grid(quality: np.ndarray, costs: np.ndarray, n_settings: int = 201) -> np.ndarray:
+    """Cost weights from ~0 (quality only) to one that makes the cheapest model win everywhere.
+
+    ``costs`` is (N, M) per query or (M,) per model; the grid's top is set by the smallest
+    price step between models, so every switch between two models happens inside the sweep.
+    """
+    spread = float(np.ptp(quality)) if quality.size else 1.0
+    # the largest useful weight makes even the smallest price step outweigh any quality gap
+    levels = np.unique(np.asarray(costs, dtype=np.float64).mean(axis=0) if np.ndim(costs) == 2 else costs)
+    gaps = np.diff(levels)
+    min_gap = float(gaps[gaps > 1e-12].min()) if (gaps > 1e-12).any() else 1.0
+    top = 4.0 * max(spread, 1e-6) / min_gap
+    # geometric spacing resolves the knee; the smallest weight is ~0 (quality only) but still
+    # positive, so among equally good models the cheaper one wins (argmax alone takes the first)
+    return np.concatenate([[top * 1e-9], np.geomspace(top * 1e-4, top, n_settings - 1)])
+
+
+def random_point(scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
+    """Expected (cost, quality) of picking a model uniformly at random per query."""
+    return float(costs.mean()), float(scores.mean())
+
+
+# ---------------------------------------------------------------------- calibration
+def brier_score(probs: np.ndarray, outcomes: np.ndarray) -> float:
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(outcomes, dtype=np.float64)
+    return float(np.mean((p - y) ** 2))
+
+
+def expected_calibration_error(probs: np.ndarray, outcomes: np.ndarray, n_bins: int = 10) -> float:
+    """Equal-width bins on [0, 1]; the count-weighted |observed rate − mean prediction|."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    y = np.asarray(outcomes, dtype=np.float64).ravel()
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            total += sel.sum() * abs(y[sel].mean() - p[sel].mean())
+    return float(total / p.size)

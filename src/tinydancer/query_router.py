@@ -1,0 +1,452 @@
+"""Model-tier routing: send each query to the cheapest model that will answer it well enough.
+
+A :class:`QueryRouter` is one FastGRNN over the query embedding with sigmoid outputs:
+
+* one predicted quality (0..1) per model, and,
+* for two models, one more output: the strong model's *advantage*, trained on
+  ``(1 + q_strong - q_weak) / 2``.  Its conditional mean is monotone in the expected gain of
+  calling the strong model, E[q_strong - q_weak | query], which is exactly the ranking RouteLLM's
+  curve rewards.
+
+Outcome labels are single noisy draws (did this model get this question right?), so by default
+the network is *distilled from its neighbourhood*: each training query's soft target is the mean
+target of its ``neighbours`` nearest training queries (cosine).  The network then generalises a
+smoothed signal instead of memorising coin flips; only the kilobyte network runs at routing time.
+When a transformer teacher's logits are given (two-model tables), they are blended into the
+advantage head's soft target.
+
+Decisions
+    two models:  strong when the advantage score >= ``threshold`` (``calibrate(share)`` sets it
+                 so that ``share`` of typical queries go strong, as RouteLLM does);
+    N models:    the cheapest model whose predicted quality clears ``quality_bar``, or else
+                 ``argmax(predicted quality - cost_weight * cost)``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._validation import as_float_array
+from .data import TrainingDataset
+from .errors import ModelFileError, ValidationError
+from .evaluation import aiq, lambda_grid, routellm_curve, sweep_points
+from .losses import soft_targets_from_logits
+from .model import FastGRNN, FastGRNNConfig
+from .tables import RoutingTable
+from .training import Trainer, TrainingConfig
+
+ROUTER_FORMAT = "tinydancer.query_router"
+ROUTER_FORMAT_VERSION = 1
+ROUTER_FILE = "router.safetensors"
+
+
+@dataclass
+class QueryRouterConfig:
+    """Training settings.  ``hidden_dims`` are tried in turn and the best on validation is kept."""
+
+    hidden_dims: tuple[int, ...] = (16, 32)
+    rank: int | None = None
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 60
+    l2_reg: float = 1e-3
+    patience: int = 8
+    validation_fraction: float = 0.15
+    #: soft targets = mean target of this many nearest training queries (0: raw outcomes)
+    neighbours: int = 100
+    #: share of the loss on each query's own outcome; the rest is on the smoothed/teacher target
+    label_weight: float = 0.0
+    #: share of the advantage head's soft target that comes from teacher logits, when given
+    teacher_weight: float = 0.5
+    teacher_temperature: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.hidden_dims or any(int(h) < 1 for h in self.hidden_dims):
+            raise ValidationError("hidden_dims must list positive sizes")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ValidationError("validation_fraction must be in (0, 0.5)")
+        if self.neighbours < 0:
+            raise ValidationError("neighbours must be >= 0")
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ValidationError("teacher_weight must be in [0, 1]")
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise ValidationError("label_weight must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where one query goes, what we expect, and the alternative."""
+
+    model: str
+    predicted_quality: float
+    cost: float
+    runner_up: str
+    runner_up_quality: float
+    runner_up_cost: float
+    #: two-model routers: the strong model's advantage score the threshold is compared with
+    strong_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def neighbour_targets(x: np.ndarray, y: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """Mean of ``y`` over each row's ``k`` nearest other rows by cosine similarity (blockwise)."""
+    n = x.shape[0]
+    if k <= 0 or n <= 1:
+        return y.astype(np.float32)
+    k = min(k, n - 1)
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    out = np.empty_like(y, dtype=np.float32)
+    for start in range(0, n, block):
+        sims = xn[start : start + block] @ xn.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -np.inf  # a query is not its own neighbour
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out[start : start + block] = y[idx].mean(axis=1)
+    return out
+
+
+class QueryRouter:
+    """Routes a query (text or embedding) to one of ``models``."""
+
+    def __init__(
+        self,
+        model: FastGRNN,
+        models: Sequence[str],
+        costs: Sequence[float],
+        embedder_id: str,
+        *,
+        threshold: float | None = None,
+        cost_weight: float = 0.0,
+        quality_bar: float | None = None,
+        score_quantiles: Sequence[float] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.models = list(models)
+        self.costs = np.asarray(costs, dtype=np.float64)
+        self.embedder_id = embedder_id
+        m = len(self.models)
+        expected = m + 1 if m == 2 else m
+        if model.config.output_dim != expected or model.config.output_activation != "sigmoid":
+            raise ValidationError(f"a router over {m} models needs a sigmoid FastGRNN with {expected} outputs")
+        if self.costs.shape != (m,):
+            raise ValidationError(f"need one cost per model ({m}), got {self.costs.shape}")
+        self.threshold = threshold
+        self.cost_weight = float(cost_weight)
+        self.quality_bar = quality_bar
+        self.score_quantiles = None if score_quantiles is None else np.asarray(score_quantiles, dtype=np.float64)
+        self.info: dict[str, Any] = info or {}
+        self._embedder: Any = None
+        order = np.argsort(self.costs)
+        self.strong = int(order[-1])
+        self.weak = int(order[0])
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def is_pair(self) -> bool:
+        return len(self.models) == 2
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from .embeddings import embedder_for_id
+
+            self._embedder = embedder_for_id(self.embedder_id)
+        return self._embedder
+
+    @embedder.setter
+    def embedder(self, value: Any) -> None:
+        if value.id != self.embedder_id:
+            raise ValidationError(f"this router was trained on {self.embedder_id!r} embeddings, not {value.id!r}")
+        self._embedder = value
+
+    # ------------------------------------------------------------------ scoring
+    def _embeddings(self, queries: Any) -> np.ndarray:
+        if isinstance(queries, str):
+            queries = [queries]
+        if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
+            if any(not q.strip() for q in queries):
+                raise ValidationError("a query is empty; send the text to route")
+            return self.embedder.embed(list(queries))
+        x = as_float_array(queries, "query embedding", ndim=(1, 2))
+        x = x[None, :] if x.ndim == 1 else x
+        if x.shape[1] != self.model.config.input_dim:
+            raise ValidationError(f"embeddings must have {self.model.config.input_dim} values ({self.embedder_id}), got {x.shape[1]}")
+        return x
+
+    def predict(self, queries: Any) -> np.ndarray:
+        """All outputs, (N, M) qualities [+ the advantage column for two models]."""
+        return self.model.predict(self._embeddings(queries))
+
+    def predicted_quality(self, queries: Any) -> np.ndarray:
+        return self.predict(queries)[:, : len(self.models)]
+
+    def strong_scores(self, queries: Any) -> np.ndarray:
+        """Two models: the strong model's advantage score per query (higher = more needed)."""
+        if not self.is_pair:
+            raise ValidationError("strong scores exist for two-model routers only")
+        return self.predict(queries)[:, 2]
+
+    def choose(self, outputs: np.ndarray, *, threshold: float | None = None, cost_weight: float | None = None,
+               quality_bar: float | None = None) -> np.ndarray:
+        """Model index per row of :meth:`predict` outputs, under the given (or stored) knob."""
+        if self.is_pair:
+            t = self.threshold if threshold is None else threshold
+            if t is None:
+                raise ValidationError("no threshold: call calibrate(strong_share) first")
+            return np.where(outputs[:, 2] >= t, self.strong, self.weak)
+        quality = outputs[:, : len(self.models)]
+        bar = self.quality_bar if quality_bar is None else quality_bar
+        if bar is not None:
+            ok = quality >= bar
+            # cheapest model that clears the bar; among equal prices, the better predicted one
+            rank = self.costs[None, :] - 1e-9 * quality
+            cheapest_ok = np.argmin(np.where(ok, rank, np.inf), axis=1)
+            return np.where(ok.any(axis=1), cheapest_ok, np.argmax(quality, axis=1))
+        lam = self.cost_weight if cost_weight is None else cost_weight
+        return np.argmax(quality - lam * self.costs, axis=1)
+
+    def route(self, query: str | Sequence[float] | np.ndarray) -> RouteDecision:
+        """Route one query given as text or as its embedding."""
+        out = self.predict(query if isinstance(query, str) else np.asarray(query))[0]
+        choice = int(self.choose(out[None, :])[0])
+        quality = out[: len(self.models)]
+        others = [i for i in np.argsort(-(quality - self.cost_weight * self.costs)) if i != choice]
+        runner = int(others[0]) if not self.is_pair else 1 - choice
+        return RouteDecision(
+            model=self.models[choice],
+            predicted_quality=float(quality[choice]),
+            cost=float(self.costs[choice]),
+            runner_up=self.models[runner],
+            runner_up_quality=float(quality[runner]),
+            runner_up_cost=float(self.costs[runner]),
+            strong_score=float(out[2]) if self.is_pair else None,
+        )
+
+    def calibrate(self, target_strong_share: float, queries: Any = None) -> float:
+        """Set the threshold so that ``target_strong_share`` of queries go to the strong model.
+
+        With ``queries`` the share is measured on them (RouteLLM's ``calibrate_threshold``);
+        without, on the score distribution of the training queries stored in the router.
+        """
+        if not self.is_pair:
+            raise ValidationError("calibrate() applies to two-model routers; set cost_weight or quality_bar")
+        if not 0.0 <= target_strong_share <= 1.0:
+            raise ValidationError("target_strong_share must be in [0, 1]")
+        if queries is not None:
+            scores = self.strong_scores(queries)
+            self.threshold = float(np.quantile(scores, 1.0 - target_strong_share))
+        elif self.score_quantiles is not None:
+            grid = np.linspace(0.0, 1.0, len(self.score_quantiles))
+            self.threshold = float(np.interp(1.0 - target_strong_share, grid, self.score_quantiles))
+        else:
+            raise ValidationError("no stored score distribution: pass queries to calibrate on")
+        if target_strong_share == 0.0:
+            # scores are float32 and NumPy compares them in float32: step one float32 ulp up
+            self.threshold = float(np.nextafter(np.float32(self.threshold), np.float32(np.inf)))
+        return self.threshold
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, table: RoutingTable, n_settings: int = 201) -> dict[str, Any]:
+        """AIQ (and for two models APGR, CPT20/50/80 in % strong calls) on a table."""
+        if sorted(table.models) != sorted(self.models):
+            raise ValidationError(f"the table scores {table.models}, this router routes {self.models}")
+        col = [table.models.index(m) for m in self.models]
+        scores, costs = table.scores[:, col], table.costs[:, col]
+        x = self._table_embeddings(table)
+        outputs = self.model.predict(x)
+        mean_costs = costs.mean(axis=0)
+        result: dict[str, Any] = {"n_queries": len(table), "models": self.models}
+        if self.is_pair:
+            s, w = scores[:, self.strong], scores[:, self.weak]
+            curve = routellm_curve(outputs[:, 2], s, w)
+            result.update(apgr=curve.apgr, cpt20=curve.cpt(0.2), cpt50=curve.cpt(0.5), cpt80=curve.cpt(0.8))
+            knobs = np.quantile(outputs[:, 2], np.linspace(0, 1, n_settings))
+            points = [sweep_points(self.choose(outputs, threshold=t), scores, costs) for t in knobs]
+            points.append(sweep_points(np.full(len(x), self.weak), scores, costs))
+        else:
+            lambdas = lambda_grid(outputs[:, : len(self.models)], costs, n_settings)
+            points = [sweep_points(self.choose(outputs, cost_weight=lam, quality_bar=None), scores, costs) for lam in lambdas]
+        result["aiq"] = aiq([p[0] for p in points], [p[1] for p in points], float(mean_costs.min()), float(mean_costs.max()))
+        chosen = self.choose(outputs)
+        result["default_setting"] = dict(zip(("mean_cost", "mean_quality"), sweep_points(chosen, scores, costs)))
+        result["curve"] = {"mean_cost": [p[0] for p in points], "mean_quality": [p[1] for p in points]}
+        return result
+
+    def _table_embeddings(self, table: RoutingTable) -> np.ndarray:
+        if table.embeddings is not None:
+            if table.embeddings.shape[1] != self.model.config.input_dim:
+                raise ValidationError(
+                    f"the table's embeddings have {table.embeddings.shape[1]} values; this router needs "
+                    f"{self.model.config.input_dim} ({self.embedder_id}); drop them to embed the queries"
+                )
+            return table.embeddings
+        return self.embedder.embed(table.queries)
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def fit(
+        cls,
+        table: RoutingTable,
+        config: QueryRouterConfig | None = None,
+        *,
+        embedder: Any = None,
+        teacher_logits: np.ndarray | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> "QueryRouter":
+        """Train on a routing table; hyperparameters are chosen on a validation slice of it."""
+        config = config or QueryRouterConfig()
+        say = progress or (lambda _msg: None)
+        if table.embeddings is None:
+            if embedder is None:
+                from .embeddings import make_embedder
+
+                embedder = make_embedder("minilm")
+            say(f"embedding {len(table)} queries with {embedder.id}")
+            table = table.with_embeddings(embedder)
+            embedder_id = embedder.id
+        else:
+            embedder_id = table.meta.get("embedder_id") or (embedder.id if embedder is not None else "unknown")
+        x = table.embeddings
+        assert x is not None
+        n, m = len(table), len(table.models)
+        if n < 20:
+            raise ValidationError(f"{n} queries are too few to train and validate a router; give at least 20")
+        costs = table.mean_costs
+        strong, weak = (int(np.argmax(costs)), int(np.argmin(costs))) if m == 2 else (0, 0)
+        if m == 2 and costs[strong] == costs[weak]:
+            raise ValidationError("both models cost the same: give costs so the strong (dearer) one is known")
+        targets = table.scores.astype(np.float32)
+        if m == 2:
+            adv = (1.0 + targets[:, strong] - targets[:, weak]) / 2.0
+            targets = np.column_stack([targets, adv]).astype(np.float32)
+
+        perm = np.random.default_rng(config.seed).permutation(n)
+        n_val = max(int(round(config.validation_fraction * n)), 5)
+        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        say(f"neighbour-smoothing targets (k={config.neighbours}) over {len(train_idx)} training queries")
+        soft = neighbour_targets(x[train_idx], targets[train_idx], config.neighbours)
+        if teacher_logits is not None:
+            if m != 2:
+                raise ValidationError("teacher logits are supported for two-model tables")
+            t = as_float_array(teacher_logits, "teacher logits", ndim=1)
+            if t.shape[0] != n:
+                raise ValidationError(f"{t.shape[0]} teacher logits for {n} queries")
+            probs = soft_targets_from_logits(t[train_idx], config.teacher_temperature)
+            # put the teacher's probabilities on the advantage target's scale (mean and spread)
+            adv_soft = soft[:, 2]
+            matched = (probs - probs.mean()) / max(float(probs.std()), 1e-6) * adv_soft.std() + adv_soft.mean()
+            soft[:, 2] = np.clip((1 - config.teacher_weight) * adv_soft + config.teacher_weight * matched, 0.0, 1.0)
+
+        train_set = TrainingDataset(x[train_idx], targets[train_idx], soft_targets=soft)
+        val_set = TrainingDataset(x[val_idx], targets[val_idx])
+        train_set.normalize()
+        val_set.apply_normalization(train_set.normalization)  # type: ignore[arg-type]
+
+        best: tuple[float, FastGRNN, int] | None = None
+        tried: list[dict[str, Any]] = []
+        started = time.perf_counter()
+        for hidden in config.hidden_dims:
+            mcfg = FastGRNNConfig(input_dim=x.shape[1], hidden_dim=int(hidden), output_dim=targets.shape[1],
+                                  rank=config.rank, output_activation="sigmoid")
+            tcfg = TrainingConfig(
+                learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
+                early_stopping_patience=config.patience, l2_reg=config.l2_reg, seed=config.seed,
+                enable_distillation=config.neighbours > 0 or teacher_logits is not None,
+                distillation_alpha=1.0 - config.label_weight, distillation_temperature=1.0,
+            )
+            net = FastGRNN(mcfg, seed=config.seed)
+            trainer = Trainer(mcfg, tcfg)
+            trainer.train(net, train_set, validation=val_set)
+            score = cls._validation_score(net.forward(val_set.features), table.scores[val_idx], table.costs[val_idx], strong, weak)
+            tried.append({"hidden_dim": int(hidden), "validation_score": score, "epochs": len(trainer.metrics)})
+            say(f"hidden {hidden}: validation {'APGR' if m == 2 else 'AIQ'} {score:.4f}")
+            if best is None or score > best[0]:
+                best = (score, net, int(hidden))
+        assert best is not None
+        score, net, hidden = best
+        val_out = net.forward(val_set.features)
+        info = {
+            "trained_at": time.time(),
+            "train_queries": len(train_idx),
+            "validation_queries": len(val_idx),
+            "validation_metric": "apgr" if m == 2 else "aiq",
+            "validation_score": score,
+            "search": tried,
+            "hidden_dim": hidden,
+            "seconds": round(time.perf_counter() - started, 2),
+            "teacher": teacher_logits is not None,
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        }
+        router = cls(net, table.models, costs, embedder_id, info=info)
+        if m == 2:
+            router.score_quantiles = np.quantile(val_out[:, 2], np.linspace(0, 1, 101))
+            router.calibrate(0.5)
+        else:
+            router.cost_weight = router._default_cost_weight(val_out, table.scores[val_idx], table.costs[val_idx])
+        if embedder is not None and embedder.id == embedder_id:
+            router._embedder = embedder
+        return router
+
+    @staticmethod
+    def _validation_score(outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int, weak: int) -> float:
+        m = scores.shape[1]
+        if m == 2:
+            return routellm_curve(outputs[:, 2], scores[:, strong], scores[:, weak]).apgr
+        mean_costs = costs.mean(axis=0)
+        pts = [sweep_points(np.argmax(outputs[:, :m] - lam * costs, axis=1), scores, costs) for lam in lambda_grid(outputs[:, :m], costs)]
+        return aiq([p[0] for p in pts], [p[1] for p in pts], float(mean_costs.min()), float(mean_costs.max()))
+
+    def _default_cost_weight(self, outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
+        """The cheapest knob setting that matches the best single model's validation quality."""
+        best_single = float(scores.mean(axis=0).max())
+        good = [lam for lam in lambda_grid(outputs[:, : len(self.models)], costs)
+                if sweep_points(self.choose(outputs, cost_weight=lam), scores, costs)[1] >= best_single]
+        return float(max(good)) if good else 0.0
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/router.safetensors``: the network plus models, costs, embedder, knobs."""
+        folder = Path(folder)
+        net = self.model.copy()
+        net.extra_metadata["query_router"] = json.dumps({
+            "format": ROUTER_FORMAT,
+            "format_version": ROUTER_FORMAT_VERSION,
+            "models": self.models,
+            "costs": self.costs.tolist(),
+            "embedder_id": self.embedder_id,
+            "threshold": self.threshold,
+            "cost_weight": self.cost_weight,
+            "quality_bar": self.quality_bar,
+            "score_quantiles": None if self.score_quantiles is None else self.score_quantiles.tolist(),
+            "info": self.info,
+        })
+        return net.save(folder / ROUTER_FILE)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "QueryRouter":
+        """Load from a folder written by :meth:`save` (or the ``router.safetensors`` in it)."""
+        path = Path(path)
+        file = path / ROUTER_FILE if path.is_dir() else path
+        net = FastGRNN.load(file)
+        raw = net.extra_metadata.get("query_router")
+        if raw is None:
+            raise ModelFileError(f"{file} is a FastGRNN model but not a query router (no routing metadata)")
+        try:
+            meta = json.loads(raw)
+            if meta.get("format") != ROUTER_FORMAT or meta.get("format_version") != ROUTER_FORMAT_VERSION:
+                raise ModelFileError(f"{file}: unsupported router format {meta.get('format')!r} v{meta.get('format_version')!r}")
+            return cls(net, meta["models"], meta["costs"], meta["embedder_id"], threshold=meta["threshold"],
+                       cost_weight=meta["cost_weight"], quality_bar=meta["quality_bar"],
+                       score_quantiles=meta["score_quantiles"], info=meta.get("info"))
+        except (KeyError, TypeError, json.JSONDecodeError, ValidationError) as exc:
+            raise ModelFileError(f"{file} has unreadable router metadata ({exc})") from None

@@ -1,0 +1,291 @@
+"""Routing tables: per-query quality of each model, and what each call costs.
+
+The JSONL format, one row per query::
+
+    {"query": "What is ...?", "embedding": [0.01, ...],          # embedding optional
+     "scores": {"gpt-4": 1.0, "mixtral": 0.0},                   # quality 0..1 per model
+     "costs": {"gpt-4": 24.7, "mixtral": 0.24}}                  # $ per query, optional
+
+with an optional price table ``{model: $ per query}`` for rows without ``costs``.  Every row must
+score the same models.  Loaders turn the public outcome data in ``../shared/data`` into tables:
+RouteLLM's MMLU and GSM8K (two models, correctness; contaminated prompts dropped as RouteLLM
+does) and LLMRouter's 9-model data (scores 0..1, each model's input price as its cost per query).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._io import atomic_write_text
+from ._validation import check_finite
+from .errors import ValidationError
+
+#: RouteLLM's prices ($ per million tokens, from the RouteLLM paper), used as cost per query
+ROUTELLM_PRICES = {"gpt-4-1106-preview": 24.7, "mistralai/Mixtral-8x7B-Instruct-v0.1": 0.24}
+ROUTELLM_STRONG = "gpt-4-1106-preview"
+ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+
+@dataclass
+class RoutingTable:
+    """Queries × models: quality scores and per-query costs, optionally embeddings."""
+
+    queries: list[str]
+    models: list[str]
+    scores: np.ndarray  # (N, M) in [0, 1]
+    costs: np.ndarray  # (N, M) >= 0
+    embeddings: np.ndarray | None = None  # (N, D)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, m = len(self.queries), len(self.models)
+        if n == 0:
+            raise ValidationError("a routing table needs at least one query")
+        if m < 2:
+            raise ValidationError("a routing table needs at least two models to route between")
+        if len(set(self.models)) != m:
+            raise ValidationError("model names must be distinct")
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+        self.costs = np.asarray(self.costs, dtype=np.float64)
+        if self.scores.shape != (n, m) or self.costs.shape != (n, m):
+            raise ValidationError(f"scores and costs must be ({n}, {m}); got {self.scores.shape} and {self.costs.shape}")
+        check_finite(self.scores, "scores")
+        check_finite(self.costs, "costs")
+        if self.scores.min() < 0 or self.scores.max() > 1:
+            raise ValidationError("scores must lie in [0, 1]")
+        if self.costs.min() < 0:
+            raise ValidationError("costs must be non-negative")
+        if self.embeddings is not None:
+            self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+            if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:
+                raise ValidationError(f"embeddings must be ({n}, dim), got {self.embeddings.shape}")
+            check_finite(self.embeddings, "embeddings")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "RoutingTable":
+        idx = np.asarray(index)
+        return RoutingTable(
+            [self.queries[i] for i in idx],
+            list(self.models),
+            self.scores[idx],
+            self.costs[idx],
+            None if self.embeddings is None else self.embeddings[idx],
+            dict(self.meta),
+        )
+
+    @property
+    def mean_costs(self) -> np.ndarray:
+        # rounded to 12 significant digits: summing thousands of equal prices leaves 1e-14 noise
+        mean = self.costs.mean(axis=0)
+        return np.array([float(f"{c:.12g}") for c in mean])
+
+    def strong_weak(self) -> tuple[int, int]:
+        """Indices of (strong, weak) for a two-model table: strong = higher mean cost."""
+        if len(self.models) != 2:
+            raise ValidationError(f"strong/weak needs exactly two models, this table has {len(self.models)}")
+        c = self.mean_costs
+        if c[0] == c[1]:
+            raise ValidationError("both models cost the same on average: give costs so the strong (dearer) one is known")
+        strong = int(np.argmax(c))
+        return strong, 1 - strong
+
+    def with_embeddings(self, embedder: Any, progress: Any = None) -> "RoutingTable":
+        """A copy whose embeddings come from ``embedder`` (keeps existing ones if the dim matches)."""
+        vecs = embedder.embed(self.queries, progress=progress)
+        out = self.subset(np.arange(len(self)))
+        out.embeddings = vecs
+        out.meta["embedder_id"] = embedder.id
+        return out
+
+    # ------------------------------------------------------------------ JSONL
+    def to_jsonl(self, path: str | Path, include_embeddings: bool = True) -> Path:
+        lines = []
+        for i, q in enumerate(self.queries):
+            row: dict[str, Any] = {"query": q}
+            if include_embeddings and self.embeddings is not None:
+                row["embedding"] = [round(float(v), 7) for v in self.embeddings[i]]
+            row["scores"] = {m: float(s) for m, s in zip(self.models, self.scores[i])}
+            row["costs"] = {m: float(c) for m, c in zip(self.models, self.costs[i])}
+            lines.append(json.dumps(row, ensure_ascii=False))
+        return atomic_write_text(path, "\n".join(lines) + "\n")
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, prices: dict[str, float] | None = None) -> "RoutingTable":
+        path = Path(path)
+        if not path.is_file():
+            raise ValidationError(f"no routing table at {path}")
+        queries: list[str] = []
+        score_rows: list[list[float]] = []
+        cost_rows: list[list[float]] = []
+        emb_rows: list[Any] = []
+        models: list[str] | None = None
+        with path.open(encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{line_no}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValidationError(f"{where}: invalid JSON ({exc.msg})") from None
+                if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(row.get("scores"), dict):
+                    raise ValidationError(f"{where}: each row needs a 'query' string and a 'scores' object")
+                if models is None:
+                    models = list(row["scores"])
+                if set(row["scores"]) != set(models):
+                    raise ValidationError(f"{where}: scores name {sorted(row['scores'])}, earlier rows {sorted(models)}")
+                queries.append(row["query"])
+                score_rows.append([_number(row["scores"][m], where) for m in models])
+                costs = row.get("costs")
+                if costs is not None:
+                    if set(costs) != set(models):
+                        raise ValidationError(f"{where}: costs must name the same models as scores")
+                    cost_rows.append([_number(costs[m], where) for m in models])
+                elif prices is not None:
+                    missing = [m for m in models if m not in prices]
+                    if missing:
+                        raise ValidationError(f"the price table has no price for {missing}")
+                    cost_rows.append([float(prices[m]) for m in models])
+                else:
+                    raise ValidationError(f"{where}: no 'costs' and no price table; give per-row costs or --prices FILE")
+                if "embedding" in row:
+                    emb_rows.append(row["embedding"])
+        if models is None:
+            raise ValidationError(f"{path} has no rows")
+        if emb_rows and len(emb_rows) != len(queries):
+            raise ValidationError(f"{path}: 'embedding' is on {len(emb_rows)} of {len(queries)} rows; give it on all or none")
+        embeddings = None
+        if emb_rows:
+            lengths = {len(e) for e in emb_rows}
+            if len(lengths) != 1:
+                raise ValidationError(f"{path}: embeddings have different lengths {sorted(lengths)}")
+            embeddings = np.asarray(emb_rows, dtype=np.float32)
+        return cls(queries, models, np.asarray(score_rows), np.asarray(cost_rows), embeddings)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, (int, float)):
+        raise ValidationError(f"{where}: {value!r} is not a number")
+    return float(value)
+
+
+def load_prices(path: str | Path) -> dict[str, float]:
+    """A price table ``{model: $ per query}`` (or LLMRouter's ``{model: {"input_price": ...}}``)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValidationError(f"{path} must hold a JSON object of model → price")
+    return {m: float(v["input_price"] if isinstance(v, dict) else v) for m, v in data.items()}
+
+
+# ---------------------------------------------------------------------- public data
+def shared_data_dir() -> Path | None:
+    """``$TINY_DANCER_DATA`` or ``../shared/data`` next to the repository, if it exists."""
+    env = os.environ.get("TINY_DANCER_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data")
+    candidates.append(Path.cwd().parent / "shared" / "data")
+    for c in candidates:
+        if (c / "routellm").is_dir() or (c / "llmrouter").is_dir():
+            return c
+    return None
+
+
+def _contaminated(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["eval_prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def _read_routellm_csv(path: Path) -> tuple[list[str], list[list[float]]]:
+    csv.field_size_limit(1 << 30)
+    prompts, scores = [], []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            prompts.append(row["prompt"])
+            scores.append([row[ROUTELLM_STRONG] == "True", row[ROUTELLM_WEAK] == "True"])
+    return prompts, scores
+
+
+def _routellm_table(prompts: list[str], scores: list[list[float]], contaminated: set[str], name: str) -> RoutingTable:
+    models = [ROUTELLM_STRONG, ROUTELLM_WEAK]
+    costs = np.tile([ROUTELLM_PRICES[m] for m in models], (len(prompts), 1))
+    table = RoutingTable(prompts, models, np.asarray(scores, dtype=np.float32), costs)
+    table.meta.update(source=name, contaminated=np.array([p in contaminated for p in prompts]))
+    return table
+
+
+def load_routellm_mmlu(data_dir: Path) -> RoutingTable:
+    """All 14,042 MMLU rows, files in sorted name order, with a ``contaminated`` mask in meta."""
+    folder = data_dir / "routellm" / "mmlu"
+    files = sorted((folder / "responses").glob("mmlu_*.csv"))
+    if not files:
+        raise ValidationError(f"no MMLU response files under {folder}")
+    prompts: list[str] = []
+    scores: list[list[float]] = []
+    for f in files:
+        p, s = _read_routellm_csv(f)
+        prompts += p
+        scores += s
+    return _routellm_table(prompts, scores, _contaminated(folder / "contaminated_prompts.jsonl"), "routellm/mmlu")
+
+
+def load_routellm_gsm8k(data_dir: Path) -> RoutingTable:
+    folder = data_dir / "routellm" / "gsm8k"
+    prompts, scores = _read_routellm_csv(folder / "gsm8k_responses.csv")
+    return _routellm_table(prompts, scores, _contaminated(folder / "contaminated_prompts.jsonl"), "routellm/gsm8k")
+
+
+def split_routellm(table: RoutingTable, train_fraction: float = 0.8, seed: int = 0) -> tuple[RoutingTable, RoutingTable]:
+    """The fixed split: ``default_rng(seed).permutation(n)``, the first 80 % train (in permutation
+    order), the rest test; contaminated prompts dropped from both afterwards."""
+    n = len(table)
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = int(train_fraction * n)
+    bad = table.meta.get("contaminated", np.zeros(n, dtype=bool))
+    train_idx = [i for i in perm[:cut] if not bad[i]]
+    test_idx = [i for i in perm[cut:] if not bad[i]]
+    train, test = table.subset(train_idx), table.subset(test_idx)
+    for part, idx in ((train, train_idx), (test, test_idx)):
+        part.meta.pop("contaminated", None)
+        part.meta["source_rows"] = np.asarray(idx)
+    return train, test
+
+
+def load_llmrouter(data_dir: Path, split: str) -> RoutingTable:
+    """LLMRouter's ``dcrouter_{split}.json`` with each model's input price as its cost per query."""
+    folder = data_dir / "llmrouter"
+    rows = json.loads((folder / f"dcrouter_{split}.json").read_text(encoding="utf-8"))
+    prices = load_prices(folder / "llm_prices.json")
+    models = sorted(rows[0]["scores"])
+    missing = [m for m in models if m not in prices]
+    if missing:
+        raise ValidationError(f"llm_prices.json lacks {missing}")
+    table = RoutingTable(
+        [r["question"] for r in rows],
+        models,
+        np.asarray([[r["scores"][m] for m in models] for r in rows], dtype=np.float32),
+        np.tile([prices[m] for m in models], (len(rows), 1)),
+    )
+    table.meta.update(source=f"llmrouter/{split}", cluster_id=np.asarray([r.get("cluster_id", -1) for r in rows]))
+    return table
+
+
+def standard_splits(data_dir: Path) -> dict[str, tuple[RoutingTable, RoutingTable]]:
+    """The benchmark's fixed (train, test) tables: mmlu, gsm8k and llmrouter."""
+    return {
+        "mmlu": split_routellm(load_routellm_mmlu(data_dir)),
+        "gsm8k": split_routellm(load_routellm_gsm8k(data_dir)),
+        "llmrouter": (load_llmrouter(data_dir, "train"), load_llmrouter(data_dir, "test")),
+    }
