@@ -39,6 +39,12 @@ def test_save_load_gives_bit_identical_outputs(trained: FastGRNN, tmp_path) -> N
     np.testing.assert_array_equal(loaded.predict(raw), trained.predict(raw))
 
 
+def test_predict_on_raw_features_equals_forward_on_normalized(trained: FastGRNN) -> None:
+    raw = np.random.default_rng(2).random((32, 5)) * 3 - 1
+    np.testing.assert_allclose(trained.predict(raw), trained.forward(trained.normalizer.apply(raw)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trained.predict(raw[0]), trained.predict(raw)[0], rtol=1e-6)
+
+
 def test_save_is_atomic_and_leaves_no_temp_files(trained: FastGRNN, tmp_path) -> None:
     path = tmp_path / "model.safetensors"
     trained.save(path)

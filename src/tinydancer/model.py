@@ -259,6 +259,7 @@ class FastGRNN:
         #: string metadata owned by higher layers (query router, registry), kept in the file
         self.extra_metadata: dict[str, str] = {}
         self._compiled: _Compiled | None = None
+        self._compiled_raw: _Compiled | None = None
         self._weight_mask: np.ndarray | None = None
         self._init_params(seed)
 
@@ -341,6 +342,7 @@ class FastGRNN:
 
     def _invalidate(self) -> None:
         self._compiled = None
+        self._compiled_raw = None
 
     def copy(self) -> "FastGRNN":
         other = self.astype(self._dtype)
@@ -366,27 +368,47 @@ class FastGRNN:
         u = p["U"] if "U" in p else p["U1"] @ p["U2"]
         return w, u
 
-    def _compile(self) -> _Compiled:
-        if self._compiled is None:
-            # a quantized model holds its dequantized values (q * scale) in the float views,
-            # so inference needs no separate path: dequantization happens once, at load
-            p = self._views
-            w, u = self.effective_weights()
-            zeta_s = float(_sigmoid(p["zeta"][0]))
-            nu_s = float(_sigmoid(p["nu"][0]))
-            fc = p["fc_w"]
-            self._compiled = _Compiled(
-                a_w=np.ascontiguousarray(np.concatenate([0.5 * w, w]).T),
-                a_u=np.ascontiguousarray(np.concatenate([0.5 * u, u]).T),
-                a_b=np.concatenate([0.5 * p["b_z"], p["b_h"]]).astype(self._dtype),
-                alpha=0.5 * zeta_s + nu_s,
-                beta=0.5 * zeta_s,
-                fc_t=np.ascontiguousarray(fc.T),
-                fc_b=p["fc_b"].copy(),
-                fc_half_t=np.ascontiguousarray(0.5 * fc.T),
-                fc_half_b=0.5 * p["fc_b"],
-            )
-        return self._compiled
+    def _compile(self, raw: bool = False) -> _Compiled:
+        """Inference constants; with ``raw`` the stored z-score is folded into the first layer.
+
+        ((x - mu) / sigma) W^T = x (W / sigma)^T - (mu / sigma) W^T, so predicting from raw
+        features costs exactly what predicting from normalized ones does.
+        """
+        if raw and self.normalizer is None:
+            raw = False
+        cached = self._compiled_raw if raw else self._compiled
+        if cached is not None:
+            return cached
+        # a quantized model holds its dequantized values (q * scale) in the float views,
+        # so inference needs no separate path: dequantization happens once, at load
+        p = self._views
+        w, u = self.effective_weights()
+        zeta_s = float(_sigmoid(p["zeta"][0]))
+        nu_s = float(_sigmoid(p["nu"][0]))
+        fc = p["fc_w"]
+        a_w = np.concatenate([0.5 * w, w]).T  # (D, 2H)
+        a_b = np.concatenate([0.5 * p["b_z"], p["b_h"]]).astype(np.float64)
+        if raw:
+            assert self.normalizer is not None
+            inv = 1.0 / self.normalizer.stds
+            a_b = a_b - (self.normalizer.means * inv) @ a_w
+            a_w = a_w * inv[:, None]
+        compiled = _Compiled(
+            a_w=np.ascontiguousarray(a_w, dtype=self._dtype),
+            a_u=np.ascontiguousarray(np.concatenate([0.5 * u, u]).T),
+            a_b=a_b.astype(self._dtype),
+            alpha=0.5 * zeta_s + nu_s,
+            beta=0.5 * zeta_s,
+            fc_t=np.ascontiguousarray(fc.T),
+            fc_b=p["fc_b"].copy(),
+            fc_half_t=np.ascontiguousarray(0.5 * fc.T),
+            fc_half_b=0.5 * p["fc_b"],
+        )
+        if raw:
+            self._compiled_raw = compiled
+        else:
+            self._compiled = compiled
+        return compiled
 
     # ------------------------------------------------------------------ inference
     def _as_input(self, x: Any) -> tuple[np.ndarray, bool]:
@@ -416,7 +438,7 @@ class FastGRNN:
     def hidden_state(self, x: Any, initial_hidden: Any = None) -> np.ndarray:
         """Final hidden state h_T for each input row, shape (B, H)."""
         arr, _ = self._as_input(x)
-        return self._hidden(arr, self._as_hidden(initial_hidden, arr.shape[0]))
+        return self._hidden(arr, self._as_hidden(initial_hidden, arr.shape[0]), self._compile())
 
     def _as_hidden(self, initial_hidden: Any, batch: int) -> np.ndarray | None:
         if initial_hidden is None:
@@ -428,8 +450,7 @@ class FastGRNN:
             raise ValidationError(f"initial_hidden has {h.shape[0]} rows for a batch of {batch}")
         return np.broadcast_to(h.reshape(-1, self.config.hidden_dim), (batch, self.config.hidden_dim))
 
-    def _hidden(self, arr: np.ndarray, h: np.ndarray | None) -> np.ndarray:
-        c = self._compile()
+    def _hidden(self, arr: np.ndarray, h: np.ndarray | None, c: _Compiled) -> np.ndarray:
         hd = self.config.hidden_dim
         if arr.ndim == 2:
             steps = (arr,)
@@ -454,42 +475,40 @@ class FastGRNN:
     def logits(self, x: Any, initial_hidden: Any = None) -> np.ndarray:
         """Pre-activation outputs, shape (O,) for one vector or (B, O)."""
         arr, single = self._as_input(x)
-        h = self._hidden(arr, self._as_hidden(initial_hidden, arr.shape[0]))
-        c = self._compiled
-        assert c is not None
-        out = h @ c.fc_t
+        c = self._compile()
+        out = self._hidden(arr, self._as_hidden(initial_hidden, arr.shape[0]), c) @ c.fc_t
         out += c.fc_b
         return out[0] if single else out
 
     def forward(self, x: Any, initial_hidden: Any = None) -> np.ndarray:
-        """Output probabilities, shape (O,) for one vector or (B, O) for a batch."""
+        """Output probabilities for *normalized* input: (O,) for one vector or (B, O)."""
         arr, single = self._as_input(x)
-        h = self._hidden(arr, self._as_hidden(initial_hidden, arr.shape[0]))
-        c = self._compiled
-        assert c is not None
+        out = self._probabilities(arr, self._as_hidden(initial_hidden, arr.shape[0]), self._compile())
+        return out[0] if single else out
+
+    def predict(self, raw_features: Any) -> np.ndarray:
+        """Probabilities for *raw* features: the stored normalization is applied (folded in)."""
+        arr, single = self._as_input(raw_features)
+        out = self._probabilities(arr, None, self._compile(raw=True))
+        return out[0] if single else out
+
+    def _probabilities(self, arr: np.ndarray, h0: np.ndarray | None, c: _Compiled) -> np.ndarray:
+        h = self._hidden(arr, h0, c)
         if self.config.output_activation == "sigmoid":
             out = h @ c.fc_half_t
             out += c.fc_half_b
-            np.tanh(out, out=out)
+            np.tanh(out, out=out)  # sigmoid(x) = (1 + tanh(x / 2)) / 2, never overflows
             out *= 0.5
             out += 0.5
-        else:
-            out = h @ c.fc_t
-            out += c.fc_b
-            out = _softmax(out)
-        return out[0] if single else out
+            return out
+        out = h @ c.fc_t
+        out += c.fc_b
+        return _softmax(out)
 
     def forward_batch(self, xs: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-        """Probabilities for a batch of feature vectors, shape (B, O)."""
+        """Probabilities for a batch of (normalized) feature vectors, shape (B, O)."""
         arr = as_float_array(xs, "batch", ndim=(2, 3), dtype=self._dtype)
         return self.forward(arr)
-
-    def predict(self, raw_features: Any) -> np.ndarray:
-        """Apply the stored normalization, then :meth:`forward`."""
-        if self.normalizer is None:
-            return self.forward(raw_features)
-        arr = as_float_array(raw_features, "features", dtype=np.float64)
-        return self.forward(self.normalizer.apply(arr).astype(self._dtype))
 
     # ------------------------------------------------------------------ training math
     def forward_train(self, x: np.ndarray) -> tuple[np.ndarray, ForwardCache]:

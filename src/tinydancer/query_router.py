@@ -149,6 +149,7 @@ class QueryRouter:
         order = np.argsort(self.costs)
         self.strong = int(order[-1])
         self.weak = int(order[0])
+        self._cost_list = [float(c) for c in self.costs]
 
     # ------------------------------------------------------------------ structure
     @property
@@ -216,20 +217,41 @@ class QueryRouter:
         return np.argmax(quality - lam * self.costs, axis=1)
 
     def route(self, query: str | Sequence[float] | np.ndarray) -> RouteDecision:
-        """Route one query given as text or as its embedding."""
-        out = self.predict(query if isinstance(query, str) else np.asarray(query))[0]
-        choice = int(self.choose(out[None, :])[0])
-        quality = out[: len(self.models)]
-        others = [i for i in np.argsort(-(quality - self.cost_weight * self.costs)) if i != choice]
-        runner = int(others[0]) if not self.is_pair else 1 - choice
+        """Route one query given as text or as its embedding (the hot path: one compiled pass)."""
+        if isinstance(query, str):
+            out = self.predict(query)[0]
+        else:
+            out = self.model.predict(query if isinstance(query, np.ndarray) else np.asarray(query, dtype=np.float32))
+            if out.ndim != 1:
+                raise ValidationError("route() takes one query; use predict() and choose() for batches")
+        # one query, a handful of models: plain Python floats beat NumPy scalars here
+        values = out.tolist()
+        m = len(self.models)
+        quality = values[:m]
+        costs = self._cost_list
+        if self.is_pair:
+            if self.threshold is None:
+                raise ValidationError("no threshold: call calibrate(strong_share) first")
+            choice = self.strong if values[2] >= self.threshold else self.weak
+            runner = 1 - choice
+            utility = quality
+        else:
+            lam = self.cost_weight
+            utility = [q - lam * c for q, c in zip(quality, costs)]
+            bar = self.quality_bar
+            if bar is not None and max(quality) >= bar:
+                choice = min((i for i in range(m) if quality[i] >= bar), key=lambda i: (costs[i], -quality[i]))
+            else:
+                choice = max(range(m), key=utility.__getitem__)
+            runner = max((i for i in range(m) if i != choice), key=utility.__getitem__)
         return RouteDecision(
             model=self.models[choice],
-            predicted_quality=float(quality[choice]),
-            cost=float(self.costs[choice]),
+            predicted_quality=quality[choice],
+            cost=costs[choice],
             runner_up=self.models[runner],
-            runner_up_quality=float(quality[runner]),
-            runner_up_cost=float(self.costs[runner]),
-            strong_score=float(out[2]) if self.is_pair else None,
+            runner_up_quality=quality[runner],
+            runner_up_cost=costs[runner],
+            strong_score=values[2] if self.is_pair else None,
         )
 
     def calibrate(self, target_strong_share: float, queries: Any = None) -> float:

@@ -1,0 +1,252 @@
+"""Routing quality on real outcome data, side by side with the alternatives, in one command.
+
+Fixed, seeded splits (``tinydancer.tables.standard_splits``): MMLU and GSM8K — all rows in file
+order (files sorted by name), ``numpy.random.default_rng(0).permutation``, first 80 % train, the
+rest test, contaminated prompts dropped; LLMRouter — its own train/test, each model's input price
+as cost per query.  Every router sees the same MiniLM embeddings (cached on disk after the first
+run) and is scored on the test split only; ours picks its hyperparameters on a validation slice of
+the training split.
+
+Rows: tinydancer's FastGRNN router (and ablations), random, always-weak, always-strong, oracle,
+kNN(50), logistic regression (two models) / ridge (N models) from scikit-learn, and the Rust
+crate's own ``trainRouter``/``score`` (npm @ruvector/tiny-dancer 0.1.22, through Node).
+
+    .venv/bin/python benchmarks/quality.py                  # all three datasets, ~10 min the first time
+    .venv/bin/python benchmarks/quality.py --only mmlu      # one dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import console, environment, table, time_call
+
+from tinydancer.embeddings import MiniLMEmbedder, make_embedder
+from tinydancer.evaluation import aiq, lambda_grid, oracle_points, oracle_scores, random_point, routellm_curve, sweep_points
+from tinydancer.plotting import plot_lines
+from tinydancer.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.tables import RoutingTable, shared_data_dir, standard_splits
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+#: the fine-tuned MiniLM teacher's test numbers, as measured by the data's authors (SOURCES.md);
+#: its test logits are not shipped, so it is reported, not run
+TEACHER_REPORTED = {"apgr": 0.710, "cpt50": 24.4, "cpt80": 47.9}
+
+
+class Row:
+    def __init__(self, name: str, **values: object) -> None:
+        self.name = name
+        self.values = values
+
+
+def pair_metrics(scores: np.ndarray, test: RoutingTable) -> dict[str, float]:
+    """APGR / CPT from per-query 'strong needed' scores, plus AIQ from the threshold sweep."""
+    s_i, w_i = test.strong_weak()
+    s, w = test.scores[:, s_i], test.scores[:, w_i]
+    curve = routellm_curve(scores, s, w)
+    knobs = np.quantile(scores, np.linspace(0, 1, 201))
+    pts = [sweep_points(np.where(scores >= t, s_i, w_i), test.scores, test.costs) for t in knobs]
+    pts.append(sweep_points(np.full(len(test), w_i), test.scores, test.costs))
+    c = test.mean_costs
+    return {
+        "apgr": curve.apgr, "cpt50": curve.cpt(0.5), "cpt80": curve.cpt(0.8),
+        "aiq": aiq([p[0] for p in pts], [p[1] for p in pts], float(c.min()), float(c.max())),
+        "_curve": ([p[0] for p in pts], [p[1] for p in pts]),
+    }
+
+
+def multi_metrics(pred: np.ndarray, test: RoutingTable) -> dict[str, float]:
+    """AIQ from sweeping argmax(predicted quality - lambda * cost)."""
+    pts = [sweep_points(np.argmax(pred - lam * test.costs, axis=1), test.scores, test.costs)
+           for lam in lambda_grid(pred, test.costs, 201)]
+    c = test.mean_costs
+    return {"aiq": aiq([p[0] for p in pts], [p[1] for p in pts], float(c.min()), float(c.max())),
+            "_curve": ([p[0] for p in pts], [p[1] for p in pts])}
+
+
+def knn_predict(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, k: int = 50) -> np.ndarray:
+    sims = x @ train_x.T
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return train_y[idx].mean(axis=1)
+
+
+def rust_crate(train: RoutingTable, test: RoutingTable, workdir: Path) -> dict[str, object] | None:
+    """Run the crate's trainRouter/score through Node; None when Node or the package is missing."""
+    script = HERE / "peers" / "rust_crate.js"
+    if shutil.which("node") is None or not (HERE / "node_modules" / "@ruvector" / "tiny-dancer").is_dir():
+        console.print("[yellow]Rust crate skipped: run `npm ci --prefix benchmarks` (Node.js needed)[/]")
+        return None
+    prices = {m: float(c) for m, c in zip(train.models, train.mean_costs)}
+    job = {
+        "train": [{"embedding": [round(float(v), 6) for v in e], "scores": {m: float(q) for m, q in zip(train.models, row)}}
+                  for e, row in zip(train.embeddings, train.scores)],
+        "prices": prices,
+        "options": {},
+        "test": [[round(float(v), 6) for v in e] for e in test.embeddings],
+    }
+    (workdir / "job.json").write_text(json.dumps(job))
+    proc = subprocess.run(["node", str(script), str(workdir / "job.json"), str(workdir / "out.json"), str(workdir / "crate.safetensors")],
+                          capture_output=True, text=True, cwd=HERE)
+    if proc.returncode != 0:
+        console.print(f"[red]Rust crate failed:[/] {proc.stderr[-500:]}")
+        return None
+    return json.loads((workdir / "out.json").read_text())
+
+
+def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.ndarray | None, skip_rust: bool) -> list[Row]:
+    pair = len(train.models) == 2
+    rows: list[Row] = []
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    metrics = pair_metrics if pair else multi_metrics
+    x_tr, x_te = train.embeddings, test.embeddings
+    assert x_tr is not None and x_te is not None
+    one = x_te[0]
+
+    def add(label: str, values: dict, train_s: float | None, latency_s: float | None, note: str = "") -> None:
+        curve = values.pop("_curve", None)
+        if curve is not None:
+            curves[label] = curve
+        rows.append(Row(label, train_s=train_s, latency_s=latency_s, note=note, **values))
+
+    # ours, and ablations
+    variants = [("tinydancer FastGRNN", QueryRouterConfig(), None),
+                ("  without neighbour smoothing", QueryRouterConfig(neighbours=0), None)]
+    if teacher is not None:
+        variants.append(("  + distilled from the MiniLM teacher", QueryRouterConfig(), teacher))
+    for label, cfg, logits in variants:
+        t0 = time.perf_counter()
+        router = QueryRouter.fit(train, cfg, teacher_logits=logits)
+        train_s = time.perf_counter() - t0
+        out = router.model.predict(x_te)
+        values = metrics(out[:, 2], test) if pair else metrics(out[:, : len(train.models)], test)
+        add(label, values, train_s, time_call(lambda: router.route(one)), f"hidden {router.info['hidden_dim']}, {router.model.size_bytes():,} B")
+
+    # references
+    if pair:
+        s_i, w_i = test.strong_weak()
+        s, w = test.scores[:, s_i], test.scores[:, w_i]
+        rng = np.random.default_rng(0)
+        add("random", pair_metrics(rng.random(len(test)), test), None, None)
+        add("oracle", pair_metrics(oracle_scores(s, w) + 1e-9 * rng.random(len(test)), test), None, None)
+        rows.append(Row("always-weak", aiq=None, note=f"quality {w.mean():.3f}, cost {test.mean_costs[w_i]:.2f}"))
+        rows.append(Row("always-strong", aiq=None, note=f"quality {s.mean():.3f}, cost {test.mean_costs[s_i]:.2f}"))
+    else:
+        c = test.mean_costs
+        ox, oy = oracle_points(test.scores, test.costs)
+        rows.append(Row("oracle", aiq=aiq(ox, oy, float(c.min()), float(c.max()))))
+        rc, rq = random_point(test.scores, test.costs)
+        rows.append(Row("random model per query", aiq=aiq([rc], [rq], float(c.min()), float(c.max()))))
+        best = int(np.argmax(test.scores.mean(axis=0)))
+        rows.append(Row("best single models (hull of the 9)", aiq=aiq(list(c), list(test.scores.mean(axis=0)), float(c.min()), float(c.max())),
+                        note=f"best alone: {test.models[best]} {test.scores[:, best].mean():.3f} at the top price"))
+
+    # scikit-learn and kNN baselines on the same embeddings
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    if pair:
+        s_tr, w_tr = train.scores[:, train.strong_weak()[0]], train.scores[:, train.strong_weak()[1]]
+        adv = s_tr - w_tr
+        knn_scores = knn_predict(x_tr, adv, x_te)
+        add("kNN(50)", pair_metrics(knn_scores, test), 0.0, time_call(lambda: knn_predict(x_tr, adv, one[None])),
+            "mean advantage q_strong − q_weak of the neighbours")
+        win = (s_tr > w_tr).astype(np.float64)
+        add("kNN(50), win labels", pair_metrics(knn_predict(x_tr, win, x_te), test), 0.0, None,
+            "share of neighbours where only the strong model was right")
+        t0 = time.perf_counter()
+        clf = LogisticRegression(max_iter=2000).fit(x_tr, s_tr > w_tr)
+        lr_s = time.perf_counter() - t0
+        add("logistic regression", pair_metrics(clf.predict_proba(x_te)[:, 1], test), lr_s, time_call(lambda: clf.predict_proba(one[None])))
+    else:
+        add("kNN(50)", multi_metrics(knn_predict(x_tr, train.scores, x_te), test), 0.0,
+            time_call(lambda: knn_predict(x_tr, train.scores, one[None])))
+        t0 = time.perf_counter()
+        ridge = Ridge(alpha=1.0).fit(x_tr, train.scores)
+        r_s = time.perf_counter() - t0
+        add("ridge regression", multi_metrics(ridge.predict(x_te), test), r_s, time_call(lambda: ridge.predict(one[None])))
+
+    if not skip_rust:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = rust_crate(train, test, Path(tmp))
+        if res is not None:
+            crate_scores = 1.0 - np.asarray(res["scores"])  # the crate scores "cheap is good enough"
+            if pair:
+                values = pair_metrics(crate_scores, test)
+            else:
+                # the crate's binary decision: the cheapest model when 'good enough', else the best single model
+                cheap = int(np.argmin(train.mean_costs))
+                best = int(np.argmax(train.scores.mean(axis=0)))
+                knobs = np.quantile(crate_scores, np.linspace(0, 1, 201))
+                pts = [sweep_points(np.where(crate_scores >= t, best, cheap), test.scores, test.costs) for t in knobs]
+                c = test.mean_costs
+                values = {"aiq": aiq([p[0] for p in pts], [p[1] for p in pts], float(c.min()), float(c.max())),
+                          "_curve": ([p[0] for p in pts], [p[1] for p in pts])}
+            add(f"Rust crate trainRouter (npm {res['version']})", values, float(res["trainSeconds"]),
+                float(res["scoreUsPerCall"]) * 1e-6, "score() per call from Node; binary cheap-vs-best" if not pair else "score() per call from Node")
+    if teacher is not None:
+        rows.append(Row("MiniLM fine-tuned teacher (reported)", note="SOURCES.md; GPU, ~1000x the compute per decision", **TEACHER_REPORTED))
+
+    OUT.mkdir(exist_ok=True)
+    singles = {m: (float(c), float(q)) for m, c, q in zip(test.models, test.mean_costs, test.scores.mean(axis=0))}
+    path = plot_lines(curves, OUT / f"quality_{name}.png", xlabel="mean cost per query", ylabel="mean quality",
+                      title=f"{name}: cost against quality on the test split", points=singles)
+    if path:
+        console.print(f"plot: {path}")
+    return rows
+
+
+def fmt(v: object, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=["mmlu", "gsm8k", "llmrouter"])
+    parser.add_argument("--skip-rust", action="store_true")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args()
+    data = args.data_dir or shared_data_dir()
+    if data is None:
+        sys.exit("the routing-quality benchmark needs ../shared/data (or --data-dir / TINY_DANCER_DATA)")
+    console.print(environment())
+    emb = make_embedder("minilm")
+    teacher = np.load(data / "teacher" / "mmlu_train_logits.npy")
+    results = {}
+    for name, (train, test) in standard_splits(data).items():
+        if args.only and name != args.only:
+            continue
+        t0 = time.perf_counter()
+        train, test = train.with_embeddings(emb), test.with_embeddings(emb)
+        console.print(f"{name}: {len(train)} train / {len(test)} test queries, {len(train.models)} models (embeddings {time.perf_counter() - t0:.1f} s)")
+        rows = run_dataset(name, train, test, teacher if name == "mmlu" else None, args.skip_rust)
+        pair = len(train.models) == 2
+        cols = ["router", "APGR", "CPT50 %", "CPT80 %", "AIQ", "train", "decision", "note"] if pair else ["router", "AIQ", "train", "decision", "note"]
+        body = []
+        for r in rows:
+            v = r.values
+            lat = v.get("latency_s")
+            cells = [r.name]
+            if pair:
+                cells += [fmt(v.get("apgr"), ".3f"), fmt(v.get("cpt50"), ".1f"), fmt(v.get("cpt80"), ".1f")]
+            cells += [fmt(v.get("aiq"), ".3f"), "—" if v.get("train_s") is None else f"{v['train_s']:.1f} s",
+                      "—" if lat is None else f"{lat * 1e6:,.1f} µs", str(v.get("note", ""))]
+            body.append(cells)
+        console.print(table(f"{name} test split ({len(test)} queries)", cols, body))
+        results[name] = {r.name: {k: v for k, v in r.values.items()} for r in rows}
+    one = MiniLMEmbedder("onnx", threads=1)
+    text = "Which of the following best describes the function of the mitochondria in eukaryotic cells?"
+    t_embed = time_call(lambda: one.embed([text]), min_time=1.0)
+    console.print(f"embedding one query with MiniLM (ONNX Runtime, 1 thread): {t_embed * 1e3:.2f} ms — the embedder's share of a decision from text")
+    (OUT / "quality.json").write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
