@@ -157,3 +157,40 @@ def test_iht_support_can_change_and_regrow() -> None:
 def test_top_k_mask_ties_are_deterministic() -> None:
     m = top_k_mask(np.ones((2, 3)), 2)
     assert m.tolist() == [[True, True, False], [False, False, False]]
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_sparse_models_round_trip_and_their_files_shrink(tmp_path, quantize: bool) -> None:
+    config = FastGRNNConfig(input_dim=64, hidden_dim=32)
+    dense = FastGRNN(config, seed=0)
+    sparse = dense.copy().prune(0.8)
+    if quantize:
+        dense.quantize()
+        sparse.quantize()
+    dense_bytes = dense.save(tmp_path / "d.safetensors").stat().st_size
+    path = sparse.save(tmp_path / "s.safetensors")
+    # fp32: 4-byte value + 2-byte index for 20 % of entries; int8: 1 + 2 bytes, so ~0.6 of the payload
+    assert path.stat().st_size < dense_bytes * (0.8 if quantize else 0.6)
+    loaded = FastGRNN.load(path)
+    assert loaded.masks is not None and set(loaded.masks) == set(sparse.masks)
+    for name, mask in sparse.masks.items():
+        np.testing.assert_array_equal(loaded.masks[name], mask)
+    x = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x), sparse.forward(x))
+    assert (loaded.quantized is not None) == quantize
+
+
+def test_a_corrupt_sparse_index_is_refused(tmp_path) -> None:
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    from tinydancer import ModelFileError
+
+    path = FastGRNN(FastGRNNConfig(), seed=0).prune(0.5).save(tmp_path / "s.safetensors")
+    with safe_open(str(path), framework="np") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    tensors["index.W"] = tensors["index.W"][::-1].copy()  # positions out of order
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ModelFileError, match="sparse index"):
+        FastGRNN.load(path)

@@ -637,20 +637,25 @@ class FastGRNN:
         from safetensors.numpy import save
 
         tensors: dict[str, np.ndarray] = {}
+        masks = self.masks or {}
         for name, view in self._views.items():
             if self.quantized is not None and name in self.quantized:
-                q, _scale = self.quantized[name]
-                tensors[f"int8.{name}"] = q
+                key, values = f"int8.{name}", self.quantized[name][0]
             else:
-                tensors[name] = np.ascontiguousarray(view, dtype=np.float32)
-        if self.masks is not None:
-            for name, mask in self.masks.items():
-                tensors[f"mask.{name}"] = mask.astype(np.uint8)
+                key, values = name, np.ascontiguousarray(view, dtype=np.float32)
+            if name in masks:
+                # a pruned matrix is stored as its kept values and their flat positions
+                index = np.flatnonzero(masks[name])
+                tensors[f"index.{name}"] = index.astype(np.uint16 if masks[name].size <= 65536 else np.uint32)
+                values = values.ravel()[index]
+            tensors[key] = values
+        if self.normalizer is not None:  # binary float64: exact, and 8 bytes a value instead of ~20 in JSON
+            tensors["normalization.means"] = self.normalizer.means
+            tensors["normalization.stds"] = self.normalizer.stds
         metadata = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
             "config": json.dumps(self.config.to_dict()),
-            "normalization": json.dumps(self.normalizer.to_dict()) if self.normalizer else "",
             "training": json.dumps(self.training_summary, default=_json_default),
             "quantization": json.dumps(
                 {name: scale for name, (_q, scale) in self.quantized.items()} if self.quantized else {}
@@ -693,22 +698,40 @@ class FastGRNN:
             quant_scales: dict[str, float] = json.loads(metadata.get("quantization") or "{}")
             training = json.loads(metadata.get("training") or "{}")
             extra = json.loads(metadata.get("extra") or "{}")
-            norm_text = metadata.get("normalization") or ""
-            normalizer = Normalizer.from_dict(json.loads(norm_text)) if norm_text else None
         except (KeyError, json.JSONDecodeError, ValidationError, TypeError) as exc:
             raise ModelFileError(f"{source} has unreadable metadata ({exc})") from None
+        normalizer = None
+        norm = {k: tensors.pop(f"normalization.{k}") for k in ("means", "stds") if f"normalization.{k}" in tensors}
+        if norm:
+            if len(norm) != 2 or any(v.dtype != np.float64 or v.shape != (config.input_dim,) for v in norm.values()):
+                raise ModelFileError(f"{source}: normalization tensors must be two float64 vectors of {config.input_dim} values")
+            try:
+                normalizer = Normalizer(norm["means"], norm["stds"])
+            except ValidationError as exc:
+                raise ModelFileError(f"{source}: invalid normalization ({exc})") from None
         model = cls(config, seed=0)
         expected = config.param_shapes()
         quantized: dict[str, tuple[np.ndarray, float]] = {}
         masks: dict[str, np.ndarray] = {}
         seen: set[str] = set()
+        for key in [k for k in tensors if k.startswith("index.")]:
+            name, index = key[6:], tensors.pop(key)
+            size = int(np.prod(expected[name])) if name in expected else 0
+            if (
+                name not in expected or index.ndim != 1 or index.dtype not in (np.uint16, np.uint32)
+                or (index.size and (index[-1] >= size or np.any(np.diff(index.astype(np.int64)) <= 0)))
+            ):
+                raise ModelFileError(f"{source}: sparse index {key} is invalid (name, dtype, order or range)")
+            stored = tensors.get(name, tensors.get(f"int8.{name}"))
+            if stored is None or stored.shape != index.shape:
+                raise ModelFileError(f"{source}: sparse matrix {name} has {index.size} positions but no matching values")
+            dense = np.zeros(size, dtype=stored.dtype)
+            dense[index] = stored
+            mask = np.zeros(size, dtype=bool)
+            mask[index] = True
+            masks[name] = mask.reshape(expected[name])
+            tensors[name if name in tensors else f"int8.{name}"] = dense.reshape(expected[name])
         for key, value in tensors.items():
-            if key.startswith("mask."):
-                name = key[5:]
-                if name not in expected or value.shape != expected[name] or value.dtype != np.uint8:
-                    raise ModelFileError(f"{source}: mask {key} has the wrong name, shape or dtype")
-                masks[name] = value.astype(bool)
-                continue
             if key.startswith("int8."):
                 name = key[5:]
                 if value.dtype != np.int8:

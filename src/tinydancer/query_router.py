@@ -65,6 +65,9 @@ class QueryRouterConfig:
     #: share of the advantage head's soft target that comes from teacher logits, when given
     teacher_weight: float = 0.5
     teacher_temperature: float = 2.0
+    #: the paper's sparse training (dense → hard thresholding → fine-tuning), see TrainingConfig
+    w_sparsity: float = 0.0
+    u_sparsity: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -385,6 +388,7 @@ class QueryRouter:
                 early_stopping_patience=config.patience, l2_reg=config.l2_reg, seed=config.seed,
                 enable_distillation=config.neighbours > 0 or teacher_logits is not None,
                 distillation_alpha=1.0 - config.label_weight, distillation_temperature=1.0,
+                w_sparsity=config.w_sparsity, u_sparsity=config.u_sparsity,
             )
             net = FastGRNN(mcfg, seed=config.seed)
             trainer = Trainer(mcfg, tcfg)
