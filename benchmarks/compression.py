@@ -20,7 +20,7 @@ from _common import console, environment, table, time_call, us
 
 from tinydancer import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset
 from tinydancer.demo import DEMO_TRAINING
-from tinydancer.plotting import plot_lines
+from tinydancer.plotting import plot_size_quality
 from tinydancer.synthetic import seed_example_data
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -125,24 +125,14 @@ def main() -> None:
     console.print(environment())
     seed_points = seed_report()
     int8_paths()
-    series = {"seed example (accuracy)": ([s for _, _, s in seed_points], [a for _, a, _ in seed_points])}
-    labels = {name: (s, a) for name, a, s in seed_points}
+    panels = {"seed example, 5 → 16": ("held-out accuracy (20,000 samples)", [(n, sz, a) for n, a, sz in seed_points])}
     if not args.skip_mmlu:
         from compression_mmlu import mmlu_report
 
         mmlu_points = mmlu_report()
         if mmlu_points:
-            series["MMLU router (APGR)"] = ([s for _, _, s in mmlu_points], [a for _, a, _ in mmlu_points])
-            labels.update({f"MMLU {name}": (s, a) for name, a, s in mmlu_points})
-    path = plot_lines(
-        {k: (list(v[0]), list(v[1])) for k, v in series.items()},
-        OUT / "compression.png",
-        xlabel="size_bytes (EdgeML accounting, log scale)",
-        ylabel="held-out accuracy / APGR",
-        title="FastGRNN: quality against size",
-        points=labels,
-        logx=True,
-    )
+            panels["MMLU router, 384 → 32"] = ("test APGR", [(n, sz, a) for n, a, sz in mmlu_points])
+    path = plot_size_quality(panels, OUT / "compression.png")
     if path:
         console.print(f"plot: {path}")
 

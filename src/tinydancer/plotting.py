@@ -84,3 +84,24 @@ def plot_lines(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, plt, path)
+
+
+def plot_size_quality(panels: dict[str, tuple[str, list[tuple[str, int, float]]]], path: str | Path) -> Path | None:
+    """One panel per task: each variant a labelled point at (size in bytes, log scale; quality)."""
+    plt = _pyplot()
+    if plt is None or not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (title, (ylabel, points)) in zip(axes[0], panels.items()):
+        for i, (name, size, quality) in enumerate(sorted(points, key=lambda p: p[1])):
+            ax.scatter([size], [quality], s=40)
+            ax.annotate(name, (size, quality), fontsize=8, xytext=(4, 8 if i % 2 else -12), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("size_bytes (EdgeML accounting, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo / 1.3, hi * 2.5)  # room for the labels
+    fig.tight_layout()
+    return _save(fig, plt, path)
