@@ -258,6 +258,8 @@ class FastGRNN:
         self.training_summary: dict[str, Any] = {}
         #: string metadata owned by higher layers (query router, registry), kept in the file
         self.extra_metadata: dict[str, str] = {}
+        #: finite float arrays owned by higher layers (e.g. conformal calibration scores)
+        self.aux_tensors: dict[str, np.ndarray] = {}
         self._compiled: _Compiled | None = None
         self._compiled_raw: _Compiled | None = None
         self._weight_mask: np.ndarray | None = None
@@ -357,6 +359,7 @@ class FastGRNN:
         other.quantized = None if self.quantized is None else dict(self.quantized)
         other.training_summary = dict(self.training_summary)
         other.extra_metadata = dict(self.extra_metadata)
+        other.aux_tensors = {k: v.copy() for k, v in self.aux_tensors.items()}
         other._invalidate()
         return other
 
@@ -491,6 +494,11 @@ class FastGRNN:
         arr, single = self._as_input(raw_features)
         out = self._probabilities(arr, None, self._compile(raw=True))
         return out[0] if single else out
+
+    def predict_trusted(self, features: np.ndarray) -> np.ndarray:
+        """:meth:`predict` without input checks, for (B, D) float32 arrays this package built itself
+        (e.g. the router's feature matrix).  Never pass user input here."""
+        return self._probabilities(features, None, self._compile(raw=True))
 
     def _probabilities(self, arr: np.ndarray, h0: np.ndarray | None, c: _Compiled) -> np.ndarray:
         h = self._hidden(arr, h0, c)
@@ -649,6 +657,8 @@ class FastGRNN:
                 tensors[f"index.{name}"] = index.astype(np.uint16 if masks[name].size <= 65536 else np.uint32)
                 values = values.ravel()[index]
             tensors[key] = values
+        for name, value in self.aux_tensors.items():
+            tensors[f"aux.{name}"] = np.ascontiguousarray(value)
         if self.normalizer is not None:  # binary float64: exact, and 8 bytes a value instead of ~20 in JSON
             tensors["normalization.means"] = self.normalizer.means
             tensors["normalization.stds"] = self.normalizer.stds
@@ -700,6 +710,10 @@ class FastGRNN:
             extra = json.loads(metadata.get("extra") or "{}")
         except (KeyError, json.JSONDecodeError, ValidationError, TypeError) as exc:
             raise ModelFileError(f"{source} has unreadable metadata ({exc})") from None
+        aux = {k[4:]: tensors.pop(k) for k in [k for k in tensors if k.startswith("aux.")]}
+        for name, value in aux.items():
+            if value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise ModelFileError(f"{source}: auxiliary tensor {name!r} must be finite floats")
         normalizer = None
         norm = {k: tensors.pop(f"normalization.{k}") for k in ("means", "stds") if f"normalization.{k}" in tensors}
         if norm:
@@ -762,6 +776,7 @@ class FastGRNN:
         model.quantized = quantized or None
         model.training_summary = training
         model.extra_metadata = {str(k): str(v) for k, v in extra.items()}
+        model.aux_tensors = aux
         if normalizer is not None and normalizer.dim != config.input_dim:
             raise ModelFileError(f"{source}: normalization has {normalizer.dim} features, model expects {config.input_dim}")
         model._invalidate()

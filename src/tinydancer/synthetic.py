@@ -22,3 +22,54 @@ def seed_example_data(n_samples: int, seed: int | None = 0) -> tuple[np.ndarray,
     noise = rng.uniform(-0.1, 0.1, n_samples).astype(np.float32)
     y = (score + noise > 0.6).astype(np.float32)
     return x, y
+
+
+# ---------------------------------------------------------------------- candidate traffic
+def lightweight_ok_probability(raw: np.ndarray) -> np.ndarray:
+    """Ground truth of the simulated traffic: P(the lightweight model is good enough).
+
+    ``raw`` holds the router's five *unweighted* features (similarity, recency, frequency,
+    success rate, metadata overlap).  Similar, proven, fresh candidates are easy.
+    """
+    score = 0.45 * raw[:, 0] + 0.30 * raw[:, 3] + 0.15 * raw[:, 1] + 0.10 * raw[:, 4]
+    return 1.0 / (1.0 + np.exp(-14.0 * (score - 0.5)))
+
+
+def candidate_requests(n_requests: int, candidates_per_request: int = 8, dim: int = 64, seed: int | None = 0,
+                       now: float | None = None) -> list[tuple["object", np.ndarray, np.ndarray]]:
+    """Simulated routing traffic: (RoutingRequest, raw features (N, 5), 0/1 outcomes (N,)).
+
+    Candidate embeddings are mixed from the query and noise to spread cosine similarity over
+    [-0.2, 1]; ages up to two hours, access counts log-uniform up to 10,000, success rates
+    uniform, metadata sharing 0-4 of the request's 4 entries.  Outcomes are drawn from
+    :func:`lightweight_ok_probability`.
+    """
+    import time
+
+    from .routing import Candidate, RoutingRequest
+
+    rng = np.random.default_rng(seed)
+    now = time.time() if now is None else now
+    out = []
+    keys = ("domain", "language", "tenant", "tier")
+    for r in range(n_requests):
+        q = rng.normal(size=dim).astype(np.float32)
+        q /= np.linalg.norm(q)
+        meta = {k: f"{k}-{rng.integers(3)}" for k in keys}
+        cands, raw = [], np.empty((candidates_per_request, 5))
+        for i in range(candidates_per_request):
+            target = rng.uniform(-0.2, 1.0)
+            noise = rng.normal(size=dim)
+            noise -= (noise @ q) * q
+            noise /= np.linalg.norm(noise)
+            emb = target * q + np.sqrt(max(0.0, 1 - target**2)) * noise
+            age = rng.uniform(0, 7200)
+            count = int(np.expm1(rng.uniform(0, np.log1p(10000))))
+            success = float(rng.uniform(0, 1))
+            shared = int(rng.integers(0, 5))
+            cmeta = {k: (meta[k] if j < shared else "other") for j, k in enumerate(keys)}
+            cands.append(Candidate(f"r{r}-c{i}", emb.astype(np.float32), cmeta, now - age, count, success))
+            raw[i] = [target, np.exp(-0.001 * age), min(np.log1p(count) / np.log1p(10000), 1.0), success, shared / 4]
+        outcomes = (rng.random(candidates_per_request) < lightweight_ok_probability(raw)).astype(np.float32)
+        out.append((RoutingRequest(q, cands, meta), raw, outcomes))
+    return out

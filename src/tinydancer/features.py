@@ -1,0 +1,77 @@
+"""The seed's five candidate features, computed for all candidates of a request at once.
+
+    similarity   cosine(query, candidate)          one matrix-vector product over unit vectors
+    recency      exp(-recency_decay * age_seconds)
+    frequency    min(log(1 + access_count) / log(1 + 10000), 1)   (a function of the stored count
+                 alone, so the request computes it when it is built, like its other columns)
+    success      the candidate's historical success rate
+    metadata     share of the request's metadata entries the candidate matches
+
+Each is multiplied by its weight, as the crate does (the model's stored z-score makes the
+weights a matter of convention, not of accuracy).  Zero vectors follow the crate: two zero
+vectors have similarity 1, a zero and a non-zero vector 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import ValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .routing import RoutingRequest
+
+FEATURE_NAMES = ("similarity", "recency", "frequency", "success_rate", "metadata_overlap")
+MAX_EXPECTED_ACCESS = 10000.0
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    similarity_weight: float = 0.4
+    recency_weight: float = 0.2
+    frequency_weight: float = 0.15
+    success_weight: float = 0.15
+    metadata_weight: float = 0.1
+    #: per second of age
+    recency_decay: float = 0.001
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValidationError(f"FeatureConfig.{name} must be a finite number >= 0, got {value!r}")
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.array([self.similarity_weight, self.recency_weight, self.frequency_weight,
+                         self.success_weight, self.metadata_weight], dtype=np.float32)
+
+
+class FeatureEngineer:
+    """Turns a validated :class:`RoutingRequest` into an (N, 5) float32 feature matrix."""
+
+    def __init__(self, config: FeatureConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+        self._weights = self.config.weights
+
+    def compute(self, request: "RoutingRequest", now: float | None = None) -> np.ndarray:
+        now = time.time() if now is None else now
+        n = request.size
+        out = np.empty((n, 5), dtype=np.float32)
+        if request.query_is_zero:
+            out[:, 0] = request.candidate_is_zero  # both zero → 1, zero vs non-zero → 0
+        else:
+            out[:, 0] = request.candidate_units @ request.query_unit
+        age = np.subtract(now, request.created_at)
+        np.maximum(age, 0.0, out=age)
+        age *= -self.config.recency_decay
+        out[:, 1] = np.exp(age)
+        out[:, 2] = request.frequency
+        out[:, 3] = request.success_rate
+        out[:, 4] = request.metadata_overlap
+        out *= self._weights
+        return out
