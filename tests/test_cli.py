@@ -98,5 +98,7 @@ def test_demo_writes_a_reloadable_default_model(tmp_path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
-    model = FastGRNN.load(tmp_path / "default.safetensors")
-    assert model.normalizer is not None and model.config.rank == 8
+    seed = FastGRNN.load(tmp_path / "seed_example.safetensors")
+    assert seed.normalizer is not None and seed.config.rank == 8
+    default = FastGRNN.load(tmp_path / "default.safetensors")  # the Router's default, conformally calibrated
+    assert default.config.input_dim == 5 and "conformal_scores" in default.aux_tensors
