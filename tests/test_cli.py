@@ -102,3 +102,6 @@ def test_demo_writes_a_reloadable_default_model(tmp_path) -> None:
     assert seed.normalizer is not None and seed.config.rank == 8
     default = FastGRNN.load(tmp_path / "default.safetensors")  # the Router's default, conformally calibrated
     assert default.config.input_dim == 5 and "conformal_scores" in default.aux_tensors
+    assert default.extra_metadata["version"] == "default-demo-1"  # the learning loop promoted over a copy
+    assert FastGRNN.load(tmp_path / "served.safetensors").extra_metadata["version"].startswith("v")
+    assert "after hot reload" in result.output

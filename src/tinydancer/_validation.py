@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import ValidationError
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def as_float_array(
     value: Any,
@@ -22,9 +24,12 @@ def as_float_array(
     Ragged nested lists, non-numeric entries, NaN and Inf, the wrong number of dimensions and
     empty input each raise :class:`ValidationError`.
     """
+    target = np.dtype(dtype)
+    narrow = target == np.float32 and not (isinstance(value, np.ndarray) and value.dtype == np.float32)
     try:
-        arr = np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+        # go through float64 so a value beyond float32's range is reported, not silently made inf
+        arr = np.asarray(value, dtype=np.float64 if narrow else target)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ValidationError(_describe_bad_array(value, name, exc)) from None
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
@@ -34,6 +39,10 @@ def as_float_array(
     if arr.size == 0 and not allow_empty:
         raise ValidationError(f"{name} is empty: provide at least one value")
     check_finite(arr, name)
+    if narrow:
+        if arr.size and np.abs(arr).max() > FLOAT32_MAX:
+            raise ValidationError(f"{name} has a value beyond float32's range (±{FLOAT32_MAX:.3g}); rescale the data")
+        arr = arr.astype(np.float32)
     return arr
 
 

@@ -213,14 +213,6 @@ def demo(
     run_demo(out, console=console, quiet=quiet)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
-
-
 # ---------------------------------------------------------------------- query routing
 router_app = typer.Typer(help="Model-tier routing: train, evaluate and use query routers.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
@@ -365,3 +357,65 @@ def router_tables(
                 table = _embed_with_progress(table, emb, False)
             path = table.to_jsonl(out / f"{name}_{split}.jsonl", include_embeddings=embeddings)
             console.print(f"{path}: {len(table)} queries × {len(table.models)} models")
+
+
+# ---------------------------------------------------------------------- service and learning loop
+@app.command()
+@friendly_errors
+def serve(
+    model_path: Optional[Path] = typer.Option(None, help="Candidate-scoring model (default: $TINY_DANCER_MODEL or models/default.safetensors)."),
+    database_path: Path = typer.Option(Path("tinydancer.db"), help="SQLite file for decisions and outcomes."),
+    query_router: Optional[Path] = typer.Option(None, help="Folder of a query router (enables /v1/route/query)."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    watch_interval: float = typer.Option(1.0, help="Seconds between checks of the model file for hot reload (0: off)."),
+    log_level: str = typer.Option("warning"),
+) -> None:
+    """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale)."""
+    import uvicorn
+
+    from .routing import default_model_path
+    from .service import ServiceSettings, create_app
+
+    settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
+                               query_router_path=query_router, watch_interval_s=watch_interval)
+    application = create_app(settings)
+    service = application.state.service
+    if service.router is None:
+        err_console.print(f"[yellow]starting without a model ({service.not_ready_reason}); /health/ready answers 503[/]")
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+
+
+@app.command()
+@friendly_errors
+def retrain(
+    database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's SQLite file."),
+    model_path: Optional[Path] = typer.Option(None, help="The served model file (replaced atomically on promotion)."),
+    registry: Path = typer.Option(Path("models/registry"), help="Folder keeping every trained version."),
+    mode: str = typer.Option("finetune", help="finetune (continue the served model) or fresh."),
+    since: Optional[float] = typer.Option(None, help="Only decisions logged at or after this Unix time."),
+    epochs: int = typer.Option(40),
+    learning_rate: float = typer.Option(0.002),
+    min_samples: int = typer.Option(200),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Retrain from logged decisions and outcomes; promote the new model only if it is not worse."""
+    from dataclasses import asdict
+
+    from .learning import ModelRegistry, RetrainConfig
+    from .learning import retrain as run_retrain
+    from .routing import default_model_path
+    from .storage import open_storage
+
+    storage = open_storage(database_path)
+    try:
+        report = run_retrain(storage, model_path or default_model_path(), ModelRegistry(registry),
+                             RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate,
+                                           min_samples=min_samples),
+                             progress=None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]")))
+    finally:
+        storage.close()
+    if as_json:
+        typer.echo(json.dumps(asdict(report)))
+    else:
+        console.print(f"{report.version}: {report.reason}")

@@ -680,7 +680,11 @@ class FastGRNN:
         from safetensors import safe_open
 
         path = Path(path)
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise ModelFileError(f"cannot read a model file at {str(path)[:200]}: {exc.strerror or exc}") from None
+        if not exists:
             raise ModelFileError(
                 f"no model file at {path}: train one with `tinydancer train` or run `make demo` "
                 "to create the default model"

@@ -70,9 +70,9 @@ class Candidate:
             raise ValidationError(f"candidate id must be a non-empty string, got {self.id!r}")
         emb = as_float_array(self.embedding, f"candidate {self.id!r} embedding", ndim=1)
         self.embedding = emb
-        norm = float(np.sqrt(np.dot(emb, emb)))
+        norm = _norm(emb)
         self.norm = norm
-        self.unit = emb / norm if norm > 0 else emb
+        self.unit = (emb / norm).astype(np.float32) if norm > 0 else emb
         if not isinstance(self.metadata, dict):
             raise ValidationError(f"candidate {self.id!r} metadata must be a dict, got {type(self.metadata).__name__}")
         if isinstance(self.access_count, bool) or not isinstance(self.access_count, (int, np.integer)) or self.access_count < 0:
@@ -83,6 +83,12 @@ class Candidate:
             raise ValidationError(f"candidate {self.id!r} success_rate must be a number in [0, 1], got {self.success_rate!r}")
         if self.created_at is not None:
             self.created_at = check_timestamp(self.created_at, f"candidate {self.id!r} created_at")
+
+
+def _norm(v: np.ndarray) -> float:
+    """Euclidean norm in float64: a float32 dot product overflows for components above ~1e19."""
+    v64 = v.astype(np.float64)
+    return float(np.sqrt(np.dot(v64, v64)))
 
 
 def check_timestamp(value: Any, name: str, now: float | None = None) -> float:
@@ -131,9 +137,9 @@ class RoutingRequest:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ValidationError(f"candidate id {dup!r} appears twice; ids must be unique within a request")
         now = time.time()
-        qn = float(np.sqrt(np.dot(q, q)))
+        qn = _norm(q)
         self.query_embedding = q
-        self.query_unit = q / qn if qn > 0 else q
+        self.query_unit = (q / qn).astype(np.float32) if qn > 0 else q
         self.query_is_zero = qn == 0.0
         self.candidates = list(candidates)
         self.metadata = metadata
@@ -242,6 +248,8 @@ class RoutingResponse:
     #: True when the circuit breaker was open and every candidate was sent to the powerful model
     fallback: bool = False
     fallback_reason: str | None = None
+    #: the (N, 5) feature matrix the model scored (None for a fallback); what logs keep for retraining
+    features: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -329,6 +337,8 @@ def _read_bytes(path: Path) -> bytes:
             f"no model file at {path}: train one (`tinydancer train`, `tinydancer retrain`) or run `make demo` "
             "for the default model"
         ) from None
+    except OSError as exc:  # a directory, no permission, a name too long, ...
+        raise ModelFileError(f"cannot read a model file at {str(path)[:200]}: {exc.strerror or exc}") from None
 
 
 class Router:
@@ -387,6 +397,7 @@ class Router:
             (feature_done - start) * 1e6,
             served.version,
             served.calibrator is not None,
+            features=feats,
         )
 
     def _lightweight(self, conf: np.ndarray, served: ServedModel) -> np.ndarray:

@@ -9,6 +9,8 @@ beat about 90.4 % accuracy on this data (the Bayes rate, measured on 2M samples)
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 FEATURE_NAMES = ("similarity", "recency", "popularity", "success_rate", "complexity")
@@ -35,14 +37,22 @@ def lightweight_ok_probability(raw: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-14.0 * (score - 0.5)))
 
 
+def drifted_lightweight_ok_probability(raw: np.ndarray) -> np.ndarray:
+    """A changed world for the learning-loop demo: track record and shared context now matter
+    more than raw similarity, and freshness no longer matters."""
+    score = 0.20 * raw[:, 0] + 0.50 * raw[:, 3] + 0.30 * raw[:, 4]
+    return 1.0 / (1.0 + np.exp(-14.0 * (score - 0.5)))
+
+
 def candidate_requests(n_requests: int, candidates_per_request: int = 8, dim: int = 64, seed: int | None = 0,
-                       now: float | None = None) -> list[tuple["object", np.ndarray, np.ndarray]]:
+                       now: float | None = None, truth: Callable[[np.ndarray], np.ndarray] | None = None,
+                       ) -> list[tuple["object", np.ndarray, np.ndarray]]:
     """Simulated routing traffic: (RoutingRequest, raw features (N, 5), 0/1 outcomes (N,)).
 
     Candidate embeddings are mixed from the query and noise to spread cosine similarity over
     [-0.2, 1]; ages up to two hours, access counts log-uniform up to 10,000, success rates
-    uniform, metadata sharing 0-4 of the request's 4 entries.  Outcomes are drawn from
-    :func:`lightweight_ok_probability`.
+    uniform, metadata sharing 0-4 of the request's 4 entries.  Outcomes are drawn from ``truth``
+    (default :func:`lightweight_ok_probability`).
     """
     import time
 
@@ -70,6 +80,6 @@ def candidate_requests(n_requests: int, candidates_per_request: int = 8, dim: in
             cmeta = {k: (meta[k] if j < shared else "other") for j, k in enumerate(keys)}
             cands.append(Candidate(f"r{r}-c{i}", emb.astype(np.float32), cmeta, now - age, count, success))
             raw[i] = [target, np.exp(-0.001 * age), min(np.log1p(count) / np.log1p(10000), 1.0), success, shared / 4]
-        outcomes = (rng.random(candidates_per_request) < lightweight_ok_probability(raw)).astype(np.float32)
+        outcomes = (rng.random(candidates_per_request) < (truth or lightweight_ok_probability)(raw)).astype(np.float32)
         out.append((RoutingRequest(q, cands, meta), raw, outcomes))
     return out

@@ -1,0 +1,183 @@
+"""The learning loop: routing logs → a new model → versioned → promoted only if not worse.
+
+``retrain`` reads the decisions that have outcomes, fine-tunes the served model (a lower
+learning rate, the seed's continual learning) or trains a fresh one, calibrates conformal
+uncertainty on a slice the training never saw, and evaluates old and new on the *same* held-out
+slice.  Every new model is kept in the :class:`ModelRegistry` with its metrics (the seed's
+``ModelVersion``); it replaces the served file — atomically, so a watching service hot-reloads a
+complete file — only when its held-out loss is no worse than the current model's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ._io import atomic_write_bytes, atomic_write_json
+from .data import TrainingDataset, balanced_sample_weights
+from .errors import TinyDancerError
+from .losses import bce_with_logits
+from .model import FastGRNN, FastGRNNConfig
+from .storage import Storage
+from .training import Trainer, TrainingConfig
+from .uncertainty import ConformalCalibrator
+
+
+@dataclass
+class ModelVersion:
+    """One trained model in the registry."""
+
+    version: str
+    timestamp: float
+    sha256: str
+    model_path: str
+    metrics: dict[str, Any]
+    size_bytes: int
+    file_bytes: int
+    parent: str | None = None
+    promoted: bool = False
+
+
+class ModelRegistry:
+    """``folder/versions/<version>/model.safetensors`` + ``version.json``, and ``current.json``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        (self.folder / "versions").mkdir(parents=True, exist_ok=True)
+
+    def add(self, model: FastGRNN, metrics: dict[str, Any], parent: str | None = None) -> ModelVersion:
+        stamp = time.time()
+        version = time.strftime("v%Y%m%dT%H%M%S", time.gmtime(stamp)) + f"{int((stamp % 1) * 1000):03d}"
+        model.extra_metadata["version"] = version
+        folder = self.folder / "versions" / version
+        path = model.save(folder / "model.safetensors")
+        data = path.read_bytes()
+        entry = ModelVersion(version, stamp, hashlib.sha256(data).hexdigest(), str(path), metrics, model.size_bytes(),
+                             len(data), parent)
+        atomic_write_json(folder / "version.json", asdict(entry))
+        return entry
+
+    def versions(self) -> list[ModelVersion]:
+        out = []
+        for meta in sorted((self.folder / "versions").glob("*/version.json")):
+            out.append(ModelVersion(**json.loads(meta.read_text())))
+        return out
+
+    def current(self) -> str | None:
+        path = self.folder / "current.json"
+        return json.loads(path.read_text())["version"] if path.is_file() else None
+
+    def promote(self, entry: ModelVersion, serve_path: str | Path) -> None:
+        """Copy the version over the served file atomically and record it as current."""
+        atomic_write_bytes(serve_path, Path(entry.model_path).read_bytes())
+        entry.promoted = True
+        atomic_write_json(Path(entry.model_path).parent / "version.json", asdict(entry))
+        atomic_write_json(self.folder / "current.json", {"version": entry.version, "promoted_at": time.time(),
+                                                         "serve_path": str(serve_path)})
+
+
+@dataclass
+class RetrainConfig:
+    mode: str = "finetune"  # or "fresh"
+    #: fine-tuning steps more gently than training from scratch (the seed's continual learning)
+    learning_rate: float = 0.002
+    epochs: int = 40
+    holdout_fraction: float = 0.2
+    calibration_fraction: float = 0.15
+    min_samples: int = 200
+    since: float | None = None
+    seed: int = 0
+    hidden_dim: int = 16  # for mode="fresh"
+
+
+@dataclass
+class RetrainReport:
+    samples: int
+    train: int
+    calibration: int
+    holdout: int
+    old: dict[str, float]
+    new: dict[str, float]
+    promoted: bool
+    version: str
+    parent: str | None
+    reason: str
+    seconds: float
+    registry_entry: dict[str, Any] = field(default_factory=dict)
+
+
+def _holdout_metrics(model: FastGRNN, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    logits = model.logits(model.normalizer.apply(x) if model.normalizer is not None else x)[:, 0].astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-logits))
+    return {
+        "log_loss": float(bce_with_logits(logits, y).mean()),
+        "accuracy": float(((p >= 0.5) == (y >= 0.5)).mean()),
+        "brier": float(np.mean((p - y) ** 2)),
+    }
+
+
+def retrain(
+    storage: Storage,
+    model_path: str | Path,
+    registry: ModelRegistry,
+    config: RetrainConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RetrainReport:
+    """Train a new candidate-scoring model from the logs; promote it over ``model_path`` if not worse."""
+    cfg = config or RetrainConfig()
+    say = progress or (lambda _m: None)
+    started = time.perf_counter()
+    logs = storage.labelled("candidate", cfg.since)
+    n = len(logs.labels)
+    if n < cfg.min_samples:
+        raise TinyDancerError(f"only {n} decisions have outcomes (need {cfg.min_samples}); send feedback to /v1/feedback first")
+    current = FastGRNN.load(model_path)
+    parent = current.extra_metadata.get("version")
+    x, y = logs.inputs, logs.labels
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    n_hold = int(cfg.holdout_fraction * n)
+    n_cal = int(cfg.calibration_fraction * n)
+    hold, cal, fit = perm[:n_hold], perm[n_hold:n_hold + n_cal], perm[n_hold + n_cal:]
+    say(f"{n} labelled decisions: {len(fit)} to train, {len(cal)} to calibrate, {len(hold)} held out")
+
+    if cfg.mode == "finetune":
+        new = current.copy()
+        new.quantized = None
+        dataset = TrainingDataset(x[fit], y[fit], sample_weights=balanced_sample_weights(y[fit]))
+        if new.normalizer is not None:
+            dataset.apply_normalization(new.normalizer)
+        else:
+            dataset.normalize()
+    elif cfg.mode == "fresh":
+        new = FastGRNN(FastGRNNConfig(input_dim=x.shape[1], hidden_dim=cfg.hidden_dim), seed=cfg.seed)
+        dataset = TrainingDataset(x[fit], y[fit], sample_weights=balanced_sample_weights(y[fit]))
+        dataset.normalize()
+    else:
+        raise TinyDancerError(f"mode must be 'finetune' or 'fresh', got {cfg.mode!r}")
+    new.aux_tensors.clear()
+    trainer = Trainer(new.config, TrainingConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, seed=cfg.seed,
+                                                 early_stopping_patience=8, validation_split=0.15))
+    trainer.train(new, dataset)
+    calibrator = ConformalCalibrator.fit(new.predict(x[cal])[:, 0], y[cal])
+    calibrator.attach(new)
+
+    old_m = _holdout_metrics(current, x[hold], y[hold])
+    new_m = _holdout_metrics(new, x[hold], y[hold])
+    better = new_m["log_loss"] <= old_m["log_loss"]
+    reason = (f"held-out log loss {old_m['log_loss']:.4f} → {new_m['log_loss']:.4f}: "
+              + ("not worse, promoted" if better else "worse, kept the current model"))
+    metrics = {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "mode": cfg.mode,
+               "test_accuracy": new_m["accuracy"]}
+    entry = registry.add(new, metrics, parent)
+    if better:
+        registry.promote(entry, model_path)
+    say(reason)
+    return RetrainReport(n, len(fit), len(cal), len(hold), old_m, new_m, better, entry.version, parent, reason,
+                         round(time.perf_counter() - started, 3), asdict(entry))
+

@@ -1,0 +1,555 @@
+"""The HTTP service: route, record every decision and its outcome, expose health, metrics and admin.
+
+Routes (all handlers ``async def``; the OpenAPI schema is at ``/openapi.json``)
+
+    POST /v1/route           candidate scoring (the seed's request/response, plus request_id)
+    POST /v1/route/query     model-tier routing from text or an embedding
+    POST /v1/feedback        {"request_id", "success", "quality"?, "candidate_id"?, "cost"?}; unknown id → 404
+    GET  /health             liveness
+    GET  /health/ready       503 until a model is loaded
+    GET  /metrics            Prometheus text, names starting tiny_dancer_
+    GET  /info               versions, model, storage
+    POST /admin/reload       reload the model file (validated; a bad file keeps the old model)
+    GET|PUT /admin/config    live thresholds, validated (422 on a bad value)
+    GET  /admin/circuit-breaker, POST /admin/circuit-breaker/reset
+    GET  /admin/stats        totals, averages, p50/p95/p99 from the stored decisions
+
+Admin routes need ``Authorization: Bearer <token>`` when a token is configured
+(``TINY_DANCER_AUTH_TOKEN``); the comparison is constant-time and the token is never logged.
+Bad JSON, NaN/Inf and out-of-range values get 422, oversized bodies 413 — never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__
+from ._validation import as_float_array
+from .circuit import BreakerState
+from .errors import TinyDancerError, ValidationError
+from .routing import Candidate, Router, RouterConfig, RoutingRequest, default_model_path
+from .storage import DecisionRow, SQLiteStorage, UnknownRequestError, open_storage
+
+log = logging.getLogger("tinydancer.service")
+
+MAX_DIM = 4096
+MAX_CANDIDATES = 1000
+
+
+@dataclass
+class ServiceSettings:
+    model_path: Path = field(default_factory=default_model_path)
+    database_path: Path = Path("tinydancer.db")
+    query_router_path: Path | None = None
+    auth_token: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_AUTH_TOKEN") or None)
+    #: poll the model file this often and hot-reload when it changes (0 disables)
+    watch_interval_s: float = 1.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    confidence_threshold: float = 0.85
+    max_uncertainty: float = 0.15
+    enable_quantization: bool = True
+
+
+# ---------------------------------------------------------------------- schemas
+class _Strict(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+
+class CandidateIn(_Strict):
+    id: str = Field(min_length=1, max_length=256)
+    embedding: list[float] = Field(min_length=1, max_length=MAX_DIM)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: float | None = Field(None, ge=0, description="Unix time in seconds")
+    access_count: int = Field(0, ge=0, le=2**53)
+    success_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class RouteIn(_Strict):
+    query_embedding: list[float] = Field(min_length=1, max_length=MAX_DIM)
+    candidates: list[CandidateIn] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    metadata: dict[str, Any] | None = None
+
+
+class DecisionOut(BaseModel):
+    candidate_id: str
+    confidence: float | None = Field(description="null when the model produced a non-finite score")
+    use_lightweight: bool
+    uncertainty: float | None = Field(description="conformal p-value of the other label; null if uncalibrated")
+
+
+class RouteOut(BaseModel):
+    request_id: str
+    decisions: list[DecisionOut]
+    inference_time_us: float
+    candidates_processed: int
+    feature_time_us: float
+    model_version: str
+    calibrated: bool
+    fallback: bool
+    fallback_reason: str | None = None
+
+
+class QueryIn(_Strict):
+    query: str | None = Field(None, min_length=1, max_length=100_000)
+    embedding: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM)
+
+
+class QueryOut(BaseModel):
+    request_id: str
+    model: str
+    predicted_quality: float
+    cost: float
+    runner_up: str
+    runner_up_quality: float
+    runner_up_cost: float
+    strong_score: float | None = None
+    latency_us: float
+
+
+class FeedbackIn(_Strict):
+    request_id: str = Field(min_length=1, max_length=64)
+    success: bool
+    quality: float | None = Field(None, ge=0.0, le=1.0)
+    candidate_id: str | None = Field(None, min_length=1, max_length=256)
+    cost: float | None = Field(None, ge=0.0)
+
+
+class FeedbackOut(BaseModel):
+    status: str
+    request_id: str
+    target: str
+
+
+class ConfigIn(_Strict):
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    max_uncertainty: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class ConfigOut(BaseModel):
+    confidence_threshold: float
+    max_uncertainty: float
+    enable_circuit_breaker: bool
+    circuit_breaker_threshold: int
+    enable_quantization: bool
+    fallback_on_open: bool
+
+
+class ReloadIn(_Strict):
+    model_path: str | None = Field(None, min_length=1, max_length=4096)
+
+
+class ReloadOut(BaseModel):
+    status: str
+    model_version: str
+    sha256: str
+    model_path: str
+
+
+class BreakerOut(BaseModel):
+    enabled: bool
+    state: str | None = None
+    consecutive_failures: int | None = None
+    failure_threshold: int | None = None
+    trips: int | None = None
+    reset_timeout_s: float | None = None
+    retry_in_s: float | None = None
+
+
+# ---------------------------------------------------------------------- metrics
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("tiny_dancer_requests", "Requests served", ["endpoint"], registry=r)
+        self.routes = Counter("tiny_dancer_routes", "Routing decisions", ["decision"], registry=r)
+        self.errors = Counter("tiny_dancer_errors", "Requests that failed", ["endpoint", "kind"], registry=r)
+        self.fallbacks = Counter("tiny_dancer_fallbacks", "Responses answered by the safe fallback", registry=r)
+        self.breaker_trips = Counter("tiny_dancer_circuit_breaker_trips", "Times the circuit breaker opened", registry=r)
+        self.breaker_state = Gauge("tiny_dancer_circuit_breaker_state", "0 closed, 1 half-open, 2 open", registry=r)
+        self.reloads = Counter("tiny_dancer_model_reloads", "Model reloads", ["result"], registry=r)
+        self.feedback = Counter("tiny_dancer_feedback", "Outcomes recorded", ["success"], registry=r)
+        self.latency = Histogram("tiny_dancer_request_latency_seconds", "Handler latency", ["endpoint"], registry=r,
+                                 buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0))
+        self.inference = Histogram("tiny_dancer_inference_latency_seconds", "Router.route() time", registry=r,
+                                   buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3))
+        prob = tuple(np.round(np.linspace(0.1, 1.0, 10), 2))
+        self.confidence = Histogram("tiny_dancer_confidence", "Decision confidence", registry=r, buckets=prob)
+        self.uncertainty = Histogram("tiny_dancer_uncertainty", "Decision uncertainty", registry=r, buckets=prob)
+        self.model_info = Gauge("tiny_dancer_model_loaded", "1 when a model is being served", ["version"], registry=r)
+
+
+STATE_CODE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def unprocessable(message: str, loc: tuple[str, ...] = ("body",)) -> HTTPException:
+    """A 422 in the shape the OpenAPI schema declares for 422 (a list of {loc, msg, type})."""
+    return HTTPException(422, [{"loc": list(loc), "msg": message, "type": "value_error"}])
+
+
+# ---------------------------------------------------------------------- app
+class Service:
+    """State shared by the handlers: router, query router, storage, metrics."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.storage: SQLiteStorage = open_storage(settings.database_path)
+        self.router: Router | None = None
+        self.not_ready_reason = "no model loaded yet"
+        self.query_router: Any = None
+        self.started = time.time()
+        self._seen_stat: tuple[int, int] | None = None
+        self._try_load()
+        if settings.query_router_path is not None:
+            from .query_router import QueryRouter
+
+            self.query_router = QueryRouter.load(settings.query_router_path)
+
+    def _try_load(self) -> None:
+        s = self.settings
+        try:
+            router = Router(RouterConfig(model_path=s.model_path, confidence_threshold=s.confidence_threshold,
+                                         max_uncertainty=s.max_uncertainty, enable_quantization=s.enable_quantization))
+        except TinyDancerError as exc:
+            self.not_ready_reason = str(exc)
+            log.warning("not ready: %s", exc)
+            return
+        self._attach_breaker(router)
+        self.router = router
+        self._seen_stat = self._stat()
+        self.metrics.model_info.labels(router.served.version).set(1)
+
+    def _attach_breaker(self, router: Router) -> None:
+        if router.breaker is not None:
+            def on_change(state: BreakerState) -> None:
+                self.metrics.breaker_state.set(STATE_CODE[state])
+                if state is BreakerState.OPEN:
+                    self.metrics.breaker_trips.inc()
+            router.breaker.on_state_change = on_change
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.settings.model_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def reload(self, path: str | None = None) -> Any:
+        """Reload (or first load); raises on a bad file and keeps the old model."""
+        if self.router is None:
+            if path is not None:
+                self.settings.model_path = Path(path)
+            self._try_load()
+            if self.router is None:
+                self.metrics.reloads.labels("failed").inc()
+                raise TinyDancerError(self.not_ready_reason)
+            self.metrics.reloads.labels("ok").inc()
+            return self.router.served
+        old = self.router.served.version
+        try:
+            served = self.router.reload_model(path)
+        except TinyDancerError:
+            self.metrics.reloads.labels("failed").inc()
+            raise
+        if path is not None:
+            self.settings.model_path = Path(path)
+        self._seen_stat = self._stat()
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.model_info.labels(old).set(0)
+        self.metrics.model_info.labels(served.version).set(1)
+        return served
+
+    async def watch(self) -> None:
+        """Hot-reload when the model file changes (e.g. a promoted retrain replaced it)."""
+        interval = self.settings.watch_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            stat = self._stat()
+            if stat is not None and stat != self._seen_stat:
+                try:
+                    await asyncio.to_thread(self.reload)
+                    log.info("reloaded %s", self.settings.model_path)
+                except TinyDancerError as exc:
+                    self._seen_stat = stat  # do not retry the same broken file every second
+                    log.warning("model file changed but did not load: %s", exc)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await _reject(send, 413, f"request body over {self.limit} bytes")
+                    return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _reject(send, 413, f"request body over {self.limit} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _reject(send: Callable[[dict], Awaitable[None]], status: int, detail: str) -> None:
+    body = ('{"detail": "%s"}' % detail).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(service.watch()) if settings.watch_interval_s > 0 else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            service.storage.close()
+
+    app = FastAPI(title="Tiny Dancer", version=__version__, lifespan=lifespan,
+                  description="FastGRNN routing: which candidate or model should each request go to.")
+    app.state.service = service
+    m = service.metrics
+
+    async def require_admin(request: Request) -> None:
+        token = settings.auth_token
+        if not token:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            m.errors.labels(request.url.path, "unauthorized").inc()
+            raise HTTPException(401, "admin routes need Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+
+    admin = [Depends(require_admin)]
+
+    def ready_router() -> Router:
+        if service.router is None:
+            raise HTTPException(503, f"not ready: {service.not_ready_reason}")
+        return service.router
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the offending input; a NaN there would make the error itself
+        # unserializable (a 500).  Report where and why, not the value.
+        m.errors.labels(request.url.path, "validation").inc()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(request: Request, exc: ValidationError) -> JSONResponse:
+        m.errors.labels(request.url.path, "validation").inc()
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]}, status_code=422)
+
+    # ------------------------------------------------------------------ routing
+    @app.post("/v1/route", response_model=RouteOut, summary="Score candidates for a query")
+    async def route(body: RouteIn) -> Any:
+        started = time.perf_counter()
+        router = ready_router()
+        request = RoutingRequest(  # the constructors validate (range, finiteness, dimensions)
+            body.query_embedding,
+            [Candidate(c.id, c.embedding, c.metadata, c.created_at, c.access_count, c.success_rate) for c in body.candidates],
+            body.metadata,
+        )
+        response = router.route(request)
+        request_id = uuid.uuid4().hex
+        cols = response.decisions.columns()  # type: ignore[attr-defined]
+        ids, conf, light = cols["candidate_id"], cols["confidence"], cols["use_lightweight"]
+        unc = cols["uncertainty"] if cols["uncertainty"] is not None else [None] * len(ids)
+        # log exactly what the model saw, so retraining learns from the served features
+        feats = response.features if response.features is not None else np.zeros((request.size, 5), np.float32)
+        index = {cid: i for i, cid in enumerate(request.ids)}
+        service.storage.record_decisions(
+            request_id, "candidate", response.model_version,
+            [DecisionRow(cid, rank, feats[index[cid]], c, u, li) for rank, (cid, c, li, u) in enumerate(zip(ids, conf, light, unc))],
+            response.inference_time_us,
+        )
+        m.requests.labels("/v1/route").inc()
+        n_light = sum(light)
+        m.routes.labels("lightweight").inc(n_light)
+        m.routes.labels("powerful").inc(len(light) - n_light)
+        if response.fallback:
+            m.fallbacks.inc()
+        m.inference.observe(response.inference_time_us * 1e-6)
+        for c in conf:
+            if c is not None:
+                m.confidence.observe(c)
+        for u in unc:
+            if u is not None:
+                m.uncertainty.observe(u)
+        m.latency.labels("/v1/route").observe(time.perf_counter() - started)
+        return {
+            "request_id": request_id,
+            "decisions": [{"candidate_id": a, "confidence": b, "use_lightweight": c, "uncertainty": d}
+                          for a, b, c, d in zip(ids, conf, light, unc)],
+            "inference_time_us": response.inference_time_us,
+            "candidates_processed": response.candidates_processed,
+            "feature_time_us": response.feature_time_us,
+            "model_version": response.model_version,
+            "calibrated": response.calibrated,
+            "fallback": response.fallback,
+            "fallback_reason": response.fallback_reason,
+        }
+
+    @app.post("/v1/route/query", response_model=QueryOut, summary="Pick the model tier for a query")
+    async def route_query(body: QueryIn) -> Any:
+        started = time.perf_counter()
+        qr = service.query_router
+        if qr is None:
+            raise HTTPException(503, "no query router loaded: start the service with --query-router DIR")
+        if (body.query is None) == (body.embedding is None):
+            raise unprocessable("give exactly one of 'query' (text) or 'embedding'")
+        if body.query is not None:
+            if not body.query.strip():
+                raise unprocessable("the query is blank", ("body", "query"))
+            emb = (await asyncio.to_thread(qr.embedder.embed, [body.query]))[0]
+        else:
+            emb = as_float_array(body.embedding, "embedding", ndim=1)
+        decision = qr.route(emb)
+        latency = (time.perf_counter() - started) * 1e6
+        request_id = uuid.uuid4().hex
+        service.storage.record_decisions(request_id, "query", str(qr.info.get("trained_at", "")),
+                                         [DecisionRow(decision.model, 0, emb, decision.predicted_quality,
+                                                      decision.strong_score, decision.model != qr.models[qr.strong])],
+                                         latency)
+        m.requests.labels("/v1/route/query").inc()
+        m.latency.labels("/v1/route/query").observe(latency * 1e-6)
+        return {"request_id": request_id, **decision.to_dict(), "latency_us": latency}
+
+    @app.post("/v1/feedback", response_model=FeedbackOut, summary="Record how a routed request turned out")
+    async def feedback(body: FeedbackIn) -> Any:
+        try:
+            target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost)
+        except UnknownRequestError as exc:
+            m.errors.labels("/v1/feedback", "unknown_request").inc()
+            raise HTTPException(404, str(exc).strip('"')) from None
+        m.requests.labels("/v1/feedback").inc()
+        m.feedback.labels(str(body.success).lower()).inc()
+        return {"status": "recorded", "request_id": body.request_id, "target": target}
+
+    # ------------------------------------------------------------------ health and info
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", responses={503: {"description": "no model loaded"}})
+    async def ready() -> Any:
+        if service.router is None:
+            return JSONResponse({"ready": False, "reason": service.not_ready_reason}, status_code=503)
+        return {"ready": True, "model_version": service.router.served.version}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Any:
+        if service.router is not None and service.router.breaker is not None:
+            m.breaker_state.set(STATE_CODE[service.router.breaker.state])
+        return PlainTextResponse(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        r = service.router
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - service.started, 1),
+            "ready": r is not None,
+            "model": None if r is None else {
+                "version": r.served.version, "path": r.served.path, "sha256": r.served.sha256,
+                "loaded_at": r.served.loaded_at, "calibrated": r.served.calibrator is not None,
+                "size_bytes": r.served.model.size_bytes(),
+            },
+            "query_router": None if service.query_router is None else {
+                "models": service.query_router.models, "embedder": service.query_router.embedder_id},
+            "database": str(settings.database_path),
+            "auth": bool(settings.auth_token),
+        }
+
+    # ------------------------------------------------------------------ admin
+    @app.post("/admin/reload", response_model=ReloadOut, dependencies=admin, responses={422: {"description": "bad model file"}})
+    async def reload(body: ReloadIn | None = None) -> Any:
+        try:
+            served = await asyncio.to_thread(service.reload, body.model_path if body else None)
+        except TinyDancerError as exc:
+            raise unprocessable(f"reload failed, the previous model keeps serving: {exc}") from None
+        return {"status": "reloaded", "model_version": served.version, "sha256": served.sha256, "model_path": served.path}
+
+    def config_out(router: Router) -> dict[str, Any]:
+        c = router.config
+        return {"confidence_threshold": c.confidence_threshold, "max_uncertainty": c.max_uncertainty,
+                "enable_circuit_breaker": c.enable_circuit_breaker, "circuit_breaker_threshold": c.circuit_breaker_threshold,
+                "enable_quantization": c.enable_quantization, "fallback_on_open": c.fallback_on_open}
+
+    @app.get("/admin/config", response_model=ConfigOut, dependencies=admin)
+    async def get_config() -> Any:
+        return config_out(ready_router())
+
+    @app.put("/admin/config", response_model=ConfigOut, dependencies=admin)
+    async def put_config(body: ConfigIn) -> Any:
+        router = ready_router()
+        router.set_thresholds(body.confidence_threshold, body.max_uncertainty)
+        return config_out(router)
+
+    @app.get("/admin/circuit-breaker", response_model=BreakerOut, dependencies=admin)
+    async def breaker() -> Any:
+        router = ready_router()
+        return {"enabled": False} if router.breaker is None else {"enabled": True, **router.breaker.status()}
+
+    @app.post("/admin/circuit-breaker/reset", response_model=BreakerOut, dependencies=admin)
+    async def breaker_reset() -> Any:
+        router = ready_router()
+        if router.breaker is None:
+            return {"enabled": False}
+        router.breaker.reset()
+        return {"enabled": True, **router.breaker.status()}
+
+    @app.get("/admin/stats", dependencies=admin)
+    async def stats() -> dict[str, Any]:
+        return service.storage.statistics()
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,118 @@
+"""The learning loop: logs → retrain → versioned → promoted only if not worse → hot reload."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tinydancer import FastGRNN
+from tinydancer.demo import train_default_router_model
+from tinydancer.errors import TinyDancerError
+from tinydancer.features import FeatureEngineer
+from tinydancer.learning import ModelRegistry, RetrainConfig, retrain
+from tinydancer.routing import Router, RouterConfig
+from tinydancer.service import ServiceSettings, create_app
+from tinydancer.storage import DecisionRow, SQLiteStorage
+from tinydancer.synthetic import candidate_requests, drifted_lightweight_ok_probability
+
+
+def log_traffic(storage: SQLiteStorage, router: Router, n_requests: int, seed: int, truth=None) -> None:
+    """Route simulated requests and record every candidate's outcome, as a service would."""
+    for k, (request, _raw, outcomes) in enumerate(candidate_requests(n_requests, 8, seed=seed, truth=truth)):
+        response = router.route(request)
+        ranked = list(response.decisions)
+        index = {cid: i for i, cid in enumerate(request.ids)}
+        rid = f"s{seed}-{k}"
+        storage.record_decisions(rid, "candidate", response.model_version,
+                                 [DecisionRow(d.candidate_id, r, response.features[index[d.candidate_id]], d.confidence,
+                                              d.uncertainty, d.use_lightweight) for r, d in enumerate(ranked)], 10.0)
+        for cid, y in zip(request.ids, outcomes):
+            storage.record_outcome(rid, cid, bool(y), None, None)
+
+
+def accuracy_against(model_path, truth, seed: int = 99) -> float:
+    engineer = FeatureEngineer()
+    model = FastGRNN.load(model_path)
+    hits = total = 0
+    for request, raw, _ in candidate_requests(150, 8, seed=seed):
+        p = model.predict(engineer.compute(request))[:, 0]
+        hits += int(((p >= 0.5) == (truth(raw) >= 0.5)).sum())
+        total += len(p)
+    return hits / total
+
+
+@pytest.fixture()
+def world(tmp_path):
+    served = tmp_path / "served.safetensors"
+    train_default_router_model(served)
+    storage = SQLiteStorage(tmp_path / "logs.db")
+    yield served, storage, ModelRegistry(tmp_path / "registry")
+    storage.close()
+
+
+def test_retrain_learns_a_drifted_world_and_is_promoted(world) -> None:
+    served, storage, registry = world
+    before_sha = served.read_bytes()
+    before = accuracy_against(served, drifted_lightweight_ok_probability)
+    log_traffic(storage, Router(RouterConfig(model_path=served)), 400, seed=1, truth=drifted_lightweight_ok_probability)
+    report = retrain(storage, served, registry, RetrainConfig(seed=0))
+    assert report.samples == 3200 and report.train + report.calibration + report.holdout == 3200
+    assert report.promoted and report.new["log_loss"] <= report.old["log_loss"]
+    assert served.read_bytes() != before_sha
+    after = accuracy_against(served, drifted_lightweight_ok_probability)
+    assert after > before + 0.05
+    entry = registry.versions()[-1]
+    assert entry.promoted and entry.parent == "default-demo-1" and registry.current() == entry.version
+    assert FastGRNN.load(served).extra_metadata["version"] == entry.version
+    assert "conformal_scores" in FastGRNN.load(served).aux_tensors
+
+
+def test_a_worse_model_is_kept_but_not_promoted(world) -> None:
+    served, storage, registry = world
+    before = served.read_bytes()
+    log_traffic(storage, Router(RouterConfig(model_path=served)), 60, seed=2)
+    # a fresh model trained for one epoch at a negligible learning rate is barely better than random
+    report = retrain(storage, served, registry, RetrainConfig(mode="fresh", epochs=1, learning_rate=1e-6, min_samples=100))
+    assert not report.promoted and report.new["log_loss"] > report.old["log_loss"]
+    assert served.read_bytes() == before
+    assert [v.promoted for v in registry.versions()] == [False] and registry.current() is None
+
+
+def test_retrain_needs_enough_outcomes(world) -> None:
+    served, storage, registry = world
+    with pytest.raises(TinyDancerError, match="feedback"):
+        retrain(storage, served, registry)
+
+
+def test_service_hot_reloads_a_promoted_file(tmp_path) -> None:
+    served = tmp_path / "served.safetensors"
+    train_default_router_model(served)
+    app = create_app(ServiceSettings(model_path=served, database_path=tmp_path / "t.db", watch_interval_s=0.05))
+    with TestClient(app) as client:
+        assert client.get("/info").json()["model"]["version"] == "default-demo-1"
+        model = FastGRNN.load(served)
+        model.extra_metadata["version"] = "promoted-2"
+        model.save(served)  # atomic replace, as a promotion does
+        deadline = time.time() + 10
+        while time.time() < deadline and client.get("/info").json()["model"]["version"] != "promoted-2":
+            time.sleep(0.05)
+        assert client.get("/info").json()["model"]["version"] == "promoted-2"
+        served.write_bytes(b"broken")  # a bad file must not take the service down
+        time.sleep(0.3)
+        assert client.get("/info").json()["model"]["version"] == "promoted-2"
+        body = {"query_embedding": [1.0, 0.0], "candidates": [{"id": "a", "embedding": [1.0, 0.1]}]}
+        assert client.post("/v1/route", json=body).status_code == 200
+
+
+def test_storage_migrates_and_reports_percentiles(tmp_path) -> None:
+    storage = SQLiteStorage(tmp_path / "s.db")
+    assert storage.schema_version == 1 and storage.migrate() == 1  # idempotent
+    for i in range(100):
+        storage.record_decisions(f"r{i}", "candidate", "v", [DecisionRow("a", 0, np.zeros(5), 0.5, 0.1, True)], float(i + 1))
+    stats = storage.statistics()
+    assert stats["total_requests"] == 100
+    assert stats["p50_latency_us"] == pytest.approx(50.5) and stats["p99_latency_us"] == pytest.approx(99.01)
+    storage.close()
