@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from ._validation import as_float_array
+from ._validation import FLOAT32_MAX, as_float_array
 from .circuit import BreakerState, CircuitBreaker
 from .errors import ModelFileError, TinyDancerError, ValidationError
 from .features import FEATURE_NAMES, MAX_EXPECTED_ACCESS, FeatureConfig, FeatureEngineer
@@ -113,9 +113,9 @@ class RoutingRequest:
     of these entries it has with equal values.
     """
 
-    __slots__ = ("query_embedding", "candidates", "metadata", "query_unit", "query_is_zero", "candidate_units",
+    __slots__ = ("query_embedding", "_candidates", "metadata", "query_unit", "query_is_zero", "candidate_units",
                  "candidate_is_zero", "created_at", "access_count", "frequency", "success_rate", "metadata_overlap", "ids",
-                 "size")
+                 "size", "_candidate_metadata", "_embeddings")
 
     def __init__(self, query_embedding: Any, candidates: Sequence[Candidate], metadata: dict[str, Any] | None = None) -> None:
         q = as_float_array(query_embedding, "query_embedding", ndim=1)
@@ -141,7 +141,7 @@ class RoutingRequest:
         self.query_embedding = q
         self.query_unit = (q / qn).astype(np.float32) if qn > 0 else q
         self.query_is_zero = qn == 0.0
-        self.candidates = list(candidates)
+        self._candidates: list[Candidate] | None = list(candidates)
         self.metadata = metadata
         self.ids = ids
         self.size = len(ids)
@@ -158,6 +158,104 @@ class RoutingRequest:
                  for c in candidates], dtype=np.float32)
         else:
             self.metadata_overlap = np.zeros(len(ids), dtype=np.float32)
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """The candidates as objects (built on first use for requests made by :meth:`from_arrays`)."""
+        if self._candidates is None:
+            self._candidates = [
+                Candidate(cid, emb, meta, float(t), int(n), float(sr))
+                for cid, emb, meta, t, n, sr in zip(self.ids, self._embeddings, self._candidate_metadata, self.created_at,
+                                                    self.access_count, self.success_rate)
+            ]
+        return self._candidates
+
+    @classmethod
+    def from_arrays(
+        cls,
+        query_embedding: Any,
+        ids: Sequence[str],
+        embeddings: Any,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        created_at: Sequence[float | None] | None = None,
+        access_count: Sequence[int] | None = None,
+        success_rate: Sequence[float] | None = None,
+        request_metadata: dict[str, Any] | None = None,
+    ) -> "RoutingRequest":
+        """Build a request from columns, checked as one batch (what the HTTP service uses).
+
+        The same checks as building :class:`Candidate` objects — dimensions, NaN/Inf, float32 range,
+        counts, rates, seconds-not-milliseconds, not in the future, unique ids — without a Python
+        object per candidate.
+        """
+        self = cls.__new__(cls)
+        q = as_float_array(query_embedding, "query_embedding", ndim=1)
+        # one float64 conversion serves the checks, the norms and the unit vectors
+        emb64 = as_float_array(embeddings, "candidate embeddings", ndim=2, dtype=np.float64)
+        if np.abs(emb64).max() > FLOAT32_MAX:
+            raise ValidationError("candidate embeddings have a value beyond float32's range; rescale the data")
+        n = emb64.shape[0]
+        ids = list(ids)
+        if n == 0 or not ids:
+            raise ValidationError("a routing request needs at least one candidate")
+        if len(ids) != n:
+            raise ValidationError(f"{len(ids)} candidate ids for {n} embeddings")
+        if emb64.shape[1] != q.shape[0]:
+            raise ValidationError(f"candidates have {emb64.shape[1]}-d embeddings but the query is {q.shape[0]}-d")
+        if any(not isinstance(i, str) or not i for i in ids):
+            raise ValidationError("candidate ids must be non-empty strings")
+        if len(set(ids)) != n:
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValidationError(f"candidate id {dup!r} appears twice; ids must be unique within a request")
+        meta = list(metadata) if metadata is not None else [{} for _ in ids]
+        if len(meta) != n or any(not isinstance(m, dict) for m in meta):
+            raise ValidationError("candidate metadata must be one dict per candidate")
+        if request_metadata is not None and not isinstance(request_metadata, dict):
+            raise ValidationError("request metadata must be a dict or None")
+        now = time.time()
+        created = np.array([now if t is None else t for t in created_at] if created_at is not None else [now] * n, dtype=np.float64)
+        counts = np.array(access_count if access_count is not None else [0] * n, dtype=np.float64)
+        rates = np.array(success_rate if success_rate is not None else [0.0] * n, dtype=np.float64)
+        if created.shape != (n,) or counts.shape != (n,) or rates.shape != (n,):
+            raise ValidationError("created_at, access_count and success_rate need one value per candidate")
+        # one min and one max per column: NaN makes both comparisons fail, so it is caught too
+        c_lo, c_hi = float(created.min()), float(created.max())
+        if not (c_lo >= 0 and c_hi <= MILLISECOND_HINT and c_hi <= now + FUTURE_SKEW_S):
+            if not np.isfinite(created).all() or c_lo < 0:
+                raise ValidationError("created_at must be one finite, non-negative Unix time (seconds) per candidate")
+            i = int(np.argmax(created))
+            if created[i] > MILLISECOND_HINT:
+                raise ValidationError(f"candidate {ids[i]!r} created_at = {created[i]:.0f} looks like milliseconds; pass seconds (divide by 1000)")
+            raise ValidationError(f"candidate {ids[i]!r} created_at = {created[i]:.0f} is in the future; check the clock or the unit")
+        if not (counts.min() >= 0 and counts.max() < 2**53 and (counts == np.floor(counts)).all()):
+            raise ValidationError("access_count must be one non-negative integer per candidate")
+        if not (rates.min() >= 0 and rates.max() <= 1):
+            raise ValidationError("success_rate must be one number in [0, 1] per candidate")
+        norms = np.sqrt(np.einsum("ij,ij->i", emb64, emb64))
+        qn = _norm(q)
+        self.query_embedding = q
+        self.query_unit = (q / qn).astype(np.float32) if qn > 0 else q
+        self.query_is_zero = qn == 0.0
+        self._candidates = None
+        self._embeddings = emb64.astype(np.float32)
+        self._candidate_metadata = meta
+        self.metadata = request_metadata
+        self.ids = ids
+        self.size = n
+        safe = np.where(norms > 0, norms, 1.0)
+        self.candidate_units = (emb64 / safe[:, None]).astype(np.float32)
+        self.candidate_is_zero = (norms == 0).astype(np.float32)
+        self.created_at = created
+        self.access_count = counts
+        self.frequency = np.minimum(np.log1p(counts) / LOG_MAX_ACCESS, 1.0).astype(np.float32)
+        self.success_rate = rates.astype(np.float32)
+        if request_metadata:
+            items = list(request_metadata.items())
+            self.metadata_overlap = np.array(
+                [sum(1 for k, v in items if k in m and m[k] == v) / len(items) if m else 0.0 for m in meta], dtype=np.float32)
+        else:
+            self.metadata_overlap = np.zeros(n, dtype=np.float32)
+        return self
 
 
 class RoutingDecision(NamedTuple):
@@ -224,6 +322,13 @@ class Decisions(Sequence[RoutingDecision]):
 
     def __repr__(self) -> str:
         return f"Decisions({list(self)!r})"
+
+    def ranked_arrays(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(ids, order, confidence, lightweight, uncertainty), the arrays in rank order."""
+        order = self._order
+        unc = self._uncertainty
+        return ([self._ids[i] for i in order.tolist()], order, self._confidence[order], self._light[order],
+                None if unc is None else unc[order])
 
     def columns(self) -> dict[str, list[Any]]:
         """The ranked decisions as JSON-ready columns (what the HTTP service sends)."""

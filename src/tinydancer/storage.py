@@ -7,13 +7,16 @@ callers.  The schema is versioned with ``PRAGMA user_version`` and upgraded by t
 
 Tables
     candidates  the candidate catalogue (embedding, metadata, counters)
-    decisions   one row per (request, candidate or model): model version, the features or query
-                embedding retraining needs, the decision, confidence, uncertainty, latency, time
-    outcomes    feedback joined to decisions by request id: success, quality, cost
+    decisions   one row per request: model version, the ranked targets with the features or query
+                embedding retraining needs, confidence, uncertainty and decision of each (packed
+                arrays), latency, time — one insert per routed request, not one per candidate
+    outcomes    feedback joined to decisions by request id and target: success, quality, cost
 Statistics (totals, averages, p50/p95/p99 latency) are computed from the stored rows.
 
-Every write commits before the call returns; in WAL mode a committed transaction survives the
-process being killed (SIGKILL) — it is in the database file or its WAL, not in a buffer.
+Durability: an outcome is committed before it is acknowledged, and in WAL mode a committed
+transaction survives the process being killed (SIGKILL).  The service logs decisions through a
+:class:`DecisionWriter` (group commit, a few milliseconds); feedback flushes it first, so an
+outcome never misses its decision.
 """
 
 from __future__ import annotations
@@ -43,23 +46,26 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     CREATE TABLE decisions (
-        request_id TEXT NOT NULL,
-        target TEXT NOT NULL,            -- candidate id, or chosen model for query routing
+        request_id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,              -- 'candidate' or 'query'
-        rank INTEGER NOT NULL,
         model_version TEXT NOT NULL,
-        inputs BLOB NOT NULL,            -- float32 features (candidate) or query embedding (query)
-        confidence REAL,
-        uncertainty REAL,
-        use_lightweight INTEGER NOT NULL,
+        targets TEXT NOT NULL,           -- JSON list: candidate ids (ranked) or the chosen model
+        n INTEGER NOT NULL,
+        inputs BLOB NOT NULL,            -- float32 (n, d): features (candidate) or query embedding
+        confidence BLOB NOT NULL,        -- float32 (n,), NaN for a non-finite score
+        uncertainty BLOB,                -- float32 (n,), NULL when uncalibrated
+        lightweight BLOB NOT NULL,       -- uint8 (n,)
+        n_lightweight INTEGER NOT NULL,
+        confidence_sum REAL,
+        uncertainty_sum REAL,
         latency_us REAL NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (request_id, target)
+        created_at REAL NOT NULL
     );
     CREATE INDEX decisions_created ON decisions (created_at);
     CREATE TABLE outcomes (
         request_id TEXT NOT NULL,
         target TEXT NOT NULL,
+        rank INTEGER NOT NULL,
         success INTEGER NOT NULL,
         quality REAL,
         cost REAL,
@@ -71,11 +77,13 @@ MIGRATIONS: list[str] = [
 
 
 class UnknownRequestError(TinyDancerError, KeyError):
-    """Feedback named a request id (or candidate) that was never routed."""
+    """Feedback named a request id (or target) that was never routed."""
 
 
 @dataclass(frozen=True)
 class DecisionRow:
+    """One target of a routed request, in rank order."""
+
     target: str
     rank: int
     inputs: np.ndarray
@@ -99,6 +107,8 @@ class Storage(Protocol):
     def record_decisions(self, request_id: str, kind: str, model_version: str, rows: Sequence[DecisionRow],
                          latency_us: float) -> None: ...
 
+    def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None: ...
+
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
                        cost: float | None) -> str: ...
 
@@ -107,6 +117,33 @@ class Storage(Protocol):
     def statistics(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+def decision_record(request_id: str, kind: str, model_version: str, targets: Sequence[str], inputs: np.ndarray,
+                    confidence: np.ndarray, uncertainty: np.ndarray | None, lightweight: np.ndarray,
+                    latency_us: float) -> tuple[Any, ...]:
+    """The decisions row of one request from its ranked columns (what the service logs)."""
+    conf = np.ascontiguousarray(confidence, dtype=np.float32)
+    light = np.ascontiguousarray(lightweight, dtype=np.uint8)
+    unc = None if uncertainty is None else np.ascontiguousarray(uncertainty, dtype=np.float32)
+    finite = conf[np.isfinite(conf)]
+    return (
+        request_id, kind, model_version, json.dumps(list(targets)), len(targets),
+        np.ascontiguousarray(inputs, dtype=np.float32).tobytes(), conf.tobytes(),
+        None if unc is None else unc.tobytes(), light.tobytes(), int(light.sum()),
+        float(finite.sum()) if finite.size else None, None if unc is None else float(unc.sum()), latency_us, time.time(),
+    )
+
+
+def decision_tuples(request_id: str, kind: str, model_version: str, rows: Sequence[DecisionRow],
+                    latency_us: float) -> list[tuple[Any, ...]]:
+    """:func:`decision_record` for rows given one target at a time (as a one-element list)."""
+    n = len(rows)
+    inputs = np.stack([np.asarray(r.inputs, dtype=np.float32).ravel() for r in rows]) if n else np.zeros((0, 0), np.float32)
+    conf = np.array([np.nan if r.confidence is None else r.confidence for r in rows], dtype=np.float32)
+    unc = np.array([r.uncertainty for r in rows], dtype=np.float32) if n and all(r.uncertainty is not None for r in rows) else None
+    light = np.array([r.use_lightweight for r in rows], dtype=np.uint8)
+    return [decision_record(request_id, kind, model_version, [r.target for r in rows], inputs, conf, unc, light, latency_us)]
 
 
 class SQLiteStorage:
@@ -133,6 +170,9 @@ class SQLiteStorage:
                 self._all.append(conn)
         return conn
 
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self._conn())
+
     @property
     def schema_version(self) -> int:
         return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
@@ -145,16 +185,11 @@ class SQLiteStorage:
             raise TinyDancerError(f"{self.path} has schema version {version}, newer than this release ({len(MIGRATIONS)})")
         for number in range(version, len(MIGRATIONS)):
             # each migration and its version bump in one transaction (executescript would commit early)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._tx():
                 for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         return self.schema_version
 
     # ------------------------------------------------------------------ writes
@@ -171,47 +206,45 @@ class SQLiteStorage:
 
     def record_decisions(self, request_id: str, kind: str, model_version: str, rows: Sequence[DecisionRow],
                          latency_us: float) -> None:
-        now = time.time()
-        data = [(request_id, r.target, kind, r.rank, model_version, np.ascontiguousarray(r.inputs, dtype=np.float32).tobytes(),
-                 r.confidence, r.uncertainty, int(r.use_lightweight), latency_us, now) for r in rows]
+        self.insert_decision_rows(decision_tuples(request_id, kind, model_version, rows, latency_us))
+
+    def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None:
+        """Insert rows made by :func:`decision_tuples` in one transaction."""
         with self._tx() as conn:
-            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?)", data)
+            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
                        cost: float | None) -> str:
-        """Attach feedback to a logged decision (the top-ranked one when ``target`` is None)."""
+        """Attach feedback to a logged decision (the top-ranked target when ``target`` is None)."""
         with self._tx() as conn:
-            if target is None:
-                row = conn.execute("SELECT target FROM decisions WHERE request_id=? ORDER BY rank LIMIT 1", (request_id,)).fetchone()
-            else:
-                row = conn.execute("SELECT target FROM decisions WHERE request_id=? AND target=?", (request_id, target)).fetchone()
-            if row is None:
+            row = conn.execute("SELECT targets FROM decisions WHERE request_id=?", (request_id,)).fetchone()
+            targets = json.loads(row[0]) if row is not None else []
+            if row is None or (target is not None and target not in targets):
                 what = f"request {request_id!r}" + ("" if target is None else f" / {target!r}")
                 raise UnknownRequestError(f"no routing decision for {what}")
-            conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?)",
-                         (request_id, row[0], int(bool(success)), quality, cost, time.time()))
-            return str(row[0])
-
-    def _tx(self) -> "_Transaction":
-        return _Transaction(self._conn())
+            chosen = targets[0] if target is None else target
+            conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)",
+                         (request_id, chosen, targets.index(chosen), int(bool(success)), quality, cost, time.time()))
+            return str(chosen)
 
     # ------------------------------------------------------------------ reads
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs:
-        sql = ("SELECT d.inputs, o.success, o.quality, d.created_at, d.model_version FROM decisions d "
-               "JOIN outcomes o ON o.request_id = d.request_id AND o.target = d.target WHERE d.kind = ?")
+        sql = ("SELECT d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version FROM decisions d "
+               "JOIN outcomes o ON o.request_id = d.request_id WHERE d.kind = ?")
         args: list[Any] = [kind]
         if since is not None:
             sql += " AND d.created_at >= ?"
             args.append(since)
-        rows = self._conn().execute(sql + " ORDER BY d.created_at", args).fetchall()
+        rows = self._conn().execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall()
         if not rows:
             return LabelledLogs(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0), [])
+        inputs = [np.frombuffer(blob, dtype=np.float32).reshape(n, -1)[rank] for blob, n, rank, *_ in rows]
         return LabelledLogs(
-            inputs=np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows]),
-            labels=np.array([r[1] for r in rows], dtype=np.float32),
-            quality=np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64),
-            created_at=np.array([r[3] for r in rows], dtype=np.float64),
-            model_versions=[r[4] for r in rows],
+            inputs=np.stack(inputs),
+            labels=np.array([r[3] for r in rows], dtype=np.float32),
+            quality=np.array([np.nan if r[4] is None else r[4] for r in rows], dtype=np.float64),
+            created_at=np.array([r[5] for r in rows], dtype=np.float64),
+            model_versions=[r[6] for r in rows],
         )
 
     def count(self, table: str) -> int:
@@ -222,26 +255,26 @@ class SQLiteStorage:
     def statistics(self) -> dict[str, Any]:
         """The seed's totals and averages, plus latency percentiles from the stored requests."""
         conn = self._conn()
-        totals = conn.execute(
-            "SELECT COUNT(DISTINCT request_id), COUNT(*), COALESCE(SUM(use_lightweight), 0), AVG(confidence), AVG(uncertainty) "
-            "FROM decisions").fetchone()
-        latencies = np.array([r[0] for r in conn.execute("SELECT latency_us FROM decisions WHERE rank = 0")], dtype=np.float64)
-        outcomes = conn.execute("SELECT COUNT(*), AVG(success), AVG(quality) FROM outcomes").fetchone()
+        requests, decisions, light, conf_sum, unc_sum, unc_n = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(n_lightweight), 0), SUM(confidence_sum), "
+            "SUM(uncertainty_sum), SUM(CASE WHEN uncertainty_sum IS NULL THEN 0 ELSE n END) FROM decisions").fetchone()
+        latencies = np.array([r[0] for r in conn.execute("SELECT latency_us FROM decisions")], dtype=np.float64)
+        n_out, success, quality = conn.execute("SELECT COUNT(*), AVG(success), AVG(quality) FROM outcomes").fetchone()
         pct = np.percentile(latencies, [50, 95, 99]).tolist() if latencies.size else [None, None, None]
         return {
-            "total_requests": int(totals[0]),
-            "total_decisions": int(totals[1]),
-            "lightweight_decisions": int(totals[2]),
-            "lightweight_share": (totals[2] / totals[1]) if totals[1] else None,
-            "avg_confidence": totals[3],
-            "avg_uncertainty": totals[4],
+            "total_requests": int(requests),
+            "total_decisions": int(decisions),
+            "lightweight_decisions": int(light),
+            "lightweight_share": light / decisions if decisions else None,
+            "avg_confidence": conf_sum / decisions if decisions and conf_sum is not None else None,
+            "avg_uncertainty": unc_sum / unc_n if unc_n else None,
             "avg_latency_us": float(latencies.mean()) if latencies.size else None,
             "p50_latency_us": pct[0],
             "p95_latency_us": pct[1],
             "p99_latency_us": pct[2],
-            "outcomes": int(outcomes[0]),
-            "success_rate": outcomes[1],
-            "avg_quality": outcomes[2],
+            "outcomes": int(n_out),
+            "success_rate": success,
+            "avg_quality": quality,
         }
 
     def close(self) -> None:
@@ -253,6 +286,74 @@ class SQLiteStorage:
                     pass
             self._all.clear()
         self._local = threading.local()
+
+
+class DecisionWriter:
+    """Group commit of decision logs on a background thread.
+
+    The serving thread hands over rows and returns at once; the writer commits everything that
+    arrived in one transaction, every ``max_delay_s`` at most.  :meth:`flush` waits until what was
+    submitted before it is in the database — feedback calls it before looking a request up.  A
+    crash can lose at most the last ``max_delay_s`` of decision logs, never an acknowledged outcome.
+    """
+
+    def __init__(self, storage: Storage, max_delay_s: float = 0.005) -> None:
+        self.storage = storage
+        self.max_delay_s = max_delay_s
+        self._pending: list[tuple[Any, ...]] = []
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._committed = 0
+        self._closed = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tinydancer-decision-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._cond:
+            if self._closed:
+                raise TinyDancerError("the decision writer is closed")
+            self._pending.extend(rows)
+            self._submitted += 1
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            target = self._submitted
+            if not self._cond.wait_for(lambda: self._committed >= target or self.error is not None, timeout):
+                raise TinyDancerError("decision log did not reach the database in time")
+            if self.error is not None:
+                raise TinyDancerError(f"decision log writer failed: {self.error}")
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
+                if not self._pending and self._closed:
+                    return
+            time.sleep(self.max_delay_s)  # let a group gather
+            with self._cond:
+                batch, self._pending = self._pending, []
+                upto = self._submitted
+            try:
+                if batch:
+                    self.storage.insert_decision_rows(batch)
+            except BaseException as exc:  # keep serving; flush() reports it
+                self.error = exc
+            with self._cond:
+                self._committed = upto
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Commit what is pending, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(10)
 
 
 class _Transaction:

@@ -1,0 +1,142 @@
+"""HTTP throughput and latency of POST /v1/route (10 candidates of 384-d), one uvicorn worker.
+
+The server (``tinydancer serve``, one worker, decisions logged to SQLite) and the load generator
+(``wrk``, from Debian: ``apt-get install wrk``) are separate processes on loopback, sharing this
+machine's 2 cores.  Two runs: plain, and while a third process asks the server to reload its
+model every second (POST /admin/reload).  Every non-2xx answer is counted.
+
+    .venv/bin/python benchmarks/service_load.py [--duration 20] [--connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from _common import console, environment, table
+
+from tinydancer.demo import train_default_router_model
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("%s"):read("*a")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    out = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        out[f"p{pct}_ms"] = ms(re.search(rf"\s{pct}(?:\.000)?%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", text)
+    out["requests"] = float(total.group(1)) if total else 0.0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["failed"] = float(non2xx.group(1)) if non2xx else 0.0
+    out["socket_errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    console.print(environment())
+    tmp = Path(tempfile.mkdtemp(prefix="td-load-"))
+    model = tmp / "model.safetensors"
+    train_default_router_model(model)
+    rng = np.random.default_rng(0)
+
+    def write_body(name: str, dim: int) -> Path:
+        body = {
+            "query_embedding": rng.normal(size=dim).round(5).tolist(),
+            "candidates": [{"id": f"c{i}", "embedding": rng.normal(size=dim).round(5).tolist(), "access_count": 10,
+                            "success_rate": 0.9, "created_at": time.time() - 600, "metadata": {}} for i in range(10)],
+        }
+        (tmp / f"{name}.json").write_text(json.dumps(body))
+        (tmp / f"{name}.lua").write_text(LUA % (tmp / f"{name}.json"))
+        return tmp / f"{name}.lua"
+
+    post384 = write_body("d384", 384)
+    post64 = write_body("d64", 64)
+    port = free_port()
+    env = {**os.environ, "TINY_DANCER_AUTH_TOKEN": "bench"}
+    server = subprocess.Popen([sys.executable, "-m", "tinydancer", "serve", "--model-path", str(model), "--database-path",
+                               str(tmp / "load.db"), "--port", str(port), "--watch-interval", "0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        def wrk(script: Path | None, path: str) -> list[str]:
+            cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
+            return cmd + (["-s", str(script)] if script else []) + [url + path]
+
+        subprocess.run(wrk(post384, "/v1/route")[:3] + ["-d3s"] + wrk(post384, "/v1/route")[4:], capture_output=True)  # warm-up
+        runs = [
+            ("POST /v1/route, 10 × 384-d", post384, "/v1/route", False),
+            ("  … model reloaded every second", post384, "/v1/route", True),
+            ("POST /v1/route, 10 × 64-d (smaller body)", post64, "/v1/route", False),
+            ("GET /health (the framework's ceiling here)", None, "/health", False),
+        ]
+        rows = []
+        for label, script, path, reload in runs:
+            stop = threading.Event()
+            reloads: list[int] = []
+
+            def reloader() -> None:
+                with httpx.Client(base_url=url, headers={"Authorization": "Bearer bench"}, timeout=10) as c:
+                    while not stop.wait(1.0):
+                        reloads.append(c.post("/admin/reload").status_code)
+
+            thread = threading.Thread(target=reloader) if reload else None
+            if thread:
+                thread.start()
+            result = subprocess.run(wrk(script, path), capture_output=True, text=True)
+            stop.set()
+            if thread:
+                thread.join()
+            stats = parse_wrk(result.stdout)
+            rows.append([label, f"{stats['rps']:,.0f}", f"{stats['p50_ms']:.2f} ms", f"{stats['p99_ms']:.2f} ms",
+                         f"{stats['requests']:,.0f}", f"{stats['failed']:.0f} + {stats['socket_errors']:.0f} socket",
+                         f"{len(reloads)} ({reloads.count(200)} ok)" if thread else "—"])
+        console.print(table(f"1 uvicorn worker, decisions logged to SQLite; wrk -t1 -c{args.connections} -d{args.duration}s on loopback",
+                            ["run", "requests/s", "p50", "p99", "requests", "failed", "reloads"], rows))
+        console.print("target (issue 5): >= 1,500 requests/s with p99 <= 10 ms; 0 failed requests while reloading")
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
