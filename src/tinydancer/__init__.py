@@ -7,12 +7,35 @@ from .data import BatchIterator, TrainingDataset, balanced_sample_weights
 from .errors import ModelFileError, NotFittedError, TinyDancerError, ValidationError
 from .losses import binary_cross_entropy, generate_teacher_predictions, soft_targets_from_logits, temperature_softmax
 from .model import FastGRNN, FastGRNNConfig, Normalizer, load_normalization_params, save_normalization_params
+from .features import FeatureConfig, FeatureEngineer
+from .query_router import QueryRouter, QueryRouterConfig, RouteDecision
+from .routing import (
+    Candidate,
+    CircuitOpenError,
+    Router,
+    RouterConfig,
+    RoutingDecision,
+    RoutingRequest,
+    RoutingResponse,
+)
 from .training import Trainer, TrainingConfig, TrainingDivergedError, TrainingMetrics, evaluate_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchIterator",
+    "Candidate",
+    "CircuitOpenError",
+    "FeatureConfig",
+    "FeatureEngineer",
+    "QueryRouter",
+    "QueryRouterConfig",
+    "RouteDecision",
+    "Router",
+    "RouterConfig",
+    "RoutingDecision",
+    "RoutingRequest",
+    "RoutingResponse",
     "FastGRNN",
     "FastGRNNConfig",
     "ModelFileError",
