@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -70,3 +71,20 @@ def _describe_bad_array(value: Any, name: str, exc: Exception) -> str:
                     "every row must have the same number of features"
                 )
     return f"{name} could not be read as numbers ({exc})"
+
+
+_C = TypeVar("_C", bound="DictConfig")
+
+
+class DictConfig:
+    """``to_dict``/``from_dict`` for config dataclasses; unknown keys are an error, not ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValidationError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**data)

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from ._io import atomic_write_bytes
-from ._validation import as_float_array
+from ._validation import DictConfig, as_float_array
 from .errors import ModelFileError, ValidationError
 
 FORMAT_NAME = "tinydancer.fastgrnn"
@@ -40,7 +40,7 @@ OutputActivation = Literal["sigmoid", "softmax"]
 
 
 @dataclass(frozen=True)
-class FastGRNNConfig:
+class FastGRNNConfig(DictConfig):
     """Shape and initialisation of a FastGRNN.
 
     ``rank`` sets a low-rank factorisation for both W and U; ``w_rank``/``u_rank`` override it
@@ -107,16 +107,6 @@ class FastGRNNConfig:
         shapes.update({"b_z": (h,), "b_h": (h,), "zeta": (1,), "nu": (1,), "fc_w": (o, h), "fc_b": (o,)})
         return shapes
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FastGRNNConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValidationError(f"unknown FastGRNNConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 #: Parameters that are weight matrices (L2, pruning and quantization apply to these).

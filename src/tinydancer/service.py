@@ -49,7 +49,7 @@ from . import __version__
 from ._validation import as_float_array
 from .circuit import BreakerState
 from .errors import TinyDancerError, ValidationError
-from .routing import Candidate, Router, RouterConfig, RoutingRequest, default_model_path
+from .routing import Router, RouterConfig, RoutingRequest, default_model_path
 from .storage import (
     DecisionRow,
     DecisionWriter,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ._io import atomic_write_json
+from ._validation import DictConfig
 from .data import Batch, BatchIterator, TrainingDataset
 from .errors import TinyDancerError, ValidationError
 from .losses import LossSpec, accuracy, bce_with_logits, cross_entropy_with_logits, objective, output_probabilities
@@ -23,7 +24,7 @@ from .optim import Adam, clip_by_global_norm
 
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(DictConfig):
     """Hyperparameters, with the seed's defaults.
 
     ``grad_clip`` bounds the *global* L2 norm of the gradient (the seed's text says elementwise
@@ -86,16 +87,6 @@ class TrainingConfig:
     def sparse(self) -> bool:
         return self.w_sparsity > 0 or self.u_sparsity > 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValidationError(f"unknown TrainingConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass
