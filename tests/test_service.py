@@ -152,6 +152,13 @@ def test_bad_reload_is_422_and_keeps_serving(client, tmp_path) -> None:
     assert client.post("/v1/route", json=body()).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["\u0000", "x" * 5000, "/", "/dev/null"])
+def test_reload_with_an_impossible_path_is_422(client, path: str) -> None:
+    r = client.post("/admin/reload", json={"model_path": path}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert client.post("/v1/route", json=body()).status_code == 200
+
+
 def test_query_route_needs_a_query_router(client) -> None:
     assert client.post("/v1/route/query", json={"query": "hello"}).status_code == 503
 
@@ -192,7 +199,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _APP)
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("TD_SCHEMA_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck))
 def test_openapi_no_5xx_and_responses_match_the_schema(case) -> None:
     case.call_and_validate(headers=AUTH, checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
 

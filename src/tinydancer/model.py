@@ -672,8 +672,9 @@ class FastGRNN:
         path = Path(path)
         try:
             exists = path.is_file()
-        except OSError as exc:  # e.g. a name too long for the file system
-            raise ModelFileError(f"cannot read a model file at {str(path)[:200]}: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # e.g. a name too long for the file system, a NUL byte
+            reason = getattr(exc, "strerror", None) or exc
+            raise ModelFileError(f"cannot read a model file at {str(path)[:200]!r}: {reason}") from None
         if not exists:
             raise ModelFileError(
                 f"no model file at {path}: train one with `tinydancer train` or run `make demo` "

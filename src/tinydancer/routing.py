@@ -442,8 +442,9 @@ def _read_bytes(path: Path) -> bytes:
             f"no model file at {path}: train one (`tinydancer train`, `tinydancer retrain`) or run `make demo` "
             "for the default model"
         ) from None
-    except OSError as exc:  # a directory, no permission, a name too long, ...
-        raise ModelFileError(f"cannot read a model file at {str(path)[:200]}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # a directory, no permission, a name too long, a NUL byte, ...
+        reason = getattr(exc, "strerror", None) or exc
+        raise ModelFileError(f"cannot read a model file at {str(path)[:200]!r}: {reason}") from None
 
 
 class Router:
