@@ -186,3 +186,19 @@ def test_standard_splits_match_the_documented_sizes() -> None:
     # decontaminated accuracies from SOURCES.md: GPT-4 80.6 %, Mixtral 68.1 % over both parts
     both = np.concatenate([train.scores, test.scores])
     assert both[:, 0].mean() == pytest.approx(0.806, abs=5e-4) and both[:, 1].mean() == pytest.approx(0.681, abs=5e-4)
+
+
+def test_route_and_choose_make_the_same_decision() -> None:
+    """route() decides one query with scalar code, choose() a batch with arrays: same rule."""
+    rng = np.random.default_rng(5)
+    pair = QueryRouter.fit(pair_table(300, 0), QueryRouterConfig(hidden_dims=(8,), epochs=5), embedder=EMBEDDER)
+    multi = QueryRouter.fit(multi_table(300, 0), QueryRouterConfig(hidden_dims=(8,), epochs=5), embedder=EMBEDDER)
+    emb = rng.normal(size=(60, 128)).astype(np.float32)
+    for router, knobs in ((pair, [dict(threshold=t) for t in (0.3, 0.5, 0.7)]),
+                          (multi, [dict(cost_weight=0.0), dict(cost_weight=0.05), dict(quality_bar=0.5)])):
+        for knob in knobs:
+            router.threshold = knob.get("threshold", router.threshold)
+            router.cost_weight = knob.get("cost_weight", 0.0)
+            router.quality_bar = knob.get("quality_bar")
+            batch = router.choose(router.model.predict(emb))
+            assert [router.route(e).model for e in emb] == [router.models[i] for i in batch]
