@@ -28,7 +28,9 @@ def sigmoid(x: Any) -> np.ndarray:
 
 
 def softmax(x: Any, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
+    x = np.asarray(x)
+    if x.dtype != np.float64:
+        x = x.astype(np.float32)
     shifted = x - x.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)

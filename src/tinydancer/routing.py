@@ -137,25 +137,38 @@ class RoutingRequest:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ValidationError(f"candidate id {dup!r} appears twice; ids must be unique within a request")
         now = time.time()
+        self._candidates: list[Candidate] | None = list(candidates)
+        self._set_columns(
+            q, ids, np.stack([c.unit for c in candidates]),
+            np.array([c.norm == 0.0 for c in candidates], dtype=np.float32),
+            np.array([now if c.created_at is None else c.created_at for c in candidates], dtype=np.float64),
+            np.array([c.access_count for c in candidates], dtype=np.float64),
+            np.array([c.success_rate for c in candidates], dtype=np.float32),
+            [c.metadata for c in candidates], metadata,
+        )
+
+    def _set_columns(self, q: np.ndarray, ids: list[str], units: np.ndarray, is_zero: np.ndarray, created: np.ndarray,
+                     counts: np.ndarray, rates: np.ndarray, metas: Sequence[dict[str, Any]],
+                     request_metadata: dict[str, Any] | None) -> None:
+        """The columns route() works on, from checked inputs (shared by both constructors)."""
         qn = _norm(q)
         self.query_embedding = q
         self.query_unit = (q / qn).astype(np.float32) if qn > 0 else q
         self.query_is_zero = qn == 0.0
-        self._candidates: list[Candidate] | None = list(candidates)
-        self.metadata = metadata
+        self.metadata = request_metadata
         self.ids = ids
         self.size = len(ids)
-        self.candidate_units = np.stack([c.unit for c in candidates])
-        self.candidate_is_zero = np.array([c.norm == 0.0 for c in candidates], dtype=np.float32)
-        self.created_at = np.array([now if c.created_at is None else c.created_at for c in candidates], dtype=np.float64)
-        self.access_count = np.array([c.access_count for c in candidates], dtype=np.float64)
-        self.frequency = np.minimum(np.log1p(self.access_count) / LOG_MAX_ACCESS, 1.0).astype(np.float32)
-        self.success_rate = np.array([c.success_rate for c in candidates], dtype=np.float32)
-        if metadata:
-            items = list(metadata.items())
+        self.candidate_units = units
+        self.candidate_is_zero = is_zero
+        self.created_at = created
+        self.access_count = counts
+        self.frequency = np.minimum(np.log1p(counts) / LOG_MAX_ACCESS, 1.0).astype(np.float32)
+        self.success_rate = rates.astype(np.float32, copy=False)
+        if request_metadata:
+            items = list(request_metadata.items())
             self.metadata_overlap = np.array(
-                [sum(1 for k, v in items if k in c.metadata and c.metadata[k] == v) / len(items) if c.metadata else 0.0
-                 for c in candidates], dtype=np.float32)
+                [sum(1 for k, v in items if k in m and m[k] == v) / len(items) if m else 0.0 for m in metas],
+                dtype=np.float32)
         else:
             self.metadata_overlap = np.zeros(len(ids), dtype=np.float32)
 
@@ -232,29 +245,12 @@ class RoutingRequest:
         if not (rates.min() >= 0 and rates.max() <= 1):
             raise ValidationError("success_rate must be one number in [0, 1] per candidate")
         norms = np.sqrt(np.einsum("ij,ij->i", emb64, emb64))
-        qn = _norm(q)
-        self.query_embedding = q
-        self.query_unit = (q / qn).astype(np.float32) if qn > 0 else q
-        self.query_is_zero = qn == 0.0
         self._candidates = None
         self._embeddings = emb64.astype(np.float32)
         self._candidate_metadata = meta
-        self.metadata = request_metadata
-        self.ids = ids
-        self.size = n
         safe = np.where(norms > 0, norms, 1.0)
-        self.candidate_units = (emb64 / safe[:, None]).astype(np.float32)
-        self.candidate_is_zero = (norms == 0).astype(np.float32)
-        self.created_at = created
-        self.access_count = counts
-        self.frequency = np.minimum(np.log1p(counts) / LOG_MAX_ACCESS, 1.0).astype(np.float32)
-        self.success_rate = rates.astype(np.float32)
-        if request_metadata:
-            items = list(request_metadata.items())
-            self.metadata_overlap = np.array(
-                [sum(1 for k, v in items if k in m and m[k] == v) / len(items) if m else 0.0 for m in meta], dtype=np.float32)
-        else:
-            self.metadata_overlap = np.zeros(n, dtype=np.float32)
+        self._set_columns(q, ids, (emb64 / safe[:, None]).astype(np.float32), (norms == 0).astype(np.float32),
+                          created, counts, rates, meta, request_metadata)
         return self
 
 
@@ -329,16 +325,6 @@ class Decisions(Sequence[RoutingDecision]):
         unc = self._uncertainty
         return ([self._ids[i] for i in order.tolist()], order, self._confidence[order], self._light[order],
                 None if unc is None else unc[order])
-
-    def columns(self) -> dict[str, list[Any]]:
-        """The ranked decisions as JSON-ready columns (what the HTTP service sends)."""
-        order = self._order.tolist()
-        return {
-            "candidate_id": [self._ids[i] for i in order],
-            "confidence": [None if c != c else c for c in self._confidence[order].tolist()],  # NaN → null
-            "use_lightweight": self._light[order].tolist(),
-            "uncertainty": None if self._calibrator is None else self._uncertainty[order].tolist(),  # type: ignore[index]
-        }
 
 
 @dataclass
