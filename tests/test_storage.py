@@ -1,0 +1,99 @@
+"""Decision logging: group commit on the event loop, background WAL checkpoints, time-ordered ids."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from tinydancer.errors import TinyDancerError
+from tinydancer.storage import DecisionWriter, SQLiteStorage, decision_record, new_request_id
+
+
+def row(request_id: str) -> tuple:
+    return decision_record(request_id, "candidate", "v1", ["a", "b"], np.zeros((2, 5), np.float32),
+                           np.array([0.9, 0.2], np.float32), None, np.array([1, 0], np.uint8), 12.0)
+
+
+def test_writer_groups_rows_into_one_commit_per_timer(tmp_path) -> None:
+    storage = SQLiteStorage(tmp_path / "d.db")
+    commits: list[int] = []
+    insert = storage.insert_decision_rows
+    storage.insert_decision_rows = lambda rows: (commits.append(len(rows)), insert(rows))[1]  # type: ignore[method-assign]
+
+    async def serve() -> None:
+        writer = DecisionWriter(storage, max_delay_s=0.01)
+        for i in range(5):
+            writer.submit([row(f"r{i}")])
+        assert storage.count("decisions") == 0  # not yet: the group is still open
+        await asyncio.sleep(0.05)  # the timer fires on this loop
+        assert commits == [5] and storage.count("decisions") == 5
+        writer.submit([row("r5")])
+        writer.flush()  # feedback's path: committed now, not at the timer
+        assert storage.count("decisions") == 6 and commits == [5, 1]
+        writer.close()
+        with pytest.raises(TinyDancerError, match="closed"):
+            writer.submit([row("r6")])
+
+    asyncio.run(serve())
+    storage.close()
+
+
+def test_writer_outside_an_event_loop_commits_at_once(tmp_path) -> None:
+    storage = SQLiteStorage(tmp_path / "d.db")
+    DecisionWriter(storage).submit([row("r0")])
+    assert storage.count("decisions") == 1
+    storage.close()
+
+
+def test_a_failed_commit_keeps_transient_rows_and_drops_impossible_ones(tmp_path) -> None:
+    storage = SQLiteStorage(tmp_path / "d.db")
+    writer = DecisionWriter(storage)
+    insert = storage.insert_decision_rows
+    storage.insert_decision_rows = lambda rows: (_ for _ in ()).throw(sqlite3.OperationalError("database or disk is full"))  # type: ignore[method-assign]
+    writer.submit([row("r0")])
+    with pytest.raises(TinyDancerError, match="disk is full"):
+        writer.flush()
+    storage.insert_decision_rows = insert  # type: ignore[method-assign]
+    writer.flush()  # the disk has room again: the kept row is written, the error cleared
+    assert storage.count("decisions") == 1 and writer.error is None
+    writer.submit([row("r0")])  # the same request id again can never be written
+    with pytest.raises(TinyDancerError, match="UNIQUE"):
+        writer.flush()
+    writer.submit([row("r1")])  # and it does not block later rows
+    writer.flush()
+    assert storage.count("decisions") == 2
+    storage.close()
+
+
+def test_background_checkpoints_replace_commit_time_ones(tmp_path) -> None:
+    storage = SQLiteStorage(tmp_path / "d.db", checkpoint_interval_s=3600)
+    conn = storage._conn()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # no commit stalls on an fsync
+    assert storage._checkpointer is not None and storage._checkpointer.is_alive()
+    storage.insert_decision_rows([row(f"r{i}") for i in range(50)])
+    storage.checkpoint()  # what the thread runs; PASSIVE: every frame copied, nobody blocked
+    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames == copied
+    thread = storage._checkpointer
+    storage.close()
+    assert not thread.is_alive()
+    storage._conn()  # used again after close (a second app lifespan): the thread comes back
+    assert storage._checkpointer is not thread and storage._checkpointer.is_alive()
+    storage.close()
+    assert SQLiteStorage(tmp_path / "e.db")._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+
+
+def test_request_ids_are_uuid7_and_sort_by_time() -> None:
+    first = new_request_id()
+    time.sleep(0.002)
+    later = [new_request_id() for _ in range(100)]
+    assert len(set(later)) == 100
+    assert all(first < other for other in later)
+    parsed = uuid.UUID(first)
+    assert len(first) == 32 and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert abs(int(first[:12], 16) / 1000 - time.time()) < 60  # the first 48 bits are Unix milliseconds
