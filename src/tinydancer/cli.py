@@ -390,6 +390,8 @@ def serve(
 def retrain(
     database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's SQLite file."),
     model_path: Optional[Path] = typer.Option(None, help="The served model file (replaced atomically on promotion)."),
+    query_router: Optional[Path] = typer.Option(
+        None, help="Retrain this query router (its folder or file) from /v1/route/query feedback instead."),
     registry: Path = typer.Option(Path("models/registry"), help="Folder keeping every trained version."),
     mode: str = typer.Option("finetune", help="finetune (continue the served model) or fresh."),
     since: Optional[float] = typer.Option(None, help="Only decisions logged at or after this Unix time."),
@@ -401,17 +403,19 @@ def retrain(
     """Retrain from logged decisions and outcomes; promote the new model only if it is not worse."""
     from dataclasses import asdict
 
-    from .learning import ModelRegistry, RetrainConfig
+    from .learning import ModelRegistry, RetrainConfig, retrain_query_router
     from .learning import retrain as run_retrain
     from .routing import default_model_path
     from .storage import open_storage
 
+    config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples)
+    say = None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     storage = open_storage(database_path)
     try:
-        report = run_retrain(storage, model_path or default_model_path(), ModelRegistry(registry),
-                             RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate,
-                                           min_samples=min_samples),
-                             progress=None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]")))
+        if query_router is not None:
+            report: Any = retrain_query_router(storage, query_router, ModelRegistry(registry), config, progress=say)
+        else:
+            report = run_retrain(storage, model_path or default_model_path(), ModelRegistry(registry), config, progress=say)
     finally:
         storage.close()
     if as_json:

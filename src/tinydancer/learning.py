@@ -6,6 +6,9 @@ uncertainty on a slice the training never saw, and evaluates old and new on the 
 slice.  Every new model is kept in the :class:`ModelRegistry` with its metrics (the seed's
 ``ModelVersion``); it replaces the served file — atomically, so a watching service hot-reloads a
 complete file — only when its held-out loss is no worse than the current model's.
+
+``retrain_query_router`` does the same for a query router from ``/v1/route/query`` decisions and
+their feedback, where each query tells how one model did (see :func:`bandit_targets`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .data import TrainingDataset, balanced_sample_weights
 from .errors import TinyDancerError
 from .losses import bce_with_logits
 from .model import FastGRNN, FastGRNNConfig
+from .query_router import neighbour_means
 from .storage import Storage
 from .training import Trainer, TrainingConfig
 from .uncertainty import ConformalCalibrator
@@ -94,6 +98,8 @@ class RetrainConfig:
     since: float | None = None
     seed: int = 0
     hidden_dim: int = 16  # for mode="fresh"
+    #: query routers: a model's target for a query is the mean outcome of this many nearest queries it answered
+    neighbours: int = 25
 
 
 @dataclass
@@ -181,3 +187,128 @@ def retrain(
     return RetrainReport(n, len(fit), len(cal), len(hold), old_m, new_m, better, entry.version, parent, reason,
                          round(time.perf_counter() - started, 3), asdict(entry))
 
+
+
+@dataclass
+class QueryRetrainReport:
+    samples: int
+    train: int
+    holdout: int
+    skipped: int
+    old: dict[str, float]
+    new: dict[str, float]
+    promoted: bool
+    version: str
+    parent: str | None
+    reason: str
+    seconds: float
+    registry_entry: dict[str, Any] = field(default_factory=dict)
+
+
+def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fallback: np.ndarray, k: int,
+                   pair: tuple[int, int] | None = None) -> np.ndarray:
+    """Training targets for every model from partial feedback: each logged query says how *one* model did.
+
+    A model's target for a query is the mean observed quality of the ``k`` nearest queries that
+    went to that model (the router's neighbour distillation, applied per model), so every column
+    is learned from that model's own outcomes.  Holding the unobserved columns at the router's
+    old predictions instead would contradict the observed ones wherever the world drifted: the
+    same kind of query would say "0.9" when the model was asked and "0.3" when it was not.  A
+    model with ``k`` or fewer outcomes keeps ``fallback`` (the old predictions) except where
+    observed.  For a two-model router the advantage column is recomputed: ``(1 + q_strong - q_weak) / 2``.
+    """
+    targets = np.array(fallback, dtype=np.float32, copy=True)
+    for j in range(targets.shape[1] - (1 if pair is not None else 0)):
+        mine = np.flatnonzero(chosen == j)
+        if len(mine) > k > 0:
+            own = np.full(len(x), -1)
+            own[mine] = np.arange(len(mine))
+            targets[:, j] = neighbour_means(x, x[mine], observed[mine], k, exclude=own)
+        else:
+            targets[mine, j] = observed[mine]
+    if pair is not None:
+        strong, weak = pair
+        targets[:, -1] = (1.0 + targets[:, strong] - targets[:, weak]) / 2.0
+    return np.clip(targets, 0.0, 1.0)
+
+
+def retrain_query_router(
+    storage: Storage,
+    router_path: str | Path,
+    registry: ModelRegistry,
+    config: RetrainConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> QueryRetrainReport:
+    """Fine-tune a query router from ``/v1/route/query`` decisions and their feedback.
+
+    Each logged query has the embedding it was routed on, the model it went to and how well that
+    model did (``quality``, or ``success`` as 0/1).  Old and new routers are compared on the
+    same held-out queries by the squared error of the predicted quality of the model that
+    answered; the new one replaces ``router_path`` (atomically) only if it is not worse.  A
+    two-model router keeps its share of strong calls: the threshold is re-set on the new scores.
+    """
+    from .query_router import ROUTER_FILE, QueryRouter
+
+    cfg = config or RetrainConfig()
+    if cfg.mode != "finetune":
+        raise TinyDancerError("query routers are retrained by fine-tuning; to start afresh, train one from a table "
+                              "(tinydancer router train)")
+    say = progress or (lambda _m: None)
+    started = time.perf_counter()
+    path = Path(router_path)
+    file = path / ROUTER_FILE if path.is_dir() else path
+    current = QueryRouter.load(file)
+    parent = current.model.extra_metadata.get("version")
+    logs = storage.labelled("query", cfg.since)
+    index = {name: i for i, name in enumerate(current.models)}
+    dim = current.model.config.input_dim
+    usable = np.array([t in index for t in logs.targets], dtype=bool)
+    if logs.inputs.size and logs.inputs.shape[1] != dim:
+        usable[:] = False
+    n, skipped = int(usable.sum()), int((~usable).sum())
+    if n < cfg.min_samples:
+        raise TinyDancerError(f"only {n} routed queries have feedback for this router's models (need {cfg.min_samples}); "
+                              "send feedback for /v1/route/query decisions to /v1/feedback first")
+    x = logs.inputs[usable]
+    chosen = np.array([index[t] for t, ok in zip(logs.targets, usable) if ok])
+    observed = np.where(np.isnan(logs.quality[usable]), logs.labels[usable], logs.quality[usable]).astype(np.float32)
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    n_hold = int(cfg.holdout_fraction * n)
+    hold, fit = perm[:n_hold], perm[n_hold:]
+    say(f"{n} routed queries with feedback ({skipped} skipped): {len(fit)} to train, {len(hold)} held out")
+
+    pair = (current.strong, current.weak) if current.is_pair else None
+    targets = bandit_targets(x[fit], chosen[fit], observed[fit], current.predict(x[fit]), cfg.neighbours, pair)
+    net = current.model.copy()
+    net.quantized = None
+    dataset = TrainingDataset(x[fit], targets)
+    if net.normalizer is not None:
+        dataset.apply_normalization(net.normalizer)
+    else:
+        dataset.normalize()
+    Trainer(net.config, TrainingConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, seed=cfg.seed,
+                                       validation_split=0.0)).train(net, dataset)
+    new = QueryRouter(net, current.models, current.costs, current.embedder_id, threshold=current.threshold,
+                      cost_weight=current.cost_weight, quality_bar=current.quality_bar,
+                      info={**current.info, "retrained_at": time.time(), "feedback_queries": n})
+    if pair is not None and current.threshold is not None:
+        share = float(np.mean(current.predict(x)[:, 2] >= current.threshold))
+        new.score_quantiles = np.quantile(new.predict(x)[:, 2], np.linspace(0, 1, 101))
+        new.calibrate(share)
+
+    def errors(router: QueryRouter) -> dict[str, float]:
+        predicted = router.predict(x[hold])[np.arange(len(hold)), chosen[hold]]
+        return {"squared_error": float(np.mean((predicted - observed[hold]) ** 2)),
+                "mean_predicted": float(predicted.mean()), "mean_observed": float(observed[hold].mean())}
+
+    old_m, new_m = errors(current), errors(new)
+    better = new_m["squared_error"] <= old_m["squared_error"]
+    reason = (f"held-out squared error of the answering model's predicted quality {old_m['squared_error']:.4f} → "
+              f"{new_m['squared_error']:.4f}: " + ("not worse, promoted" if better else "worse, kept the current router"))
+    entry = registry.add(new.packed(), {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "kind": "query_router"},
+                         parent)
+    if better:
+        registry.promote(entry, file)
+    say(reason)
+    return QueryRetrainReport(n, len(fit), len(hold), skipped, old_m, new_m, better, entry.version, parent, reason,
+                              round(time.perf_counter() - started, 3), asdict(entry))

@@ -102,18 +102,36 @@ class RouteDecision:
 
 def neighbour_targets(x: np.ndarray, y: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """Mean of ``y`` over each row's ``k`` nearest other rows by cosine similarity (blockwise)."""
-    n = x.shape[0]
-    if k <= 0 or n <= 1:
+    if k <= 0 or x.shape[0] <= 1:
         return y.astype(np.float32)
-    k = min(k, n - 1)
-    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    out = np.empty_like(y, dtype=np.float32)
-    for start in range(0, n, block):
-        sims = xn[start : start + block] @ xn.T
-        rows = np.arange(sims.shape[0])
-        sims[rows, start + rows] = -np.inf  # a query is not its own neighbour
+    return neighbour_means(x, x, y, k, exclude=np.arange(x.shape[0]), block=block)
+
+
+def neighbour_means(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                    block: int = 1024) -> np.ndarray:
+    """Mean of ``ref_y`` over each row of ``x``'s ``k`` nearest reference rows by cosine similarity.
+
+    ``exclude[i]``, when given and >= 0, is row i's own position in the reference (a query is not
+    its own neighbour).  Computed in blocks of ``block`` rows, so memory stays ``block × len(ref_x)``.
+    """
+    n_ref = ref_x.shape[0]
+    k = min(k, n_ref - (1 if exclude is not None and (exclude >= 0).any() else 0))
+    if k <= 0:
+        raise ValidationError("neighbour_means needs at least one reference row besides the excluded one")
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    xn, rn = unit(x), unit(ref_x)
+    out = np.empty((x.shape[0],) + ref_y.shape[1:], dtype=np.float32)
+    for start in range(0, x.shape[0], block):
+        sims = xn[start : start + block] @ rn.T
+        if exclude is not None:
+            own = exclude[start : start + block]
+            rows = np.flatnonzero(own >= 0)
+            sims[rows, own[rows]] = -np.inf
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out[start : start + block] = y[idx].mean(axis=1)
+        out[start : start + block] = ref_y[idx].mean(axis=1)
     return out
 
 
@@ -442,7 +460,10 @@ class QueryRouter:
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/router.safetensors``: the network plus models, costs, embedder, knobs."""
-        folder = Path(folder)
+        return self.packed().save(Path(folder) / ROUTER_FILE)
+
+    def packed(self) -> FastGRNN:
+        """A copy of the network carrying the router's metadata: saved, it is a router file."""
         net = self.model.copy()
         net.extra_metadata["query_router"] = json.dumps({
             "format": ROUTER_FORMAT,
@@ -456,7 +477,7 @@ class QueryRouter:
             "score_quantiles": None if self.score_quantiles is None else self.score_quantiles.tolist(),
             "info": self.info,
         })
-        return net.save(folder / ROUTER_FILE)
+        return net
 
     @classmethod
     def load(cls, path: str | Path) -> "QueryRouter":

@@ -271,11 +271,10 @@ class Service:
         self.query_router: Any = None
         self.started = time.time()
         self._seen_stat: tuple[int, int] | None = None
+        self._seen_query_stat: tuple[int, int] | None = None
         self._try_load()
         if settings.query_router_path is not None:
-            from .query_router import QueryRouter
-
-            self.query_router = QueryRouter.load(settings.query_router_path)
+            self.reload_query_router()
 
     def _try_load(self) -> None:
         s = self.settings
@@ -299,12 +298,34 @@ class Service:
                     self.metrics.breaker_trips.inc()
             router.breaker.on_state_change = on_change
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self, path: Path | None = None) -> tuple[int, int] | None:
         try:
-            st = os.stat(self.settings.model_path)
+            st = os.stat(path or self.settings.model_path)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size)
+
+    def _query_router_file(self) -> Path | None:
+        from .query_router import ROUTER_FILE
+
+        path = self.settings.query_router_path
+        return None if path is None else (path / ROUTER_FILE if path.is_dir() else path)
+
+    def reload_query_router(self) -> Any:
+        """(Re)load the query router file; a bad file raises and the old router keeps serving."""
+        from .query_router import QueryRouter
+
+        file = self._query_router_file()
+        if file is None:
+            raise TinyDancerError("no query router configured (--query-router DIR)")
+        stat = self._stat(file)
+        new = QueryRouter.load(file)
+        old = self.query_router
+        if old is not None and old._embedder is not None and old.embedder_id == new.embedder_id:
+            new.embedder = old.embedder  # keep the loaded embedder: a fresh one would load MiniLM again
+        self.query_router = new
+        self._seen_query_stat = stat
+        return new
 
     def reload(self, path: str | None = None) -> Any:
         """Reload (or first load); raises on a bad file and keeps the old model."""
@@ -332,7 +353,7 @@ class Service:
         return served
 
     async def watch(self) -> None:
-        """Hot-reload when the model file changes (e.g. a promoted retrain replaced it)."""
+        """Hot-reload when the model or query router file changes (e.g. a promoted retrain replaced it)."""
         interval = self.settings.watch_interval_s
         while True:
             await asyncio.sleep(interval)
@@ -344,6 +365,17 @@ class Service:
                 except TinyDancerError as exc:
                     self._seen_stat = stat  # do not retry the same broken file every second
                     log.warning("model file changed but did not load: %s", exc)
+            query_file = self._query_router_file()
+            stat = None if query_file is None else self._stat(query_file)
+            if stat is not None and stat != self._seen_query_stat:
+                try:
+                    await asyncio.to_thread(self.reload_query_router)
+                    self.metrics.reloads.labels("ok").inc()
+                    log.info("reloaded query router %s", query_file)
+                except TinyDancerError as exc:
+                    self._seen_query_stat = stat
+                    self.metrics.reloads.labels("failed").inc()
+                    log.warning("query router file changed but did not load: %s", exc)
 
 
 class BodyLimit:

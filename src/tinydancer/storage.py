@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -106,6 +106,8 @@ class LabelledLogs:
     quality: np.ndarray  # (N,) quality, NaN where not given
     created_at: np.ndarray  # (N,)
     model_versions: list[str]
+    #: what each outcome is about: the candidate id or, for query routing, the model name
+    targets: list[str] = field(default_factory=list)
 
 
 class Storage(Protocol):
@@ -265,7 +267,7 @@ class SQLiteStorage:
 
     # ------------------------------------------------------------------ reads
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs:
-        sql = ("SELECT d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version FROM decisions d "
+        sql = ("SELECT d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target FROM decisions d "
                "JOIN outcomes o ON o.request_id = d.request_id WHERE d.kind = ?")
         args: list[Any] = [kind]
         if since is not None:
@@ -281,6 +283,7 @@ class SQLiteStorage:
             quality=np.array([np.nan if r[4] is None else r[4] for r in rows], dtype=np.float64),
             created_at=np.array([r[5] for r in rows], dtype=np.float64),
             model_versions=[r[6] for r in rows],
+            targets=[r[7] for r in rows],
         )
 
     def count(self, table: str) -> int:

@@ -1,0 +1,145 @@
+"""Query routers learn from /v1/route/query feedback: partial (bandit) outcomes → fine-tune → promote."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from tinydancer.cli import app as cli
+from tinydancer.demo import train_default_router_model
+from tinydancer.embeddings import HashingEmbedder
+from tinydancer.errors import TinyDancerError
+from tinydancer.learning import ModelRegistry, RetrainConfig, bandit_targets, retrain_query_router
+from tinydancer.query_router import ROUTER_FILE, QueryRouter, QueryRouterConfig
+from tinydancer.service import ServiceSettings, create_app
+from tinydancer.storage import DecisionRow, SQLiteStorage
+from tinydancer.tables import RoutingTable
+
+EMBEDDER = HashingEmbedder(64)
+FRUIT = ["apples", "bananas", "cherries", "grapes", "melons", "pears"]
+MATHS = ["topology", "cohomology", "spectral sequences", "sheaves", "homotopy", "galois theory"]
+MODELS = ["cheap", "mid", "top"]
+#: P(success) per model, for fruit and maths questions
+BEFORE = {"fruit": [0.9, 0.3, 0.9], "maths": [0.1, 0.85, 0.9]}
+AFTER = {"fruit": [0.9, 0.3, 0.9], "maths": [0.9, 0.85, 0.9]}  # the cheap model learned maths
+
+
+def questions(n: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    kinds = ["maths" if rng.random() < 0.5 else "fruit" for _ in range(n)]
+    return [f"item {i}: tell me about {rng.choice(MATHS if k == 'maths' else FRUIT)}" for i, k in enumerate(kinds)], kinds
+
+
+@pytest.fixture()
+def served_router(tmp_path):
+    rng = np.random.default_rng(0)
+    texts, kinds = questions(1200, rng)
+    scores = np.array([[rng.random() < p for p in BEFORE[k]] for k in kinds], dtype=float)
+    table = RoutingTable(texts, MODELS, scores, np.tile([1.0, 3.0, 10.0], (len(texts), 1)))
+    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(16,), epochs=40), embedder=EMBEDDER)
+    folder = tmp_path / "router"
+    router.save(folder)
+    return folder
+
+
+def log_feedback(storage: SQLiteStorage, n: int, seed: int) -> None:
+    """Queries routed to a model chosen at random (exploration), with the drifted world's outcome."""
+    rng = np.random.default_rng(seed)
+    texts, kinds = questions(n, rng)
+    embeddings = EMBEDDER.embed(texts)
+    for i, (emb, kind) in enumerate(zip(embeddings, kinds)):
+        model = int(rng.integers(3))
+        rid = f"q{seed}-{i}"
+        storage.record_decisions(rid, "query", "v1", [DecisionRow(MODELS[model], 0, emb, None, None, model == 0)], 50.0)
+        storage.record_outcome(rid, None, bool(rng.random() < AFTER[kind][model]), None, None)
+
+
+def cheap_quality_on_maths(router: QueryRouter) -> float:
+    texts, _ = questions(200, np.random.default_rng(7))
+    maths = [t for t in texts if any(m in t for m in MATHS)]
+    return float(router.predicted_quality(EMBEDDER.embed(maths))[:, 0].mean())
+
+
+def test_bandit_targets_learn_each_model_from_its_own_outcomes() -> None:
+    # four queries on two topics (x), two models + the advantage column; model 0 answered queries
+    # 0-2, model 1 only query 3 (too few to impute from: its column keeps the fallback)
+    x = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], dtype=np.float32)
+    chosen = np.array([0, 0, 0, 1])
+    observed = np.array([1.0, 0.0, 1.0, 0.2], dtype=np.float32)
+    fallback = np.full((4, 3), 0.5, dtype=np.float32)
+    t = bandit_targets(x, chosen, observed, fallback, k=1, pair=(1, 0))
+    # model 0: the outcome of each query's nearest *other* query that model 0 answered:
+    # 0 → 1, 1 → 0, 2 → 1 (cosine 0.1 beats 0), 3 → 2
+    np.testing.assert_allclose(t[:, 0], [0.0, 1.0, 0.0, 1.0])
+    np.testing.assert_allclose(t[:, 1], [0.5, 0.5, 0.5, 0.2])
+    np.testing.assert_allclose(t[:, 2], (1 + t[:, 1] - t[:, 0]) / 2)
+    assert (fallback == 0.5).all()  # the input is not modified
+
+
+def test_a_drifted_world_is_learned_from_feedback_and_promoted(served_router, tmp_path) -> None:
+    before = QueryRouter.load(served_router)
+    assert cheap_quality_on_maths(before) < 0.3
+    storage = SQLiteStorage(tmp_path / "logs.db")
+    log_feedback(storage, 900, seed=1)
+    registry = ModelRegistry(tmp_path / "registry")
+    report = retrain_query_router(storage, served_router, registry, RetrainConfig(min_samples=200))
+    storage.close()
+    assert report.samples == 900 and report.skipped == 0 and report.promoted
+    assert report.new["squared_error"] < report.old["squared_error"]
+    after = QueryRouter.load(served_router)  # the served file was replaced
+    assert after.model.extra_metadata["version"] == report.version and report.parent is None
+    assert cheap_quality_on_maths(after) > 0.8  # the drifted world's truth: 0.9
+    assert after.models == MODELS and after.cost_weight == before.cost_weight and after.embedder_id == EMBEDDER.id
+    assert [v.version for v in registry.versions()] == [report.version] and registry.current() == report.version
+
+
+def test_too_little_feedback_is_a_clear_error(served_router, tmp_path) -> None:
+    storage = SQLiteStorage(tmp_path / "logs.db")
+    log_feedback(storage, 30, seed=2)
+    with pytest.raises(TinyDancerError, match="only 30 routed queries have feedback"):
+        retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "r"), RetrainConfig(min_samples=200))
+    with pytest.raises(TinyDancerError, match="fine-tuning"):
+        retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "r"), RetrainConfig(mode="fresh"))
+    storage.close()
+
+
+def test_cli_retrains_and_the_service_hot_reloads_the_router(served_router, tmp_path) -> None:
+    model = tmp_path / "candidates.safetensors"
+    train_default_router_model(model)
+    db = tmp_path / "t.db"
+    app = create_app(ServiceSettings(model_path=model, database_path=db, query_router_path=served_router,
+                                     watch_interval_s=0.05, auth_token=None))
+    with TestClient(app) as client:
+        service = app.state.service
+        first = service.query_router
+        emb = EMBEDDER.embed(["item 1: tell me about cohomology"])[0].tolist()
+        before = client.post("/v1/route/query", json={"embedding": emb}).json()
+        # the service's own logs feed retraining: route and report outcomes over HTTP ...
+        texts, kinds = questions(50, np.random.default_rng(4))
+        for text, kind in zip(texts, kinds):
+            routed = client.post("/v1/route/query", json={"embedding": EMBEDDER.embed([text])[0].tolist()}).json()
+            p = AFTER[kind][MODELS.index(routed["model"])]
+            assert client.post("/v1/feedback", json={"request_id": routed["request_id"], "success": p > 0.5}).status_code == 200
+        # ... though a router only learns about the models it sends traffic to: the cheap model's new
+        # skill shows only in explored traffic, logged here directly
+        storage = SQLiteStorage(db)
+        log_feedback(storage, 600, seed=3)
+        storage.close()
+        result = CliRunner().invoke(cli, ["retrain", "--database-path", str(db), "--query-router", str(served_router),
+                                          "--registry", str(tmp_path / "registry"), "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        assert report["promoted"] and report["samples"] == 650 and report["skipped"] == 0
+        deadline = time.time() + 10
+        while time.time() < deadline and service.query_router is first:
+            time.sleep(0.05)
+        assert service.query_router is not first
+        after = client.post("/v1/route/query", json={"embedding": emb}).json()
+        assert after["model"] == "cheap" and before["model"] != "cheap"
+        (served_router / ROUTER_FILE).write_bytes(b"broken")  # a bad file keeps the router serving
+        time.sleep(0.3)
+        assert client.post("/v1/route/query", json={"embedding": emb}).status_code == 200
