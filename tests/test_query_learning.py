@@ -143,3 +143,31 @@ def test_cli_retrains_and_the_service_hot_reloads_the_router(served_router, tmp_
         (served_router / ROUTER_FILE).write_bytes(b"broken")  # a bad file keeps the router serving
         time.sleep(0.3)
         assert client.post("/v1/route/query", json={"embedding": emb}).status_code == 200
+
+
+def test_a_two_model_router_keeps_its_share_of_strong_calls(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    texts, kinds = questions(800, rng)
+    # before: the small model fails maths; after: it fails fruit instead
+    p_small = {"fruit": 0.9, "maths": 0.1}
+    scores = np.array([[rng.random() < 0.9, rng.random() < p_small[k]] for k in kinds], dtype=float)
+    table = RoutingTable(texts, ["big", "small"], scores, np.tile([10.0, 1.0], (len(texts), 1)))
+    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(16,), epochs=40), embedder=EMBEDDER)
+    router.calibrate(0.3)
+    router.save(tmp_path / "pair")
+    storage = SQLiteStorage(tmp_path / "logs.db")
+    texts, kinds = questions(600, np.random.default_rng(6))
+    embeddings = EMBEDDER.embed(texts)
+    for i, (emb, kind) in enumerate(zip(embeddings, kinds)):
+        model = int(rng.integers(2))
+        ok = rng.random() < (0.9 if model == 0 else {"fruit": 0.1, "maths": 0.9}[kind])
+        storage.record_decisions(f"p{i}", "query", "v1", [DecisionRow(["big", "small"][model], 0, emb, None, None, model == 1)], 5.0)
+        storage.record_outcome(f"p{i}", None, bool(ok), None, None)
+    report = retrain_query_router(storage, tmp_path / "pair", ModelRegistry(tmp_path / "registry"), RetrainConfig())
+    storage.close()
+    assert report.promoted
+    after = QueryRouter.load(tmp_path / "pair")
+    strong = lambda r: r.predict(embeddings)[:, 2] >= r.threshold  # noqa: E731
+    assert abs(strong(after).mean() - strong(router).mean()) < 0.02  # same share of strong calls ...
+    fruit = np.array([k == "fruit" for k in kinds])
+    assert fruit[strong(router)].mean() < 0.1 and fruit[strong(after)].mean() > 0.9  # ... now spent on fruit
