@@ -11,7 +11,10 @@ script measures, on the same MiniLM embeddings:
   (as far as MiniLM's clusters see it) could reach — at large k it also overfits the 500 rows;
 - a cost-sensitive softmax regression trained per λ on soft targets softmax((Q − λ·c)/0.05),
   which optimises the choice instead of the scores;
-- the oracle.
+- the oracle;
+
+and, in a second table, how the task mix differs between train and test (k-means, k = 14), with
+ridge's AIQ on a validation slice of train next to its test AIQ.
 
     .venv/bin/python benchmarks/llmrouter_ceiling.py
 """
@@ -60,6 +63,23 @@ def main() -> None:
     ox, oy = oracle_points(q_te, c_te)
     rows.append(["oracle", f"{aiq(ox, oy, lo, hi):.4f}", "bound"])
     console.print(table("LLMRouter test split (500 queries), MiniLM embeddings: AIQ", ["predictor", "AIQ", "kind"], rows))
+
+    # the test split's task mix is not the training split's
+    km = KMeans(14, n_init=4, random_state=0).fit(np.vstack([x_tr, x_te]))
+    l_tr, l_te = km.labels_[: len(x_tr)], km.labels_[len(x_tr):]
+    mix = []
+    for c in np.argsort(-np.bincount(l_te, minlength=14)):
+        example = train.queries[int(np.flatnonzero(l_tr == c)[0])][:48].replace("\n", " ")
+        mix.append([f"{(l_tr == c).mean():.1%}", f"{(l_te == c).mean():.1%}", f"{q_tr[l_tr == c].mean(0).max():.2f}", example])
+    console.print(table("Task mix (k-means, k = 14): share of train and test queries", ["train", "test", "best single model, train",
+                                                                                       "a training query"], mix))
+    perm = np.random.default_rng(0).permutation(len(x_tr))
+    val, fit = perm[:1000], perm[1000:]
+    pred = Ridge(alpha=10.0).fit(x_tr[fit], q_tr[fit]).predict(x_tr[val])
+    c_val = c_tr[val]
+    pts = [sweep_points(np.argmax(pred - lam * c_val, 1), q_tr[val], c_val) for lam in lambda_grid(pred, c_val, 201)]
+    console.print(f"ridge (alpha 10) AIQ on 1,000 held-out training queries: "
+                  f"{aiq([p[0] for p in pts], [p[1] for p in pts], lo, hi):.4f} (on test: {rows[0][1]})")
 
 
 def _soft_choice(x: np.ndarray, utility: np.ndarray, tau: float = 0.05, l2: float = 1e-3,
