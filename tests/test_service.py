@@ -19,6 +19,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from prometheus_client import generate_latest
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
@@ -82,6 +83,30 @@ def test_metrics_are_prometheus_and_count(client) -> None:
     for name in ("tiny_dancer_request_latency_seconds_bucket", "tiny_dancer_confidence_bucket", "tiny_dancer_uncertainty_bucket",
                  "tiny_dancer_circuit_breaker_state", "tiny_dancer_circuit_breaker_trips_total", "tiny_dancer_errors_total"):
         assert name in text, name
+    assert 'tiny_dancer_request_latency_seconds_count{endpoint="/v1/route"} 3.0' in text
+    assert 'tiny_dancer_inference_latency_seconds_count 3.0' in text
+    assert 'tiny_dancer_confidence_count 15.0' in text and 'tiny_dancer_uncertainty_count 15.0' in text
+
+
+def test_route_metrics_fold_in_batches_and_count_exactly() -> None:
+    from tinydancer.service import Metrics
+
+    m = Metrics()
+    m.FOLD_EVERY = 3
+    conf = np.array([0.95, 0.15, np.nan], dtype=np.float32)  # a NaN score is counted as a route, not binned
+    m.route_done(3, 1, False, 2e-5, 4e-4, conf, None)
+    m.route_done(3, 1, True, 3e-5, 6e-4, conf, np.array([0.01, 0.3, 0.5], dtype=np.float32))
+    assert 'endpoint="/v1/route"' not in generate_latest(m.registry).decode()  # still buffered
+    m.route_done(3, 0, False, 1e-5, 3e-3, conf, None)  # the third folds the batch
+    text = generate_latest(m.registry).decode()
+    assert 'tiny_dancer_requests_total{endpoint="/v1/route"} 3.0' in text
+    assert 'tiny_dancer_routes_total{decision="lightweight"} 2.0' in text and 'tiny_dancer_routes_total{decision="powerful"} 7.0' in text
+    assert "tiny_dancer_fallbacks_total 1.0" in text
+    assert 'tiny_dancer_request_latency_seconds_bucket{endpoint="/v1/route",le="0.0005"} 1.0' in text
+    assert 'tiny_dancer_request_latency_seconds_bucket{endpoint="/v1/route",le="0.001"} 2.0' in text
+    assert 'tiny_dancer_request_latency_seconds_bucket{endpoint="/v1/route",le="+Inf"} 3.0' in text
+    assert "tiny_dancer_confidence_count 6.0" in text and "tiny_dancer_uncertainty_count 3.0" in text
+    assert 'tiny_dancer_confidence_bucket{le="0.2"} 3.0' in text
 
 
 @pytest.mark.parametrize("headers, status", [({}, 401), ({"Authorization": "Bearer wrong"}, 401),
