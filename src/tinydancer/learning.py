@@ -116,6 +116,8 @@ class RetrainReport:
     reason: str
     seconds: float
     registry_entry: dict[str, Any] = field(default_factory=dict)
+    #: logged outcomes that could not be used (query routers: a model the router does not know)
+    skipped: int = 0
 
 
 def _holdout_metrics(model: FastGRNN, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -189,22 +191,6 @@ def retrain(
 
 
 
-@dataclass
-class QueryRetrainReport:
-    samples: int
-    train: int
-    holdout: int
-    skipped: int
-    old: dict[str, float]
-    new: dict[str, float]
-    promoted: bool
-    version: str
-    parent: str | None
-    reason: str
-    seconds: float
-    registry_entry: dict[str, Any] = field(default_factory=dict)
-
-
 def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fallback: np.ndarray, k: int,
                    pair: tuple[int, int] | None = None) -> np.ndarray:
     """Training targets for every model from partial feedback: each logged query says how *one* model did.
@@ -238,7 +224,7 @@ def retrain_query_router(
     registry: ModelRegistry,
     config: RetrainConfig | None = None,
     progress: Callable[[str], None] | None = None,
-) -> QueryRetrainReport:
+) -> RetrainReport:
     """Fine-tune a query router from ``/v1/route/query`` decisions and their feedback.
 
     Each logged query has the embedding it was routed on, the model it went to and how well that
@@ -310,5 +296,5 @@ def retrain_query_router(
     if better:
         registry.promote(entry, file)
     say(reason)
-    return QueryRetrainReport(n, len(fit), len(hold), skipped, old_m, new_m, better, entry.version, parent, reason,
-                              round(time.perf_counter() - started, 3), asdict(entry))
+    return RetrainReport(n, len(fit), 0, len(hold), old_m, new_m, better, entry.version, parent, reason,
+                         round(time.perf_counter() - started, 3), asdict(entry), skipped)
