@@ -171,3 +171,33 @@ def test_a_two_model_router_keeps_its_share_of_strong_calls(tmp_path) -> None:
     assert abs(strong(after).mean() - strong(router).mean()) < 0.02  # same share of strong calls ...
     fruit = np.array([k == "fruit" for k in kinds])
     assert fruit[strong(router)].mean() < 0.1 and fruit[strong(after)].mean() > 0.9  # ... now spent on fruit
+
+
+def test_exploration_lets_the_service_learn_from_its_own_traffic(served_router, tmp_path) -> None:
+    """With every query explored, HTTP traffic and feedback alone teach the router the drift."""
+    model = tmp_path / "candidates.safetensors"
+    train_default_router_model(model)
+    db = tmp_path / "t.db"
+    app = create_app(ServiceSettings(model_path=model, database_path=db, query_router_path=served_router,
+                                     watch_interval_s=0, auth_token=None, query_exploration=1.0))
+    texts, kinds = questions(600, np.random.default_rng(8))
+    outcomes = np.random.default_rng(9).random(len(texts))
+    with TestClient(app) as client:
+        chosen = []
+        for text, kind, u in zip(texts, kinds, outcomes):
+            routed = client.post("/v1/route/query", json={"embedding": EMBEDDER.embed([text])[0].tolist()}).json()
+            assert routed["explored"] and routed["runner_up"] in MODELS
+            chosen.append(routed["model"])
+            ok = bool(u < AFTER[kind][MODELS.index(routed["model"])])
+            assert client.post("/v1/feedback", json={"request_id": routed["request_id"], "success": ok}).status_code == 200
+        assert 'tiny_dancer_query_explorations_total 600.0' in client.get("/metrics").text
+    assert min(chosen.count(name) for name in MODELS) > 150  # drawn uniformly
+    storage = SQLiteStorage(db)
+    report = retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "registry"), RetrainConfig())
+    storage.close()
+    assert report.promoted and cheap_quality_on_maths(QueryRouter.load(served_router)) > 0.8
+
+
+def test_exploration_share_is_validated(tmp_path) -> None:
+    with pytest.raises(TinyDancerError, match="query_exploration"):
+        ServiceSettings(model_path=tmp_path / "m.safetensors", query_exploration=1.5)

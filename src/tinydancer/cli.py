@@ -368,6 +368,8 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     watch_interval: float = typer.Option(1.0, help="Seconds between checks of the model file for hot reload (0: off)."),
+    explore: float = typer.Option(0.0, help="Share of /v1/route/query requests sent to a random model, so retraining "
+                                            "learns about models the router would not pick."),
     log_level: str = typer.Option("warning"),
 ) -> None:
     """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale)."""
@@ -377,7 +379,8 @@ def serve(
     from .service import ServiceSettings, create_app
 
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
-                               query_router_path=query_router, watch_interval_s=watch_interval)
+                               query_router_path=query_router, watch_interval_s=watch_interval,
+                               query_exploration=explore)
     application = create_app(settings)
     service = application.state.service
     if service.router is None:

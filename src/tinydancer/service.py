@@ -76,6 +76,13 @@ class ServiceSettings:
     confidence_threshold: float = 0.85
     max_uncertainty: float = 0.15
     enable_quantization: bool = True
+    #: share of /v1/route/query requests sent to a model drawn at random, so that retraining
+    #: learns about models the router would not pick (0: never explore)
+    query_exploration: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.query_exploration <= 1.0:
+            raise ValidationError(f"query_exploration must be in [0, 1], got {self.query_exploration}")
 
 
 # ---------------------------------------------------------------------- schemas (RouteIn: see wire.py)
@@ -113,6 +120,7 @@ class QueryOut(BaseModel):
     runner_up_cost: float
     strong_score: float | None = None
     latency_us: float
+    explored: bool = Field(False, description="sent to a model drawn at random (exploration), not the router's choice")
 
 
 class FeedbackIn(Strict):
@@ -235,6 +243,7 @@ class Metrics:
         self.confidence = BatchHistogram("tiny_dancer_confidence", "Decision confidence", prob, r)
         self.uncertainty = BatchHistogram("tiny_dancer_uncertainty", "Decision uncertainty", prob, r)
         self.model_info = Gauge("tiny_dancer_model_loaded", "1 when a model is being served", ["version"], registry=r)
+        self.explorations = Counter("tiny_dancer_query_explorations", "Queries sent to a random model", registry=r)
         self._routes: list[tuple[int, int, bool, float, float, np.ndarray, np.ndarray | None]] = []
 
     def route_done(self, n: int, n_light: int, fallback: bool, inference_s: float, latency_s: float,
@@ -285,6 +294,16 @@ def _decode(raw: bytes) -> RouteBody:
                                   for e in exc.errors(include_input=False, include_context=False)]) from None
 
 
+def _explore(router: Any, embedding: np.ndarray, chosen: Any, index: int) -> Any:
+    """The decision for model ``index`` instead of the router's choice, which becomes the runner-up."""
+    from .query_router import RouteDecision
+
+    quality = router.predicted_quality(embedding)[0].tolist()
+    return RouteDecision(model=router.models[index], predicted_quality=quality[index], cost=float(router.costs[index]),
+                         runner_up=chosen.model, runner_up_quality=chosen.predicted_quality, runner_up_cost=chosen.cost,
+                         strong_score=chosen.strong_score)
+
+
 def unprocessable(message: str, loc: tuple[str, ...] = ("body",)) -> HTTPException:
     """A 422 in the shape the OpenAPI schema declares for 422 (a list of {loc, msg, type})."""
     return HTTPException(422, [{"loc": list(loc), "msg": message, "type": "value_error"}])
@@ -303,6 +322,7 @@ class Service:
         self.not_ready_reason = "no model loaded yet"
         self.query_router: Any = None
         self.started = time.time()
+        self.rng = np.random.default_rng()  # exploration draws
         self._seen_stat: tuple[int, int] | None = None
         self._seen_query_stat: tuple[int, int] | None = None
         self._try_load()
@@ -576,6 +596,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         else:
             emb = as_float_array(body.embedding, "embedding", ndim=1)
         decision = qr.route(emb)
+        explored = settings.query_exploration > 0 and service.rng.random() < settings.query_exploration
+        if explored:
+            decision = _explore(qr, emb, decision, int(service.rng.integers(len(qr.models))))
+            m.explorations.inc()
         latency = (time.perf_counter() - started) * 1e6
         request_id = new_request_id()
         service.writer.submit(decision_tuples(request_id, "query", str(qr.info.get("trained_at", "")),
@@ -584,7 +608,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                               latency))
         m.requests.labels("/v1/route/query").inc()
         m.latency.observe_many([latency * 1e-6], "/v1/route/query")
-        return {"request_id": request_id, **decision.to_dict(), "latency_us": latency}
+        return {"request_id": request_id, **decision.to_dict(), "latency_us": latency, "explored": explored}
 
     @app.post("/v1/feedback", response_model=FeedbackOut, summary="Record how a routed request turned out")
     async def feedback(body: FeedbackIn) -> Any:
