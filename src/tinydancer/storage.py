@@ -160,7 +160,7 @@ class SQLiteStorage:
     fsyncs, and would stall a serving event loop); a background thread does it that often instead.
     While it runs, :attr:`checkpointing` is set and a :class:`DecisionWriter` holds its rows back:
     a checkpoint raced by new commits never catches up, and SQLite only starts the WAL over when
-    one has copied every frame (under steady load the WAL reached 77 MB in 15 s without this; with
+    one has copied every frame (under steady load the WAL reached 77 MB in 20 s without this; with
     it, 9 MB).
     """
 
