@@ -276,7 +276,8 @@ def retrain_query_router(
                                        validation_split=0.0)).train(net, dataset)
     new = QueryRouter(net, current.models, current.costs, current.embedder_id, threshold=current.threshold,
                       cost_weight=current.cost_weight, quality_bar=current.quality_bar,
-                      info={**current.info, "retrained_at": time.time(), "feedback_queries": n})
+                      info={**current.info, "retrained_at": time.time(), "feedback_queries": n},
+                      memory=current.memory)
     if pair is not None and current.threshold is not None:
         share = float(np.mean(current.predict(x)[:, 2] >= current.threshold))
         new.score_quantiles = np.quantile(new.predict(x)[:, 2], np.linspace(0, 1, 101))

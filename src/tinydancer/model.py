@@ -707,8 +707,8 @@ class FastGRNN:
             raise ModelFileError(f"{source} has unreadable metadata ({exc})") from None
         aux = {k[4:]: tensors.pop(k) for k in [k for k in tensors if k.startswith("aux.")]}
         for name, value in aux.items():
-            if value.dtype.kind != "f" or not np.isfinite(value).all():
-                raise ModelFileError(f"{source}: auxiliary tensor {name!r} must be finite floats")
+            if value.dtype.kind not in "fu" or (value.dtype.kind == "f" and not np.isfinite(value).all()):
+                raise ModelFileError(f"{source}: auxiliary tensor {name!r} must be finite floats or unsigned integers")
         normalizer = None
         norm = {k: tensors.pop(f"normalization.{k}") for k in ("means", "stds") if f"normalization.{k}" in tensors}
         if norm:

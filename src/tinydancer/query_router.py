@@ -15,6 +15,10 @@ smoothed signal instead of memorising coin flips; only the kilobyte network runs
 When a transformer teacher's logits are given (two-model tables), they are blended into the
 advantage head's soft target.
 
+Queries routed *as text* also consult an :class:`~tinydancer.memory.OutcomeMemory` of the
+training table's own outcomes: a query seen before, word for word, gets the posterior mean of
+the network's output and what was observed for it (see :mod:`tinydancer.memory`).
+
 Decisions
     two models:  strong when the advantage score >= ``threshold`` (``calibrate(share)`` sets it
                  so that ``share`` of typical queries go strong, as RouteLLM does);
@@ -37,6 +41,7 @@ from .data import TrainingDataset
 from .errors import ModelFileError, ValidationError
 from .evaluation import aiq, lambda_grid, routellm_curve, sweep_points
 from .losses import soft_targets_from_logits
+from .memory import OutcomeMemory
 from .model import FastGRNN, FastGRNNConfig
 from .tables import RoutingTable
 from .training import Trainer, TrainingConfig
@@ -68,6 +73,10 @@ class QueryRouterConfig:
     #: the paper's sparse training (dense → hard thresholding → fine-tuning), see TrainingConfig
     w_sparsity: float = 0.0
     u_sparsity: float = 0.0
+    #: remember each training query's own outcomes for verbatim repeats (see tinydancer.memory)
+    memory: bool = True
+    #: the network's weight in the memory's posterior mean, in observations
+    memory_prior: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +90,8 @@ class QueryRouterConfig:
             raise ValidationError("teacher_weight must be in [0, 1]")
         if not 0.0 <= self.label_weight <= 1.0:
             raise ValidationError("label_weight must be in [0, 1]")
+        if not (self.memory_prior > 0 and np.isfinite(self.memory_prior)):
+            raise ValidationError("memory_prior must be a positive number")
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,7 @@ class QueryRouter:
         quality_bar: float | None = None,
         score_quantiles: Sequence[float] | None = None,
         info: dict[str, Any] | None = None,
+        memory: OutcomeMemory | None = None,
     ) -> None:
         self.model = model
         self.models = list(models)
@@ -166,6 +178,9 @@ class QueryRouter:
         self.quality_bar = quality_bar
         self.score_quantiles = None if score_quantiles is None else np.asarray(score_quantiles, dtype=np.float64)
         self.info: dict[str, Any] = info or {}
+        if memory is not None and len(memory) and memory.width != expected:
+            raise ValidationError(f"the outcome memory holds {memory.width} outputs per query; this router has {expected}")
+        self.memory = memory
         self._embedder: Any = None
         order = np.argsort(self.costs)
         self.strong = int(order[-1])
@@ -192,13 +207,21 @@ class QueryRouter:
         self._embedder = value
 
     # ------------------------------------------------------------------ scoring
-    def _embeddings(self, queries: Any) -> np.ndarray:
+    @staticmethod
+    def _texts(queries: Any) -> list[str] | None:
+        """The queries as a list of texts, or None when they are embeddings."""
         if isinstance(queries, str):
             queries = [queries]
         if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
             if any(not q.strip() for q in queries):
                 raise ValidationError("a query is empty; send the text to route")
-            return self.embedder.embed(list(queries))
+            return list(queries)
+        return None
+
+    def _embeddings(self, queries: Any) -> np.ndarray:
+        texts = self._texts(queries)
+        if texts is not None:
+            return self.embedder.embed(texts)
         x = as_float_array(queries, "query embedding", ndim=(1, 2))
         x = x[None, :] if x.ndim == 1 else x
         if x.shape[1] != self.model.config.input_dim:
@@ -206,8 +229,20 @@ class QueryRouter:
         return x
 
     def predict(self, queries: Any) -> np.ndarray:
-        """All outputs, (N, M) qualities [+ the advantage column for two models]."""
-        return self.model.predict(self._embeddings(queries))
+        """All outputs, (N, M) qualities [+ the advantage column for two models].
+
+        Texts seen verbatim in training are blended with their remembered outcomes; embeddings
+        carry no text, so they get the network's output alone.
+        """
+        outputs = self.model.predict(self._embeddings(queries))
+        texts = self._texts(queries)
+        return self.remember(texts, outputs)[0] if texts is not None else outputs
+
+    def remember(self, texts: Sequence[str], outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network ``outputs`` for ``texts`` with the outcome memory applied, and which texts it knew."""
+        if self.memory is None:
+            return outputs, np.zeros(len(texts), dtype=bool)
+        return self.memory.blend(texts, outputs)
 
     def predicted_quality(self, queries: Any) -> np.ndarray:
         return self.predict(queries)[:, : len(self.models)]
@@ -306,9 +341,9 @@ class QueryRouter:
         col = [table.models.index(m) for m in self.models]
         scores, costs = table.scores[:, col], table.costs[:, col]
         x = self._table_embeddings(table)
-        outputs = self.model.predict(x)
+        outputs, remembered = self.remember(table.queries, self.model.predict(x))
         mean_costs = costs.mean(axis=0)
-        result: dict[str, Any] = {"n_queries": len(table), "models": self.models}
+        result: dict[str, Any] = {"n_queries": len(table), "models": self.models, "remembered": int(remembered.sum())}
         if self.is_pair:
             s, w = scores[:, self.strong], scores[:, self.weak]
             curve = routellm_curve(outputs[:, 2], s, w)
@@ -431,7 +466,9 @@ class QueryRouter:
             "teacher": teacher_logits is not None,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         }
-        router = cls(net, table.models, costs, embedder_id, info=info)
+        memory = OutcomeMemory.build(table.queries, targets, config.memory_prior) if config.memory else None
+        info["memory_entries"] = 0 if memory is None else len(memory)
+        router = cls(net, table.models, costs, embedder_id, info=info, memory=memory)
         if m == 2:
             router.score_quantiles = np.quantile(val_out[:, 2], np.linspace(0, 1, 101))
             router.calibrate(0.5)
@@ -465,6 +502,10 @@ class QueryRouter:
     def packed(self) -> FastGRNN:
         """A copy of the network carrying the router's metadata: saved, it is a router file."""
         net = self.model.copy()
+        for key in [k for k in net.aux_tensors if k.startswith("memory.")]:
+            del net.aux_tensors[key]
+        if self.memory is not None:
+            net.aux_tensors.update(self.memory.to_tensors())
         net.extra_metadata["query_router"] = json.dumps({
             "format": ROUTER_FORMAT,
             "format_version": ROUTER_FORMAT_VERSION,
@@ -475,6 +516,7 @@ class QueryRouter:
             "cost_weight": self.cost_weight,
             "quality_bar": self.quality_bar,
             "score_quantiles": None if self.score_quantiles is None else self.score_quantiles.tolist(),
+            "memory_prior": None if self.memory is None else self.memory.prior_weight,
             "info": self.info,
         })
         return net
@@ -492,8 +534,11 @@ class QueryRouter:
             meta = json.loads(raw)
             if meta.get("format") != ROUTER_FORMAT or meta.get("format_version") != ROUTER_FORMAT_VERSION:
                 raise ModelFileError(f"{file}: unsupported router format {meta.get('format')!r} v{meta.get('format_version')!r}")
+            memory = OutcomeMemory.from_tensors(net.aux_tensors, meta.get("memory_prior") or 1.0)
+            for key in [k for k in net.aux_tensors if k.startswith("memory.")]:
+                del net.aux_tensors[key]  # the router holds them; packed() puts them back
             return cls(net, meta["models"], meta["costs"], meta["embedder_id"], threshold=meta["threshold"],
                        cost_weight=meta["cost_weight"], quality_bar=meta["quality_bar"],
-                       score_quantiles=meta["score_quantiles"], info=meta.get("info"))
+                       score_quantiles=meta["score_quantiles"], info=meta.get("info"), memory=memory)
         except (KeyError, TypeError, json.JSONDecodeError, ValidationError) as exc:
-            raise ModelFileError(f"{file} has unreadable router metadata ({exc})") from None
+            raise ModelFileError(f"{file} has an unreadable router part ({exc})") from None
