@@ -232,6 +232,9 @@ def router_train(
     prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: $ per query} for rows without costs."),
     teacher_logits: Optional[Path] = typer.Option(None, help="Two-model tables: .npy of a teacher's logits, one per row, to distil."),
     neighbours: int = typer.Option(100, help="Neighbour smoothing of training targets (0 = raw outcomes)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory",
+                                help="Remember each training query's outcomes for verbatim repeats."),
+    memory_prior: float = typer.Option(1.0, help="The network's weight, in observations, against remembered outcomes."),
     seed: int = typer.Option(0),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -249,12 +252,13 @@ def router_train(
     if teacher_logits is not None:
         logits = np.load(teacher_logits)
     say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]"))
-    router = QueryRouter.fit(data, QueryRouterConfig(neighbours=neighbours, seed=seed), embedder=emb, teacher_logits=logits, progress=say)
+    router = QueryRouter.fit(data, QueryRouterConfig(neighbours=neighbours, memory=memory, memory_prior=memory_prior, seed=seed), embedder=emb, teacher_logits=logits, progress=say)
     path = router.save(out)
     info = router.info
     console.print(
         f"trained a {len(router.models)}-model router in {info['seconds']:.1f} s: validation "
-        f"{info['validation_metric'].upper()} {info['validation_score']:.4f} (hidden {info['hidden_dim']}); wrote {path}"
+        f"{info['validation_metric'].upper()} {info['validation_score']:.4f} (hidden {info['hidden_dim']}), "
+        f"{info['memory_entries']} queries remembered; wrote {path}"
     )
 
 
@@ -305,7 +309,7 @@ def _calibration(router: Any, data: Any) -> dict[str, float]:
     from .evaluation import brier_score, expected_calibration_error
 
     col = [data.models.index(m) for m in router.models]
-    pred = router.model.predict(data.embeddings)[:, : len(router.models)]
+    pred = router.remember(data.queries, router.model.predict(data.embeddings))[0][:, : len(router.models)]
     observed = data.scores[:, col]
     return {"brier": brier_score(pred, observed), "ece": expected_calibration_error(pred, observed)}
 
