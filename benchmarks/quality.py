@@ -11,6 +11,11 @@ Rows: tinydancer's FastGRNN router (and ablations), random, always-weak, always-
 kNN(50), logistic regression (two models) / ridge (N models) from scikit-learn, and the Rust
 crate's own ``trainRouter``/``score`` (npm @ruvector/tiny-dancer 0.1.22, through Node).
 
+Some test queries appear verbatim in the training split (119 of LLMRouter's 500, 44 of MMLU's
+2,809).  Our router remembers training outcomes for such repeats (``tinydancer.memory``), so the
+table also shows it without that memory, the baselines with the same memory, and — where there
+are repeats — a second table that scores the repeated and the new test queries separately.
+
     .venv/bin/python benchmarks/quality.py                  # all three datasets, ~10 min the first time
     .venv/bin/python benchmarks/quality.py --only mmlu      # one dataset
 """
@@ -31,6 +36,7 @@ from _common import console, environment, table, time_call
 
 from tinydancer.embeddings import MiniLMEmbedder, make_embedder
 from tinydancer.evaluation import aiq, lambda_grid, oracle_points, oracle_scores, random_point, routellm_curve, sweep_points
+from tinydancer.memory import OutcomeMemory, query_keys
 from tinydancer.plotting import plot_lines
 from tinydancer.query_router import QueryRouter, QueryRouterConfig
 from tinydancer.tables import RoutingTable, shared_data_dir, standard_splits
@@ -102,7 +108,33 @@ def rust_crate(train: RoutingTable, test: RoutingTable, workdir: Path) -> dict[s
     return json.loads((workdir / "out.json").read_text())
 
 
-def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.ndarray | None, skip_rust: bool) -> list[Row]:
+def remembered(pred: np.ndarray, train: RoutingTable, targets: np.ndarray, test: RoutingTable) -> np.ndarray:
+    """A baseline's predictions with the same outcome memory our router uses (prior weight 1)."""
+    out = pred[:, None] if pred.ndim == 1 else pred
+    blended = OutcomeMemory.build(train.queries, targets.reshape(len(train), -1)).blend(test.queries, out)[0]
+    return blended[:, 0] if pred.ndim == 1 else blended
+
+
+def subset_rows(predictions: dict[str, np.ndarray], test: RoutingTable, seen: np.ndarray) -> list[list[str]]:
+    """AIQ (N models) or APGR (two) of each predictor on the repeated and on the new test queries."""
+    pair = len(test.models) == 2
+    cells = []
+    for label, pred in predictions.items():
+        row = [label]
+        for mask in (seen, ~seen):
+            part = test.subset(np.flatnonzero(mask))
+            row.append(f"{(pair_metrics(pred[mask], part)['apgr'] if pair else multi_metrics(pred[mask], part)['aiq']):.3f}")
+        cells.append(row)
+    if not pair:  # the references on each part, for scale
+        parts = [test.subset(np.flatnonzero(mask)) for mask in (seen, ~seen)]
+        lo_hi = [(float(p.mean_costs.min()), float(p.mean_costs.max())) for p in parts]
+        cells.append(["best single models (hull)"] + [f"{aiq(list(p.mean_costs), list(p.scores.mean(axis=0)), *b):.3f}" for p, b in zip(parts, lo_hi)])
+        cells.append(["oracle"] + [f"{aiq(*oracle_points(p.scores, p.costs), *b):.3f}" for p, b in zip(parts, lo_hi)])
+    return cells
+
+
+def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.ndarray | None,
+                skip_rust: bool) -> tuple[list[Row], list[list[str]], np.ndarray]:
     pair = len(train.models) == 2
     rows: list[Row] = []
     curves: dict[str, tuple[list[float], list[float]]] = {}
@@ -110,6 +142,8 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
     x_tr, x_te = train.embeddings, test.embeddings
     assert x_tr is not None and x_te is not None
     one = x_te[0]
+    seen = np.isin(query_keys(test.queries), query_keys(train.queries))
+    by_subset: dict[str, np.ndarray] = {}
 
     def add(label: str, values: dict, train_s: float | None, latency_s: float | None, note: str = "") -> None:
         curve = values.pop("_curve", None)
@@ -126,9 +160,17 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         t0 = time.perf_counter()
         router = QueryRouter.fit(train, cfg, teacher_logits=logits)
         train_s = time.perf_counter() - t0
-        out = router.model.predict(x_te)
-        values = metrics(out[:, 2], test) if pair else metrics(out[:, : len(train.models)], test)
-        add(label, values, train_s, time_call(lambda: router.route(one)), f"hidden {router.info['hidden_dim']}, {router.model.size_bytes():,} B")
+        net_out = router.model.predict(x_te)
+        out, hit = router.remember(test.queries, net_out)
+        cols = 2 if pair else slice(0, len(train.models))
+        note = f"hidden {router.info['hidden_dim']}, {router.model.size_bytes():,} B"
+        if router.memory is not None:
+            note += f"; memory {router.memory.nbytes:,} B knew {int(hit.sum())} test queries"
+        add(label, metrics(out[:, cols], test), train_s, time_call(lambda: router.route(one)), note)
+        if label == "tinydancer FastGRNN":
+            by_subset[label] = out[:, cols]
+            by_subset["  without outcome memory"] = net_out[:, cols]
+            add("  without outcome memory", metrics(net_out[:, cols], test), train_s, None, "the same network, memory off")
 
     # references
     if pair:
@@ -158,6 +200,9 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         knn_scores = knn_predict(x_tr, adv, x_te)
         add("kNN(50)", pair_metrics(knn_scores, test), 0.0, time_call(lambda: knn_predict(x_tr, adv, one[None])),
             "mean advantage q_strong − q_weak of the neighbours")
+        by_subset["kNN(50)"] = knn_scores
+        by_subset["kNN(50) + outcome memory"] = remembered(knn_scores, train, adv, test)
+        add("kNN(50) + outcome memory", pair_metrics(by_subset["kNN(50) + outcome memory"], test), 0.0, None)
         win = (s_tr > w_tr).astype(np.float64)
         add("kNN(50), win labels", pair_metrics(knn_predict(x_tr, win, x_te), test), 0.0, None,
             "share of neighbours where only the strong model was right")
@@ -166,12 +211,17 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         lr_s = time.perf_counter() - t0
         add("logistic regression", pair_metrics(clf.predict_proba(x_te)[:, 1], test), lr_s, time_call(lambda: clf.predict_proba(one[None])))
     else:
-        add("kNN(50)", multi_metrics(knn_predict(x_tr, train.scores, x_te), test), 0.0,
-            time_call(lambda: knn_predict(x_tr, train.scores, one[None])))
+        knn_q = knn_predict(x_tr, train.scores, x_te)
+        add("kNN(50)", multi_metrics(knn_q, test), 0.0, time_call(lambda: knn_predict(x_tr, train.scores, one[None])))
         t0 = time.perf_counter()
         ridge = Ridge(alpha=1.0).fit(x_tr, train.scores)
         r_s = time.perf_counter() - t0
-        add("ridge regression", multi_metrics(ridge.predict(x_te), test), r_s, time_call(lambda: ridge.predict(one[None])))
+        ridge_q = ridge.predict(x_te)
+        add("ridge regression", multi_metrics(ridge_q, test), r_s, time_call(lambda: ridge.predict(one[None])))
+        for label, pred in (("kNN(50)", knn_q), ("ridge regression", ridge_q)):
+            by_subset[label] = pred
+            by_subset[f"{label} + outcome memory"] = remembered(pred, train, train.scores, test)
+            add(f"{label} + outcome memory", multi_metrics(by_subset[f"{label} + outcome memory"], test), None, None)
 
     if not skip_rust:
         with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +250,7 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
                       title=f"{name}: cost against quality on the test split", points=singles)
     if path:
         console.print(f"plot: {path}")
-    return rows
+    return rows, subset_rows(by_subset, test, seen) if seen.any() else [], seen
 
 
 def fmt(v: object, spec: str) -> str:
@@ -226,7 +276,7 @@ def main() -> None:
         t0 = time.perf_counter()
         train, test = train.with_embeddings(emb), test.with_embeddings(emb)
         console.print(f"{name}: {len(train)} train / {len(test)} test queries, {len(train.models)} models (embeddings {time.perf_counter() - t0:.1f} s)")
-        rows = run_dataset(name, train, test, teacher if name == "mmlu" else None, args.skip_rust)
+        rows, subsets, seen = run_dataset(name, train, test, teacher if name == "mmlu" else None, args.skip_rust)
         pair = len(train.models) == 2
         cols = ["router", "APGR", "CPT50 %", "CPT80 %", "AIQ", "train", "decision", "note"] if pair else ["router", "AIQ", "train", "decision", "note"]
         body = []
@@ -240,6 +290,10 @@ def main() -> None:
                       "—" if lat is None else f"{lat * 1e6:,.1f} µs", str(v.get("note", ""))]
             body.append(cells)
         console.print(table(f"{name} test split ({len(test)} queries)", cols, body))
+        if subsets:
+            metric = "APGR" if pair else "AIQ"
+            console.print(table(f"{name}: {int(seen.sum())} test queries also in train (verbatim) vs {int((~seen).sum())} new",
+                                ["router", f"{metric} repeated", f"{metric} new"], subsets))
         results[name] = {r.name: {k: v for k, v in r.values.items()} for r in rows}
     one = MiniLMEmbedder("onnx", threads=1)
     text = "Which of the following best describes the function of the mitochondria in eukaryotic cells?"

@@ -8,6 +8,7 @@ from .errors import ModelFileError, NotFittedError, TinyDancerError, ValidationE
 from .losses import binary_cross_entropy, generate_teacher_predictions, soft_targets_from_logits, temperature_softmax
 from .model import FastGRNN, FastGRNNConfig, Normalizer, load_normalization_params, save_normalization_params
 from .features import FeatureConfig, FeatureEngineer
+from .memory import OutcomeMemory
 from .query_router import QueryRouter, QueryRouterConfig, RouteDecision
 from .routing import (
     Candidate,
@@ -41,6 +42,7 @@ __all__ = [
     "ModelFileError",
     "Normalizer",
     "NotFittedError",
+    "OutcomeMemory",
     "TinyDancerError",
     "Trainer",
     "TrainingConfig",
