@@ -132,3 +132,25 @@ def test_a_damaged_memory_in_a_router_file_is_reported(routers, tmp_path) -> Non
     save_file(tensors, str(file), metadata=metadata)
     with pytest.raises(ModelFileError, match="unsigned|uint64"):
         QueryRouter.load(tmp_path / "r")
+
+
+def test_the_service_applies_the_memory_to_text_queries(routers, tmp_path) -> None:
+    from fastapi.testclient import TestClient
+    from test_service import MODEL
+
+    from tinydancer.service import ServiceSettings, create_app
+
+    with_memory = routers[0]
+    with_memory.save(tmp_path / "qr")
+    seen = "tell me about fruit number 2"
+    app = create_app(ServiceSettings(model_path=MODEL, database_path=tmp_path / "t.db", query_router_path=tmp_path / "qr",
+                                     watch_interval_s=0))
+    with TestClient(app) as c:
+        by_text = c.post("/v1/route/query", json={"query": seen}).json()
+        by_embedding = c.post("/v1/route/query", json={"embedding": EMBEDDER.embed([seen])[0].tolist()}).json()
+    expected = with_memory.route(seen)
+    assert by_text["strong_score"] == pytest.approx(expected.strong_score, rel=1e-6)
+    assert by_text["predicted_quality"] == pytest.approx(expected.predicted_quality, rel=1e-6)
+    # the embedding alone carries no text: the network's output, which the memory raised
+    assert by_embedding["strong_score"] < by_text["strong_score"]
+    assert with_memory.route(EMBEDDER.embed([seen])[0], text=seen) == expected

@@ -272,14 +272,22 @@ class QueryRouter:
         lam = self.cost_weight if cost_weight is None else cost_weight
         return np.argmax(quality - lam * self.costs, axis=1)
 
-    def route(self, query: str | Sequence[float] | np.ndarray) -> RouteDecision:
-        """Route one query given as text or as its embedding (the hot path: one compiled pass)."""
-        if isinstance(query, str):
-            out = self.predict(query)[0]
-        else:
-            out = self.model.predict(query if isinstance(query, np.ndarray) else np.asarray(query, dtype=np.float32))
-            if out.ndim != 1:
-                raise ValidationError("route() takes one query; use predict() and choose() for batches")
+    def outputs_for(self, embedding: Sequence[float] | np.ndarray, text: str | None = None) -> np.ndarray:
+        """Outputs for one query's embedding; given its text as well, the outcome memory applies."""
+        out = self.model.predict(embedding if isinstance(embedding, np.ndarray) else np.asarray(embedding, dtype=np.float32))
+        if out.ndim != 1:
+            raise ValidationError("route() takes one query; use predict() and choose() for batches")
+        if text is not None and self.memory is not None:
+            out = self.memory.blend([text], out[None, :])[0][0]
+        return out
+
+    def route(self, query: str | Sequence[float] | np.ndarray, *, text: str | None = None) -> RouteDecision:
+        """Route one query given as text or as its embedding (the hot path: one compiled pass).
+
+        A caller that embedded the text itself passes the embedding and ``text=`` the text, so
+        that a remembered query still gets its remembered outcomes.
+        """
+        out = self.predict(query)[0] if isinstance(query, str) else self.outputs_for(query, text)
         # one query, a handful of models: plain Python floats beat NumPy scalars here
         values = out.tolist()
         m = len(self.models)

@@ -294,11 +294,11 @@ def _decode(raw: bytes) -> RouteBody:
                                   for e in exc.errors(include_input=False, include_context=False)]) from None
 
 
-def _explore(router: Any, embedding: np.ndarray, chosen: Any, index: int) -> Any:
+def _explore(router: Any, embedding: np.ndarray, text: str | None, chosen: Any, index: int) -> Any:
     """The decision for model ``index`` instead of the router's choice, which becomes the runner-up."""
     from .query_router import RouteDecision
 
-    quality = router.predicted_quality(embedding)[0].tolist()
+    quality = router.outputs_for(embedding, text)[: len(router.models)].tolist()
     return RouteDecision(model=router.models[index], predicted_quality=quality[index], cost=float(router.costs[index]),
                          runner_up=chosen.model, runner_up_quality=chosen.predicted_quality, runner_up_cost=chosen.cost,
                          strong_score=chosen.strong_score)
@@ -595,10 +595,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             emb = (await asyncio.to_thread(qr.embedder.embed, [body.query]))[0]
         else:
             emb = as_float_array(body.embedding, "embedding", ndim=1)
-        decision = qr.route(emb)
+        decision = qr.route(emb, text=body.query)
         explored = settings.query_exploration > 0 and service.rng.random() < settings.query_exploration
         if explored:
-            decision = _explore(qr, emb, decision, int(service.rng.integers(len(qr.models))))
+            decision = _explore(qr, emb, body.query, decision, int(service.rng.integers(len(qr.models))))
             m.explorations.inc()
         latency = (time.perf_counter() - started) * 1e6
         request_id = new_request_id()
