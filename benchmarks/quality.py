@@ -35,7 +35,8 @@ import numpy as np
 from _common import console, environment, table, time_call
 
 from tinydancer.embeddings import MiniLMEmbedder, make_embedder
-from tinydancer.evaluation import aiq, lambda_grid, oracle_points, oracle_scores, random_point, routellm_curve, sweep_points
+from tinydancer.evaluation import (aiq, brier_score, expected_calibration_error, lambda_grid, oracle_points, oracle_scores,
+                                   random_point, routellm_curve, sweep_points)
 from tinydancer.memory import OutcomeMemory, query_keys
 from tinydancer.plotting import plot_lines
 from tinydancer.query_router import QueryRouter, QueryRouterConfig
@@ -145,10 +146,15 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
     seen = np.isin(query_keys(test.queries), query_keys(train.queries))
     by_subset: dict[str, np.ndarray] = {}
 
-    def add(label: str, values: dict, train_s: float | None, latency_s: float | None, note: str = "") -> None:
+    def add(label: str, values: dict, train_s: float | None, latency_s: float | None, note: str = "",
+            quality: np.ndarray | None = None) -> None:
+        """``quality``: the predictor's per-model quality on test, when it makes one (for Brier and ECE)."""
         curve = values.pop("_curve", None)
         if curve is not None:
             curves[label] = curve
+        if quality is not None:
+            q = np.clip(quality, 0.0, 1.0)
+            values = {**values, "brier": brier_score(q, test.scores), "ece": expected_calibration_error(q, test.scores)}
         rows.append(Row(label, train_s=train_s, latency_s=latency_s, note=note, **values))
 
     # ours, and ablations
@@ -166,11 +172,13 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         note = f"hidden {router.info['hidden_dim']}, {router.model.size_bytes():,} B"
         if router.memory is not None:
             note += f"; memory {router.memory.nbytes:,} B knew {int(hit.sum())} test queries"
-        add(label, metrics(out[:, cols], test), train_s, time_call(lambda: router.route(one)), note)
+        m = len(train.models)
+        add(label, metrics(out[:, cols], test), train_s, time_call(lambda: router.route(one)), note, out[:, :m])
         if label == "tinydancer FastGRNN":
             by_subset[label] = out[:, cols]
             by_subset["  without outcome memory"] = net_out[:, cols]
-            add("  without outcome memory", metrics(net_out[:, cols], test), train_s, None, "the same network, memory off")
+            add("  without outcome memory", metrics(net_out[:, cols], test), train_s, None, "the same network, memory off",
+                net_out[:, :m])
 
     # references
     if pair:
@@ -212,16 +220,18 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         add("logistic regression", pair_metrics(clf.predict_proba(x_te)[:, 1], test), lr_s, time_call(lambda: clf.predict_proba(one[None])))
     else:
         knn_q = knn_predict(x_tr, train.scores, x_te)
-        add("kNN(50)", multi_metrics(knn_q, test), 0.0, time_call(lambda: knn_predict(x_tr, train.scores, one[None])))
+        add("kNN(50)", multi_metrics(knn_q, test), 0.0, time_call(lambda: knn_predict(x_tr, train.scores, one[None])),
+            quality=knn_q)
         t0 = time.perf_counter()
         ridge = Ridge(alpha=1.0).fit(x_tr, train.scores)
         r_s = time.perf_counter() - t0
         ridge_q = ridge.predict(x_te)
-        add("ridge regression", multi_metrics(ridge_q, test), r_s, time_call(lambda: ridge.predict(one[None])))
+        add("ridge regression", multi_metrics(ridge_q, test), r_s, time_call(lambda: ridge.predict(one[None])), quality=ridge_q)
         for label, pred in (("kNN(50)", knn_q), ("ridge regression", ridge_q)):
             by_subset[label] = pred
             by_subset[f"{label} + outcome memory"] = remembered(pred, train, train.scores, test)
-            add(f"{label} + outcome memory", multi_metrics(by_subset[f"{label} + outcome memory"], test), None, None)
+            add(f"{label} + outcome memory", multi_metrics(by_subset[f"{label} + outcome memory"], test), None, None,
+                quality=by_subset[f"{label} + outcome memory"])
 
     if not skip_rust:
         with tempfile.TemporaryDirectory() as tmp:
@@ -278,7 +288,8 @@ def main() -> None:
         console.print(f"{name}: {len(train)} train / {len(test)} test queries, {len(train.models)} models (embeddings {time.perf_counter() - t0:.1f} s)")
         rows, subsets, seen = run_dataset(name, train, test, teacher if name == "mmlu" else None, args.skip_rust)
         pair = len(train.models) == 2
-        cols = ["router", "APGR", "CPT50 %", "CPT80 %", "AIQ", "train", "decision", "note"] if pair else ["router", "AIQ", "train", "decision", "note"]
+        cols = (["router", "APGR", "CPT50 %", "CPT80 %", "AIQ"] if pair else ["router", "AIQ"]) + [
+            "Brier", "ECE", "train", "decision", "note"]
         body = []
         for r in rows:
             v = r.values
@@ -286,7 +297,8 @@ def main() -> None:
             cells = [r.name]
             if pair:
                 cells += [fmt(v.get("apgr"), ".3f"), fmt(v.get("cpt50"), ".1f"), fmt(v.get("cpt80"), ".1f")]
-            cells += [fmt(v.get("aiq"), ".3f"), "—" if v.get("train_s") is None else f"{v['train_s']:.1f} s",
+            cells += [fmt(v.get("aiq"), ".3f"), fmt(v.get("brier"), ".3f"), fmt(v.get("ece"), ".3f"),
+                      "—" if v.get("train_s") is None else f"{v['train_s']:.1f} s",
                       "—" if lat is None else f"{lat * 1e6:,.1f} µs", str(v.get("note", ""))]
             body.append(cells)
         console.print(table(f"{name} test split ({len(test)} queries)", cols, body))

@@ -178,10 +178,7 @@ def expected_calibration_error(probs: np.ndarray, outcomes: np.ndarray, n_bins: 
     """Equal-width bins on [0, 1]; the count-weighted |observed rate − mean prediction|."""
     p = np.asarray(probs, dtype=np.float64).ravel()
     y = np.asarray(outcomes, dtype=np.float64).ravel()
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            total += sel.sum() * abs(y[sel].mean() - p[sel].mean())
-    return float(total / p.size)
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    # count · |mean outcome − mean prediction| per bin is |Σ outcome − Σ prediction|
+    gap = np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins)
+    return float(np.abs(gap).sum() / p.size)
