@@ -41,6 +41,22 @@ def test_repeats_add_up_and_blend_is_the_posterior_mean() -> None:
     assert len(more) == 2 and len(mem) == 2  # merged() returns a new memory
 
 
+def test_feedback_observes_one_output_at_a_time() -> None:
+    """Feedback says how the model that answered did; the other outputs keep the network's value."""
+    mem = OutcomeMemory.build(["q"], np.array([[1.0, 1.0, 0.5]]))
+    # two pieces of feedback on model 0 (failed twice), one row that observed nothing (ignored, NaN and all)
+    more = mem.merged(["q", "q", "new"], np.array([[0.0, np.nan, 0.0], [0.0, 0.0, 0.0], [np.nan, np.nan, np.nan]]),
+                      observed=np.array([[True, False, False], [True, False, False], [False, False, False]]))
+    assert len(more) == 1
+    np.testing.assert_array_equal(more.counts, [[3.0, 1.0, 1.0]])
+    net = np.array([[0.6, 0.6, 0.6]], dtype=np.float32)
+    np.testing.assert_allclose(more.blend(["q"], net)[0], [[(0.6 + 1) / 4, (0.6 + 1) / 2, (0.6 + 0.5) / 2]], rtol=1e-6)
+    only = OutcomeMemory.empty(3).merged(["fresh"], np.array([[0.0, 0.0, 0.0]]), observed=np.array([[False, True, False]]))
+    np.testing.assert_allclose(only.blend(["fresh"], net)[0], [[0.6, 0.3, 0.6]], rtol=1e-6)
+    with pytest.raises(ValidationError, match="mask"):
+        mem.merged(["q"], np.zeros((1, 3)), observed=np.ones((1, 2), bool))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=20), st.floats(0, 1), st.floats(0.05, 20))
 def test_blend_lies_between_the_network_and_the_observed_mean(observed: list[float], net: float, prior: float) -> None:
@@ -65,7 +81,9 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValidationError, match="prior_weight"):
         OutcomeMemory.build(["a"], np.array([[1.0]]), prior_weight=0.0)
     with pytest.raises(ValidationError, match="sorted"):
-        OutcomeMemory(np.array([5, 3], np.uint64), np.zeros((2, 1)), np.ones(2))
+        OutcomeMemory(np.array([5, 3], np.uint64), np.zeros((2, 1)), np.ones((2, 1)))
+    with pytest.raises(ValidationError, match="at least one observation"):
+        OutcomeMemory(np.array([3, 5], np.uint64), np.zeros((2, 1)), np.array([[1.0], [0.0]]))
     with pytest.raises(ValidationError, match="incomplete"):
         OutcomeMemory.from_tensors({"memory.keys": mem.keys}, 1.0)
     assert OutcomeMemory.from_tensors({}, 1.0) is None

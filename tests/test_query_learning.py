@@ -107,12 +107,17 @@ def test_too_little_feedback_is_a_clear_error(served_router, tmp_path) -> None:
     storage.close()
 
 
-def test_cli_retrains_and_the_service_hot_reloads_the_router(served_router, tmp_path) -> None:
+def serving(router_folder, tmp_path, watch_interval_s: float, **settings):
+    """An app serving ``router_folder`` (and a default candidate model), and its database path."""
     model = tmp_path / "candidates.safetensors"
     train_default_router_model(model)
     db = tmp_path / "t.db"
-    app = create_app(ServiceSettings(model_path=model, database_path=db, query_router_path=served_router,
-                                     watch_interval_s=0.05, auth_token=None))
+    return create_app(ServiceSettings(model_path=model, database_path=db, query_router_path=router_folder,
+                                      watch_interval_s=watch_interval_s, auth_token=None, **settings)), db
+
+
+def test_cli_retrains_and_the_service_hot_reloads_the_router(served_router, tmp_path) -> None:
+    app, db = serving(served_router, tmp_path, 0.05)
     with TestClient(app) as client:
         service = app.state.service
         first = service.query_router
@@ -175,11 +180,7 @@ def test_a_two_model_router_keeps_its_share_of_strong_calls(tmp_path) -> None:
 
 def test_exploration_lets_the_service_learn_from_its_own_traffic(served_router, tmp_path) -> None:
     """With every query explored, HTTP traffic and feedback alone teach the router the drift."""
-    model = tmp_path / "candidates.safetensors"
-    train_default_router_model(model)
-    db = tmp_path / "t.db"
-    app = create_app(ServiceSettings(model_path=model, database_path=db, query_router_path=served_router,
-                                     watch_interval_s=0, auth_token=None, query_exploration=1.0))
+    app, db = serving(served_router, tmp_path, 0, query_exploration=1.0)
     texts, kinds = questions(600, np.random.default_rng(8))
     outcomes = np.random.default_rng(9).random(len(texts))
     with TestClient(app) as client:
@@ -201,3 +202,40 @@ def test_exploration_lets_the_service_learn_from_its_own_traffic(served_router, 
 def test_exploration_share_is_validated(tmp_path) -> None:
     with pytest.raises(TinyDancerError, match="query_exploration"):
         ServiceSettings(model_path=tmp_path / "m.safetensors", query_exploration=1.5)
+
+
+def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router, tmp_path) -> None:
+    from tinydancer.learning import remembered_feedback
+    from tinydancer.memory import query_key
+
+    app, db = serving(served_router, tmp_path, 0)
+    repeat = "tell me about apples, the ones of the hesperides"
+    with TestClient(app) as client:
+        first = client.post("/v1/route/query", json={"query": repeat}).json()
+        for _ in range(3):  # the model it goes to fails on this very query, three times
+            routed = client.post("/v1/route/query", json={"query": repeat}).json()
+            assert routed["model"] == first["model"]
+            client.post("/v1/feedback", json={"request_id": routed["request_id"], "success": False})
+    storage = SQLiteStorage(db)
+    log_feedback(storage, 300, seed=3)  # sent as embeddings: no key, so not remembered
+    logs = storage.labelled("query")
+    assert sum(k is not None for k in logs.query_keys) == 3 and query_key(repeat) in logs.query_keys
+    report = retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "registry"), RetrainConfig(min_samples=50))
+    assert report.promoted
+    new = QueryRouter.load(served_router)
+    assert len(new.memory) == 1200 + 1
+    row = new.memory.find(np.array([query_key(repeat)], np.uint64))[0]
+    answered = MODELS.index(first["model"])
+    assert new.memory.counts[row].tolist() == [3.0 if j == answered else 0.0 for j in range(3)]
+    net = new.model.predict(EMBEDDER.embed([repeat]))[0]
+    decision = new.route(repeat)
+    quality = new.predicted_quality(repeat)[0]
+    np.testing.assert_allclose(quality[answered], net[answered] / 4, rtol=1e-5)  # (1·net + 0 + 0 + 0) / 4
+    assert decision.model != first["model"]
+    # what was merged is marked: the same logs add nothing a second time
+    usable = np.ones(len(logs.targets), dtype=bool)
+    chosen = np.array([MODELS.index(t) for t in logs.targets])
+    observed = logs.labels.astype(np.float32)
+    memory, merged, _ = remembered_feedback(new, logs, usable, chosen, observed)
+    assert merged == 0 and memory is new.memory
+    storage.close()

@@ -123,3 +123,26 @@ def test_request_ids_are_uuid7_and_sort_by_time() -> None:
     parsed = uuid.UUID(first)
     assert len(first) == 32 and parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert abs(int(first[:12], 16) / 1000 - time.time()) < 60  # the first 48 bits are Unix milliseconds
+
+
+def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path) -> None:
+    from tinydancer.storage import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row("old")[:-1])  # the 14 v1 columns
+    conn.commit()
+    conn.close()
+    storage = SQLiteStorage(path)
+    assert storage.schema_version == 2
+    storage.record_outcome("old", None, True, 0.8, None)
+    storage.insert_decision_rows([decision_record("new", "query", "v1", ["m"], np.zeros((1, 3), np.float32),
+                                                  np.array([0.5], np.float32), None, np.array([1], np.uint8), 9.0,
+                                                  query_key=2**64 - 1)])
+    storage.record_outcome("new", None, False, None, None)
+    assert storage.labelled("candidate").query_keys == [None]
+    logs = storage.labelled("query")
+    assert logs.query_keys == [2**64 - 1] and logs.targets == ["m"] and logs.feedback_at.shape == (1,)
+    storage.close()

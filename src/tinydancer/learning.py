@@ -218,6 +218,42 @@ def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fall
     return np.clip(targets, 0.0, 1.0)
 
 
+def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.ndarray,
+                        observed: np.ndarray) -> tuple[Any, int, float | None]:
+    """The router's outcome memory plus the feedback it has not seen yet: (memory, outcomes added, watermark).
+
+    Only queries sent as text have a key.  Each outcome is one observation of the model that
+    answered; for a two-model router it is also one observation of the advantage, with the other
+    model's quality at the router's current estimate for that query.  ``memory_feedback_until``
+    in the router's info marks what was merged already, so retraining twice does not count an
+    outcome twice (a corrected outcome, recorded again, counts once more).
+    """
+    from .memory import OutcomeMemory
+
+    done = router.info.get("memory_feedback_until")
+    keys = [k for k, ok in zip(logs.query_keys, usable) if ok] if logs.query_keys else [None] * int(usable.sum())
+    at = logs.feedback_at[usable] if len(logs.feedback_at) else np.zeros(int(usable.sum()))
+    fresh = np.array([k is not None for k in keys], dtype=bool) & (at > (done if done is not None else -np.inf))
+    until = float(at.max()) if at.size else done
+    if not fresh.any():
+        return router.memory, 0, until
+    m = len(router.models)
+    width = m + 1 if router.is_pair else m
+    key_arr = np.array([k for k, f in zip(keys, fresh) if f], dtype=np.uint64)
+    rows = np.arange(len(key_arr))
+    values = np.zeros((len(key_arr), width))
+    mask = np.zeros((len(key_arr), width), dtype=bool)
+    values[rows, chosen[fresh]] = observed[fresh]
+    mask[rows, chosen[fresh]] = True
+    memory = router.memory if router.memory is not None else OutcomeMemory.empty(width)
+    if router.is_pair:
+        estimate = memory.blend_keys(key_arr, router.model.predict(np.asarray(logs.inputs)[usable][fresh]))[0][:, :m]
+        estimate[rows, chosen[fresh]] = observed[fresh]
+        values[:, m] = (1.0 + estimate[:, router.strong] - estimate[:, router.weak]) / 2.0
+        mask[:, m] = True
+    return memory.merged_keys(key_arr, values, mask), int(fresh.sum()), until
+
+
 def retrain_query_router(
     storage: Storage,
     router_path: str | Path,
@@ -232,6 +268,8 @@ def retrain_query_router(
     same held-out queries by the squared error of the predicted quality of the model that
     answered; the new one replaces ``router_path`` (atomically) only if it is not worse.  A
     two-model router keeps its share of strong calls: the threshold is re-set on the new scores.
+    Outcomes of queries sent as text also go into the new router's outcome memory
+    (:func:`remembered_feedback`), so a query that failed is routed differently when it returns.
     """
     from .query_router import ROUTER_FILE, QueryRouter
 
@@ -274,10 +312,14 @@ def retrain_query_router(
         dataset.normalize()
     Trainer(net.config, TrainingConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, seed=cfg.seed,
                                        validation_split=0.0)).train(net, dataset)
+    memory, merged, until = remembered_feedback(current, logs, usable, chosen, observed)
     new = QueryRouter(net, current.models, current.costs, current.embedder_id, threshold=current.threshold,
                       cost_weight=current.cost_weight, quality_bar=current.quality_bar,
-                      info={**current.info, "retrained_at": time.time(), "feedback_queries": n},
-                      memory=current.memory)
+                      info={**current.info, "retrained_at": time.time(), "feedback_queries": n,
+                            "memory_entries": 0 if memory is None else len(memory), "memory_feedback_until": until},
+                      memory=memory)
+    if merged:
+        say(f"{merged} outcomes of queries sent as text added to the outcome memory ({len(memory)} queries)")
     if pair is not None and current.threshold is not None:
         share = float(np.mean(current.predict(x)[:, 2] >= current.threshold))
         new.score_quantiles = np.quantile(new.predict(x)[:, 2], np.linspace(0, 1, 101))

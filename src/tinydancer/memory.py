@@ -9,13 +9,16 @@ benchmarks, templated prompts), and so do datasets: 119 of LLMRouter's 500 test 
 verbatim in its training split.
 
 The memory maps a hash of the normalized query text to the sum and count of the outputs
-observed for it.  At routing time a remembered query's outputs are the posterior mean
+observed for it, output by output.  At routing time each output of a remembered query is the
+posterior mean
 
-    (prior_weight · network output + Σ observed outputs) / (prior_weight + n),
+    (prior_weight · network output + Σ observed values) / (prior_weight + n observed),
 
 so the network's prediction counts as ``prior_weight`` observations and the memory takes over
-as evidence accumulates.  Queries not in memory are untouched.  Keys are 64-bit BLAKE2b hashes
-(no query text is stored), sorted, so a batch is looked up with one ``searchsorted``.
+as evidence accumulates.  A training table observes every output of a query; feedback from the
+service observes one model's (the one that answered), so counts are kept per output.  Queries
+not in memory, and outputs never observed, are untouched.  Keys are 64-bit BLAKE2b hashes (no
+query text is stored), sorted, so a batch is looked up with one ``searchsorted``.
 """
 
 from __future__ import annotations
@@ -50,41 +53,55 @@ class OutcomeMemory:
     """Sums and counts of observed outputs per remembered query (rows sorted by key)."""
 
     keys: np.ndarray  # (n,) uint64, sorted, unique
-    sums: np.ndarray  # (n, k) float64
-    counts: np.ndarray  # (n,) float64, >= 1
+    sums: np.ndarray  # (n, k) float64: observed values per output
+    counts: np.ndarray  # (n, k) float64: observations per output, every row has some
     prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.prior_weight <= 0 or not np.isfinite(self.prior_weight):
             raise ValidationError("the memory's prior_weight must be a positive number (the network's weight in observations)")
-        if self.keys.ndim != 1 or self.sums.ndim != 2 or self.counts.shape != self.keys.shape or len(self.sums) != len(self.keys):
+        if self.keys.ndim != 1 or self.sums.ndim != 2 or self.counts.shape != self.sums.shape or len(self.sums) != len(self.keys):
             raise ValidationError(f"memory arrays disagree: keys {self.keys.shape}, sums {self.sums.shape}, counts {self.counts.shape}")
         if self.keys.dtype != np.uint64 or not (self.keys[1:] > self.keys[:-1]).all():
             raise ValidationError(f"memory keys must be sorted, unique uint64 (got {self.keys.dtype})")
-        if (self.counts < 1).any():
-            raise ValidationError("every remembered query needs at least one observation")
+        if (self.counts < 0).any() or (len(self.keys) and (self.counts.max(axis=1) <= 0).any()):
+            raise ValidationError("every remembered query needs at least one observation, and no count can be negative")
 
     @classmethod
     def empty(cls, width: int, prior_weight: float = 1.0) -> "OutcomeMemory":
-        return cls(np.zeros(0, np.uint64), np.zeros((0, width)), np.zeros(0), prior_weight)
+        return cls(np.zeros(0, np.uint64), np.zeros((0, width)), np.zeros((0, width)), prior_weight)
 
     @classmethod
     def build(cls, queries: Sequence[str], outputs: np.ndarray, prior_weight: float = 1.0) -> "OutcomeMemory":
         """Remember ``outputs[i]`` (targets on the network's output scale) for ``queries[i]``."""
         return cls.empty(0, prior_weight).merged(queries, outputs)
 
-    def merged(self, queries: Sequence[str], outputs: np.ndarray) -> "OutcomeMemory":
-        """A memory that also holds these observations (repeats add up)."""
-        y = as_float_array(outputs, "remembered outputs", ndim=2, dtype=np.float64)
-        if len(queries) != len(y):
-            raise ValidationError(f"{len(queries)} queries for {len(y)} rows of outputs")
+    def merged(self, queries: Sequence[str], outputs: np.ndarray, observed: np.ndarray | None = None) -> "OutcomeMemory":
+        """A memory that also holds these observations (repeats add up); see :meth:`merged_keys`."""
+        return self.merged_keys(query_keys(queries), outputs, observed)
+
+    def merged_keys(self, keys: np.ndarray, outputs: np.ndarray, observed: np.ndarray | None = None) -> "OutcomeMemory":
+        """A memory that also holds ``outputs[i]`` for the query with key ``keys[i]``.
+
+        ``observed`` (same shape as ``outputs``, bool) says which outputs were seen; the others
+        (any value, NaN included) are ignored.  Default: all of them.
+        """
+        mask = np.ones(np.shape(outputs), dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+        if mask.shape != np.shape(outputs):
+            raise ValidationError(f"observed mask {mask.shape} does not match outputs {np.shape(outputs)}")
+        y = as_float_array(np.where(mask, outputs, 0.0), "remembered outputs", ndim=2, dtype=np.float64)
+        keys = np.asarray(keys, dtype=np.uint64)
+        if len(keys) != len(y):
+            raise ValidationError(f"{len(keys)} queries for {len(y)} rows of outputs")
         if len(self.keys) and y.shape[1] != self.width:
             raise ValidationError(f"the memory holds {self.width} outputs per query, got {y.shape[1]}")
-        keys = np.concatenate([self.keys, query_keys(queries)])
-        unique, inverse = np.unique(keys, return_inverse=True)
+        seen = mask.any(axis=1)  # a row that observed nothing adds no entry
+        keys, y, mask = keys[seen], y[seen], mask[seen]
+        unique, inverse = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
         sums = np.zeros((len(unique), y.shape[1]))
+        counts = np.zeros_like(sums)
         np.add.at(sums, inverse, np.vstack([self.sums.reshape(-1, y.shape[1]), y]))
-        counts = np.bincount(inverse, weights=np.r_[self.counts, np.ones(len(y))], minlength=len(unique))
+        np.add.at(counts, inverse, np.vstack([self.counts.reshape(-1, y.shape[1]), mask]))
         return OutcomeMemory(unique, sums, counts, self.prior_weight)
 
     def __len__(self) -> int:
@@ -97,7 +114,7 @@ class OutcomeMemory:
     @property
     def nbytes(self) -> int:
         """Bytes as stored (keys uint64, sums and counts float32)."""
-        return len(self.keys) * (8 + 4 * self.width + 4)
+        return len(self.keys) * (8 + 8 * self.width)
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key in the memory, or -1."""
@@ -108,7 +125,11 @@ class OutcomeMemory:
 
     def blend(self, queries: Sequence[str], outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``outputs`` with remembered queries moved to their posterior mean, and which were remembered."""
-        rows = self.find(query_keys(queries))
+        return self.blend_keys(query_keys(queries), outputs)
+
+    def blend_keys(self, keys: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`blend` for queries given by their keys."""
+        rows = self.find(np.asarray(keys, dtype=np.uint64))
         hit = rows >= 0
         if not hit.any():
             return outputs, hit
@@ -117,7 +138,7 @@ class OutcomeMemory:
         out = outputs.copy()
         r = rows[hit]
         w = self.prior_weight
-        out[hit] = ((w * outputs[hit] + self.sums[r]) / (w + self.counts[r])[:, None]).astype(outputs.dtype)
+        out[hit] = ((w * outputs[hit] + self.sums[r]) / (w + self.counts[r])).astype(outputs.dtype)
         return out, hit
 
     # ------------------------------------------------------------------ files

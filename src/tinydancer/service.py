@@ -48,6 +48,7 @@ from . import __version__
 from ._validation import as_float_array
 from .circuit import BreakerState
 from .errors import TinyDancerError, ValidationError
+from .memory import query_key
 from .routing import Router, RouterConfig, RoutingRequest, default_model_path
 from .storage import (
     DecisionRow,
@@ -605,7 +606,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         service.writer.submit(decision_tuples(request_id, "query", str(qr.info.get("trained_at", "")),
                                               [DecisionRow(decision.model, 0, emb, decision.predicted_quality,
                                                            decision.strong_score, decision.model != qr.models[qr.strong])],
-                                              latency))
+                                              latency, None if body.query is None else query_key(body.query)))
         m.requests.labels("/v1/route/query").inc()
         m.latency.observe_many([latency * 1e-6], "/v1/route/query")
         return {"request_id": request_id, **decision.to_dict(), "latency_us": latency, "explored": explored}

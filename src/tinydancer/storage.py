@@ -78,6 +78,9 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (request_id, target)
     );
     """,
+    # 2: a query decision's key (hash of its text, 16 hex digits) so that its feedback can reach
+    #    the query router's outcome memory; NULL for candidates and for queries sent as embeddings
+    "ALTER TABLE decisions ADD COLUMN query_key TEXT",
 ]
 
 
@@ -108,6 +111,10 @@ class LabelledLogs:
     model_versions: list[str]
     #: what each outcome is about: the candidate id or, for query routing, the model name
     targets: list[str] = field(default_factory=list)
+    #: query routing: the key of the query's text (tinydancer.memory.query_key), None if it came as an embedding
+    query_keys: list[int | None] = field(default_factory=list)
+    #: when each outcome was recorded
+    feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class Storage(Protocol):
@@ -128,7 +135,7 @@ class Storage(Protocol):
 
 def decision_record(request_id: str, kind: str, model_version: str, targets: Sequence[str], inputs: np.ndarray,
                     confidence: np.ndarray, uncertainty: np.ndarray | None, lightweight: np.ndarray,
-                    latency_us: float) -> tuple[Any, ...]:
+                    latency_us: float, query_key: int | None = None) -> tuple[Any, ...]:
     """The decisions row of one request from its ranked columns (what the service logs)."""
     conf = np.ascontiguousarray(confidence, dtype=np.float32)
     light = np.ascontiguousarray(lightweight, dtype=np.uint8)
@@ -139,18 +146,20 @@ def decision_record(request_id: str, kind: str, model_version: str, targets: Seq
         np.ascontiguousarray(inputs, dtype=np.float32).tobytes(), conf.tobytes(),
         None if unc is None else unc.tobytes(), light.tobytes(), int(light.sum()),
         float(finite.sum()) if finite.size else None, None if unc is None else float(unc.sum()), latency_us, time.time(),
+        None if query_key is None else f"{query_key:016x}",
     )
 
 
 def decision_tuples(request_id: str, kind: str, model_version: str, rows: Sequence[DecisionRow],
-                    latency_us: float) -> list[tuple[Any, ...]]:
+                    latency_us: float, query_key: int | None = None) -> list[tuple[Any, ...]]:
     """:func:`decision_record` for rows given one target at a time (as a one-element list)."""
     n = len(rows)
     inputs = np.stack([np.asarray(r.inputs, dtype=np.float32).ravel() for r in rows]) if n else np.zeros((0, 0), np.float32)
     conf = np.array([np.nan if r.confidence is None else r.confidence for r in rows], dtype=np.float32)
     unc = np.array([r.uncertainty for r in rows], dtype=np.float32) if n and all(r.uncertainty is not None for r in rows) else None
     light = np.array([r.use_lightweight for r in rows], dtype=np.uint8)
-    return [decision_record(request_id, kind, model_version, [r.target for r in rows], inputs, conf, unc, light, latency_us)]
+    return [decision_record(request_id, kind, model_version, [r.target for r in rows], inputs, conf, unc, light, latency_us,
+                            query_key)]
 
 
 class SQLiteStorage:
@@ -264,7 +273,7 @@ class SQLiteStorage:
     def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None:
         """Insert rows made by :func:`decision_tuples` in one transaction."""
         with self._tx() as conn:
-            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
+            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
                        cost: float | None) -> str:
@@ -282,8 +291,8 @@ class SQLiteStorage:
 
     # ------------------------------------------------------------------ reads
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs:
-        sql = ("SELECT d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target FROM decisions d "
-               "JOIN outcomes o ON o.request_id = d.request_id WHERE d.kind = ?")
+        sql = ("SELECT d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target, d.query_key, "
+               "o.created_at FROM decisions d JOIN outcomes o ON o.request_id = d.request_id WHERE d.kind = ?")
         args: list[Any] = [kind]
         if since is not None:
             sql += " AND d.created_at >= ?"
@@ -299,6 +308,8 @@ class SQLiteStorage:
             created_at=np.array([r[5] for r in rows], dtype=np.float64),
             model_versions=[r[6] for r in rows],
             targets=[r[7] for r in rows],
+            query_keys=[None if r[8] is None else int(r[8], 16) for r in rows],
+            feedback_at=np.array([r[9] for r in rows], dtype=np.float64),
         )
 
     def count(self, table: str) -> int:
