@@ -41,6 +41,13 @@ def test_repeats_add_up_and_blend_is_the_posterior_mean() -> None:
     assert len(more) == 2 and len(mem) == 2  # merged() returns a new memory
 
 
+def test_rows_without_text_are_neither_remembered_nor_looked_up() -> None:
+    mem = OutcomeMemory.build(["", "  ", "q"], np.array([[1.0], [1.0], [0.0]]))
+    assert len(mem) == 1
+    out, hit = mem.blend(["", "q"], np.array([[0.5], [0.5]], dtype=np.float32))
+    assert hit.tolist() == [False, True] and out[0, 0] == 0.5
+
+
 def test_feedback_observes_one_output_at_a_time() -> None:
     """Feedback says how the model that answered did; the other outputs keep the network's value."""
     mem = OutcomeMemory.build(["q"], np.array([[1.0, 1.0, 0.5]]))

@@ -48,6 +48,11 @@ def query_keys(texts: Sequence[str]) -> np.ndarray:
     return np.fromiter((query_key(t) for t in texts), dtype=np.uint64, count=len(texts))
 
 
+def _blank(texts: Sequence[str]) -> np.ndarray:
+    """Rows with no text (a table may carry only embeddings): never remembered, never looked up."""
+    return np.fromiter((not t.strip() for t in texts), dtype=bool, count=len(texts))
+
+
 @dataclass(frozen=True)
 class OutcomeMemory:
     """Sums and counts of observed outputs per remembered query (rows sorted by key)."""
@@ -78,7 +83,10 @@ class OutcomeMemory:
 
     def merged(self, queries: Sequence[str], outputs: np.ndarray, observed: np.ndarray | None = None) -> "OutcomeMemory":
         """A memory that also holds these observations (repeats add up); see :meth:`merged_keys`."""
-        return self.merged_keys(query_keys(queries), outputs, observed)
+        mask = np.ones(np.shape(outputs), dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+        if mask.ndim == 2 and len(mask) == len(queries):
+            mask = mask & ~_blank(queries)[:, None]
+        return self.merged_keys(query_keys(queries), outputs, mask)
 
     def merged_keys(self, keys: np.ndarray, outputs: np.ndarray, observed: np.ndarray | None = None) -> "OutcomeMemory":
         """A memory that also holds ``outputs[i]`` for the query with key ``keys[i]``.
@@ -125,12 +133,12 @@ class OutcomeMemory:
 
     def blend(self, queries: Sequence[str], outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``outputs`` with remembered queries moved to their posterior mean, and which were remembered."""
-        return self.blend_keys(query_keys(queries), outputs)
+        return self.blend_keys(query_keys(queries), outputs, skip=_blank(queries))
 
-    def blend_keys(self, keys: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`blend` for queries given by their keys."""
+    def blend_keys(self, keys: np.ndarray, outputs: np.ndarray, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`blend` for queries given by their keys (``skip``: rows never to look up)."""
         rows = self.find(np.asarray(keys, dtype=np.uint64))
-        hit = rows >= 0
+        hit = rows >= 0 if skip is None else (rows >= 0) & ~skip
         if not hit.any():
             return outputs, hit
         if outputs.shape[1] != self.width:
