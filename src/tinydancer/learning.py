@@ -231,15 +231,15 @@ def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.n
     from .memory import OutcomeMemory
 
     done = router.info.get("memory_feedback_until")
-    keys = [k for k, ok in zip(logs.query_keys, usable) if ok] if logs.query_keys else [None] * int(usable.sum())
-    at = logs.feedback_at[usable] if len(logs.feedback_at) else np.zeros(int(usable.sum()))
-    fresh = np.array([k is not None for k in keys], dtype=bool) & (at > (done if done is not None else -np.inf))
+    has_key = np.array([k is not None for k in logs.query_keys], dtype=bool)[usable]
+    at = logs.feedback_at[usable]
+    fresh = has_key & (at > (done if done is not None else -np.inf))
     until = float(at.max()) if at.size else done
     if not fresh.any():
         return router.memory, 0, until
     m = len(router.models)
     width = m + 1 if router.is_pair else m
-    key_arr = np.array([k for k, f in zip(keys, fresh) if f], dtype=np.uint64)
+    key_arr = np.array([k or 0 for k in logs.query_keys], dtype=np.uint64)[usable][fresh]
     rows = np.arange(len(key_arr))
     values = np.zeros((len(key_arr), width))
     mask = np.zeros((len(key_arr), width), dtype=bool)

@@ -83,16 +83,14 @@ class OutcomeMemory:
 
     def merged(self, queries: Sequence[str], outputs: np.ndarray, observed: np.ndarray | None = None) -> "OutcomeMemory":
         """A memory that also holds these observations (repeats add up); see :meth:`merged_keys`."""
-        mask = np.ones(np.shape(outputs), dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
-        if mask.ndim == 2 and len(mask) == len(queries):
-            mask = mask & ~_blank(queries)[:, None]
-        return self.merged_keys(query_keys(queries), outputs, mask)
+        return self.merged_keys(query_keys(queries), outputs, observed, skip=_blank(queries))
 
-    def merged_keys(self, keys: np.ndarray, outputs: np.ndarray, observed: np.ndarray | None = None) -> "OutcomeMemory":
+    def merged_keys(self, keys: np.ndarray, outputs: np.ndarray, observed: np.ndarray | None = None,
+                    skip: np.ndarray | None = None) -> "OutcomeMemory":
         """A memory that also holds ``outputs[i]`` for the query with key ``keys[i]``.
 
         ``observed`` (same shape as ``outputs``, bool) says which outputs were seen; the others
-        (any value, NaN included) are ignored.  Default: all of them.
+        (any value, NaN included) are ignored.  Default: all of them.  ``skip``: rows not to remember.
         """
         mask = np.ones(np.shape(outputs), dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
         if mask.shape != np.shape(outputs):
@@ -101,6 +99,8 @@ class OutcomeMemory:
         keys = np.asarray(keys, dtype=np.uint64)
         if len(keys) != len(y):
             raise ValidationError(f"{len(keys)} queries for {len(y)} rows of outputs")
+        if skip is not None:
+            mask = mask & ~np.asarray(skip, dtype=bool)[:, None]
         if len(self.keys) and y.shape[1] != self.width:
             raise ValidationError(f"the memory holds {self.width} outputs per query, got {y.shape[1]}")
         seen = mask.any(axis=1)  # a row that observed nothing adds no entry

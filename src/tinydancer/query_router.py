@@ -234,9 +234,10 @@ class QueryRouter:
         Texts seen verbatim in training are blended with their remembered outcomes; embeddings
         carry no text, so they get the network's output alone.
         """
-        outputs = self.model.predict(self._embeddings(queries))
         texts = self._texts(queries)
-        return self.remember(texts, outputs)[0] if texts is not None else outputs
+        if texts is None:
+            return self.model.predict(self._embeddings(queries))
+        return self.remember(texts, self.model.predict(self.embedder.embed(texts)))[0]
 
     def remember(self, texts: Sequence[str], outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network ``outputs`` for ``texts`` with the outcome memory applied, and which texts it knew."""
