@@ -7,9 +7,9 @@ from pathlib import Path
 
 from _common import console, table
 
-from tinydancer.embeddings import make_embedder
-from tinydancer.query_router import QueryRouter, QueryRouterConfig
-from tinydancer.tables import shared_data_dir, standard_splits
+from tinydancer.llm.embeddings import make_embedder
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.tables import shared_data_dir, standard_splits
 
 
 def mmlu_report() -> list[tuple[str, float, int]]:

@@ -14,9 +14,9 @@ import numpy as np
 from _common import console, environment, table
 
 from tinydancer.demo import traffic_dataset, train_default_router_model
-from tinydancer.model import FastGRNN
-from tinydancer.routing import default_model_path
-from tinydancer.uncertainty import ConformalCalibrator
+from tinydancer.nn.model import FastGRNN
+from tinydancer.candidates.router import default_model_path
+from tinydancer.candidates.uncertainty import ConformalCalibrator
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ import time
 import numpy as np
 from _common import console, environment, table, time_call
 
-from tinydancer.embeddings import MiniLMEmbedder
-from tinydancer.tables import load_routellm_mmlu, shared_data_dir
+from tinydancer.llm.embeddings import MiniLMEmbedder
+from tinydancer.llm.tables import load_routellm_mmlu, shared_data_dir
 
 SHORT = "Which of the following best describes the function of the mitochondria in eukaryotic cells?"
 

@@ -28,9 +28,9 @@ from _common import console, table
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from tinydancer.embeddings import make_embedder
-from tinydancer.evaluation import aiq, lambda_grid, oracle_points, sweep_points
-from tinydancer.tables import load_llmrouter, shared_data_dir
+from tinydancer.llm.embeddings import make_embedder
+from tinydancer.llm.evaluation import aiq, lambda_grid, oracle_points, sweep_points
+from tinydancer.llm.tables import load_llmrouter, shared_data_dir
 
 
 def main() -> None:

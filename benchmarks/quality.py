@@ -1,6 +1,6 @@
 """Routing quality on real outcome data, side by side with the alternatives, in one command.
 
-Fixed, seeded splits (``tinydancer.tables.standard_splits``): MMLU and GSM8K — all rows in file
+Fixed, seeded splits (``tinydancer.llm.tables.standard_splits``): MMLU and GSM8K — all rows in file
 order (files sorted by name), ``numpy.random.default_rng(0).permutation``, first 80 % train, the
 rest test, contaminated prompts dropped; LLMRouter — its own train/test, each model's input price
 as cost per query.  Every router sees the same MiniLM embeddings (cached on disk after the first
@@ -12,7 +12,7 @@ kNN(50), logistic regression (two models) / ridge (N models) from scikit-learn, 
 crate's own ``trainRouter``/``score`` (npm @ruvector/tiny-dancer 0.1.22, through Node).
 
 Some test queries appear verbatim in the training split (119 of LLMRouter's 500, 44 of MMLU's
-2,809).  Our router remembers training outcomes for such repeats (``tinydancer.memory``), so the
+2,809).  Our router remembers training outcomes for such repeats (``tinydancer.llm.memory``), so the
 table also shows it without that memory, the baselines with the same memory, and — where there
 are repeats — a second table that scores the repeated and the new test queries separately.
 
@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 from _common import console, environment, table, time_call
 
-from tinydancer.embeddings import MiniLMEmbedder, make_embedder
-from tinydancer.evaluation import (aiq, brier_score, expected_calibration_error, lambda_grid, oracle_points, oracle_scores,
+from tinydancer.llm.embeddings import MiniLMEmbedder, make_embedder
+from tinydancer.llm.evaluation import (aiq, brier_score, expected_calibration_error, lambda_grid, oracle_points, oracle_scores,
                                    random_point, routellm_curve, sweep_points)
-from tinydancer.memory import OutcomeMemory, query_keys
+from tinydancer.llm.memory import OutcomeMemory, query_keys
 from tinydancer.plotting import plot_lines
-from tinydancer.query_router import QueryRouter, QueryRouterConfig
-from tinydancer.tables import RoutingTable, shared_data_dir, standard_splits
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.tables import RoutingTable, shared_data_dir, standard_splits
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"

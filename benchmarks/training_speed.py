@@ -20,7 +20,7 @@ import numpy as np
 from _common import console, environment, table
 
 from tinydancer import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset
-from tinydancer.data import Batch
+from tinydancer.nn.data import Batch
 from tinydancer.synthetic import seed_example_data
 
 SEED_TABLE = [(1_000, 32, 10.0), (10_000, 64, 75.0), (100_000, 128, 600.0)]

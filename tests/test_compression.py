@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tinydancer import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset, ValidationError
-from tinydancer.compression import (
+from tinydancer.nn.compression import (
     IterativeHardThresholding,
     dequantize_tensor,
     model_size_bytes,

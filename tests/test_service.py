@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from tinydancer import FastGRNN
 from tinydancer.demo import train_default_router_model
-from tinydancer.service import ServiceSettings, create_app
+from tinydancer.server.app import ServiceSettings, create_app
 
 TOKEN = "correct horse battery staple"
 _MODELS = Path(tempfile.mkdtemp(prefix="td-service-"))
@@ -89,7 +89,7 @@ def test_metrics_are_prometheus_and_count(client) -> None:
 
 
 def test_route_metrics_fold_in_batches_and_count_exactly() -> None:
-    from tinydancer.service import Metrics
+    from tinydancer.server.app import Metrics
 
     m = Metrics()
     m.FOLD_EVERY = 3
@@ -154,7 +154,7 @@ def test_bad_requests_get_4xx_never_5xx(client, payload: bytes, status: int) -> 
 
 
 def test_route_answers_the_same_with_or_without_the_fast_decoder(client, monkeypatch) -> None:
-    import tinydancer.wire as wire
+    import tinydancer.server.wire as wire
 
     payload = body(6, dim=16, seed=3)
 
@@ -213,7 +213,7 @@ def test_query_route_needs_a_query_router(client) -> None:
 def test_query_routing_endpoint(tmp_path) -> None:
     from test_query_router import EMBEDDER, pair_table
 
-    from tinydancer.query_router import QueryRouter, QueryRouterConfig
+    from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
 
     router = QueryRouter.fit(pair_table(400, 0), QueryRouterConfig(hidden_dims=(8,), epochs=10), embedder=EMBEDDER)
     router.save(tmp_path / "qr")
@@ -234,7 +234,7 @@ def test_query_routing_endpoint(tmp_path) -> None:
 def _small_query_router() -> Path:
     from test_query_router import EMBEDDER, pair_table
 
-    from tinydancer.query_router import QueryRouter, QueryRouterConfig
+    from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
 
     QueryRouter.fit(pair_table(300, 0), QueryRouterConfig(hidden_dims=(8,), epochs=5), embedder=EMBEDDER).save(_MODELS / "qr")
     return _MODELS / "qr"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tinydancer.errors import TinyDancerError
-from tinydancer.storage import DecisionWriter, SQLiteStorage, decision_record, new_request_id
+from tinydancer.server.storage import DecisionWriter, SQLiteStorage, decision_record, new_request_id
 
 
 def row(request_id: str) -> tuple:
@@ -126,7 +126,7 @@ def test_request_ids_are_uuid7_and_sort_by_time() -> None:
 
 
 def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path) -> None:
-    from tinydancer.storage import MIGRATIONS
+    from tinydancer.server.storage import MIGRATIONS
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)

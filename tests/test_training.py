@@ -26,7 +26,7 @@ from tinydancer import (
     save_normalization_params,
     temperature_softmax,
 )
-from tinydancer.optim import Adam, clip_by_global_norm
+from tinydancer.nn.optim import Adam, clip_by_global_norm
 from tinydancer.synthetic import seed_example_data
 
 

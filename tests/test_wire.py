@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError as PydanticValidationError
 
 from tinydancer.errors import ValidationError
-from tinydancer.wire import RouteBody, RouteIn, _canonical, decode_route_body, fast_route_body
+from tinydancer.server.wire import RouteBody, RouteIn, _canonical, decode_route_body, fast_route_body
 
 
 def body(n: int = 3, dim: int = 6, seed: int = 0, **extra: Any) -> dict:

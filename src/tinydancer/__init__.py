@@ -3,14 +3,15 @@
 The public API is re-exported here; each concept lives in its own module.
 """
 
-from .data import BatchIterator, TrainingDataset, balanced_sample_weights
+from . import _aliases
+from .nn.data import BatchIterator, TrainingDataset, balanced_sample_weights
 from .errors import ModelFileError, NotFittedError, TinyDancerError, ValidationError
-from .losses import binary_cross_entropy, generate_teacher_predictions, soft_targets_from_logits, temperature_softmax
-from .model import FastGRNN, FastGRNNConfig, Normalizer, load_normalization_params, save_normalization_params
-from .features import FeatureConfig, FeatureEngineer
-from .memory import OutcomeMemory
-from .query_router import QueryRouter, QueryRouterConfig, RouteDecision
-from .routing import (
+from .nn.losses import binary_cross_entropy, generate_teacher_predictions, soft_targets_from_logits, temperature_softmax
+from .nn.model import FastGRNN, FastGRNNConfig, Normalizer, load_normalization_params, save_normalization_params
+from .candidates.features import FeatureConfig, FeatureEngineer
+from .llm.memory import OutcomeMemory
+from .llm.query_router import QueryRouter, QueryRouterConfig, RouteDecision
+from .candidates.router import (
     Candidate,
     CircuitOpenError,
     Router,
@@ -19,9 +20,11 @@ from .routing import (
     RoutingRequest,
     RoutingResponse,
 )
-from .training import Trainer, TrainingConfig, TrainingDivergedError, TrainingMetrics, evaluate_model
+from .nn.training import Trainer, TrainingConfig, TrainingDivergedError, TrainingMetrics, evaluate_model
 
 __version__ = "0.1.0"
+
+_aliases.install(__name__)
 
 __all__ = [
     "BatchIterator",

@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .datafiles import read_table
+from .nn.datafiles import read_table
 from .errors import TinyDancerError
-from .model import FastGRNN, FastGRNNConfig
-from .training import Trainer, TrainingConfig, TrainingMetrics, evaluate_model
+from .nn.model import FastGRNN, FastGRNNConfig
+from .nn.training import Trainer, TrainingConfig, TrainingMetrics, evaluate_model
 
 app = typer.Typer(help="Tiny Dancer: train, evaluate and serve FastGRNN routers.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -218,7 +218,7 @@ app.add_typer(router_app, name="router")
 
 
 def _load_table(path: Path, prices: Optional[Path]) -> Any:
-    from .tables import RoutingTable, load_prices
+    from .llm.tables import RoutingTable, load_prices
 
     return RoutingTable.from_jsonl(path, load_prices(prices) if prices else None)
 
@@ -239,8 +239,8 @@ def router_train(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train a query router from a routing table (hyperparameters chosen on a validation slice)."""
-    from .embeddings import make_embedder
-    from .query_router import QueryRouter, QueryRouterConfig
+    from .llm.embeddings import make_embedder
+    from .llm.query_router import QueryRouter, QueryRouterConfig
 
     data = _load_table(table, prices)
     emb = make_embedder(embedder)
@@ -279,7 +279,7 @@ def router_eval(
     plot: Optional[Path] = typer.Option(None, help="Write the cost-quality curve as PNG."),
 ) -> None:
     """AIQ, and for two-model tables APGR and CPT(20/50/80 %), of a router on a table."""
-    from .query_router import QueryRouter
+    from .llm.query_router import QueryRouter
 
     router = QueryRouter.load(router_dir)
     data = _load_table(table, prices)
@@ -306,7 +306,7 @@ def router_eval(
 
 def _calibration(router: Any, data: Any) -> dict[str, float]:
     """Brier score and ECE of the per-model quality predictions against observed quality."""
-    from .evaluation import brier_score, expected_calibration_error
+    from .llm.evaluation import brier_score, expected_calibration_error
 
     col = [data.models.index(m) for m in router.models]
     pred = router.remember(data.queries, router.model.predict(data.embeddings))[0][:, : len(router.models)]
@@ -324,7 +324,7 @@ def router_route(
     quality_bar: Optional[float] = typer.Option(None, help="N models: cheapest model predicted to reach this quality."),
 ) -> None:
     """Route one query and print the decision as JSON."""
-    from .query_router import QueryRouter
+    from .llm.query_router import QueryRouter
 
     router = QueryRouter.load(router_dir)
     if strong_share is not None:
@@ -344,14 +344,14 @@ def router_tables(
     embeddings: bool = typer.Option(False, help="Include MiniLM embeddings in the rows (large files)."),
 ) -> None:
     """Write the benchmark's fixed train/test splits (MMLU, GSM8K, LLMRouter) as routing tables."""
-    from .tables import shared_data_dir, standard_splits
+    from .llm.tables import shared_data_dir, standard_splits
 
     folder = data_dir or shared_data_dir()
     if folder is None:
         raise TinyDancerError("no shared data folder found: pass --data-dir or set TINY_DANCER_DATA")
     emb = None
     if embeddings:
-        from .embeddings import make_embedder
+        from .llm.embeddings import make_embedder
 
         emb = make_embedder("minilm")
     for name, (train, test) in standard_splits(Path(folder)).items():
@@ -379,8 +379,8 @@ def serve(
     """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale)."""
     import uvicorn
 
-    from .routing import default_model_path
-    from .service import ServiceSettings, create_app
+    from .candidates.router import default_model_path
+    from .server.app import ServiceSettings, create_app
 
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
                                query_router_path=query_router, watch_interval_s=watch_interval,
@@ -410,10 +410,10 @@ def retrain(
     """Retrain from logged decisions and outcomes; promote the new model only if it is not worse."""
     from dataclasses import asdict
 
-    from .learning import ModelRegistry, RetrainConfig, retrain_query_router
-    from .learning import retrain as run_retrain
-    from .routing import default_model_path
-    from .storage import open_storage
+    from .server.learning import ModelRegistry, RetrainConfig, retrain_query_router
+    from .server.learning import retrain as run_retrain
+    from .candidates.router import default_model_path
+    from .server.storage import open_storage
 
     config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples)
     say = None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]"))

@@ -15,10 +15,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .data import TrainingDataset
-from .model import FastGRNN, FastGRNNConfig
+from .nn.data import TrainingDataset
+from .nn.model import FastGRNN, FastGRNNConfig
 from .synthetic import seed_example_data
-from .training import Trainer, TrainingConfig
+from .nn.training import Trainer, TrainingConfig
 
 #: the seed example's model and training settings (its distillation from a random teacher is dropped)
 DEMO_MODEL = FastGRNNConfig(input_dim=5, hidden_dim=16, output_dim=1, nu=0.8, zeta=1.2, rank=8)
@@ -69,7 +69,7 @@ DEFAULT_ROUTER_MODEL = FastGRNNConfig(input_dim=5, hidden_dim=16, output_dim=1)
 
 def traffic_dataset(n_requests: int, seed: int, candidates_per_request: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(router features, outcomes) of simulated candidate traffic, through the real feature pipeline."""
-    from .features import FeatureEngineer
+    from .candidates.features import FeatureEngineer
     from .synthetic import candidate_requests
 
     engineer = FeatureEngineer()
@@ -86,7 +86,7 @@ def train_default_router_model(path: Path, seed: int = 7) -> dict[str, float]:
     ``synthetic.lightweight_ok_probability``): a demonstration model for a fresh install, to be
     replaced by one retrained on your own routing logs.
     """
-    from .uncertainty import ConformalCalibrator
+    from .candidates.uncertainty import ConformalCalibrator
 
     x, y = traffic_dataset(1500, seed)
     n = len(y)
@@ -106,7 +106,7 @@ def train_default_router_model(path: Path, seed: int = 7) -> dict[str, float]:
 
 def show_router(path: Path, console: Console) -> None:
     """Route one simulated request with the default model and print the decisions."""
-    from .routing import Router, RouterConfig
+    from .candidates.router import Router, RouterConfig
     from .synthetic import candidate_requests
 
     router = Router(RouterConfig(model_path=path, confidence_threshold=0.6))
@@ -219,8 +219,8 @@ def run_learning_loop(out: Path, served: Path, console: Console) -> None:
     import httpx
     import uvicorn
 
-    from .learning import ModelRegistry, RetrainConfig, retrain
-    from .service import ServiceSettings, create_app
+    from .server.learning import ModelRegistry, RetrainConfig, retrain
+    from .server.app import ServiceSettings, create_app
     from .synthetic import candidate_requests, drifted_lightweight_ok_probability
 
     db = out / "demo.db"
@@ -247,7 +247,7 @@ def run_learning_loop(out: Path, served: Path, console: Console) -> None:
             before, v1 = _agreement(client, candidate_requests(400, 8, seed=21, truth=truth), truth, feedback=True)
             console.print(f"served {v1} on http://127.0.0.1:{port}: 400 requests × 8 candidates from a changed world "
                           f"(track record and context now matter more), each with feedback, in {time.perf_counter() - t0:.1f} s")
-            from .storage import SQLiteStorage
+            from .server.storage import SQLiteStorage
 
             storage = SQLiteStorage(db)
             report = retrain(storage, served, ModelRegistry(out / "registry"), RetrainConfig(seed=0))

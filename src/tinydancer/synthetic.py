@@ -56,7 +56,7 @@ def candidate_requests(n_requests: int, candidates_per_request: int = 8, dim: in
     """
     import time
 
-    from .routing import Candidate, RoutingRequest
+    from .candidates.router import Candidate, RoutingRequest
 
     rng = np.random.default_rng(seed)
     now = time.time() if now is None else now

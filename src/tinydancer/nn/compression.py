@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .errors import ValidationError
+from ..errors import ValidationError
 from .model import RECURRENT_MATRICES, WEIGHT_MATRICES
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -21,7 +21,7 @@ import numpy as np
 import simdjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 MAX_DIM = 4096
 MAX_CANDIDATES = 1000

@@ -36,15 +36,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._validation import as_float_array
-from .data import TrainingDataset
-from .errors import ModelFileError, ValidationError
+from .._validation import as_float_array
+from ..nn.data import TrainingDataset
+from ..errors import ModelFileError, ValidationError
 from .evaluation import aiq, lambda_grid, routellm_curve, sweep_points
-from .losses import soft_targets_from_logits
+from ..nn.losses import soft_targets_from_logits
 from .memory import OutcomeMemory
-from .model import FastGRNN, FastGRNNConfig
+from ..nn.model import FastGRNN, FastGRNNConfig
 from .tables import RoutingTable
-from .training import Trainer, TrainingConfig
+from ..nn.training import Trainer, TrainingConfig
 
 ROUTER_FORMAT = "tinydancer.query_router"
 ROUTER_FORMAT_VERSION = 1

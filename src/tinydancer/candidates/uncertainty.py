@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_float_array
-from .errors import ValidationError
+from .._validation import as_float_array
+from ..errors import ValidationError
 
 AUX_KEY = "conformal_scores"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_bytes
+from .._io import atomic_write_bytes
 
 HIDDEN, HEADS, LAYERS, EPS = 384, 12, 6, 1e-12
 
@@ -23,7 +23,7 @@ def build_minilm_onnx(weights_path: Path, out_path: Path) -> Path:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:  # pragma: no cover - depends on the environment
-        from .errors import TinyDancerError
+        from ..errors import TinyDancerError
 
         raise TinyDancerError("building the MiniLM ONNX graph needs the 'onnx' package (pip install onnx)") from None
     from safetensors.numpy import load_file

@@ -22,15 +22,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_json
-from .data import TrainingDataset, balanced_sample_weights
-from .errors import TinyDancerError
-from .losses import bce_with_logits
-from .model import FastGRNN, FastGRNNConfig
-from .query_router import neighbour_means
+from .._io import atomic_write_bytes, atomic_write_json
+from ..nn.data import TrainingDataset, balanced_sample_weights
+from ..errors import TinyDancerError
+from ..nn.losses import bce_with_logits
+from ..nn.model import FastGRNN, FastGRNNConfig
+from ..llm.query_router import neighbour_means
 from .storage import Storage
-from .training import Trainer, TrainingConfig
-from .uncertainty import ConformalCalibrator
+from ..nn.training import Trainer, TrainingConfig
+from ..candidates.uncertainty import ConformalCalibrator
 
 
 @dataclass
@@ -228,7 +228,7 @@ def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.n
     in the router's info marks what was merged already, so retraining twice does not count an
     outcome twice (a corrected outcome, recorded again, counts once more).
     """
-    from .memory import OutcomeMemory
+    from ..llm.memory import OutcomeMemory
 
     done = router.info.get("memory_feedback_until")
     has_key = np.array([k is not None for k in logs.query_keys], dtype=bool)[usable]
@@ -271,7 +271,7 @@ def retrain_query_router(
     Outcomes of queries sent as text also go into the new router's outcome memory
     (:func:`remembered_feedback`), so a query that failed is routed differently when it returns.
     """
-    from .query_router import ROUTER_FILE, QueryRouter
+    from ..llm.query_router import ROUTER_FILE, QueryRouter
 
     cfg = config or RetrainConfig()
     if cfg.mode != "finetune":

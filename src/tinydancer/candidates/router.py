@@ -23,11 +23,11 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from ._validation import FLOAT32_MAX, as_float_array
-from .circuit import BreakerState, CircuitBreaker
-from .errors import ModelFileError, TinyDancerError, ValidationError
+from .._validation import FLOAT32_MAX, as_float_array
+from ..circuit import BreakerState, CircuitBreaker
+from ..errors import ModelFileError, TinyDancerError, ValidationError
 from .features import FEATURE_NAMES, MAX_EXPECTED_ACCESS, FeatureConfig, FeatureEngineer
-from .model import FastGRNN
+from ..nn.model import FastGRNN
 from .uncertainty import ConformalCalibrator
 
 #: a timestamp above this many seconds (the year 5138) is almost surely in milliseconds

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from .errors import TinyDancerError
+from ...errors import TinyDancerError
 
 log = logging.getLogger("tinydancer.storage")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 
 def sigmoid(x: Any) -> np.ndarray:

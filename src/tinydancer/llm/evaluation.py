@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 _trapz = getattr(np, "trapezoid", None) or getattr(np, "trapz")
 

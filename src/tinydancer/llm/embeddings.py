@@ -26,7 +26,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .errors import TinyDancerError, ValidationError
+from ..errors import TinyDancerError, ValidationError
 
 Progress = Callable[[int], None]
 

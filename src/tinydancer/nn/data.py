@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ._validation import as_float_array
-from .errors import ValidationError
+from .._validation import as_float_array
+from ..errors import ValidationError
 from .model import Normalizer
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .data import TrainingDataset
-from .errors import ValidationError
+from ..errors import ValidationError
 
 
 @dataclass

@@ -14,10 +14,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_json
-from ._validation import DictConfig
+from .._io import atomic_write_json
+from .._validation import DictConfig
 from .data import Batch, BatchIterator, TrainingDataset
-from .errors import TinyDancerError, ValidationError
+from ..errors import TinyDancerError, ValidationError
 from .losses import LossSpec, accuracy, bce_with_logits, cross_entropy_with_logits, objective, output_probabilities
 from .model import FastGRNN, FastGRNNConfig
 from .optim import Adam, clip_by_global_norm

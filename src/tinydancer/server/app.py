@@ -44,12 +44,12 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic.json_schema import models_json_schema
 from pydantic_core import to_json
 
-from . import __version__
-from ._validation import as_float_array
-from .circuit import BreakerState
-from .errors import TinyDancerError, ValidationError
-from .memory import query_key
-from .routing import Router, RouterConfig, RoutingRequest, default_model_path
+from .. import __version__
+from .._validation import as_float_array
+from ..circuit import BreakerState
+from ..errors import TinyDancerError, ValidationError
+from ..llm.memory import query_key
+from ..candidates.router import Router, RouterConfig, RoutingRequest, default_model_path
 from .storage import (
     DecisionRow,
     DecisionWriter,
@@ -297,7 +297,7 @@ def _decode(raw: bytes) -> RouteBody:
 
 def _explore(router: Any, embedding: np.ndarray, text: str | None, chosen: Any, index: int) -> Any:
     """The decision for model ``index`` instead of the router's choice, which becomes the runner-up."""
-    from .query_router import RouteDecision
+    from ..llm.query_router import RouteDecision
 
     quality = router.outputs_for(embedding, text)[: len(router.models)].tolist()
     return RouteDecision(model=router.models[index], predicted_quality=quality[index], cost=float(router.costs[index]),
@@ -360,14 +360,14 @@ class Service:
         return (st.st_mtime_ns, st.st_size)
 
     def _query_router_file(self) -> Path | None:
-        from .query_router import ROUTER_FILE
+        from ..llm.query_router import ROUTER_FILE
 
         path = self.settings.query_router_path
         return None if path is None else (path / ROUTER_FILE if path.is_dir() else path)
 
     def reload_query_router(self) -> Any:
         """(Re)load the query router file; a bad file raises and the old router keeps serving."""
-        from .query_router import QueryRouter
+        from ..llm.query_router import QueryRouter
 
         file = self._query_router_file()
         if file is None:

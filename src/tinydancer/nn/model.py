@@ -29,9 +29,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_bytes
-from ._validation import DictConfig, as_float_array
-from .errors import ModelFileError, ValidationError
+from .._io import atomic_write_bytes
+from .._validation import DictConfig, as_float_array
+from ..errors import ModelFileError, ValidationError
 
 FORMAT_NAME = "tinydancer.fastgrnn"
 FORMAT_VERSION = 1
@@ -152,7 +152,7 @@ class Normalizer:
         return cls(np.asarray(data["means"], dtype=np.float64), np.asarray(data["stds"], dtype=np.float64))
 
     def save_json(self, path: str | Path) -> Path:
-        from ._io import atomic_write_json
+        from .._io import atomic_write_json
 
         return atomic_write_json(path, self.to_dict())
 

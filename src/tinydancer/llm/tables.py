@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_text
-from ._validation import check_finite
-from .errors import ValidationError
+from .._io import atomic_write_text
+from .._validation import check_finite
+from ..errors import ValidationError
 
 #: RouteLLM's prices ($ per million tokens, from the RouteLLM paper), used as cost per query
 ROUTELLM_PRICES = {"gpt-4-1106-preview": 24.7, "mistralai/Mixtral-8x7B-Instruct-v0.1": 0.24}

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .routing import RoutingRequest
+    from .router import RoutingRequest
 
 FEATURE_NAMES = ("similarity", "recency", "frequency", "success_rate", "metadata_overlap")
 MAX_EXPECTED_ACCESS = 10000.0

@@ -30,8 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ._validation import as_float_array, check_finite
-from .errors import ValidationError
+from .._validation import as_float_array, check_finite
+from ..errors import ValidationError
 
 AUX_KEYS = "memory.keys"
 AUX_SUMS = "memory.sums"

@@ -1,0 +1,1 @@
+"""The seed's candidate scorer: features, conformal uncertainty and the :class:`Router`."""

@@ -1,0 +1,1 @@
+"""The network and how it learns: the FastGRNN cell, its files, data, losses, Adam, training, compression."""

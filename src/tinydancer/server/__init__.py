@@ -1,0 +1,1 @@
+"""The HTTP service and what it leans on: storage, the wire decoder, the learning loop."""
