@@ -11,13 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tinydancer import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset, ValidationError
-from tinydancer.nn.compression import (
-    IterativeHardThresholding,
-    dequantize_tensor,
-    model_size_bytes,
-    quantize_tensor,
-    top_k_mask,
-)
+from tinydancer.nn.compression import dequantize_tensor, model_size_bytes, quantize_tensor, top_k_mask
+from tinydancer.nn.sparse import IterativeHardThresholding
 from tinydancer.synthetic import seed_example_data
 
 
@@ -144,13 +139,13 @@ def test_iht_support_can_change_and_regrow() -> None:
     model = FastGRNN(FastGRNNConfig(input_dim=3, hidden_dim=4), seed=0)
     iht = IterativeHardThresholding({"W": 0.5}, every=1)
     iht.start(model)
-    pruned = ~iht._masks["W"]
+    pruned = ~iht.support["W"]
     # pretend the optimizer pushed the pruned entries hard and shrank the kept ones
-    w = model._views["W"]
+    w = model.unflatten(model.flat)["W"]
     w[pruned] -= 5.0
     w[~pruned] *= 0.01
     iht(model, step=1, epoch=0)
-    assert np.array_equal(iht._masks["W"], pruned)  # the support flipped to the grown entries
+    assert np.array_equal(iht.support["W"], pruned)  # the support flipped to the grown entries
     assert iht.support_changes == model.params["W"].size
 
 

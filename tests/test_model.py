@@ -71,10 +71,10 @@ def numeric_gradient(trainer: Trainer, model: FastGRNN, batch: Batch, eps: float
         for sign in (1, -1):
             shifted = flat.copy()
             shifted[i] += sign * eps
-            model._flat[...] = shifted
+            model.flat[...] = shifted
             loss, _ = trainer.loss_and_grad(model, batch)
             grad[i] += sign * loss / (2 * eps)
-    model._flat[...] = flat
+    model.flat[...] = flat
     return grad
 
 

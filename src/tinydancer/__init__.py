@@ -4,10 +4,26 @@ The public API is re-exported here; each concept lives in its own module.
 """
 
 from . import _aliases
-from .nn.data import BatchIterator, TrainingDataset, balanced_sample_weights
 from .errors import ModelFileError, NotFittedError, TinyDancerError, ValidationError
-from .nn.losses import binary_cross_entropy, generate_teacher_predictions, soft_targets_from_logits, temperature_softmax
-from .nn.model import FastGRNN, FastGRNNConfig, Normalizer, load_normalization_params, save_normalization_params
+from .nn import (
+    BatchIterator,
+    FastGRNN,
+    FastGRNNConfig,
+    Normalizer,
+    Trainer,
+    TrainingConfig,
+    TrainingDataset,
+    TrainingDivergedError,
+    TrainingMetrics,
+    balanced_sample_weights,
+    binary_cross_entropy,
+    evaluate_model,
+    generate_teacher_predictions,
+    load_normalization_params,
+    save_normalization_params,
+    soft_targets_from_logits,
+    temperature_softmax,
+)
 from .candidates.features import FeatureConfig, FeatureEngineer
 from .llm.memory import OutcomeMemory
 from .llm.query_router import QueryRouter, QueryRouterConfig, RouteDecision
@@ -20,7 +36,6 @@ from .candidates.router import (
     RoutingRequest,
     RoutingResponse,
 )
-from .nn.training import Trainer, TrainingConfig, TrainingDivergedError, TrainingMetrics, evaluate_model
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .nn.datafiles import read_table
 from .errors import TinyDancerError
-from .nn.model import FastGRNN, FastGRNNConfig
+from .nn import FastGRNN, FastGRNNConfig
 from .nn.training import Trainer, TrainingConfig, TrainingMetrics, evaluate_model
 
 app = typer.Typer(help="Tiny Dancer: train, evaluate and serve FastGRNN routers.", no_args_is_help=True, add_completion=False)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .nn.data import TrainingDataset
-from .nn.model import FastGRNN, FastGRNNConfig
+from .nn import FastGRNN, FastGRNNConfig
 from .synthetic import seed_example_data
 from .nn.training import Trainer, TrainingConfig
 

@@ -42,7 +42,7 @@ from ..errors import ModelFileError, ValidationError
 from .evaluation import aiq, lambda_grid, routellm_curve, sweep_points
 from ..nn.losses import soft_targets_from_logits
 from .memory import OutcomeMemory
-from ..nn.model import FastGRNN, FastGRNNConfig
+from ..nn import FastGRNN, FastGRNNConfig
 from .tables import RoutingTable
 from ..nn.training import Trainer, TrainingConfig
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._validation import as_float_array
 from ..errors import ValidationError
-from .model import Normalizer
+from .normalization import Normalizer
 
 
 def _as_targets(value: Any, name: str, n: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -21,6 +21,7 @@ from ..errors import TinyDancerError, ValidationError
 from .losses import LossSpec, accuracy, bce_with_logits, cross_entropy_with_logits, objective, output_probabilities
 from .model import FastGRNN, FastGRNNConfig
 from .optim import Adam, clip_by_global_norm
+from .sparse import IterativeHardThresholding, sparsity_targets
 
 
 @dataclass
@@ -173,7 +174,7 @@ class Trainer:
         grad = model.backward(cache, dlogits)
         l2 = self.config.l2_reg
         if l2 > 0:
-            w = model._flat * model.weight_mask()
+            w = model.flat * model.weight_mask()
             loss += 0.5 * l2 * float(np.dot(w, w))
             grad += l2 * w
         return (loss, grad, logits) if with_logits else (loss, grad)
@@ -194,7 +195,7 @@ class Trainer:
         Without an explicit ``validation`` set, ``validation_split`` of ``dataset`` is held out
         (seeded).  Early stopping watches the validation loss; with ``restore_best_weights`` the
         best epoch's weights are put back at the end.  With ``w_sparsity``/``u_sparsity`` set,
-        the paper's three-stage sparse training runs instead (see ``compression.train_sparse``).
+        the paper's three-stage sparse training runs instead (see :meth:`_train_sparse`).
         ``start_epoch`` continues the epoch count and learning-rate schedule of an earlier run.
         """
         cfg = self.config
@@ -216,9 +217,7 @@ class Trainer:
         if val_set is not None:
             _check_compatible(model, val_set, "validation data")
         if cfg.sparse:
-            from .compression import train_sparse
-
-            return train_sparse(self, model, train_set, val_set, on_epoch_end)
+            return self._train_sparse(model, train_set, val_set, on_epoch_end)
 
         # training changes the weights: any int8 copy is stale from here on
         model.quantized = None
@@ -250,9 +249,9 @@ class Trainer:
                 clip_by_global_norm(grad, cfg.grad_clip)
                 if sparse_mask is not None:
                     grad *= sparse_mask
-                optimizer.step(model._flat, grad, lr)
+                optimizer.step(model.flat, grad, lr)
                 if sparse_mask is not None:
-                    model._flat *= sparse_mask
+                    model.flat[...] *= sparse_mask
                 step += 1
                 if hooks:
                     masks_before = model.masks
@@ -264,7 +263,7 @@ class Trainer:
                 loss_sum += loss * n
                 correct += accuracy(output_probabilities(logits, act), batch.labels, act) * n
                 seen += n
-            model._invalidate()
+            model.refresh()
             if val_set is not None:
                 val_loss, val_acc = evaluate_model(model, val_set)
             else:
@@ -294,8 +293,8 @@ class Trainer:
                     self.stopped_early = True
                     break
         if cfg.restore_best_weights and best_flat is not None:
-            model._flat[...] = best_flat
-            model._invalidate()
+            model.flat[...] = best_flat
+            model.refresh()
         if dataset.normalization is not None:
             model.normalizer = dataset.normalization
         best = self.metrics[self.best_epoch - start_epoch] if self.best_epoch is not None else self.metrics[-1]
@@ -312,6 +311,57 @@ class Trainer:
             "training_config": cfg.to_dict(),
         }
         return self.metrics
+
+    def _train_sparse(
+        self,
+        model: FastGRNN,
+        dataset: TrainingDataset,
+        validation: TrainingDataset | None,
+        on_epoch_end: Callable[[TrainingMetrics], None] | None,
+    ) -> list[TrainingMetrics]:
+        """The paper's three stages over ``config.epochs`` split in thirds.
+
+        1. dense training of the (low-rank) model;
+        2. iterative hard thresholding to the target sparsities;
+        3. fine-tuning on the fixed support, with early stopping and best-weight restore.
+        Early stopping acts only in stage 3, so the returned model always has the final support.
+        """
+        cfg = self.config
+        if cfg.epochs < 3:
+            raise ValidationError("sparse training needs at least 3 epochs (one per stage)")
+        targets = sparsity_targets(model, cfg.w_sparsity, cfg.u_sparsity)
+        if validation is None and cfg.validation_split > 0:
+            dataset, validation = dataset.split(cfg.validation_split, seed=cfg.seed)
+        e1 = cfg.epochs // 3
+        e2 = cfg.epochs // 3
+        dense_cfg = replace(cfg, w_sparsity=0.0, u_sparsity=0.0)
+        stages = [
+            (replace(dense_cfg, epochs=e1, early_stopping_patience=None), None),
+            (replace(dense_cfg, epochs=e2, early_stopping_patience=None, restore_best_weights=False),
+             IterativeHardThresholding(targets, cfg.iht_every)),
+            (replace(dense_cfg, epochs=cfg.epochs - e1 - e2), None),
+        ]
+        metrics: list[TrainingMetrics] = []
+        for stage_cfg, iht in stages:
+            stage = Trainer(self.model_config, stage_cfg)
+            if iht is not None:
+                iht.start(model)
+            stage.train(model, dataset, validation=validation, on_epoch_end=on_epoch_end,
+                        hooks=() if iht is None else (iht,), start_epoch=len(metrics))
+            if iht is not None:
+                iht.finish(model)
+            metrics.extend(stage.metrics)
+            self.best_epoch = stage.best_epoch
+            self.stopped_early = stage.stopped_early
+        self.metrics = metrics
+        model.training_summary["epochs_run"] = len(metrics)
+        model.training_summary["sparse_training"] = {
+            "w_sparsity": cfg.w_sparsity,
+            "u_sparsity": cfg.u_sparsity,
+            "iht_every": cfg.iht_every,
+            "stage_epochs": [e1, e2, cfg.epochs - e1 - e2],
+        }
+        return metrics
 
     def save_metrics(self, path: str | Path) -> Path:
         """Write the per-epoch metrics as a JSON list (NaN written as null)."""

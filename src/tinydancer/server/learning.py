@@ -26,7 +26,7 @@ from .._io import atomic_write_bytes, atomic_write_json
 from ..nn.data import TrainingDataset, balanced_sample_weights
 from ..errors import TinyDancerError
 from ..nn.losses import bce_with_logits
-from ..nn.model import FastGRNN, FastGRNNConfig
+from ..nn import FastGRNN, FastGRNNConfig
 from ..llm.query_router import neighbour_means
 from .storage import Storage
 from ..nn.training import Trainer, TrainingConfig
