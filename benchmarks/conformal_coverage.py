@@ -15,8 +15,8 @@ from _common import console, environment, table
 
 from tinydancer.demo import traffic_dataset, train_default_router_model
 from tinydancer.nn.model import FastGRNN
-from tinydancer.candidates.router import default_model_path
-from tinydancer.candidates.uncertainty import ConformalCalibrator
+from tinydancer.candidates import default_model_path
+from tinydancer.candidates import ConformalCalibrator
 
 
 def main() -> None:

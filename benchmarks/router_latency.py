@@ -22,7 +22,7 @@ import numpy as np
 from _common import console, environment, table, time_call, us
 
 from tinydancer.demo import train_default_router_model
-from tinydancer.candidates.router import Candidate, Router, RouterConfig, RoutingRequest
+from tinydancer.candidates import Candidate, Router, RouterConfig, RoutingRequest
 
 HERE = Path(__file__).resolve().parent
 SIZES = (1, 10, 50, 100)

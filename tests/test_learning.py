@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from tinydancer import FastGRNN
 from tinydancer.demo import train_default_router_model
 from tinydancer.errors import TinyDancerError
-from tinydancer.candidates.features import FeatureEngineer
+from tinydancer.candidates import FeatureEngineer
 from tinydancer.server.learning import ModelRegistry, RetrainConfig, retrain
-from tinydancer.candidates.router import Router, RouterConfig
+from tinydancer.candidates import Router, RouterConfig
 from tinydancer.server.app import ServiceSettings, create_app
 from tinydancer.server.storage import DecisionRow, SQLiteStorage
 from tinydancer.synthetic import candidate_requests, drifted_lightweight_ok_probability
@@ -119,7 +119,7 @@ def test_storage_migrates_and_reports_percentiles(tmp_path) -> None:
 
 
 def test_candidate_catalogue_upserts(tmp_path) -> None:
-    from tinydancer.candidates.router import Candidate
+    from tinydancer.candidates import Candidate
 
     storage = SQLiteStorage(tmp_path / "c.db")
     assert storage.upsert_candidates([Candidate("a", [1.0, 0.0], {"k": "v"}, None, 3, 0.5)]) == 1

@@ -14,10 +14,10 @@ from tinydancer import FastGRNN, FastGRNNConfig
 from tinydancer.circuit import BreakerState, CircuitBreaker
 from tinydancer.demo import train_default_router_model, traffic_dataset
 from tinydancer.errors import ModelFileError, ValidationError
-from tinydancer.candidates.features import FeatureConfig, FeatureEngineer
-from tinydancer.candidates.router import Candidate, CircuitOpenError, Router, RouterConfig, RoutingRequest
+from tinydancer.candidates import FeatureConfig, FeatureEngineer
+from tinydancer.candidates import Candidate, CircuitOpenError, Router, RouterConfig, RoutingRequest
 from tinydancer.synthetic import candidate_requests
-from tinydancer.candidates.uncertainty import ConformalCalibrator
+from tinydancer.candidates import ConformalCalibrator
 
 NOW = time.time()
 

@@ -24,12 +24,13 @@ from .nn import (
     soft_targets_from_logits,
     temperature_softmax,
 )
-from .candidates.features import FeatureConfig, FeatureEngineer
 from .llm.memory import OutcomeMemory
 from .llm.query_router import QueryRouter, QueryRouterConfig, RouteDecision
-from .candidates.router import (
+from .candidates import (
     Candidate,
     CircuitOpenError,
+    FeatureConfig,
+    FeatureEngineer,
     Router,
     RouterConfig,
     RoutingDecision,

@@ -26,7 +26,7 @@ MOVED = {
     "datafiles": "nn.datafiles",
     "features": "candidates.features",
     "uncertainty": "candidates.uncertainty",
-    "routing": "candidates.router",
+    "routing": "candidates",
     "embeddings": "llm.embeddings",
     "tables": "llm.tables",
     "memory": "llm.memory",

@@ -379,7 +379,7 @@ def serve(
     """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale)."""
     import uvicorn
 
-    from .candidates.router import default_model_path
+    from .candidates import default_model_path
     from .server.app import ServiceSettings, create_app
 
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
@@ -412,7 +412,7 @@ def retrain(
 
     from .server.learning import ModelRegistry, RetrainConfig, retrain_query_router
     from .server.learning import retrain as run_retrain
-    from .candidates.router import default_model_path
+    from .candidates import default_model_path
     from .server.storage import open_storage
 
     config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples)

@@ -69,7 +69,7 @@ DEFAULT_ROUTER_MODEL = FastGRNNConfig(input_dim=5, hidden_dim=16, output_dim=1)
 
 def traffic_dataset(n_requests: int, seed: int, candidates_per_request: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(router features, outcomes) of simulated candidate traffic, through the real feature pipeline."""
-    from .candidates.features import FeatureEngineer
+    from .candidates import FeatureEngineer
     from .synthetic import candidate_requests
 
     engineer = FeatureEngineer()
@@ -86,7 +86,7 @@ def train_default_router_model(path: Path, seed: int = 7) -> dict[str, float]:
     ``synthetic.lightweight_ok_probability``): a demonstration model for a fresh install, to be
     replaced by one retrained on your own routing logs.
     """
-    from .candidates.uncertainty import ConformalCalibrator
+    from .candidates import ConformalCalibrator
 
     x, y = traffic_dataset(1500, seed)
     n = len(y)
@@ -106,7 +106,7 @@ def train_default_router_model(path: Path, seed: int = 7) -> dict[str, float]:
 
 def show_router(path: Path, console: Console) -> None:
     """Route one simulated request with the default model and print the decisions."""
-    from .candidates.router import Router, RouterConfig
+    from .candidates import Router, RouterConfig
     from .synthetic import candidate_requests
 
     router = Router(RouterConfig(model_path=path, confidence_threshold=0.6))

@@ -9,9 +9,12 @@ beat about 90.4 % accuracy on this data (the Bayes rate, measured on 2M samples)
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
+
+from .candidates import Candidate, RoutingRequest
 
 FEATURE_NAMES = ("similarity", "recency", "popularity", "success_rate", "complexity")
 
@@ -54,10 +57,6 @@ def candidate_requests(n_requests: int, candidates_per_request: int = 8, dim: in
     uniform, metadata sharing 0-4 of the request's 4 entries.  Outcomes are drawn from ``truth``
     (default :func:`lightweight_ok_probability`).
     """
-    import time
-
-    from .candidates.router import Candidate, RoutingRequest
-
     rng = np.random.default_rng(seed)
     now = time.time() if now is None else now
     out = []

@@ -17,17 +17,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ValidationError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .router import RoutingRequest
+from .request import RoutingRequest
 
 FEATURE_NAMES = ("similarity", "recency", "frequency", "success_rate", "metadata_overlap")
-MAX_EXPECTED_ACCESS = 10000.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class FeatureEngineer:
         self.config = config or FeatureConfig()
         self._weights = self.config.weights
 
-    def compute(self, request: "RoutingRequest", now: float | None = None) -> np.ndarray:
+    def compute(self, request: RoutingRequest, now: float | None = None) -> np.ndarray:
         now = time.time() if now is None else now
         n = request.size
         out = np.empty((n, 5), dtype=np.float32)

@@ -49,7 +49,7 @@ from .._validation import as_float_array
 from ..circuit import BreakerState
 from ..errors import TinyDancerError, ValidationError
 from ..llm.memory import query_key
-from ..candidates.router import Router, RouterConfig, RoutingRequest, default_model_path
+from ..candidates import Router, RouterConfig, RoutingRequest, default_model_path
 from .storage import (
     DecisionRow,
     DecisionWriter,

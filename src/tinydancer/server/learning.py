@@ -30,7 +30,7 @@ from ..nn import FastGRNN, FastGRNNConfig
 from ..llm.query_router import neighbour_means
 from .storage import Storage
 from ..nn.training import Trainer, TrainingConfig
-from ..candidates.uncertainty import ConformalCalibrator
+from ..candidates import ConformalCalibrator
 
 
 @dataclass
