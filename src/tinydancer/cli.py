@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .nn.datafiles import read_table
 from .errors import TinyDancerError
-from .nn import FastGRNN, FastGRNNConfig
-from .nn.training import Trainer, TrainingConfig, TrainingMetrics, evaluate_model
+from .nn import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, evaluate_model
+from .nn.datafiles import read_table
+from .progress import EpochProgress, err_console, item_progress
 
 app = typer.Typer(help="Tiny Dancer: train, evaluate and serve FastGRNN routers.", no_args_is_help=True, add_completion=False)
 console = Console()
-err_console = Console(stderr=True)
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,36 +36,6 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-class EpochProgress:
-    """A rich progress bar fed by the trainer's per-epoch callback (silent when quiet)."""
-
-    def __init__(self, total: int, quiet: bool, label: str = "training") -> None:
-        self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            disable=quiet,
-        )
-        self.task = self.progress.add_task(label, total=total, stats="")
-
-    def __enter__(self) -> "EpochProgress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def __call__(self, m: TrainingMetrics) -> None:
-        stats = f"loss {m.train_loss:.4f}"
-        if math.isfinite(m.val_loss):
-            stats += f"  val {m.val_loss:.4f}  val acc {m.val_accuracy:.3f}"
-        self.progress.update(self.task, advance=1, stats=stats)
 
 
 @app.command()
@@ -263,10 +230,8 @@ def router_train(
 
 
 def _embed_with_progress(data: Any, emb: Any, quiet: bool) -> Any:
-    with Progress(TextColumn("[bold]embedding queries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet) as progress:
-        task = progress.add_task("embed", total=len(data))
-        return data.with_embeddings(emb, progress=lambda n: progress.advance(task, n))
+    with item_progress("embedding queries", len(data), quiet) as advance:
+        return data.with_embeddings(emb, progress=advance)
 
 
 @router_app.command("eval")

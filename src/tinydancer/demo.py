@@ -15,10 +15,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .nn.data import TrainingDataset
-from .nn import FastGRNN, FastGRNNConfig
+from .nn import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset
+from .progress import EpochProgress
 from .synthetic import seed_example_data
-from .nn.training import Trainer, TrainingConfig
 
 #: the seed example's model and training settings (its distillation from a random teacher is dropped)
 DEMO_MODEL = FastGRNNConfig(input_dim=5, hidden_dim=16, output_dim=1, nu=0.8, zeta=1.2, rank=8)
@@ -52,8 +51,6 @@ def train_seed_example(n_train: int = 1000, seed: int = 42, quiet: bool = True, 
     if quiet or console is None:
         trainer.train(model, dataset)
     else:
-        from .cli import EpochProgress
-
         with EpochProgress(DEMO_TRAINING.epochs, quiet=False, label="training the seed example") as progress:
             trainer.train(model, dataset, on_epoch_end=progress)
     return model, trainer
