@@ -14,7 +14,7 @@ from tinydancer.errors import TinyDancerError
 from tinydancer.candidates import FeatureEngineer
 from tinydancer.server.learning import ModelRegistry, RetrainConfig, retrain
 from tinydancer.candidates import Router, RouterConfig
-from tinydancer.server.app import ServiceSettings, create_app
+from tinydancer.server import ServiceSettings, create_app
 from tinydancer.server.storage import DecisionRow, SQLiteStorage
 from tinydancer.synthetic import candidate_requests, drifted_lightweight_ok_probability
 

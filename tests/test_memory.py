@@ -163,7 +163,7 @@ def test_the_service_applies_the_memory_to_text_queries(routers, tmp_path) -> No
     from fastapi.testclient import TestClient
     from test_service import MODEL
 
-    from tinydancer.server.app import ServiceSettings, create_app
+    from tinydancer.server import ServiceSettings, create_app
 
     with_memory = routers[0]
     with_memory.save(tmp_path / "qr")

@@ -16,7 +16,7 @@ from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.errors import TinyDancerError
 from tinydancer.server.learning import ModelRegistry, RetrainConfig, bandit_targets, retrain_query_router
 from tinydancer.llm.query_router import ROUTER_FILE, QueryRouter, QueryRouterConfig
-from tinydancer.server.app import ServiceSettings, create_app
+from tinydancer.server import ServiceSettings, create_app
 from tinydancer.server.storage import DecisionRow, SQLiteStorage
 from tinydancer.llm.tables import RoutingTable
 

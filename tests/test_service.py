@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from tinydancer import FastGRNN
 from tinydancer.demo import train_default_router_model
-from tinydancer.server.app import ServiceSettings, create_app
+from tinydancer.server import ServiceSettings, create_app
 
 TOKEN = "correct horse battery staple"
 _MODELS = Path(tempfile.mkdtemp(prefix="td-service-"))
@@ -89,7 +89,7 @@ def test_metrics_are_prometheus_and_count(client) -> None:
 
 
 def test_route_metrics_fold_in_batches_and_count_exactly() -> None:
-    from tinydancer.server.app import Metrics
+    from tinydancer.server import Metrics
 
     m = Metrics()
     m.FOLD_EVERY = 3

@@ -4,6 +4,7 @@ The public API is re-exported here; each concept lives in its own module.
 """
 
 from . import _aliases
+from ._version import __version__
 from .errors import ModelFileError, NotFittedError, TinyDancerError, ValidationError
 from .nn import (
     BatchIterator,
@@ -24,8 +25,7 @@ from .nn import (
     soft_targets_from_logits,
     temperature_softmax,
 )
-from .llm.memory import OutcomeMemory
-from .llm.query_router import QueryRouter, QueryRouterConfig, RouteDecision
+from .llm import OutcomeMemory, QueryRouter, QueryRouterConfig, RouteDecision
 from .candidates import (
     Candidate,
     CircuitOpenError,
@@ -38,11 +38,10 @@ from .candidates import (
     RoutingResponse,
 )
 
-__version__ = "0.1.0"
-
 _aliases.install(__name__)
 
 __all__ = [
+    "__version__",
     "BatchIterator",
     "Candidate",
     "CircuitOpenError",

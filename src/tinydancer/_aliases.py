@@ -35,7 +35,7 @@ MOVED = {
     "wire": "server.wire",
     "storage": "server.storage",
     "learning": "server.learning",
-    "service": "server.app",
+    "service": "server",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
@@ -71,6 +72,46 @@ def _describe_bad_array(value: Any, name: str, exc: Exception) -> str:
                     "every row must have the same number of features"
                 )
     return f"{name} could not be read as numbers ({exc})"
+
+
+def check_number(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> None:
+    """Raise unless ``value`` is a finite number (an integer with ``integer``) within the bounds.
+
+    The one check behind every config dataclass, so each field's message has the same shape:
+    ``TrainingConfig.learning_rate must be a number > 0, got -1``.  Booleans are not numbers
+    here, and ``optional`` lets None through.
+    """
+    if value is None and optional:
+        return
+    kinds: tuple[type, ...] = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return
+    kind = "an integer" if integer else "a number"
+    if low is not None and high is not None:
+        where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        where = f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        where = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        where = ""
+    raise ValidationError(f"{owner}.{name} must be {'None or ' if optional else ''}{kind}{where}, got {value!r}")
 
 
 _C = TypeVar("_C", bound="DictConfig")

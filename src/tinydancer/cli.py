@@ -345,7 +345,7 @@ def serve(
     import uvicorn
 
     from .candidates import default_model_path
-    from .server.app import ServiceSettings, create_app
+    from .server import ServiceSettings, create_app
 
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
                                query_router_path=query_router, watch_interval_s=watch_interval,

@@ -217,7 +217,7 @@ def run_learning_loop(out: Path, served: Path, console: Console) -> None:
     import uvicorn
 
     from .server.learning import ModelRegistry, RetrainConfig, retrain
-    from .server.app import ServiceSettings, create_app
+    from .server import ServiceSettings, create_app
     from .synthetic import candidate_requests, drifted_lightweight_ok_probability
 
     db = out / "demo.db"

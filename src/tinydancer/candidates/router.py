@@ -25,25 +25,10 @@ import numpy as np
 from ..circuit import BreakerState, CircuitBreaker
 from ..errors import ModelFileError, TinyDancerError, ValidationError
 from ..nn import FastGRNN
-from .decisions import Decisions, RoutingDecision, RoutingResponse
+from .decisions import Decisions, RoutingResponse
 from .features import FEATURE_NAMES, FeatureConfig, FeatureEngineer
-from .request import Candidate, RoutingRequest, check_timestamp
+from .request import RoutingRequest
 from .uncertainty import ConformalCalibrator
-
-__all__ = [
-    "Candidate",
-    "CircuitOpenError",
-    "Decisions",
-    "Router",
-    "RouterConfig",
-    "RoutingDecision",
-    "RoutingRequest",
-    "RoutingResponse",
-    "ServedModel",
-    "check_timestamp",
-    "default_model_path",
-    "load_served_model",
-]
 
 _ZERO_ORDER = np.zeros(1, dtype=np.intp)
 

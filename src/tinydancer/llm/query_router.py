@@ -200,6 +200,11 @@ class QueryRouter:
             self._embedder = embedder_for_id(self.embedder_id)
         return self._embedder
 
+    @property
+    def loaded_embedder(self) -> Any:
+        """The embedder if it has been loaded already, else None (loading MiniLM takes a while)."""
+        return self._embedder
+
     @embedder.setter
     def embedder(self, value: Any) -> None:
         if value.id != self.embedder_id:

@@ -1,0 +1,27 @@
+"""POST /v1/feedback: how a routed request turned out, committed before it is acknowledged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+
+from ..deps import service_of
+from ..schemas import FeedbackIn, FeedbackOut
+from ..storage import UnknownRequestError
+
+router = APIRouter(tags=["learning"])
+
+
+@router.post("/v1/feedback", response_model=FeedbackOut, summary="Record how a routed request turned out")
+async def feedback(body: FeedbackIn, request: Request) -> Any:
+    service = service_of(request)
+    service.writer.flush()  # the decision may still be in the group commit
+    try:
+        target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost)
+    except UnknownRequestError as exc:
+        service.metrics.errors.labels("/v1/feedback", "unknown_request").inc()
+        raise HTTPException(404, str(exc).strip('"')) from None
+    service.metrics.requests.labels("/v1/feedback").inc()
+    service.metrics.feedback.labels(str(body.success).lower()).inc()
+    return {"status": "recorded", "request_id": body.request_id, "target": target}

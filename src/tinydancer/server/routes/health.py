@@ -1,0 +1,60 @@
+"""Liveness, readiness, Prometheus metrics and service information (no credentials needed)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..._version import __version__
+from ..deps import service_of
+from ..metrics import STATE_CODE
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", responses={503: {"description": "no model loaded"}})
+async def ready(request: Request) -> Any:
+    service = service_of(request)
+    if service.router is None:
+        return JSONResponse({"ready": False, "reason": service.not_ready_reason}, status_code=503)
+    return {"ready": True, "model_version": service.router.served.version}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> Any:
+    service = service_of(request)
+    m = service.metrics
+    if service.router is not None and service.router.breaker is not None:
+        m.breaker_state.set(STATE_CODE[service.router.breaker.state])
+    m.fold()
+    return PlainTextResponse(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/info")
+async def info(request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    r = service.router
+    qr = service.query_router
+    return {
+        "version": __version__,
+        "uptime_s": round(time.time() - service.started, 1),
+        "ready": r is not None,
+        "model": None if r is None else {
+            "version": r.served.version, "path": r.served.path, "sha256": r.served.sha256,
+            "loaded_at": r.served.loaded_at, "calibrated": r.served.calibrator is not None,
+            "size_bytes": r.served.model.size_bytes(),
+        },
+        "query_router": None if qr is None else {"models": qr.models, "embedder": qr.embedder_id},
+        "database": str(service.settings.database_path),
+        "auth": bool(service.settings.auth_token),
+    }

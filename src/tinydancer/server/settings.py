@@ -1,0 +1,30 @@
+"""The service's settings: where the model and the log live, limits, thresholds, credentials."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._validation import check_number
+from ..candidates import default_model_path
+
+
+@dataclass
+class ServiceSettings:
+    model_path: Path = field(default_factory=default_model_path)
+    database_path: Path = Path("tinydancer.db")
+    query_router_path: Path | None = None
+    auth_token: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_AUTH_TOKEN") or None)
+    #: poll the model file this often and hot-reload when it changes (0 disables)
+    watch_interval_s: float = 1.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    confidence_threshold: float = 0.85
+    max_uncertainty: float = 0.15
+    enable_quantization: bool = True
+    #: share of /v1/route/query requests sent to a model drawn at random, so that retraining
+    #: learns about models the router would not pick (0: never explore)
+    query_exploration: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_number("ServiceSettings", "query_exploration", self.query_exploration, low=0.0, high=1.0)

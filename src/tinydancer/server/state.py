@@ -1,0 +1,138 @@
+"""What the handlers share: the routers, storage, the decision writer, metrics, and hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..candidates import Router, RouterConfig, ServedModel
+from ..circuit import BreakerState
+from ..errors import TinyDancerError
+from ..llm import ROUTER_FILE, QueryRouter
+from .metrics import STATE_CODE, Metrics
+from .settings import ServiceSettings
+from .storage import DecisionWriter, SQLiteStorage, open_storage
+
+log = logging.getLogger("tinydancer.service")
+
+
+class Service:
+    """State shared by the handlers: router, query router, storage, metrics."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.storage: SQLiteStorage = open_storage(settings.database_path, checkpoint_interval_s=1.0)
+        self.writer = DecisionWriter(self.storage)  # replaced at each lifespan start if it was closed
+        self.router: Router | None = None
+        self.not_ready_reason = "no model loaded yet"
+        self.query_router: QueryRouter | None = None
+        self.started = time.time()
+        self.rng = np.random.default_rng()  # exploration draws
+        self._seen_stat: tuple[int, int] | None = None
+        self._seen_query_stat: tuple[int, int] | None = None
+        self._try_load()
+        if settings.query_router_path is not None:
+            self.reload_query_router()
+
+    def _try_load(self) -> None:
+        s = self.settings
+        try:
+            router = Router(RouterConfig(model_path=s.model_path, confidence_threshold=s.confidence_threshold,
+                                         max_uncertainty=s.max_uncertainty, enable_quantization=s.enable_quantization))
+        except TinyDancerError as exc:
+            self.not_ready_reason = str(exc)
+            log.warning("not ready: %s", exc)
+            return
+        self._attach_breaker(router)
+        self.router = router
+        self._seen_stat = self._stat()
+        self.metrics.model_info.labels(router.served.version).set(1)
+
+    def _attach_breaker(self, router: Router) -> None:
+        if router.breaker is not None:
+            def on_change(state: BreakerState) -> None:
+                self.metrics.breaker_state.set(STATE_CODE[state])
+                if state is BreakerState.OPEN:
+                    self.metrics.breaker_trips.inc()
+            router.breaker.on_state_change = on_change
+
+    def _stat(self, path: Path | None = None) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path or self.settings.model_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _query_router_file(self) -> Path | None:
+        path = self.settings.query_router_path
+        return None if path is None else (path / ROUTER_FILE if path.is_dir() else path)
+
+    def reload_query_router(self) -> QueryRouter:
+        """(Re)load the query router file; a bad file raises and the old router keeps serving."""
+        file = self._query_router_file()
+        if file is None:
+            raise TinyDancerError("no query router configured (--query-router DIR)")
+        stat = self._stat(file)
+        new = QueryRouter.load(file)
+        old = self.query_router
+        if old is not None and old.loaded_embedder is not None and old.embedder_id == new.embedder_id:
+            new.embedder = old.loaded_embedder  # keep it: a fresh one would load MiniLM again
+        self.query_router = new
+        self._seen_query_stat = stat
+        return new
+
+    def reload(self, path: str | None = None) -> ServedModel:
+        """Reload (or first load); raises on a bad file and keeps the old model."""
+        if self.router is None:
+            if path is not None:
+                self.settings.model_path = Path(path)
+            self._try_load()
+            if self.router is None:
+                self.metrics.reloads.labels("failed").inc()
+                raise TinyDancerError(self.not_ready_reason)
+            self.metrics.reloads.labels("ok").inc()
+            return self.router.served
+        old = self.router.served.version
+        try:
+            served = self.router.reload_model(path)
+        except TinyDancerError:
+            self.metrics.reloads.labels("failed").inc()
+            raise
+        if path is not None:
+            self.settings.model_path = Path(path)
+        self._seen_stat = self._stat()
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.model_info.labels(old).set(0)
+        self.metrics.model_info.labels(served.version).set(1)
+        return served
+
+    async def watch(self) -> None:
+        """Hot-reload when the model or query router file changes (e.g. a promoted retrain replaced it)."""
+        interval = self.settings.watch_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            stat = self._stat()
+            if stat is not None and stat != self._seen_stat:
+                try:
+                    await asyncio.to_thread(self.reload)
+                    log.info("reloaded %s", self.settings.model_path)
+                except TinyDancerError as exc:
+                    self._seen_stat = stat  # do not retry the same broken file every second
+                    log.warning("model file changed but did not load: %s", exc)
+            query_file = self._query_router_file()
+            stat = None if query_file is None else self._stat(query_file)
+            if stat is not None and stat != self._seen_query_stat:
+                try:
+                    await asyncio.to_thread(self.reload_query_router)
+                    self.metrics.reloads.labels("ok").inc()
+                    log.info("reloaded query router %s", query_file)
+                except TinyDancerError as exc:
+                    self._seen_query_stat = stat
+                    self.metrics.reloads.labels("failed").inc()
+                    log.warning("query router file changed but did not load: %s", exc)
