@@ -1,18 +1,20 @@
-"""Where decisions and outcomes are kept: the :class:`Storage` interface and its SQLite backend."""
+"""Where decisions and outcomes are kept.
 
-from .sqlite import (
-    MIGRATIONS,
+``base`` is the interface (:class:`Storage`) and the records; ``sqlite`` the SQLite backend;
+``writer`` the group commit of decision rows from the event loop.
+"""
+
+from .base import (
     DecisionRow,
-    DecisionWriter,
     LabelledLogs,
-    SQLiteStorage,
     Storage,
     UnknownRequestError,
     decision_record,
     decision_tuples,
     new_request_id,
-    open_storage,
 )
+from .sqlite import MIGRATIONS, SQLiteStorage, open_storage
+from .writer import DecisionWriter
 
 __all__ = [
     "MIGRATIONS",

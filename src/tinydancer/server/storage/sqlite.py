@@ -1,8 +1,7 @@
 """Where decisions and their outcomes are kept, so routing logs become training data.
 
-:class:`Storage` is the interface the service and the learning loop use; :class:`SQLiteStorage`
-implements it (WAL mode, one file).  A PostgreSQL implementation can follow without touching
-callers.  The schema is versioned with ``PRAGMA user_version`` and upgraded by the ordered
+:class:`SQLiteStorage` implements :class:`~tinydancer.server.storage.base.Storage` (WAL mode,
+one file).  The schema is versioned with ``PRAGMA user_version`` and upgraded by the ordered
 ``MIGRATIONS`` when a database is opened.
 
 Tables
@@ -15,26 +14,24 @@ Statistics (totals, averages, p50/p95/p99 latency) are computed from the stored 
 
 Durability: an outcome is committed before it is acknowledged, and in WAL mode a committed
 transaction survives the process being killed (SIGKILL).  The service logs decisions through a
-:class:`DecisionWriter` (group commit, a few milliseconds); feedback flushes it first, so an
+:class:`~tinydancer.server.storage.writer.DecisionWriter` (group commit, a few milliseconds); feedback flushes it first, so an
 outcome never misses its decision.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ...errors import TinyDancerError
+from .base import DecisionRow, LabelledLogs, UnknownRequestError, decision_tuples
 
 log = logging.getLogger("tinydancer.storage")
 
@@ -82,84 +79,6 @@ MIGRATIONS: list[str] = [
     #    the query router's outcome memory; NULL for candidates and for queries sent as embeddings
     "ALTER TABLE decisions ADD COLUMN query_key TEXT",
 ]
-
-
-class UnknownRequestError(TinyDancerError, KeyError):
-    """Feedback named a request id (or target) that was never routed."""
-
-
-@dataclass(frozen=True)
-class DecisionRow:
-    """One target of a routed request, in rank order."""
-
-    target: str
-    rank: int
-    inputs: np.ndarray
-    confidence: float | None
-    uncertainty: float | None
-    use_lightweight: bool
-
-
-@dataclass
-class LabelledLogs:
-    """Decisions with outcomes: what retraining reads."""
-
-    inputs: np.ndarray  # (N, D) float32
-    labels: np.ndarray  # (N,) 0/1 success
-    quality: np.ndarray  # (N,) quality, NaN where not given
-    created_at: np.ndarray  # (N,)
-    model_versions: list[str]
-    #: what each outcome is about: the candidate id or, for query routing, the model name
-    targets: list[str] = field(default_factory=list)
-    #: query routing: the key of the query's text (tinydancer.memory.query_key), None if it came as an embedding
-    query_keys: list[int | None] = field(default_factory=list)
-    #: when each outcome was recorded
-    feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-class Storage(Protocol):
-    def record_decisions(self, request_id: str, kind: str, model_version: str, rows: Sequence[DecisionRow],
-                         latency_us: float) -> None: ...
-
-    def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None: ...
-
-    def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
-                       cost: float | None) -> str: ...
-
-    def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs: ...
-
-    def statistics(self) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
-
-
-def decision_record(request_id: str, kind: str, model_version: str, targets: Sequence[str], inputs: np.ndarray,
-                    confidence: np.ndarray, uncertainty: np.ndarray | None, lightweight: np.ndarray,
-                    latency_us: float, query_key: int | None = None) -> tuple[Any, ...]:
-    """The decisions row of one request from its ranked columns (what the service logs)."""
-    conf = np.ascontiguousarray(confidence, dtype=np.float32)
-    light = np.ascontiguousarray(lightweight, dtype=np.uint8)
-    unc = None if uncertainty is None else np.ascontiguousarray(uncertainty, dtype=np.float32)
-    finite = conf[np.isfinite(conf)]
-    return (
-        request_id, kind, model_version, json.dumps(list(targets)), len(targets),
-        np.ascontiguousarray(inputs, dtype=np.float32).tobytes(), conf.tobytes(),
-        None if unc is None else unc.tobytes(), light.tobytes(), int(light.sum()),
-        float(finite.sum()) if finite.size else None, None if unc is None else float(unc.sum()), latency_us, time.time(),
-        None if query_key is None else f"{query_key:016x}",
-    )
-
-
-def decision_tuples(request_id: str, kind: str, model_version: str, rows: Sequence[DecisionRow],
-                    latency_us: float, query_key: int | None = None) -> list[tuple[Any, ...]]:
-    """:func:`decision_record` for rows given one target at a time (as a one-element list)."""
-    n = len(rows)
-    inputs = np.stack([np.asarray(r.inputs, dtype=np.float32).ravel() for r in rows]) if n else np.zeros((0, 0), np.float32)
-    conf = np.array([np.nan if r.confidence is None else r.confidence for r in rows], dtype=np.float32)
-    unc = np.array([r.uncertainty for r in rows], dtype=np.float32) if n and all(r.uncertainty is not None for r in rows) else None
-    light = np.array([r.use_lightweight for r in rows], dtype=np.uint8)
-    return [decision_record(request_id, kind, model_version, [r.target for r in rows], inputs, conf, unc, light, latency_us,
-                            query_key)]
 
 
 class SQLiteStorage:
@@ -357,81 +276,6 @@ class SQLiteStorage:
         self._local = threading.local()
 
 
-class DecisionWriter:
-    """Group commit of decision logs, from the event loop that serves the requests.
-
-    ``submit`` appends a request's row and returns; the first row of a group arms a timer, and
-    ``max_delay_s`` later one transaction commits the whole group.  The commit runs on the loop
-    thread, not on a thread of its own: a writer thread has to win the GIL back for every row it
-    binds, and on 2 cores those handoffs cost more than the inserts themselves.  (The storage's
-    checkpoints, which fsync, do run on a background thread: the loop never waits for the disk.)
-    :meth:`flush` commits what is pending at once; feedback calls it before looking a request up.
-    A crash can lose at most the last ``max_delay_s`` of decision logs, never an acknowledged
-    outcome.  Outside a running event loop every submit commits at once.  Not thread-safe: call it
-    from the loop's thread only.
-    """
-
-    def __init__(self, storage: Storage, max_delay_s: float = 0.005) -> None:
-        self.storage = storage
-        self.max_delay_s = max_delay_s
-        self._pending: list[tuple[Any, ...]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._closed = False
-        self.error: BaseException | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def submit(self, rows: list[tuple[Any, ...]]) -> None:
-        if self._closed:
-            raise TinyDancerError("the decision writer is closed")
-        self._pending.extend(rows)
-        if self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._commit(force=True)
-                return
-            self._timer = loop.call_later(self.max_delay_s, self._commit)
-
-    def _commit(self, force: bool = False) -> None:
-        self._timer = None
-        if not self._pending:
-            return
-        checkpointing = getattr(self.storage, "checkpointing", None)
-        if not force and checkpointing is not None and checkpointing.is_set():
-            # let the background checkpoint finish undisturbed (see SQLiteStorage); rows wait a little
-            self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._commit)
-            return
-        batch, self._pending = self._pending, []
-        try:
-            self.storage.insert_decision_rows(batch)
-            self.error = None
-        except sqlite3.OperationalError as exc:  # disk full, locked: keep the rows, the next commit retries
-            self._pending[:0] = batch
-            self.error = exc
-            log.error("decision log commit failed, %d rows kept for retry: %s", len(batch), exc)
-        except Exception as exc:  # a batch that can never be written: drop it rather than block all logging
-            self.error = exc
-            log.error("decision log commit failed, %d rows dropped: %s", len(batch), exc)
-
-    def flush(self) -> None:
-        """Commit what is pending now; raise if the decision log cannot be written."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._commit(force=True)
-        if self.error is not None:
-            raise TinyDancerError(f"decision log writer failed: {self.error}")
-
-    def close(self) -> None:
-        """Commit what is pending; later submits are an error."""
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-
-
 class _Transaction:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on error) on one connection."""
 
@@ -452,16 +296,3 @@ def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0) -> SQLite
     if text.startswith(("postgres://", "postgresql://")):
         raise TinyDancerError("PostgreSQL storage is not implemented yet; use a SQLite file path")
     return SQLiteStorage(path, checkpoint_interval_s)
-
-
-def new_request_id() -> str:
-    """A UUIDv7 (RFC 9562) as 32 hex digits: unique, and ordered by time.
-
-    Ordered ids make each insert land at the right edge of the decisions table's key index, so a
-    group commit writes one or two pages instead of one per request: with random (v4) ids, an
-    insert cost 29 µs a row in a 50k-row table, with these 12 µs.
-    """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits, 74 of them used
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
-    return f"{value:032x}"
