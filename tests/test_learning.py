@@ -12,7 +12,8 @@ from tinydancer import FastGRNN
 from tinydancer.demo import train_default_router_model
 from tinydancer.errors import TinyDancerError
 from tinydancer.candidates import FeatureEngineer
-from tinydancer.server.learning import ModelRegistry, RetrainConfig, retrain
+from tinydancer.server.learning import RetrainConfig, retrain
+from tinydancer.server.registry import ModelRegistry
 from tinydancer.candidates import Router, RouterConfig
 from tinydancer.server import ServiceSettings, create_app
 from tinydancer.server.storage import DecisionRow, SQLiteStorage

@@ -14,7 +14,8 @@ from tinydancer.cli import app as cli
 from tinydancer.demo import train_default_router_model
 from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.errors import TinyDancerError
-from tinydancer.server.learning import ModelRegistry, RetrainConfig, bandit_targets, retrain_query_router
+from tinydancer.server.learning import RetrainConfig, bandit_targets, retrain_query_router
+from tinydancer.server.registry import ModelRegistry
 from tinydancer.llm.query_router import ROUTER_FILE, QueryRouter, QueryRouterConfig
 from tinydancer.server import ServiceSettings, create_app
 from tinydancer.server.storage import DecisionRow, SQLiteStorage

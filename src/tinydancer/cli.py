@@ -375,7 +375,8 @@ def retrain(
     """Retrain from logged decisions and outcomes; promote the new model only if it is not worse."""
     from dataclasses import asdict
 
-    from .server.learning import ModelRegistry, RetrainConfig, retrain_query_router
+    from .server.learning import RetrainConfig, retrain_query_router
+    from .server.registry import ModelRegistry
     from .server.learning import retrain as run_retrain
     from .candidates import default_model_path
     from .server.storage import open_storage

@@ -216,7 +216,8 @@ def run_learning_loop(out: Path, served: Path, console: Console) -> None:
     import httpx
     import uvicorn
 
-    from .server.learning import ModelRegistry, RetrainConfig, retrain
+    from .server.learning import RetrainConfig, retrain
+    from .server.registry import ModelRegistry
     from .server import ServiceSettings, create_app
     from .synthetic import candidate_requests, drifted_lightweight_ok_probability
 

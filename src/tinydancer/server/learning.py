@@ -3,7 +3,7 @@
 ``retrain`` reads the decisions that have outcomes, fine-tunes the served model (a lower
 learning rate, the seed's continual learning) or trains a fresh one, calibrates conformal
 uncertainty on a slice the training never saw, and evaluates old and new on the *same* held-out
-slice.  Every new model is kept in the :class:`ModelRegistry` with its metrics (the seed's
+slice.  Every new model is kept in the :class:`~tinydancer.server.registry.ModelRegistry` with its metrics (the seed's
 ``ModelVersion``); it replaces the served file — atomically, so a watching service hot-reloads a
 complete file — only when its held-out loss is no worse than the current model's.
 
@@ -13,8 +13,6 @@ their feedback, where each query tells how one model did (see :func:`bandit_targ
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,68 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._io import atomic_write_bytes, atomic_write_json
-from ..nn.data import TrainingDataset, balanced_sample_weights
-from ..errors import TinyDancerError
-from ..nn.losses import bce_with_logits
-from ..nn import FastGRNN, FastGRNNConfig
-from ..llm.query_router import neighbour_means
-from .storage import Storage
-from ..nn.training import Trainer, TrainingConfig
 from ..candidates import ConformalCalibrator
-
-
-@dataclass
-class ModelVersion:
-    """One trained model in the registry."""
-
-    version: str
-    timestamp: float
-    sha256: str
-    model_path: str
-    metrics: dict[str, Any]
-    size_bytes: int
-    file_bytes: int
-    parent: str | None = None
-    promoted: bool = False
-
-
-class ModelRegistry:
-    """``folder/versions/<version>/model.safetensors`` + ``version.json``, and ``current.json``."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        (self.folder / "versions").mkdir(parents=True, exist_ok=True)
-
-    def add(self, model: FastGRNN, metrics: dict[str, Any], parent: str | None = None) -> ModelVersion:
-        stamp = time.time()
-        version = time.strftime("v%Y%m%dT%H%M%S", time.gmtime(stamp)) + f"{int((stamp % 1) * 1000):03d}"
-        model.extra_metadata["version"] = version
-        folder = self.folder / "versions" / version
-        path = model.save(folder / "model.safetensors")
-        data = path.read_bytes()
-        entry = ModelVersion(version, stamp, hashlib.sha256(data).hexdigest(), str(path), metrics, model.size_bytes(),
-                             len(data), parent)
-        atomic_write_json(folder / "version.json", asdict(entry))
-        return entry
-
-    def versions(self) -> list[ModelVersion]:
-        out = []
-        for meta in sorted((self.folder / "versions").glob("*/version.json")):
-            out.append(ModelVersion(**json.loads(meta.read_text())))
-        return out
-
-    def current(self) -> str | None:
-        path = self.folder / "current.json"
-        return json.loads(path.read_text())["version"] if path.is_file() else None
-
-    def promote(self, entry: ModelVersion, serve_path: str | Path) -> None:
-        """Copy the version over the served file atomically and record it as current."""
-        atomic_write_bytes(serve_path, Path(entry.model_path).read_bytes())
-        entry.promoted = True
-        atomic_write_json(Path(entry.model_path).parent / "version.json", asdict(entry))
-        atomic_write_json(self.folder / "current.json", {"version": entry.version, "promoted_at": time.time(),
-                                                         "serve_path": str(serve_path)})
+from ..errors import TinyDancerError
+from ..nn import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset, balanced_sample_weights
+from ..nn.losses import bce_with_logits
+from ..llm import ROUTER_FILE, OutcomeMemory, QueryRouter
+from ..llm.query_router import neighbour_means
+from .registry import ModelRegistry
+from .storage import Storage
 
 
 @dataclass
@@ -228,8 +172,6 @@ def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.n
     in the router's info marks what was merged already, so retraining twice does not count an
     outcome twice (a corrected outcome, recorded again, counts once more).
     """
-    from ..llm.memory import OutcomeMemory
-
     done = router.info.get("memory_feedback_until")
     has_key = np.array([k is not None for k in logs.query_keys], dtype=bool)[usable]
     at = logs.feedback_at[usable]
@@ -271,8 +213,6 @@ def retrain_query_router(
     Outcomes of queries sent as text also go into the new router's outcome memory
     (:func:`remembered_feedback`), so a query that failed is routed differently when it returns.
     """
-    from ..llm.query_router import ROUTER_FILE, QueryRouter
-
     cfg = config or RetrainConfig()
     if cfg.mode != "finetune":
         raise TinyDancerError("query routers are retrained by fine-tuning; to start afresh, train one from a table "
