@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -238,3 +239,36 @@ def test_loss_helpers() -> None:
     np.testing.assert_allclose(temperature_softmax([0.0, math.log(3.0)], 1.0), [0.25, 0.75])
     soft = temperature_softmax([0.0, 10.0], 100.0)
     assert abs(soft[0] - soft[1]) < 0.1  # high temperature flattens
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda v: TrainingConfig(learning_rate=v), "TrainingConfig.learning_rate"),
+        (lambda v: TrainingConfig(batch_size=v), "TrainingConfig.batch_size"),
+        (lambda v: FastGRNNConfig(hidden_dim=v), "FastGRNNConfig.hidden_dim"),
+        (lambda v: FastGRNNConfig(rank=v), "FastGRNNConfig.rank"),
+    ],
+)
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), True, "3"])
+def test_configs_name_the_field_they_reject(make: Any, field: str, bad: Any) -> None:
+    with pytest.raises(ValidationError, match=field.replace(".", r"\.") + " must be"):
+        make(bad)
+
+
+def test_config_checks_share_one_message_shape() -> None:
+    from tinydancer.candidates import FeatureConfig, RouterConfig
+    from tinydancer.llm import QueryRouterConfig
+
+    cases = [
+        (lambda: RouterConfig(confidence_threshold=1.5), "RouterConfig.confidence_threshold must be a number in [0, 1], got 1.5"),
+        (lambda: FeatureConfig(recency_decay=-1.0), "FeatureConfig.recency_decay must be a number >= 0, got -1.0"),
+        (lambda: QueryRouterConfig(validation_fraction=0.5), "QueryRouterConfig.validation_fraction must be a number in (0, 0.5), got 0.5"),
+        (lambda: TrainingConfig(early_stopping_patience=0), "TrainingConfig.early_stopping_patience must be None or an integer >= 1, got 0"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValidationError) as info:
+            make()
+        assert str(info.value) == message
+    assert TrainingConfig(early_stopping_patience=None).early_stopping_patience is None
+    assert FastGRNNConfig(rank=np.int64(4)).rank == 4

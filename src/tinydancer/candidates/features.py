@@ -14,13 +14,12 @@ vectors have similarity 1, a zero and a non-zero vector 0.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ValidationError
+from .._validation import check_number
 from .request import RoutingRequest
 
 FEATURE_NAMES = ("similarity", "recency", "frequency", "success_rate", "metadata_overlap")
@@ -38,8 +37,7 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValidationError(f"FeatureConfig.{name} must be a finite number >= 0, got {value!r}")
+            check_number("FeatureConfig", name, value, low=0.0)
 
     @property
     def weights(self) -> np.ndarray:

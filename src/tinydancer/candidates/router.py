@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import check_number
 from ..circuit import BreakerState, CircuitBreaker
-from ..errors import ModelFileError, TinyDancerError, ValidationError
+from ..errors import ModelFileError, TinyDancerError
 from ..nn import FastGRNN
 from .decisions import Decisions, RoutingResponse
 from .features import FEATURE_NAMES, FeatureConfig, FeatureEngineer
@@ -63,11 +64,8 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         for name in ("confidence_threshold", "max_uncertainty"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValidationError(f"RouterConfig.{name} must be in [0, 1], got {v!r}")
-        if int(self.circuit_breaker_threshold) < 1:
-            raise ValidationError("circuit_breaker_threshold must be >= 1")
+            check_number("RouterConfig", name, getattr(self, name), low=0.0, high=1.0)
+        check_number("RouterConfig", "circuit_breaker_threshold", self.circuit_breaker_threshold, low=1, integer=True)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .._validation import as_float_array
+from .._validation import as_float_array, check_number
 from ..nn.data import TrainingDataset
 from ..errors import ModelFileError, ValidationError
 from .evaluation import aiq, lambda_grid, routellm_curve, sweep_points
@@ -80,18 +80,16 @@ class QueryRouterConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.hidden_dims or any(int(h) < 1 for h in self.hidden_dims):
-            raise ValidationError("hidden_dims must list positive sizes")
-        if not 0.0 < self.validation_fraction < 0.5:
-            raise ValidationError("validation_fraction must be in (0, 0.5)")
-        if self.neighbours < 0:
-            raise ValidationError("neighbours must be >= 0")
-        if not 0.0 <= self.teacher_weight <= 1.0:
-            raise ValidationError("teacher_weight must be in [0, 1]")
-        if not 0.0 <= self.label_weight <= 1.0:
-            raise ValidationError("label_weight must be in [0, 1]")
-        if not (self.memory_prior > 0 and np.isfinite(self.memory_prior)):
-            raise ValidationError("memory_prior must be a positive number")
+        if not self.hidden_dims:
+            raise ValidationError("QueryRouterConfig.hidden_dims must list at least one hidden size")
+        for h in self.hidden_dims:
+            check_number("QueryRouterConfig", "hidden_dims", h, low=1, integer=True)
+        check_number("QueryRouterConfig", "validation_fraction", self.validation_fraction, low=0.0, high=0.5,
+                     low_open=True, high_open=True)
+        check_number("QueryRouterConfig", "neighbours", self.neighbours, low=0, integer=True)
+        check_number("QueryRouterConfig", "teacher_weight", self.teacher_weight, low=0.0, high=1.0)
+        check_number("QueryRouterConfig", "label_weight", self.label_weight, low=0.0, high=1.0)
+        check_number("QueryRouterConfig", "memory_prior", self.memory_prior, low=0.0, low_open=True)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,11 @@ they enter; this is the reading that matches the paper.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 
-from .._validation import DictConfig
+from .._validation import DictConfig, check_number
 from ..errors import ValidationError
 
 OutputActivation = Literal["sigmoid", "softmax"]
@@ -41,19 +39,11 @@ class FastGRNNConfig(DictConfig):
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden_dim", "output_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValidationError(f"FastGRNNConfig.{name} must be a positive integer, got {value!r}")
+            check_number("FastGRNNConfig", name, getattr(self, name), low=1, integer=True)
         for name in ("rank", "w_rank", "u_rank"):
-            value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1
-            ):
-                raise ValidationError(f"FastGRNNConfig.{name} must be None or a positive integer, got {value!r}")
+            check_number("FastGRNNConfig", name, getattr(self, name), low=1, integer=True, optional=True)
         for name in ("nu", "zeta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValidationError(f"FastGRNNConfig.{name} must be a finite number, got {value!r}")
+            check_number("FastGRNNConfig", name, getattr(self, name))
         act = self.output_activation
         if act is None:
             object.__setattr__(self, "output_activation", "sigmoid" if self.output_dim == 1 else "softmax")

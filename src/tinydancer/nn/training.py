@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from .._io import atomic_write_json
-from .._validation import DictConfig
+from .._validation import DictConfig, check_number
 from .data import Batch, BatchIterator, TrainingDataset
 from ..errors import TinyDancerError, ValidationError
 from .losses import LossSpec, accuracy, bce_with_logits, cross_entropy_with_logits, objective, output_probabilities
@@ -61,28 +61,26 @@ class TrainingConfig(DictConfig):
     iht_every: int = 15
 
     def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValidationError(f"TrainingConfig: {msg}")
+        def field(name: str, **bounds: Any) -> None:
+            check_number("TrainingConfig", name, getattr(self, name), **bounds)
 
-        need(_finite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        need(int(self.batch_size) >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(int(self.epochs) >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(0.0 <= self.validation_split < 1.0, f"validation_split must be in [0, 1), got {self.validation_split}")
-        need(
-            self.early_stopping_patience is None or int(self.early_stopping_patience) >= 1,
-            f"early_stopping_patience must be None or >= 1, got {self.early_stopping_patience}",
-        )
-        need(0.0 < self.lr_decay <= 1.0, f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        need(int(self.lr_decay_step) >= 1, f"lr_decay_step must be >= 1, got {self.lr_decay_step}")
-        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
-        need(0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0, "adam betas must be in [0, 1)")
-        need(self.adam_epsilon > 0, "adam_epsilon must be > 0")
-        need(self.l2_reg >= 0, f"l2_reg must be >= 0, got {self.l2_reg}")
-        need(self.distillation_temperature > 0, "distillation_temperature must be > 0")
-        need(0.0 <= self.distillation_alpha <= 1.0, "distillation_alpha must be in [0, 1]")
-        need(0.0 <= self.w_sparsity < 1.0 and 0.0 <= self.u_sparsity < 1.0, "w_sparsity and u_sparsity must be in [0, 1)")
-        need(int(self.iht_every) >= 1, f"iht_every must be >= 1, got {self.iht_every}")
+        field("learning_rate", low=0.0, low_open=True)
+        field("batch_size", low=1, integer=True)
+        field("epochs", low=1, integer=True)
+        field("validation_split", low=0.0, high=1.0, high_open=True)
+        field("early_stopping_patience", low=1, integer=True, optional=True)
+        field("lr_decay", low=0.0, high=1.0, low_open=True)
+        field("lr_decay_step", low=1, integer=True)
+        field("grad_clip", low=0.0)  # 0 disables clipping
+        field("adam_beta1", low=0.0, high=1.0, high_open=True)
+        field("adam_beta2", low=0.0, high=1.0, high_open=True)
+        field("adam_epsilon", low=0.0, low_open=True)
+        field("l2_reg", low=0.0)
+        field("distillation_temperature", low=0.0, low_open=True)
+        field("distillation_alpha", low=0.0, high=1.0)
+        field("w_sparsity", low=0.0, high=1.0, high_open=True)
+        field("u_sparsity", low=0.0, high=1.0, high_open=True)
+        field("iht_every", low=1, integer=True)
 
     @property
     def sparse(self) -> bool:
@@ -111,10 +109,6 @@ class StepHook(Protocol):
 
 class TrainingDivergedError(TinyDancerError, FloatingPointError):
     """The loss became NaN or Inf."""
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _check_compatible(model: FastGRNN, dataset: TrainingDataset, what: str) -> None:
