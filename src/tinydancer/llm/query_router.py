@@ -15,9 +15,9 @@ smoothed signal instead of memorising coin flips; only the kilobyte network runs
 When a transformer teacher's logits are given (two-model tables), they are blended into the
 advantage head's soft target.
 
-Queries routed *as text* also consult an :class:`~tinydancer.memory.OutcomeMemory` of the
+Queries routed *as text* also consult an :class:`~tinydancer.llm.memory.OutcomeMemory` of the
 training table's own outcomes: a query seen before, word for word, gets the posterior mean of
-the network's output and what was observed for it (see :mod:`tinydancer.memory`).
+the network's output and what was observed for it (see :mod:`tinydancer.llm.memory`).
 
 Decisions
     two models:  strong when the advantage score >= ``threshold`` (``calibrate(share)`` sets it
@@ -73,7 +73,7 @@ class QueryRouterConfig:
     #: the paper's sparse training (dense → hard thresholding → fine-tuning), see TrainingConfig
     w_sparsity: float = 0.0
     u_sparsity: float = 0.0
-    #: remember each training query's own outcomes for verbatim repeats (see tinydancer.memory)
+    #: remember each training query's own outcomes for verbatim repeats (see tinydancer.llm.memory)
     memory: bool = True
     #: the network's weight in the memory's posterior mean, in observations
     memory_prior: float = 1.0

@@ -78,7 +78,7 @@ def soft_targets_from_logits(logits: Any, temperature: float, activation: str = 
 def generate_teacher_predictions(teacher: Any, features: Any, temperature: float) -> np.ndarray:
     """Soft targets from a teacher: its logits divided by T, through its output activation.
 
-    ``teacher`` is a :class:`~tinydancer.model.FastGRNN` (anything with ``logits`` and
+    ``teacher`` is a :class:`~tinydancer.nn.FastGRNN` (anything with ``logits`` and
     ``config.output_activation``) or a callable returning logits.  For one output the result has
     shape (N,), otherwise (N, O).
     """

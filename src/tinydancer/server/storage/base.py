@@ -46,7 +46,7 @@ class LabelledLogs:
     model_versions: list[str]
     #: what each outcome is about: the candidate id or, for query routing, the model name
     targets: list[str] = field(default_factory=list)
-    #: query routing: the key of the query's text (tinydancer.memory.query_key), None if it came as an embedding
+    #: query routing: the key of the query's text (tinydancer.llm.memory.query_key), None if it came as an embedding
     query_keys: list[int | None] = field(default_factory=list)
     #: when each outcome was recorded
     feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
