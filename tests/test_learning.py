@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -89,20 +88,24 @@ def test_retrain_needs_enough_outcomes(world) -> None:
 
 
 def test_service_hot_reloads_a_promoted_file(tmp_path) -> None:
+    """One watcher step at a time (no sleeps): a promoted file is picked up, a broken one is read,
+    refused and counted, and the previous model keeps serving."""
     served = tmp_path / "served.safetensors"
     train_default_router_model(served)
-    app = create_app(ServiceSettings(model_path=served, database_path=tmp_path / "t.db", watch_interval_s=0.05))
+    app = create_app(ServiceSettings(model_path=served, database_path=tmp_path / "t.db", watch_interval_s=0))
+    service = app.state.service
     with TestClient(app) as client:
+        assert client.portal.call(service.check_files) == []  # nothing changed since start
         assert client.get("/info").json()["model"]["version"] == "default-demo-1"
         model = FastGRNN.load(served)
         model.extra_metadata["version"] = "promoted-2"
         model.save(served)  # atomic replace, as a promotion does
-        deadline = time.time() + 10
-        while time.time() < deadline and client.get("/info").json()["model"]["version"] != "promoted-2":
-            time.sleep(0.05)
+        assert client.portal.call(service.check_files) == ["model: reloaded"]
         assert client.get("/info").json()["model"]["version"] == "promoted-2"
         served.write_bytes(b"broken")  # a bad file must not take the service down
-        time.sleep(0.3)
+        assert client.portal.call(service.check_files) == ["model: failed"]
+        assert 'tiny_dancer_model_reloads_total{result="failed"} 1.0' in client.get("/metrics").text
+        assert client.portal.call(service.check_files) == []  # the same broken file is not retried
         assert client.get("/info").json()["model"]["version"] == "promoted-2"
         body = {"query_embedding": [1.0, 0.0], "candidates": [{"id": "a", "embedding": [1.0, 0.1]}]}
         assert client.post("/v1/route", json=body).status_code == 200

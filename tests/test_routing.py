@@ -154,6 +154,28 @@ def test_routing_agrees_with_the_ground_truth(model_path: str) -> None:
     assert hits / total > 0.9
 
 
+def test_the_router_uses_the_calibration_stored_in_the_model_file(tmp_path, model_path: str) -> None:
+    """Uncertainty comes from the file's conformal scores, and different stored scores route differently."""
+    request = candidate_requests(1, 60, seed=4)[0][0]
+    config = dict(confidence_threshold=0.5, max_uncertainty=0.15, enable_quantization=False)
+    stored = ConformalCalibrator.from_model(FastGRNN.load(model_path))
+    assert stored is not None
+    decisions = list(Router(RouterConfig(model_path=model_path, **config)).route(request).decisions)
+    conf = np.array([d.confidence for d in decisions], dtype=np.float32)
+    np.testing.assert_allclose([d.uncertainty for d in decisions], stored.uncertainty(conf))
+    assert any(d.use_lightweight for d in decisions)
+    # the same network with calibration scores of 1.0 (every calibration outcome was a surprise):
+    # the alternative is never ruled out, so nothing may go to the lightweight model
+    doubtful = FastGRNN.load(model_path)
+    ConformalCalibrator(np.ones(200)).attach(doubtful)
+    path = doubtful.save(tmp_path / "doubtful.safetensors")
+    response = Router(RouterConfig(model_path=path, **config)).route(request)
+    assert response.calibrated
+    # same scores (recency moves with the clock between the two calls, hence the tolerance)
+    np.testing.assert_allclose(sorted(d.confidence for d in response.decisions), sorted(conf), rtol=1e-5)
+    assert all(d.uncertainty == 1.0 and not d.use_lightweight for d in response.decisions)
+
+
 def test_uncalibrated_model_says_so(tmp_path, model_path: str) -> None:
     model = FastGRNN.load(model_path)
     model.aux_tensors.clear()
@@ -262,8 +284,10 @@ def test_route_never_fails_during_concurrent_reloads(tmp_path, model_path: str) 
     errors: list[BaseException] = []
     versions: set[str] = set()
     stop = threading.Event()
+    routed = [0] * 4
+    progress = threading.Condition()
 
-    def worker() -> None:
+    def worker(k: int) -> None:
         i = 0
         while not stop.is_set():
             try:
@@ -273,20 +297,36 @@ def test_route_never_fails_during_concurrent_reloads(tmp_path, model_path: str) 
             except BaseException as exc:  # noqa: BLE001 - any failure fails the test
                 errors.append(exc)
             i += 1
+            with progress:
+                routed[k] += 1
+                progress.notify_all()
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    def all_routed_past(marks: list[int]) -> None:
+        """Block until every worker has finished a route() it started after ``marks`` was taken."""
+        with progress:
+            assert progress.wait_for(lambda: all(r > m + 1 for r, m in zip(routed, marks)), timeout=60)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
+    all_routed_past([0] * 4)
     reload_errors = 0
-    for i in range(60):
-        try:
-            router.reload_model([model_path, v2, bad][i % 3])
-        except ModelFileError:
-            reload_errors += 1
-        time.sleep(0.002)  # let the workers route on each version
-    stop.set()
-    for t in threads:
-        t.join()
+    expected = {model_path: "default-demo-1", v2: "v2"}
+    try:
+        for i in range(60):
+            target = [model_path, v2, bad][i % 3]
+            try:
+                router.reload_model(target)
+            except ModelFileError:
+                reload_errors += 1
+                continue
+            # read your writes: once reload_model returns, every new route() serves that version
+            assert router.route(requests[0]).model_version == expected[target]
+            all_routed_past(list(routed))  # every worker routed on this version too
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert errors == []
     assert reload_errors == 20
-    assert versions <= {"default-demo-1", "v2"} and len(versions) == 2
+    assert versions == {"default-demo-1", "v2"}

@@ -300,34 +300,48 @@ def test_reloads_during_concurrent_traffic_lose_no_request(tmp_path) -> None:
     results: list[int] = []
     versions: set[str] = set()
     stop = threading.Event()
+    answered = [0] * 4
+    progress = threading.Condition()
 
-    def client_loop(seed: int) -> None:
+    def client_loop(k: int) -> None:
         with httpx.Client(base_url=server.url, timeout=10) as c:
             i = 0
             while not stop.is_set():
-                r = c.post("/v1/route", json=body(10, seed=seed * 1000 + i))
+                r = c.post("/v1/route", json=body(10, seed=k * 1000 + i))
                 results.append(r.status_code)
                 if r.status_code == 200:
                     versions.add(r.json()["model_version"])
                 i += 1
+                with progress:
+                    answered[k] += 1
+                    progress.notify_all()
 
+    def all_answered_past(marks: list[int]) -> None:
+        """Block until every client got an answer to a request it sent after ``marks`` was taken."""
+        with progress:
+            assert progress.wait_for(lambda: all(a > m + 1 for a, m in zip(answered, marks)), timeout=60)
+
+    expected = {str(served): "default-demo-1", str(v2): "v2"}
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
     try:
-        threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
         for t in threads:
             t.start()
+        all_answered_past([0] * 4)
         statuses = []
         with httpx.Client(base_url=server.url, timeout=10, headers=AUTH) as admin:
             for i in range(30):
                 path = [str(served), str(v2), str(bad)][i % 3]
                 statuses.append(admin.post("/admin/reload", json={"model_path": path}).status_code)
-                time.sleep(0.05)
+                if statuses[-1] == 200:  # read your writes, then let every client route on it
+                    assert admin.post("/v1/route", json=body(3, seed=i)).json()["model_version"] == expected[path]
+                    all_answered_past(list(answered))
+    finally:
         stop.set()
         for t in threads:
             t.join()
-    finally:
         server.stop()
     assert statuses.count(200) == 20 and statuses.count(422) == 10
-    assert len(results) > 50 and set(results) == {200}, f"non-200 answers: {set(results)}"
+    assert set(results) == {200}, f"non-200 answers: {set(results)}"
     assert versions == {"default-demo-1", "v2"}
 
 

@@ -186,9 +186,12 @@ def test_normalization_round_trip_and_constant_features(tmp_path) -> None:
     ds = TrainingDataset(x, [0.0, 1.0, 1.0])
     means, stds = ds.normalize()
     np.testing.assert_allclose(means, x.mean(axis=0))
+    np.testing.assert_allclose(stds[[0, 2]], x.std(axis=0)[[0, 2]])  # the z-score's own spread, not a rescaled one
     assert stds[1] == 1.0  # a constant feature maps to 0 instead of dividing by zero
+    np.testing.assert_allclose(ds.features, (x - means) / stds, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(ds.features[:, 1], 0.0)
     np.testing.assert_allclose(ds.features.mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(ds.features[:, [0, 2]].std(axis=0), 1.0, rtol=1e-5)
     path = save_normalization_params(tmp_path / "norm.json", means, stds)
     m2, s2 = load_normalization_params(path)
     np.testing.assert_array_equal(m2, means)
@@ -205,7 +208,11 @@ def test_normalize_gives_zero_mean_unit_or_zero_spread(x: np.ndarray) -> None:
     f = ds.features.astype(np.float64)
     assert np.all(np.abs(f.mean(axis=0)) < 1e-3 * np.maximum(1.0, np.abs(x).max() / stds))
     spread = f.std(axis=0)
-    assert np.all((np.abs(spread - 1) < 1e-3) | (spread < 1e-3))
+    raw = x.std(axis=0)
+    varying = raw > 1e-6 * np.maximum(1.0, np.abs(x).max(axis=0))  # well above float rounding
+    constant = raw == 0
+    assert np.all(np.abs(spread[varying] - 1) < 1e-3), "a varying feature must come out with unit spread"
+    assert np.all(spread[constant] == 0) and np.all(stds[constant] == 1.0)
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
@@ -272,3 +279,27 @@ def test_config_checks_share_one_message_shape() -> None:
         assert str(info.value) == message
     assert TrainingConfig(early_stopping_patience=None).early_stopping_patience is None
     assert FastGRNNConfig(rank=np.int64(4)).rank == 4
+
+
+def test_distillation_loss_is_the_documented_formula() -> None:
+    """L = α·T²·BCE(σ(s/T), q) + (1−α)·BCE(σ(s), y), averaged over the batch, and its gradient
+    α·T·(σ(s/T) − q) + (1−α)·(σ(s) − y) per sample: the T² factor keeps the soft term's gradient
+    on the scale of the hard one (Hinton et al.).  Written out by hand here, number by number."""
+    from tinydancer.nn.losses import LossSpec, objective
+
+    s = np.array([[-2.0], [0.3], [1.7], [4.0]])
+    y = np.array([[0.0], [1.0], [1.0], [0.0]])
+    q = np.array([[0.2], [0.6], [0.9], [0.4]])
+    t, a = 2.5, 0.6
+
+    def sig(v: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-v))
+
+    def bce(p: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return -(target * np.log(p) + (1 - target) * np.log(1 - p))
+
+    expected = np.mean(a * t * t * bce(sig(s / t), q) + (1 - a) * bce(sig(s), y))
+    expected_grad = (a * t * (sig(s / t) - q) + (1 - a) * (sig(s) - y)) / len(s)
+    loss, grad = objective(s, y, LossSpec("sigmoid", distillation=True, temperature=t, alpha=a), q)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12)

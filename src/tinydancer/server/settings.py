@@ -25,6 +25,8 @@ class ServiceSettings:
     #: share of /v1/route/query requests sent to a model drawn at random, so that retraining
     #: learns about models the router would not pick (0: never explore)
     query_exploration: float = 0.0
+    #: seeds the exploration draws (None: fresh entropy each start), so a run can be replayed
+    exploration_seed: int | None = None
 
     def __post_init__(self) -> None:
         check_number("ServiceSettings", "query_exploration", self.query_exploration, low=0.0, high=1.0)

@@ -33,7 +33,7 @@ class Service:
         self.not_ready_reason = "no model loaded yet"
         self.query_router: QueryRouter | None = None
         self.started = time.time()
-        self.rng = np.random.default_rng()  # exploration draws
+        self.rng = np.random.default_rng(settings.exploration_seed)  # exploration draws
         self._seen_stat: tuple[int, int] | None = None
         self._seen_query_stat: tuple[int, int] | None = None
         self._try_load()
@@ -114,25 +114,39 @@ class Service:
 
     async def watch(self) -> None:
         """Hot-reload when the model or query router file changes (e.g. a promoted retrain replaced it)."""
-        interval = self.settings.watch_interval_s
         while True:
-            await asyncio.sleep(interval)
-            stat = self._stat()
-            if stat is not None and stat != self._seen_stat:
-                try:
-                    await asyncio.to_thread(self.reload)
-                    log.info("reloaded %s", self.settings.model_path)
-                except TinyDancerError as exc:
-                    self._seen_stat = stat  # do not retry the same broken file every second
-                    log.warning("model file changed but did not load: %s", exc)
-            query_file = self._query_router_file()
-            stat = None if query_file is None else self._stat(query_file)
-            if stat is not None and stat != self._seen_query_stat:
-                try:
-                    await asyncio.to_thread(self.reload_query_router)
-                    self.metrics.reloads.labels("ok").inc()
-                    log.info("reloaded query router %s", query_file)
-                except TinyDancerError as exc:
-                    self._seen_query_stat = stat
-                    self.metrics.reloads.labels("failed").inc()
-                    log.warning("query router file changed but did not load: %s", exc)
+            await asyncio.sleep(self.settings.watch_interval_s)
+            await self.check_files()
+
+    async def check_files(self) -> list[str]:
+        """One look at the watched files: reload each that changed since it was last read.
+
+        Returns what happened, e.g. ``["model: reloaded"]`` or ``["query router: failed"]``.  A
+        file that fails to load is remembered by its (mtime, size), so it is not retried until
+        it changes again; the previous model keeps serving.
+        """
+        events = []
+        stat = self._stat()
+        if stat is not None and stat != self._seen_stat:
+            try:
+                await asyncio.to_thread(self.reload)
+                log.info("reloaded %s", self.settings.model_path)
+                events.append("model: reloaded")
+            except TinyDancerError as exc:
+                self._seen_stat = stat  # do not retry the same broken file every second
+                log.warning("model file changed but did not load: %s", exc)
+                events.append("model: failed")
+        query_file = self._query_router_file()
+        stat = None if query_file is None else self._stat(query_file)
+        if stat is not None and stat != self._seen_query_stat:
+            try:
+                await asyncio.to_thread(self.reload_query_router)
+                self.metrics.reloads.labels("ok").inc()
+                log.info("reloaded query router %s", query_file)
+                events.append("query router: reloaded")
+            except TinyDancerError as exc:
+                self._seen_query_stat = stat
+                self.metrics.reloads.labels("failed").inc()
+                log.warning("query router file changed but did not load: %s", exc)
+                events.append("query router: failed")
+        return events
