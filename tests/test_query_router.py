@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,15 @@ DATA = shared_data_dir()
 
 
 @pytest.mark.skipif(DATA is None, reason="../shared/data is not present")
+def test_shared_data_is_found_beside_the_checkout_from_any_folder(tmp_path, monkeypatch) -> None:
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not beside.is_dir():
+        pytest.skip("no ../shared/data beside this checkout")
+    monkeypatch.delenv("TINY_DANCER_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert shared_data_dir() == beside
+
+
 def test_standard_splits_match_the_documented_sizes() -> None:
     splits = standard_splits(DATA)
     sizes = {name: (len(tr), len(te)) for name, (tr, te) in splits.items()}

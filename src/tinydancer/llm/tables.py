@@ -193,7 +193,8 @@ def shared_data_dir() -> Path | None:
     """``$TINY_DANCER_DATA`` or ``../shared/data`` next to the repository, if it exists."""
     env = os.environ.get("TINY_DANCER_DATA")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data")
+    repo = Path(__file__).resolve().parents[3]  # src/tinydancer/llm/tables.py → the checkout
+    candidates.append(repo.parent / "shared" / "data")
     candidates.append(Path.cwd().parent / "shared" / "data")
     for c in candidates:
         if (c / "routellm").is_dir() or (c / "llmrouter").is_dir():
