@@ -105,3 +105,48 @@ def test_demo_writes_a_reloadable_default_model(tmp_path) -> None:
     assert default.extra_metadata["version"] == "default-demo-1"  # the learning loop promoted over a copy
     assert FastGRNN.load(tmp_path / "served.safetensors").extra_metadata["version"].startswith("v")
     assert "after hot reload" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "npz"])
+def test_data_files_carry_several_labels_soft_targets_and_weights(tmp_path, fmt: str) -> None:
+    """The README's optional columns: label_0…, soft_target(_i), weight; and their JSONL/NPZ forms."""
+    from tinydancer.nn.datafiles import read_table
+
+    rng = np.random.default_rng(3)
+    x = rng.random((6, 3)).round(4)
+    y = (rng.random((6, 2)) > 0.5).astype(float)
+    soft = rng.random((6, 2)).round(4)
+    w = (rng.random(6) + 0.5).round(4)
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        rows = ["f0,f1,f2,label_0,label_1,soft_target_0,soft_target_1,weight"]
+        rows += [",".join(str(v) for v in [*x[i], *y[i], *soft[i], w[i]]) for i in range(6)]
+        path.write_text("\n".join(rows) + "\n")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"features": x[i].tolist(), "label": y[i].tolist(), "soft_target": soft[i].tolist(),
+                                            "weight": float(w[i])}) + "\n" for i in range(6)))
+    else:
+        np.savez(path, features=x, labels=y, soft_targets=soft, weights=w)
+    table = read_table(path)
+    np.testing.assert_allclose(np.asarray(table.features, dtype=float), x)
+    np.testing.assert_allclose(table.labels, y)
+    np.testing.assert_allclose(table.soft_targets, soft)
+    np.testing.assert_allclose(table.weights, w)
+    ds = table.to_dataset()
+    assert (ds.feature_dim, ds.output_dim) == (3, 2)
+    np.testing.assert_allclose(ds.sample_weights, w, rtol=1e-6)
+    np.testing.assert_allclose(ds.soft_targets_2d(), soft, rtol=1e-6)
+    if fmt == "csv":
+        assert table.feature_names == ["f0", "f1", "f2"]
+
+
+def test_train_uses_the_weight_column(tmp_path) -> None:
+    """Weight 0 on every positive row: the trained model must learn the negatives only."""
+    x, y = seed_example_data(400, seed=5)
+    w = np.where(y >= 0.5, 0.0, 1.0)
+    lines = ["a,b,c,d,e,label,weight"] + [",".join(f"{v:.6f}" for v in row) + f",{int(t)},{wt}" for row, t, wt in zip(x, y, w)]
+    (tmp_path / "w.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "w.csv"), "--out", str(out), "--epochs", "30", "--lr", "0.02", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (FastGRNN.load(out / "model.safetensors").predict(x)[:, 0] < 0.5).mean() > 0.95

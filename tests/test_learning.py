@@ -132,3 +132,48 @@ def test_candidate_catalogue_upserts(tmp_path) -> None:
     row = storage._conn().execute("SELECT access_count, success_rate FROM candidates WHERE id='a'").fetchone()
     assert row[0] == 4 and row[1] == pytest.approx(0.7)
     storage.close()
+
+
+def test_cli_retrain_model_path_promotes_and_the_service_reports_the_new_sha256(world, tmp_path) -> None:
+    """`tinydancer retrain --model-path` on logged candidate outcomes, then /info names the file's sha256."""
+    import hashlib
+    import json
+
+    from typer.testing import CliRunner
+
+    from tinydancer.cli import app as cli
+
+    served, storage, _registry = world
+    log_traffic(storage, Router(RouterConfig(model_path=served)), 400, seed=1, truth=drifted_lightweight_ok_probability)
+    before = hashlib.sha256(served.read_bytes()).hexdigest()
+    result = CliRunner().invoke(cli, ["retrain", "--database-path", str(tmp_path / "logs.db"), "--model-path", str(served),
+                                      "--registry", str(tmp_path / "reg"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["promoted"] and report["samples"] == 3200 and report["new"]["log_loss"] <= report["old"]["log_loss"]
+    after = hashlib.sha256(served.read_bytes()).hexdigest()
+    assert after != before
+    assert (tmp_path / "reg" / "versions" / report["version"] / "model.safetensors").read_bytes() == served.read_bytes()
+    app = create_app(ServiceSettings(model_path=served, database_path=tmp_path / "svc.db", watch_interval_s=0))
+    with TestClient(app) as client:
+        model = client.get("/info").json()["model"]
+        assert model["sha256"] == after and model["version"] == report["version"]
+
+
+def test_breaker_reset_closes_an_open_breaker(tmp_path) -> None:
+    served = tmp_path / "served.safetensors"
+    train_default_router_model(served)
+    app = create_app(ServiceSettings(model_path=served, database_path=tmp_path / "b.db", watch_interval_s=0, auth_token=None))
+    body = {"query_embedding": [1.0, 0.0], "candidates": [{"id": "a", "embedding": [1.0, 0.1]}]}
+    with TestClient(app) as client:
+        breaker = app.state.service.router.breaker
+        for _ in range(breaker.failure_threshold):
+            breaker.record_failure()  # as failed inferences would
+        status = client.get("/admin/circuit-breaker").json()
+        assert status["state"] == "open" and status["trips"] == 1
+        assert client.post("/v1/route", json=body).json()["fallback"] is True
+        reset = client.post("/admin/circuit-breaker/reset").json()
+        assert reset["state"] == "closed" and reset["consecutive_failures"] == 0
+        routed = client.post("/v1/route", json=body).json()
+        assert routed["fallback"] is False and routed["fallback_reason"] is None
+        assert "tiny_dancer_circuit_breaker_state 0.0" in client.get("/metrics").text

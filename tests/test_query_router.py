@@ -168,10 +168,77 @@ def test_cli_router_train_eval_route(tmp_path) -> None:
     assert r.exit_code == 0 and json.loads(r.output)["model"] == "big"
 
 
+def test_hidden_size_is_the_one_that_validates_best() -> None:
+    router = QueryRouter.fit(pair_table(600, 3), QueryRouterConfig(hidden_dims=(2, 24), epochs=15), embedder=EMBEDDER)
+    search = router.info["search"]
+    assert [t["hidden_dim"] for t in search] == [2, 24]
+    best = max(search, key=lambda t: t["validation_score"])
+    assert router.info["hidden_dim"] == best["hidden_dim"] == router.model.config.hidden_dim
+    assert router.info["validation_score"] == best["validation_score"]
+    assert router.info["validation_metric"] == "apgr"
+
+
+def test_teacher_logits_steer_the_advantage_head() -> None:
+    """Distillation from a teacher: the same outcomes, a teacher that says 'fruit needs the strong
+    model', and the router's strong scores follow the teacher."""
+    table = pair_table(800, 4)
+    fruit = np.array([any(w in q for w in EASY) for q in table.queries])
+    teacher = np.where(fruit, 4.0, -4.0)
+    config = QueryRouterConfig(hidden_dims=(16,), epochs=30, teacher_weight=1.0, neighbours=0)
+    plain = QueryRouter.fit(table, config, embedder=EMBEDDER)
+    taught = QueryRouter.fit(table, config, embedder=EMBEDDER, teacher_logits=teacher)
+    assert taught.info["teacher"] and not plain.info["teacher"]
+    probe = pair_table(300, 5)
+    probe_fruit = np.array([any(w in q for w in EASY) for q in probe.queries])
+
+    def fruit_gap(router: QueryRouter) -> float:
+        scores = router.strong_scores(EMBEDDER.embed(probe.queries))
+        return float(scores[probe_fruit].mean() - scores[~probe_fruit].mean())
+
+    assert fruit_gap(plain) < 0 < fruit_gap(taught)  # outcomes alone say maths; the teacher says fruit
+    with pytest.raises(ValidationError, match="teacher logits"):
+        QueryRouter.fit(table, config, embedder=EMBEDDER, teacher_logits=teacher[:10])
+
+
+def test_cli_no_memory_and_prices(tmp_path) -> None:
+    runner = CliRunner()
+    table = pair_table(400, 6)
+    table.to_jsonl(tmp_path / "train.jsonl", include_embeddings=False)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("costs", None)  # rows without costs take them from --prices
+    (tmp_path / "nocost.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "prices.json").write_text(json.dumps({"big": 7.5, "small": 0.5}))
+    args = ["router", "train", str(tmp_path / "nocost.jsonl"), "--embedder", "hashing-128", "-q", "--prices", str(tmp_path / "prices.json")]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "with")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "without"), "--no-memory"])
+    assert r.exit_code == 0, r.output
+    remembered, forgetful = QueryRouter.load(tmp_path / "with"), QueryRouter.load(tmp_path / "without")
+    assert forgetful.costs.tolist() == remembered.costs.tolist() == [7.5, 0.5]
+    assert forgetful.memory is None and remembered.memory is not None and len(remembered.memory) == 400
+    seen = table.queries[0]
+    assert not np.allclose(remembered.predict([seen]), forgetful.predict([seen]))  # the memory blends in
+    r = runner.invoke(app, ["router", "eval", str(tmp_path / "without"), str(tmp_path / "train.jsonl"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["remembered"] == 0
+    r = runner.invoke(app, ["router", "train", str(tmp_path / "nocost.jsonl"), "--out", str(tmp_path / "x"), "--embedder", "hashing-128", "-q"])
+    assert r.exit_code == 1 and "cost" in r.output
+
+
 DATA = shared_data_dir()
 
 
 @pytest.mark.skipif(DATA is None, reason="../shared/data is not present")
+def test_cli_router_tables_writes_the_fixed_splits(tmp_path) -> None:
+    r = CliRunner().invoke(app, ["router", "tables", "--out", str(tmp_path), "--data-dir", str(DATA)])
+    assert r.exit_code == 0, r.output
+    sizes = {p.name: sum(1 for _ in p.open()) for p in sorted(tmp_path.glob("*.jsonl"))}
+    assert sizes == {"gsm8k_test.jsonl": 262, "gsm8k_train.jsonl": 1045, "llmrouter_test.jsonl": 500,
+                     "llmrouter_train.jsonl": 5608, "mmlu_test.jsonl": 2809, "mmlu_train.jsonl": 11228}
+    table = RoutingTable.from_jsonl(tmp_path / "llmrouter_test.jsonl")
+    assert len(table.models) == 9 and table.embeddings is None
+
+
 def test_shared_data_is_found_beside_the_checkout_from_any_folder(tmp_path, monkeypatch) -> None:
     beside = Path(__file__).resolve().parents[2] / "shared" / "data"
     if not beside.is_dir():
@@ -181,6 +248,7 @@ def test_shared_data_is_found_beside_the_checkout_from_any_folder(tmp_path, monk
     assert shared_data_dir() == beside
 
 
+@pytest.mark.skipif(DATA is None, reason="../shared/data is not present")
 def test_standard_splits_match_the_documented_sizes() -> None:
     splits = standard_splits(DATA)
     sizes = {name: (len(tr), len(te)) for name, (tr, te) in splits.items()}
