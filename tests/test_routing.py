@@ -106,11 +106,16 @@ def test_uncertainty_means_the_alternative_is_ruled_out(model_path: str) -> None
     sets = cal.prediction_sets(p, 0.15)
     singleton = sets.sum(axis=1) == 1
     np.testing.assert_array_equal(unc <= 0.15, singleton)
-    # the router's one-comparison rule is the same test
+    # the router's decision is the same test, to the last float32 bit: probe every calibration
+    # score, and its float32 neighbours, on both sides of 0.5
+    s32 = cal.scores.astype(np.float32)
+    edges = np.concatenate([s32, np.nextafter(s32, np.float32(0)), np.nextafter(s32, np.float32(1))])
+    probes = np.clip(np.concatenate([edges, np.float32(1) - edges, p.astype(np.float32)]), 0, 1).astype(np.float32)
     for m in (0.01, 0.05, 0.15, 0.3, 0.6):
-        cut = cal.certainty_cut(m)
-        p32 = p.astype(np.float32)
-        np.testing.assert_array_equal(cal.uncertainty(p32) <= m, (np.abs(p32 - np.float32(0.5)) + np.float32(0.5)) > cut)
+        for thr in (0.3, 0.6):
+            router = Router(RouterConfig(model_path=model_path, confidence_threshold=thr, max_uncertainty=m))
+            light = router._lightweight(probes, router.served)
+            np.testing.assert_array_equal(light, (probes >= thr) & (cal.uncertainty(probes) <= m), err_msg=f"m={m} thr={thr}")
     assert unc[100] > unc[-1]  # a 50/50 score is more uncertain than a confident one
 
 

@@ -4,7 +4,7 @@ Modules, bottom up: ``request`` (validated columns), ``features``, ``uncertainty
 ``decisions`` (ranked columns and the response), ``router``.
 """
 
-from .decisions import Decisions, RoutingDecision, RoutingResponse
+from .decisions import DecisionColumns, Decisions, RoutingDecision, RoutingResponse
 from .features import FEATURE_NAMES, FeatureConfig, FeatureEngineer
 from .request import Candidate, RoutingRequest, check_timestamp
 from .router import CircuitOpenError, Router, RouterConfig, ServedModel, default_model_path, load_served_model
@@ -15,6 +15,7 @@ __all__ = [
     "Candidate",
     "CircuitOpenError",
     "ConformalCalibrator",
+    "DecisionColumns",
     "Decisions",
     "FeatureConfig",
     "FeatureEngineer",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -20,54 +22,81 @@ class RoutingDecision(NamedTuple):
     uncertainty: float | None
 
 
+class DecisionColumns(NamedTuple):
+    """Every decision of a response as arrays, in rank order: the fast way to read a whole response.
+
+    Row ``k`` is the ``k``-th best candidate.  ``order[k]`` is its position in the request, so
+    ``request.ids[order[k]] == candidate_ids[k]`` and ``response.features[order]`` are the features
+    in rank order.
+    """
+
+    candidate_ids: list[str]
+    #: float32 scores; NaN where the model produced a non-finite score
+    confidence: np.ndarray
+    use_lightweight: np.ndarray
+    #: conformal p-values of the label not predicted; None when the model has no calibration
+    uncertainty: np.ndarray | None
+    order: np.ndarray
+
+
 class Decisions(Sequence[RoutingDecision]):
     """The ranked decisions, stored as columns; a :class:`RoutingDecision` is built when read.
 
-    Building a hundred Python objects costs more than scoring a hundred candidates, and most
-    callers read the first one or two.  Indexing, slicing, iteration and ``len`` work as on a list.
+    Building a hundred Python objects costs more than scoring a hundred candidates, and many
+    callers read only the first one or two, or want arrays: :meth:`columns` gives every decision,
+    uncertainty included, without an object per candidate.  Indexing, slicing, iteration and
+    ``len`` work as on a list.
     """
 
-    __slots__ = ("_ids", "_order", "_confidence", "_light", "_calibrator", "_unc")
+    __slots__ = ("_ids", "_order", "_confidence", "_light", "_calibrator", "_all_finite", "_columns")
 
     def __init__(self, ids: list[str], order: np.ndarray, confidence: np.ndarray, light: np.ndarray,
-                 calibrator: ConformalCalibrator | None) -> None:
+                 calibrator: ConformalCalibrator | None, all_finite: bool = False) -> None:
         self._ids = ids
+        self._all_finite = all_finite  # the router knows; False makes columns() check
         self._order = order
         self._confidence = confidence
         self._light = light
         self._calibrator = calibrator
-        self._unc: np.ndarray | None = None
+        self._columns: DecisionColumns | None = None
 
-    @property
-    def _uncertainty(self) -> np.ndarray | None:
-        """Conformal uncertainty per candidate, computed on first read (the decision did not need it)."""
-        if self._calibrator is None:
-            return None
-        if self._unc is None:
-            conf = self._confidence
-            self._unc = self._calibrator.uncertainty(np.where(np.isfinite(conf), conf, np.float32(0.5)))
-        return self._unc
+    def columns(self) -> DecisionColumns:
+        """All decisions as ranked arrays, with every candidate's uncertainty (computed once)."""
+        if self._columns is None:
+            order = self._order
+            conf = self._confidence[order]
+            unc = None
+            if self._calibrator is not None:
+                unc = self._calibrator.uncertainty(conf if self._all_finite else np.where(np.isfinite(conf), conf, np.float32(0.5)))
+            ids = self._ids
+            ranked = [ids[0]] if len(order) == 1 else list(itemgetter(*order.tolist())(ids))
+            self._columns = DecisionColumns(ranked, conf, self._light[order], unc, order)
+        return self._columns
 
     def __len__(self) -> int:
         return len(self._order)
 
-    def _row(self, i: int) -> RoutingDecision:
-        unc = self._uncertainty
-        return RoutingDecision(self._ids[i], float(self._confidence[i]), bool(self._light[i]),
-                               None if unc is None else float(unc[i]))
+    def _row(self, k: int) -> RoutingDecision:
+        """The decision ranked ``k`` (0 = best), without building the others."""
+        i = int(self._order[k])
+        conf = float(self._confidence[i])
+        unc = None
+        if self._calibrator is not None:
+            unc = float(self._calibrator.uncertainty(np.array([conf if math.isfinite(conf) else 0.5], dtype=np.float32))[0])
+        return RoutingDecision(self._ids[i], conf, bool(self._light[i]), unc)
 
     def __getitem__(self, k: Any) -> Any:
         if isinstance(k, slice):
-            return [self._row(i) for i in self._order[k].tolist()]
-        return self._row(int(self._order[k]))
+            return list(self)[k]
+        n = len(self._order)
+        if not -n <= k < n:
+            raise IndexError("decision index out of range")
+        return self._row(k % n)
 
     def __iter__(self) -> Any:
-        order = self._order.tolist()
-        conf, light = self._confidence[order].tolist(), self._light[order].tolist()
-        unc_all = self._uncertainty
-        unc = [None] * len(order) if unc_all is None else unc_all[order].tolist()
-        ids = self._ids
-        return (RoutingDecision(ids[i], c, li, u) for i, c, li, u in zip(order, conf, light, unc))
+        c = self.columns()
+        unc = [None] * len(c.order) if c.uncertainty is None else c.uncertainty.tolist()
+        return map(RoutingDecision._make, zip(c.candidate_ids, c.confidence.tolist(), c.use_lightweight.tolist(), unc))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
@@ -75,17 +104,13 @@ class Decisions(Sequence[RoutingDecision]):
     def __repr__(self) -> str:
         return f"Decisions({list(self)!r})"
 
-    def ranked_arrays(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(ids, order, confidence, lightweight, uncertainty), the arrays in rank order."""
-        order = self._order
-        unc = self._uncertainty
-        return ([self._ids[i] for i in order.tolist()], order, self._confidence[order], self._light[order],
-                None if unc is None else unc[order])
-
 
 @dataclass
 class RoutingResponse:
-    decisions: Sequence[RoutingDecision]
+    """What :meth:`Router.route` returns.  ``decisions`` reads like a list of :class:`RoutingDecision`
+    (best first); :meth:`columns` gives them all as arrays."""
+
+    decisions: Decisions
     inference_time_us: float
     candidates_processed: int
     feature_time_us: float
@@ -97,6 +122,10 @@ class RoutingResponse:
     fallback_reason: str | None = None
     #: the (N, 5) feature matrix the model scored (None for a fallback); what logs keep for retraining
     features: np.ndarray | None = field(default=None, repr=False)
+
+    def columns(self) -> DecisionColumns:
+        """Every decision as ranked arrays, uncertainty included (see :class:`DecisionColumns`)."""
+        return self.decisions.columns()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -64,8 +64,6 @@ class FeatureEngineer:
         np.maximum(age, 0.0, out=age)
         age *= -self.config.recency_decay
         out[:, 1] = np.exp(age)
-        out[:, 2] = request.frequency
-        out[:, 3] = request.success_rate
-        out[:, 4] = request.metadata_overlap
+        out[:, 2:] = request.static_features  # frequency, success rate, metadata overlap
         out *= self._weights
         return out

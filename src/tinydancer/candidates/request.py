@@ -94,6 +94,7 @@ class RoutingRequest:
 
     __slots__ = ("query_embedding", "_candidates", "metadata", "query_unit", "query_is_zero", "candidate_units",
                  "candidate_is_zero", "created_at", "access_count", "frequency", "success_rate", "metadata_overlap", "ids",
+                 "static_features",
                  "size", "_candidate_metadata", "_embeddings")
 
     def __init__(self, query_embedding: Any, candidates: Sequence[Candidate], metadata: dict[str, Any] | None = None) -> None:
@@ -141,15 +142,17 @@ class RoutingRequest:
         self.candidate_is_zero = is_zero
         self.created_at = created
         self.access_count = counts
-        self.frequency = np.minimum(np.log1p(counts) / LOG_MAX_ACCESS, 1.0).astype(np.float32)
-        self.success_rate = rates.astype(np.float32, copy=False)
+        # the three features that do not depend on the clock or the query, side by side, so that
+        # feature engineering copies them in one assignment; the named columns are views of it
+        self.static_features = static = np.empty((len(ids), 3), dtype=np.float32)
+        static[:, 0] = np.minimum(np.log1p(counts) / LOG_MAX_ACCESS, 1.0)
+        static[:, 1] = rates
         if request_metadata:
             items = list(request_metadata.items())
-            self.metadata_overlap = np.array(
-                [sum(1 for k, v in items if k in m and m[k] == v) / len(items) if m else 0.0 for m in metas],
-                dtype=np.float32)
+            static[:, 2] = [sum(1 for k, v in items if k in m and m[k] == v) / len(items) if m else 0.0 for m in metas]
         else:
-            self.metadata_overlap = np.zeros(len(ids), dtype=np.float32)
+            static[:, 2] = 0.0
+        self.frequency, self.success_rate, self.metadata_overlap = static[:, 0], static[:, 1], static[:, 2]
 
     @property
     def candidates(self) -> list[Candidate]:

@@ -164,7 +164,7 @@ class Router:
                 breaker.record_failure()
         now = time.perf_counter()
         return RoutingResponse(
-            Decisions(request.ids, order, conf, light, served.calibrator),
+            Decisions(request.ids, order, conf, light, served.calibrator, all_finite),
             (now - start) * 1e6,
             request.size,
             (feature_done - start) * 1e6,
@@ -176,8 +176,11 @@ class Router:
     def _lightweight(self, conf: np.ndarray, served: ServedModel) -> np.ndarray:
         """confidence >= threshold and uncertainty <= max_uncertainty, as comparisons on the score.
 
-        ``uncertainty <= m`` ⇔ ``max(p, 1 - p) > s*`` (``ConformalCalibrator.certainty_cut``).
-        When the threshold is at least 0.5, ``max(p, 1 - p) = p`` wherever the first test holds.
+        ``uncertainty <= m`` ⇔ ``max(p, 1 - p) > s*`` (``ConformalCalibrator.certainty_cut``), which
+        the calibrator evaluates as ``|p - 0.5| > s* - 0.5`` in float32; the comparisons here are the
+        same float32 operations, so a decision and its reported uncertainty never disagree.  When
+        the threshold is at least 0.5, ``max(p, 1 - p) = p`` wherever the first test holds (and
+        ``p - 0.5`` and ``s* - 0.5`` are exact there, so ``p > s*`` is the same test).
         """
         thr = self.config.confidence_threshold
         if served.calibrator is None:
@@ -189,9 +192,7 @@ class Router:
         cut = self._cut
         if thr >= 0.5:
             return conf > cut if cut >= thr else conf >= thr
-        spread = np.abs(conf - np.float32(0.5))
-        spread += np.float32(0.5)
-        return (conf >= thr) & (spread > cut)
+        return (conf >= thr) & (np.abs(conf - np.float32(0.5)) > np.float32(cut) - np.float32(0.5))
 
     def _fallback(self, request: RoutingRequest, served: ServedModel, start: float, reason: str) -> RoutingResponse:
         if not self.config.fallback_on_open:

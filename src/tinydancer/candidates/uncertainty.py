@@ -32,7 +32,10 @@ class ConformalCalibrator:
         self.n = int(scores.size)
         # float32 copy for the hot path; rounding to float32 keeps every score's order
         self._scores32 = self.scores.astype(np.float32)
-        self._inv_n1 = 1.0 / (self.n + 1.0)
+        # the hot path compares |p - 0.5| with the scores shifted by 0.5, and reads the p-value of
+        # "k calibration scores below" from a table: two NumPy calls fewer per request
+        self._shifted32 = self._scores32 - np.float32(0.5)
+        self._by_count = 1.0 - np.arange(self.n + 1) / (self.n + 1.0)
 
     @classmethod
     def fit(cls, probabilities: np.ndarray, labels: np.ndarray) -> "ConformalCalibrator":
@@ -53,11 +56,10 @@ class ConformalCalibrator:
 
     def uncertainty(self, probabilities: np.ndarray) -> np.ndarray:
         """p-value of the label not predicted (0.5 threshold): small = the alternative is ruled out."""
-        s_alt = np.abs(probabilities - 0.5)
-        s_alt += 0.5  # = max(p, 1 - p) = 1 - P(alternative label)
+        # s = max(p, 1 - p) = 1 - P(alternative label) = |p - 0.5| + 0.5, compared as |p - 0.5|
         # (#{calibration >= s} + 1) / (n + 1)  ==  1 - #{calibration < s} / (n + 1)
-        below = np.searchsorted(self._scores32, s_alt, side="left")
-        return 1.0 - below * self._inv_n1
+        below = np.searchsorted(self._shifted32, np.abs(probabilities - np.float32(0.5)), side="left")
+        return self._by_count[below]
 
     def certainty_cut(self, max_uncertainty: float) -> float:
         """The score ``s*`` with ``uncertainty(p) <= max_uncertainty``  ⇔  ``max(p, 1 - p) > s*``.

@@ -46,7 +46,7 @@ async def route(request: Request) -> Any:
     req = RoutingRequest.from_arrays(*body)  # one batch conversion and check, no object per candidate
     response = router_.route(req)
     request_id = new_request_id()
-    ids, order, conf, light, unc = response.decisions.ranked_arrays()  # type: ignore[attr-defined]
+    ids, conf, light, unc, order = response.columns()
     # log exactly what the model saw (ranked), so retraining learns from the served features
     inputs = response.features[order] if response.features is not None else np.zeros((req.size, 5), np.float32)
     service.writer.submit([decision_record(request_id, "candidate", response.model_version, ids, inputs, conf, unc,
