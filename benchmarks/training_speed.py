@@ -4,7 +4,9 @@ The seed's table: 1,000 samples (batch 32), 10,000 (batch 64), 100,000 (batch 12
 each, in 10 s, 75 s and 600 s.  Both trainers run 50 epochs with a 20 % validation split (the
 validation pass counts), Adam, global-norm clipping at 5, L2 1e-5, the same initial weights and
 the same data.  PyTorch runs on one thread (torch.set_num_threads(1)): on 2 cores its default
-threading makes a small training step ~16x slower.  The first row also checks that the two
+threading makes a small training step ~16x slower.  Ours is timed twice: as shipped (NumPy's
+BLAS may use both cores) and with BLAS held to one thread (threadpoolctl), which is the
+like-for-like comparison with single-threaded PyTorch.  The first row also checks that the two
 implementations compute the same gradient.
 
     .venv/bin/python benchmarks/training_speed.py            # the full table (~3 minutes)
@@ -18,6 +20,7 @@ import time
 
 import numpy as np
 from _common import console, environment, table
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from tinydancer import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset
 from tinydancer.nn.data import Batch
@@ -112,7 +115,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the 1k and 10k rows")
     parser.add_argument("--torch-epochs", type=int, default=5, help="epochs timed for PyTorch (per-epoch time is compared)")
     args = parser.parse_args()
-    console.print(environment() + f", torch {torch.__version__} (1 thread)")
+    blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info())
+    console.print(environment() + f", torch {torch.__version__} (1 thread), NumPy BLAS: {blas}")
 
     rows = []
     for n, batch_size, seed_seconds in SEED_TABLE[:2] if args.quick else SEED_TABLE:
@@ -124,27 +128,37 @@ def main() -> None:
         torch_start = torch_model(model)
         if n == 1_000:
             console.print(f"gradient check against torch autograd (float64): max |diff| = {gradient_agreement(model, dataset, cfg):.2e}")
+        one_thread = FastGRNN(CONFIG, seed=0)
+        with threadpool_limits(limits=1, user_api="blas"):
+            t0 = time.perf_counter()
+            Trainer(CONFIG, cfg).train(one_thread, dataset)
+            ours_1t = time.perf_counter() - t0
         t0 = time.perf_counter()
         Trainer(CONFIG, cfg).train(model, dataset)
         ours = time.perf_counter() - t0
+        assert np.array_equal(one_thread.get_flat(), model.get_flat()) or np.allclose(one_thread.get_flat(), model.get_flat(), atol=1e-5)
         train, val = dataset.split(cfg.validation_split, seed=cfg.seed)
         our_acc = float(((model.forward(val.features)[:, 0] >= 0.5) == (val.labels >= 0.5)).mean())
         torch_epochs = min(EPOCHS, args.torch_epochs if n > 1_000 else EPOCHS)
         torch_s, torch_acc = train_torch(torch_start, train, val, cfg, torch_epochs)
         ours_epoch, torch_epoch = ours / EPOCHS, torch_s / torch_epochs
+        ours_1t_epoch = ours_1t / EPOCHS
         rows.append([
             f"{n:,} (batch {batch_size})",
             f"{seed_seconds:.0f} s",
             f"{ours:.2f} s",
             f"{seed_seconds / ours:.0f}x",
             f"{ours_epoch * 1e3:.1f} ms",
+            f"{ours_1t_epoch * 1e3:.1f} ms",
             f"{torch_epoch * 1e3:.1f} ms ({torch_epochs} ep)",
             f"{torch_epoch / ours_epoch:.1f}x",
+            f"{torch_epoch / ours_1t_epoch:.1f}x",
             f"{our_acc:.3f} / {torch_acc:.3f}" + ("" if torch_epochs == EPOCHS else "*"),
         ])
     console.print(table(
         "FastGRNN training, 50 epochs, 5→16 hidden, rank 8",
-        ["samples", "seed", "tinydancer", "vs seed", "per epoch", "PyTorch per epoch", "PyTorch/ours", "val acc ours / torch"],
+        ["samples", "seed", "tinydancer", "vs seed", "per epoch", "per epoch, BLAS 1 thread", "PyTorch per epoch (1 thread)",
+         "PyTorch/ours", "PyTorch/ours, both 1 thread", "val acc ours / torch"],
         rows,
     ))
     console.print("* PyTorch trained fewer epochs there; its accuracy is not comparable, its per-epoch time is.")
