@@ -40,9 +40,11 @@ $(VENV)/.bench: $(VENV)/.embed
 	npm ci --prefix benchmarks --no-audit --no-fund
 	touch $@
 
+# every benchmark, then a rerun of each table RESULTS.md marks as reproducible (check_results.py)
 bench: $(VENV)/.bench
 	for b in inference training_speed router_latency quality compression embedders service_load; do \
 		$(BIN)/python benchmarks/$$b.py || exit 1; done
+	$(BIN)/python benchmarks/check_results.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis benchmarks/node_modules

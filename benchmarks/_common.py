@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import platform
 import statistics
@@ -55,7 +57,22 @@ def environment() -> str:
     )
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+#: tables recorded for benchmarks/check_results.py: key -> {"columns": [...], "rows": [[...], ...]}
+RECORDED: dict[str, dict[str, Any]] = {}
+
+
+@atexit.register
+def _write_recorded() -> None:
+    """With TD_RESULTS_JSON set, leave the recorded tables there (check_results.py reads them)."""
+    target = os.environ.get("TD_RESULTS_JSON")
+    if target and RECORDED:
+        Path(target).write_text(json.dumps(RECORDED, indent=1), encoding="utf-8")
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]], key: str | None = None) -> Table:
+    """A rich table; with ``key`` its cells are also recorded under that name (see RECORDED)."""
+    if key is not None:
+        RECORDED[key] = {"columns": list(columns), "rows": [[str(c) for c in row] for row in rows]}
     t = Table(title=title)
     for i, col in enumerate(columns):
         t.add_column(col, justify="left" if i == 0 else "right")

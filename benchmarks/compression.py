@@ -65,6 +65,7 @@ def seed_report() -> list[tuple[str, float, int]]:
         "Seed example: held-out accuracy (20,000 samples) against size",
         ["model", "accuracy", "size_bytes (EdgeML)", "file bytes", "nonzero W/U"],
         rows,
+        key="seed-compression",
     ))
     return points
 

@@ -85,7 +85,7 @@ def train_torch(model, train: TrainingDataset, val: TrainingDataset, cfg: Traini
         sched.step()
         with torch.no_grad():
             val_logits = model(xv)
-            _val_loss = loss_fn(val_logits, yv).item()
+            loss_fn(val_logits, yv).item()  # the validation pass counts, as in ours
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         acc = ((model(xv) >= 0).float() == yv).float().mean().item()
