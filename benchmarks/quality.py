@@ -8,8 +8,13 @@ run) and is scored on the test split only; ours picks its hyperparameters on a v
 the training split.
 
 Rows: tinydancer's FastGRNN router (and ablations), random, always-weak, always-strong, oracle,
-kNN(50), logistic regression (two models) / ridge (N models) from scikit-learn, and the Rust
+kNN, logistic regression (two models) / ridge (N models) from scikit-learn, and the Rust
 crate's own ``trainRouter``/``score`` (npm @ruvector/tiny-dancer 0.1.22, through Node).
+
+The baselines are tuned as ours is: kNN's k, ridge's alpha and logistic regression's C are each
+chosen on the same validation slice of the training split that our router chooses its hidden
+size on (``validation_split``), by the same criterion (APGR for two models, AIQ for more), then
+refit on the whole training split.  The note column says what was tried and chosen.
 
 Some test queries appear verbatim in the training split (119 of LLMRouter's 500, 44 of MMLU's
 2,809).  Our router remembers training outcomes for such repeats (``tinydancer.llm.memory``), so the
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from _common import console, environment, table, time_call
@@ -39,7 +45,7 @@ from tinydancer.llm.evaluation import (aiq, brier_score, expected_calibration_er
                                    random_point, routellm_curve, sweep_points)
 from tinydancer.llm.memory import OutcomeMemory, query_keys
 from tinydancer.plotting import plot_lines
-from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig, validation_split
 from tinydancer.llm.tables import RoutingTable, shared_data_dir, standard_splits
 
 HERE = Path(__file__).resolve().parent
@@ -84,6 +90,34 @@ def knn_predict(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, k: int 
     sims = x @ train_x.T
     idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     return train_y[idx].mean(axis=1)
+
+
+#: what each baseline is tuned over on the validation slice
+#: (wide enough that no choice in this run sits on an edge of its grid)
+KNN_K = (5, 10, 20, 50, 100, 200, 400, 800)
+RIDGE_ALPHA = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+LOGISTIC_C = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def tune(grid: tuple, predict: Callable[[object, np.ndarray, np.ndarray, np.ndarray], np.ndarray], train: RoutingTable,
+         target: np.ndarray) -> tuple[object, str]:
+    """The grid value whose predictions validate best, and a note saying what was tried.
+
+    ``predict(value, x_fit, y_fit, x_eval)`` fits on ``x_fit`` and predicts ``x_eval``.  The slice
+    and the criterion are our router's: ``validation_split`` with QueryRouterConfig's defaults,
+    APGR for two models and AIQ for more.
+    """
+    cfg = QueryRouterConfig()
+    fit_i, val_i = validation_split(len(train), cfg.validation_fraction, cfg.seed)
+    x = train.embeddings
+    val = train.subset(val_i)
+    metric = "apgr" if len(train.models) == 2 else "aiq"
+    scores = {}
+    for value in grid:
+        pred = predict(value, x[fit_i], target[fit_i], x[val_i])
+        scores[value] = (pair_metrics if metric == "apgr" else multi_metrics)(pred, val)[metric]
+    best = max(grid, key=lambda v: scores[v])
+    return best, f"{best} chosen on validation {metric.upper()} from " + ", ".join(f"{v}: {scores[v]:.3f}" for v in grid)
 
 
 def rust_crate(train: RoutingTable, test: RoutingTable, workdir: Path) -> dict[str, object] | None:
@@ -202,32 +236,50 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
     # scikit-learn and kNN baselines on the same embeddings
     from sklearn.linear_model import LogisticRegression, Ridge
 
+    def knn(k: object, xf: np.ndarray, yf: np.ndarray, xe: np.ndarray) -> np.ndarray:
+        return knn_predict(xf, yf, xe, int(k))  # type: ignore[call-overload]
+
     if pair:
         s_tr, w_tr = train.scores[:, train.strong_weak()[0]], train.scores[:, train.strong_weak()[1]]
         adv = s_tr - w_tr
-        knn_scores = knn_predict(x_tr, adv, x_te)
-        add("kNN(50)", pair_metrics(knn_scores, test), 0.0, time_call(lambda: knn_predict(x_tr, adv, one[None])),
-            "mean advantage q_strong − q_weak of the neighbours")
-        by_subset["kNN(50)"] = knn_scores
-        by_subset["kNN(50) + outcome memory"] = remembered(knn_scores, train, adv, test)
-        add("kNN(50) + outcome memory", pair_metrics(by_subset["kNN(50) + outcome memory"], test), 0.0, None)
+        k, note = tune(KNN_K, knn, train, adv)
+        knn_scores = knn_predict(x_tr, adv, x_te, k)
+        add("kNN", pair_metrics(knn_scores, test), 0.0, time_call(lambda: knn_predict(x_tr, adv, one[None], k)),
+            f"mean advantage q_strong − q_weak of the k nearest; k = {note}")
+        by_subset["kNN"] = knn_scores
+        by_subset["kNN + outcome memory"] = remembered(knn_scores, train, adv, test)
+        add("kNN + outcome memory", pair_metrics(by_subset["kNN + outcome memory"], test), 0.0, None, f"k = {k}")
         win = (s_tr > w_tr).astype(np.float64)
-        add("kNN(50), win labels", pair_metrics(knn_predict(x_tr, win, x_te), test), 0.0, None,
-            "share of neighbours where only the strong model was right")
+        k_win, note = tune(KNN_K, knn, train, win)
+        add("kNN, win labels", pair_metrics(knn_predict(x_tr, win, x_te, k_win), test), 0.0, None,
+            f"share of the k nearest where only the strong model was right; k = {note}")
+
+        def logistic(c: object, xf: np.ndarray, yf: np.ndarray, xe: np.ndarray) -> np.ndarray:
+            return LogisticRegression(C=float(c), max_iter=2000).fit(xf, yf > 0.5).predict_proba(xe)[:, 1]  # type: ignore[arg-type]
+
+        c_best, note = tune(LOGISTIC_C, logistic, train, win)
         t0 = time.perf_counter()
-        clf = LogisticRegression(max_iter=2000).fit(x_tr, s_tr > w_tr)
+        clf = LogisticRegression(C=float(c_best), max_iter=2000).fit(x_tr, s_tr > w_tr)  # type: ignore[arg-type]
         lr_s = time.perf_counter() - t0
-        add("logistic regression", pair_metrics(clf.predict_proba(x_te)[:, 1], test), lr_s, time_call(lambda: clf.predict_proba(one[None])))
+        add("logistic regression", pair_metrics(clf.predict_proba(x_te)[:, 1], test), lr_s,
+            time_call(lambda: clf.predict_proba(one[None])), f"C = {note}")
     else:
-        knn_q = knn_predict(x_tr, train.scores, x_te)
-        add("kNN(50)", multi_metrics(knn_q, test), 0.0, time_call(lambda: knn_predict(x_tr, train.scores, one[None])),
-            quality=knn_q)
+        k, k_note = tune(KNN_K, knn, train, train.scores)
+        knn_q = knn_predict(x_tr, train.scores, x_te, k)
+        add("kNN", multi_metrics(knn_q, test), 0.0, time_call(lambda: knn_predict(x_tr, train.scores, one[None], k)),
+            f"k = {k_note}", quality=knn_q)
+
+        def ridge_fit(a: object, xf: np.ndarray, yf: np.ndarray, xe: np.ndarray) -> np.ndarray:
+            return Ridge(alpha=float(a)).fit(xf, yf).predict(xe)  # type: ignore[arg-type]
+
+        alpha, a_note = tune(RIDGE_ALPHA, ridge_fit, train, train.scores)
         t0 = time.perf_counter()
-        ridge = Ridge(alpha=1.0).fit(x_tr, train.scores)
+        ridge = Ridge(alpha=float(alpha)).fit(x_tr, train.scores)  # type: ignore[arg-type]
         r_s = time.perf_counter() - t0
         ridge_q = ridge.predict(x_te)
-        add("ridge regression", multi_metrics(ridge_q, test), r_s, time_call(lambda: ridge.predict(one[None])), quality=ridge_q)
-        for label, pred in (("kNN(50)", knn_q), ("ridge regression", ridge_q)):
+        add("ridge regression", multi_metrics(ridge_q, test), r_s, time_call(lambda: ridge.predict(one[None])),
+            f"alpha = {a_note}", quality=ridge_q)
+        for label, pred in (("kNN", knn_q), ("ridge regression", ridge_q)):
             by_subset[label] = pred
             by_subset[f"{label} + outcome memory"] = remembered(pred, train, train.scores, test)
             add(f"{label} + outcome memory", multi_metrics(by_subset[f"{label} + outcome memory"], test), None, None,
@@ -301,11 +353,11 @@ def main() -> None:
                       "—" if v.get("train_s") is None else f"{v['train_s']:.1f} s",
                       "—" if lat is None else f"{lat * 1e6:,.1f} µs", str(v.get("note", ""))]
             body.append(cells)
-        console.print(table(f"{name} test split ({len(test)} queries)", cols, body))
+        console.print(table(f"{name} test split ({len(test)} queries)", cols, body, key=f"quality-{name}"))
         if subsets:
             metric = "APGR" if pair else "AIQ"
             console.print(table(f"{name}: {int(seen.sum())} test queries also in train (verbatim) vs {int((~seen).sum())} new",
-                                ["router", f"{metric} repeated", f"{metric} new"], subsets))
+                                ["router", f"{metric} repeated", f"{metric} new"], subsets, key=f"quality-{name}-repeats"))
         results[name] = {r.name: {k: v for k, v in r.values.items()} for r in rows}
     one = MiniLMEmbedder("onnx", threads=1)
     text = "Which of the following best describes the function of the mitochondria in eukaryotic cells?"

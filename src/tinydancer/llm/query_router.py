@@ -109,6 +109,14 @@ class RouteDecision:
         return asdict(self)
 
 
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a table of ``n`` queries: the slice :meth:`QueryRouter.fit`
+    chooses its settings on, so that baselines can be tuned on exactly the same one."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(int(round(fraction * n)), 5)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
 def neighbour_targets(x: np.ndarray, y: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """Mean of ``y`` over each row's ``k`` nearest other rows by cosine similarity (blockwise)."""
     if k <= 0 or x.shape[0] <= 1:
@@ -420,9 +428,7 @@ class QueryRouter:
             adv = (1.0 + targets[:, strong] - targets[:, weak]) / 2.0
             targets = np.column_stack([targets, adv]).astype(np.float32)
 
-        perm = np.random.default_rng(config.seed).permutation(n)
-        n_val = max(int(round(config.validation_fraction * n)), 5)
-        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        train_idx, val_idx = validation_split(n, config.validation_fraction, config.seed)
         say(f"neighbour-smoothing targets (k={config.neighbours}) over {len(train_idx)} training queries")
         soft = neighbour_targets(x[train_idx], targets[train_idx], config.neighbours)
         if teacher_logits is not None:
