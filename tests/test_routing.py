@@ -335,3 +335,22 @@ def test_route_never_fails_during_concurrent_reloads(tmp_path, model_path: str) 
     assert errors == []
     assert reload_errors == 20
     assert versions == {"default-demo-1", "v2"}
+
+
+def test_columns_hold_every_decision_in_rank_order(tmp_path, model_path: str) -> None:
+    request = candidate_requests(1, 30, seed=9)[0][0]
+    response = Router(RouterConfig(model_path=model_path)).route(request)
+    cols = response.columns()
+    decisions = list(response.decisions)
+    assert cols.candidate_ids == [d.candidate_id for d in decisions]
+    assert [request.ids[i] for i in cols.order] == cols.candidate_ids
+    np.testing.assert_array_equal(cols.confidence, np.array([d.confidence for d in decisions], dtype=np.float32))
+    assert cols.use_lightweight.tolist() == [d.use_lightweight for d in decisions]
+    assert cols.uncertainty is not None and cols.uncertainty.tolist() == [d.uncertainty for d in decisions]
+    assert response.decisions[3] == decisions[3] and response.decisions[-1] == decisions[-1]
+    assert response.decisions[2:5] == decisions[2:5]
+    assert response.columns() is cols  # computed once
+    plain = FastGRNN.load(model_path)
+    plain.aux_tensors.clear()
+    path = plain.save(tmp_path / "plain.safetensors")
+    assert Router(RouterConfig(model_path=path)).route(request).columns().uncertainty is None
