@@ -16,6 +16,7 @@ from tinydancer.demo import train_default_router_model, traffic_dataset
 from tinydancer.errors import ModelFileError, ValidationError
 from tinydancer.candidates import FeatureConfig, FeatureEngineer
 from tinydancer.candidates import Candidate, CircuitOpenError, Router, RouterConfig, RoutingRequest
+from progress_counter import Progress
 from tinydancer.synthetic import candidate_requests
 from tinydancer.candidates import ConformalCalibrator
 
@@ -289,8 +290,7 @@ def test_route_never_fails_during_concurrent_reloads(tmp_path, model_path: str) 
     errors: list[BaseException] = []
     versions: set[str] = set()
     stop = threading.Event()
-    routed = [0] * 4
-    progress = threading.Condition()
+    progress = Progress(4)
 
     def worker(k: int) -> None:
         i = 0
@@ -302,19 +302,12 @@ def test_route_never_fails_during_concurrent_reloads(tmp_path, model_path: str) 
             except BaseException as exc:  # noqa: BLE001 - any failure fails the test
                 errors.append(exc)
             i += 1
-            with progress:
-                routed[k] += 1
-                progress.notify_all()
-
-    def all_routed_past(marks: list[int]) -> None:
-        """Block until every worker has finished a route() it started after ``marks`` was taken."""
-        with progress:
-            assert progress.wait_for(lambda: all(r > m + 1 for r, m in zip(routed, marks)), timeout=60)
+            progress.tick(k)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    all_routed_past([0] * 4)
+    progress.wait_past([0] * 4)
     reload_errors = 0
     expected = {model_path: "default-demo-1", v2: "v2"}
     try:
@@ -327,7 +320,7 @@ def test_route_never_fails_during_concurrent_reloads(tmp_path, model_path: str) 
                 continue
             # read your writes: once reload_model returns, every new route() serves that version
             assert router.route(requests[0]).model_version == expected[target]
-            all_routed_past(list(routed))  # every worker routed on this version too
+            progress.wait_past(progress.marks())  # every worker routed on this version too
     finally:
         stop.set()
         for t in threads:

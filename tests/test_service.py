@@ -23,6 +23,7 @@ from prometheus_client import generate_latest
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
+from progress_counter import Progress
 from tinydancer import FastGRNN
 from tinydancer.demo import train_default_router_model
 from tinydancer.server import ServiceSettings, create_app
@@ -300,8 +301,7 @@ def test_reloads_during_concurrent_traffic_lose_no_request(tmp_path) -> None:
     results: list[int] = []
     versions: set[str] = set()
     stop = threading.Event()
-    answered = [0] * 4
-    progress = threading.Condition()
+    progress = Progress(4)
 
     def client_loop(k: int) -> None:
         with httpx.Client(base_url=server.url, timeout=10) as c:
@@ -312,21 +312,14 @@ def test_reloads_during_concurrent_traffic_lose_no_request(tmp_path) -> None:
                 if r.status_code == 200:
                     versions.add(r.json()["model_version"])
                 i += 1
-                with progress:
-                    answered[k] += 1
-                    progress.notify_all()
-
-    def all_answered_past(marks: list[int]) -> None:
-        """Block until every client got an answer to a request it sent after ``marks`` was taken."""
-        with progress:
-            assert progress.wait_for(lambda: all(a > m + 1 for a, m in zip(answered, marks)), timeout=60)
+                progress.tick(k)
 
     expected = {str(served): "default-demo-1", str(v2): "v2"}
     threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
     try:
         for t in threads:
             t.start()
-        all_answered_past([0] * 4)
+        progress.wait_past([0] * 4)
         statuses = []
         with httpx.Client(base_url=server.url, timeout=10, headers=AUTH) as admin:
             for i in range(30):
@@ -334,7 +327,7 @@ def test_reloads_during_concurrent_traffic_lose_no_request(tmp_path) -> None:
                 statuses.append(admin.post("/admin/reload", json={"model_path": path}).status_code)
                 if statuses[-1] == 200:  # read your writes, then let every client route on it
                     assert admin.post("/v1/route", json=body(3, seed=i)).json()["model_version"] == expected[path]
-                    all_answered_past(list(answered))
+                    progress.wait_past(progress.marks())
     finally:
         stop.set()
         for t in threads:
