@@ -80,11 +80,16 @@ class ServedModel:
     loaded_at: float
 
 
-def load_served_model(path: str | os.PathLike[str], quantize: bool) -> ServedModel:
-    """Load, check and prepare a candidate-scoring model completely (no state is touched)."""
+def load_served_model(path: str | os.PathLike[str], quantize: bool, data: bytes | None = None) -> ServedModel:
+    """Load, check and prepare a candidate-scoring model completely (no state is touched).
+
+    The file is read once (or ``data``, its bytes read by the caller, is used), so the model served
+    is exactly the bytes whose sha256 is reported.
+    """
     path = Path(path)
-    data = _read_bytes(path)
-    model = FastGRNN.load(path)
+    if data is None:
+        data = _read_bytes(path)
+    model = FastGRNN.from_bytes(data, str(path))
     if model.config.input_dim != len(FEATURE_NAMES) or model.config.output_dim != 1:
         raise ModelFileError(
             f"{path} takes {model.config.input_dim} features and has {model.config.output_dim} outputs; a candidate-"
@@ -117,11 +122,12 @@ def _read_bytes(path: Path) -> bytes:
 class Router:
     """Scores candidates for a query and decides which may use the lightweight model."""
 
-    def __init__(self, config: RouterConfig | None = None) -> None:
+    def __init__(self, config: RouterConfig | None = None, *, model_bytes: bytes | None = None) -> None:
+        """``model_bytes``: the model file's bytes, when the caller has read them (see ``reload_model``)."""
         self.config = config or RouterConfig()
         path = self.config.model_path if self.config.model_path is not None else default_model_path()
         self.model_path = Path(path)
-        self._served = load_served_model(self.model_path, self.config.enable_quantization)
+        self._served = load_served_model(self.model_path, self.config.enable_quantization, model_bytes)
         self._reload_lock = threading.Lock()
         self.features = FeatureEngineer(self.config.feature_config)
         self._cut_key: tuple[str, float] | None = None
@@ -203,11 +209,15 @@ class Router:
                                served.version, served.calibrator is not None, True, reason)
 
     # ------------------------------------------------------------------ operations
-    def reload_model(self, path: str | os.PathLike[str] | None = None) -> ServedModel:
-        """Load and check a model file, then swap it in atomically; on error the old one keeps serving."""
+    def reload_model(self, path: str | os.PathLike[str] | None = None, data: bytes | None = None) -> ServedModel:
+        """Load and check a model file, then swap it in atomically; on error the old one keeps serving.
+
+        ``data``: the file's bytes, when the caller read them itself (the service reads model files
+        under its own rules, see :mod:`tinydancer.server.model_files`).
+        """
         with self._reload_lock:
             target = Path(path) if path is not None else self.model_path
-            new = load_served_model(target, self.config.enable_quantization)
+            new = load_served_model(target, self.config.enable_quantization, data)
             self._served = new
             self.model_path = target
             return new

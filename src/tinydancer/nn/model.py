@@ -24,7 +24,7 @@ from ..errors import ValidationError
 from . import cell, compression
 from .cell import ForwardCache, InferencePlan
 from .config import WEIGHT_MATRICES, FastGRNNConfig
-from .model_file import ModelFileContents, read_model_file, write_model_file
+from .model_file import ModelFileContents, decode_model_bytes, read_model_file, write_model_file
 from .normalization import Normalizer
 
 
@@ -329,6 +329,11 @@ class FastGRNN:
     def load(cls, path: str | Path) -> "FastGRNN":
         """Read a model written by :meth:`save`, checking everything before returning it."""
         return cls.from_contents(read_model_file(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "model bytes") -> "FastGRNN":
+        """A model from the bytes of a model file (checked exactly as :meth:`load` checks a file)."""
+        return cls.from_contents(decode_model_bytes(data, source))
 
     @classmethod
     def from_contents(cls, contents: ModelFileContents) -> "FastGRNN":

@@ -104,6 +104,29 @@ def read_model_file(path: str | Path) -> ModelFileContents:
     return decode_model(tensors, metadata, str(path))
 
 
+def decode_model_bytes(data: bytes, source: str) -> ModelFileContents:
+    """Check and decode a model file already read into memory (one read: nothing can change between
+    checking the file and loading it)."""
+    from safetensors.numpy import load
+
+    try:
+        if len(data) < 8:
+            raise ValueError("shorter than a safetensors header")
+        header_len = int.from_bytes(data[:8], "little")
+        if header_len > len(data) - 8:
+            raise ValueError("the header is longer than the file")
+        header = json.loads(data[8 : 8 + header_len])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ValueError("the metadata is not a map of strings")
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise ModelFileError(f"{source} is not a readable safetensors file ({exc}); it may be truncated or corrupt") from None
+    return decode_model(tensors, metadata, source)
+
+
 def decode_model(tensors: dict[str, np.ndarray], metadata: Mapping[str, str], source: str) -> ModelFileContents:
     """Check and decode a model file's tensors and metadata; ``source`` names it in errors."""
     if metadata.get("format") != FORMAT_NAME:

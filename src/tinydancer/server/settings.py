@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .._validation import check_number
 from ..candidates import default_model_path
+from .model_files import DEFAULT_MAX_BYTES
 
 
 @dataclass
@@ -25,8 +26,13 @@ class ServiceSettings:
     #: share of /v1/route/query requests sent to a model drawn at random, so that retraining
     #: learns about models the router would not pick (0: never explore)
     query_exploration: float = 0.0
+    #: folders POST /admin/reload may read model files from (None: the served model's folder, which
+    #: holds the default registry models/registry too); see tinydancer.server.model_files
+    model_dirs: tuple[Path, ...] | None = None
+    max_model_bytes: int = DEFAULT_MAX_BYTES
     #: seeds the exploration draws (None: fresh entropy each start), so a run can be replayed
     exploration_seed: int | None = None
 
     def __post_init__(self) -> None:
         check_number("ServiceSettings", "query_exploration", self.query_exploration, low=0.0, high=1.0)
+        check_number("ServiceSettings", "max_model_bytes", self.max_model_bytes, low=1, integer=True)

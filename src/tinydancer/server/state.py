@@ -15,6 +15,7 @@ from ..circuit import BreakerState
 from ..errors import TinyDancerError
 from ..llm import ROUTER_FILE, QueryRouter
 from .metrics import STATE_CODE, Metrics
+from .model_files import ModelFiles, database_files
 from .settings import ServiceSettings
 from .storage import DecisionWriter, SQLiteStorage, open_storage
 
@@ -34,17 +35,21 @@ class Service:
         self.query_router: QueryRouter | None = None
         self.started = time.time()
         self.rng = np.random.default_rng(settings.exploration_seed)  # exploration draws
+        folders = settings.model_dirs if settings.model_dirs is not None else (settings.model_path.parent,)
+        self.model_files = ModelFiles(tuple(Path(f) for f in folders), database_files(Path(settings.database_path)),
+                                      settings.max_model_bytes)
         self._seen_stat: tuple[int, int] | None = None
         self._seen_query_stat: tuple[int, int] | None = None
         self._try_load()
         if settings.query_router_path is not None:
             self.reload_query_router()
 
-    def _try_load(self) -> None:
+    def _try_load(self, data: bytes | None = None) -> None:
         s = self.settings
         try:
             router = Router(RouterConfig(model_path=s.model_path, confidence_threshold=s.confidence_threshold,
-                                         max_uncertainty=s.max_uncertainty, enable_quantization=s.enable_quantization))
+                                         max_uncertainty=s.max_uncertainty, enable_quantization=s.enable_quantization),
+                            model_bytes=data)
         except TinyDancerError as exc:
             self.not_ready_reason = str(exc)
             log.warning("not ready: %s", exc)
@@ -88,11 +93,23 @@ class Service:
         return new
 
     def reload(self, path: str | None = None) -> ServedModel:
-        """Reload (or first load); raises on a bad file and keeps the old model."""
+        """Reload (or first load); raises on a bad file and keeps the old model.
+
+        A ``path`` from a client is read under the service's rules (:mod:`.model_files`) before
+        anything else happens; without one, the configured model file is reloaded.
+        """
+        data = None
+        if path is not None:
+            try:
+                target, data = self.model_files.read(path)
+            except TinyDancerError:
+                self.metrics.reloads.labels("failed").inc()
+                raise
+            path = str(target)
         if self.router is None:
             if path is not None:
                 self.settings.model_path = Path(path)
-            self._try_load()
+            self._try_load(data)
             if self.router is None:
                 self.metrics.reloads.labels("failed").inc()
                 raise TinyDancerError(self.not_ready_reason)
@@ -100,7 +117,7 @@ class Service:
             return self.router.served
         old = self.router.served.version
         try:
-            served = self.router.reload_model(path)
+            served = self.router.reload_model(path, data)
         except TinyDancerError:
             self.metrics.reloads.labels("failed").inc()
             raise

@@ -1,0 +1,118 @@
+"""The service under hostile input (issue 12): each test reproduces a finding and fails without its fix."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from test_service import AUTH, MODEL, TOKEN, Server, body
+from tinydancer.server import ServiceSettings, create_app
+
+
+# ---------------------------------------------------------------------- 1, 2: what a reload may read
+@pytest.fixture()
+def models(tmp_path):
+    """A model folder holding the served model and the database (the worst case for finding 1)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    served = folder / "served.safetensors"
+    served.write_bytes(MODEL.read_bytes())
+    return folder, served
+
+
+def _reload_in_thread(client: TestClient, path: str) -> tuple[threading.Thread, list]:
+    answer: list = []
+    thread = threading.Thread(target=lambda: answer.append(client.post("/admin/reload", json={"model_path": path}, headers=AUTH)),
+                              daemon=True)
+    thread.start()
+    return thread, answer
+
+
+def test_reload_refuses_everything_but_a_regular_model_file_in_the_model_folder(models, tmp_path) -> None:
+    folder, served = models
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(MODEL.read_bytes())  # a valid model, in the wrong place
+    fifo = folder / "pipe.safetensors"
+    os.mkfifo(fifo)
+    (folder / "zero.safetensors").symlink_to("/dev/zero")
+    (folder / "link.safetensors").symlink_to(outside / "model.safetensors")
+    (folder / "sub").mkdir()
+    db = folder / "t.db"
+    app = create_app(ServiceSettings(model_path=served, database_path=db, watch_interval_s=0, auth_token=TOKEN))
+    hostile = [str(fifo), "/dev/zero", str(folder / "zero.safetensors"), str(folder / "link.safetensors"),
+               str(outside / "model.safetensors"), str(folder / "missing.safetensors"), str(folder / "sub"),
+               str(db), str(db) + "-wal", str(folder / ".." / "elsewhere" / "model.safetensors"), "/etc/passwd"]
+    try:
+        with TestClient(app) as client:
+            messages = set()
+            for path in hostile:
+                thread, answer = _reload_in_thread(client, path)
+                thread.join(20)
+                assert not thread.is_alive(), f"reloading {path} hung"
+                r = answer[0]
+                assert r.status_code == 422, (path, r.text)
+                messages.add(r.json()["detail"][0]["msg"])
+            # one answer for all of them: the service does not say what exists where
+            assert len(messages) == 1 and "regular model file" in messages.pop()
+            assert client.get("/info").json()["model"]["path"] == str(served)
+            # the served folder, and the registry below it, still work
+            (folder / "registry").mkdir()
+            copy = folder / "registry" / "v2.safetensors"
+            copy.write_bytes(MODEL.read_bytes())
+            assert client.post("/admin/reload", json={"model_path": str(copy)}, headers=AUTH).status_code == 200
+            metrics = client.get("/metrics").text
+            assert f'tiny_dancer_model_reloads_total{{result="failed"}} {float(len(hostile))}' in metrics
+    finally:
+        # a reader stuck on the FIFO (the bug) would wait for a writer; give it one so nothing hangs
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+def test_a_model_file_over_the_size_limit_is_refused_before_it_is_read(models) -> None:
+    folder, served = models
+    big = folder / "big.safetensors"
+    big.write_bytes(MODEL.read_bytes() + b"\0" * 4096)
+    app = create_app(ServiceSettings(model_path=served, database_path=folder / "t.db", watch_interval_s=0,
+                                     auth_token=TOKEN, max_model_bytes=len(MODEL.read_bytes()) + 100))
+    with TestClient(app) as client:
+        r = client.post("/admin/reload", json={"model_path": str(big)}, headers=AUTH)
+        assert r.status_code == 422 and "at most" in r.json()["detail"][0]["msg"]
+
+
+def test_reloading_the_database_path_loses_no_acknowledged_feedback(models) -> None:
+    """Finding 1: opening and closing the database file in the server process dropped its SQLite
+    locks, an outside opener then deleted the WAL, and acknowledged feedback vanished."""
+    folder, served = models
+    server = Server(folder, served)  # its database is folder/served.db, inside the model folder
+    acked: list[str] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            for target in (server.db, Path(str(server.db) + "-wal"), Path(str(server.db) + "-shm")):
+                assert c.post("/admin/reload", json={"model_path": str(target)}, headers=AUTH).status_code == 422
+            for i in range(60):
+                if i == 20:  # an outside opener, as `sqlite3` or `tinydancer retrain` would be
+                    code = f"import sqlite3; c = sqlite3.connect({str(server.db)!r}); c.execute('SELECT count(*) FROM outcomes').fetchone(); c.close()"
+                    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+                rid = c.post("/v1/route", json=body(3, seed=i)).json()["request_id"]
+                if c.post("/v1/feedback", json={"request_id": rid, "success": True}).status_code == 200:
+                    acked.append(rid)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.stop()
+    conn = sqlite3.connect(server.db)
+    stored = {row[0] for row in conn.execute("SELECT request_id FROM outcomes")}
+    conn.close()
+    assert len(acked) == 60 and set(acked) <= stored, f"{len(set(acked) - stored)} acknowledged outcomes lost"
