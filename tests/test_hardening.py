@@ -116,3 +116,64 @@ def test_reloading_the_database_path_loses_no_acknowledged_feedback(models) -> N
     stored = {row[0] for row in conn.execute("SELECT request_id FROM outcomes")}
     conn.close()
     assert len(acked) == 60 and set(acked) <= stored, f"{len(set(acked) - stored)} acknowledged outcomes lost"
+
+
+# ---------------------------------------------------------------------- 7, 8: what a body may carry
+@pytest.fixture()
+def client(models):
+    folder, served = models
+    app = create_app(ServiceSettings(model_path=served, database_path=folder / "t.db", watch_interval_s=0, auth_token=TOKEN))
+    with TestClient(app) as c:
+        yield c
+
+
+def _candidate(**overrides):
+    return {"id": "a", "embedding": [1.0, 0.0], **overrides}
+
+
+@pytest.mark.parametrize("candidate", [
+    _candidate(access_count="5"), _candidate(access_count=5.0), _candidate(access_count=True),
+    _candidate(success_rate="0.5"), _candidate(success_rate=True), _candidate(created_at=True),
+    _candidate(created_at="1700000000"), _candidate(embedding=["1.0", 0.0]), _candidate(embedding=[True, 0.0]),
+    _candidate(id=5),
+], ids=["count '5'", "count 5.0", "count true", "rate '0.5'", "rate true", "created true", "created '1700000000'",
+        "embedding '1.0'", "embedding true", "id 5"])
+def test_nothing_is_coerced_into_a_number_or_a_boolean(client, candidate) -> None:
+    r = client.post("/v1/route", json={"query_embedding": [1.0, 0.0], "candidates": [candidate]})
+    assert r.status_code == 422, r.text
+
+
+def test_feedback_success_must_be_a_boolean(client) -> None:
+    rid = client.post("/v1/route", json={"query_embedding": [1.0, 0.0], "candidates": [_candidate()]}).json()["request_id"]
+    for bad in ("yes", 1, "true"):
+        assert client.post("/v1/feedback", json={"request_id": rid, "success": bad}).status_code == 422
+    assert client.post("/v1/feedback", json={"request_id": rid, "success": True}).status_code == 200
+
+
+@pytest.mark.parametrize("metadata", [
+    {f"k{i}": i for i in range(65)},          # too many entries
+    {"k" * 257: 1},                            # a key too long
+    {"k": "v" * 1025},                         # a value too long
+    {"k": {"nested": 1}},                      # not a scalar
+    {"k": [1, 2]},
+], ids=["65 keys", "long key", "long value", "nested", "list"])
+@pytest.mark.parametrize("where", ["candidate", "request"])
+def test_metadata_is_bounded(client, metadata, where) -> None:
+    body = {"query_embedding": [1.0, 0.0], "candidates": [_candidate()]}
+    if where == "candidate":
+        body["candidates"][0]["metadata"] = metadata
+    else:
+        body["metadata"] = metadata
+    assert client.post("/v1/route", json=body).status_code == 422
+
+
+def test_the_finding_7_body_is_refused(client) -> None:
+    """1,000 candidates sharing 125k metadata keys took 2.7 s of the event loop; now it is a 422."""
+    meta = {f"key{i}": i for i in range(125)}
+    body = {"query_embedding": [1.0, 0.0], "metadata": meta,
+            "candidates": [_candidate(id=f"c{i}", metadata=meta) for i in range(1000)]}
+    r = client.post("/v1/route", json=body)
+    assert r.status_code == 422 and "64" in r.text
+    ok = {"query_embedding": [1.0, 0.0], "metadata": {f"k{i}": i for i in range(64)},
+          "candidates": [_candidate(id=f"c{i}", metadata={f"k{i}": i for i in range(64)}) for i in range(1000)]}
+    assert client.post("/v1/route", json=ok).status_code == 200  # at the limits, served (off the loop: > 256 KB)
