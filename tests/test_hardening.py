@@ -64,13 +64,13 @@ def test_reload_refuses_everything_but_a_regular_model_file_in_the_model_folder(
                 messages.add(r.json()["detail"][0]["msg"])
             # one answer for all of them: the service does not say what exists where
             assert len(messages) == 1 and "regular model file" in messages.pop()
-            assert client.get("/info").json()["model"]["path"] == str(served)
+            assert client.get("/info", headers=AUTH).json()["model"]["path"] == str(served)
             # the served folder, and the registry below it, still work
             (folder / "registry").mkdir()
             copy = folder / "registry" / "v2.safetensors"
             copy.write_bytes(MODEL.read_bytes())
             assert client.post("/admin/reload", json={"model_path": str(copy)}, headers=AUTH).status_code == 200
-            metrics = client.get("/metrics").text
+            metrics = client.get("/metrics", headers=AUTH).text
             assert f'tiny_dancer_model_reloads_total{{result="failed"}} {float(len(hostile))}' in metrics
     finally:
         # a reader stuck on the FIFO (the bug) would wait for a writer; give it one so nothing hangs
@@ -177,3 +177,93 @@ def test_the_finding_7_body_is_refused(client) -> None:
     ok = {"query_embedding": [1.0, 0.0], "metadata": {f"k{i}": i for i in range(64)},
           "candidates": [_candidate(id=f"c{i}", metadata={f"k{i}": i for i in range(64)}) for i in range(1000)]}
     assert client.post("/v1/route", json=ok).status_code == 200  # at the limits, served (off the loop: > 256 KB)
+
+
+# ---------------------------------------------------------------------- 5: open by default
+ROUTE = {"query_embedding": [1.0, 0.0], "candidates": [{"id": "a", "embedding": [1.0, 0.1]}]}
+
+
+def _app(models, **settings):
+    folder, served = models
+    base = dict(model_path=served, database_path=folder / "t.db", watch_interval_s=0, auth_token=None, api_keys=())
+    return create_app(ServiceSettings(**{**base, **settings}))
+
+
+def test_without_credentials_only_a_loopback_service_answers(models) -> None:
+    with TestClient(_app(models, host="0.0.0.0")) as c:
+        assert c.get("/health").status_code == 200 and c.get("/health/ready").status_code == 200
+        assert c.post("/v1/route", json=ROUTE).status_code == 403
+        for path in ("/admin/config", "/info", "/metrics", "/docs", "/openapi.json"):
+            assert c.get(path).status_code == 403, path
+    with TestClient(_app(models, host="0.0.0.0", insecure=True)) as c:  # the lab switch
+        assert c.post("/v1/route", json=ROUTE).status_code == 200 and c.get("/admin/config").status_code == 200
+    with TestClient(_app(models, host="127.0.0.1")) as c:
+        assert c.post("/v1/route", json=ROUTE).status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_client_keys_guard_the_data_plane_and_the_admin_token_the_rest(models) -> None:
+    keys = {"Authorization": "Bearer client-key-2"}
+    with TestClient(_app(models, host="0.0.0.0", api_keys=("client-key-1", "client-key-2"), auth_token=TOKEN)) as c:
+        assert c.post("/v1/route", json=ROUTE).status_code == 401
+        assert c.post("/v1/route", json=ROUTE, headers={"Authorization": "Bearer nope"}).status_code == 401
+        routed = c.post("/v1/route", json=ROUTE, headers=keys)
+        assert routed.status_code == 200
+        assert c.post("/v1/feedback", json={"request_id": routed.json()["request_id"], "success": True}).status_code == 401
+        assert c.post("/v1/feedback", json={"request_id": routed.json()["request_id"], "success": True}, headers=keys).status_code == 200
+        assert c.get("/admin/config", headers=keys).status_code == 401  # a client key is not the admin token
+        assert c.get("/admin/config", headers=AUTH).status_code == 200
+        assert c.post("/v1/route", json=ROUTE, headers=AUTH).status_code == 200  # the operator may route too
+        assert c.get("/health").status_code == 200
+    with TestClient(_app(models, host="0.0.0.0", api_keys=("k",))) as c:  # keys but no admin token, off loopback
+        assert c.get("/admin/config", headers={"Authorization": "Bearer k"}).status_code == 403
+
+
+def test_admin_requests_must_be_json_and_are_authenticated_before_their_body_is_read(models) -> None:
+    with TestClient(_app(models, auth_token=TOKEN)) as c:
+        # a cross-site form or text/plain post (no CORS preflight) cannot reach an admin route
+        for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+            assert c.post("/admin/circuit-breaker/reset", content=b"{}", headers={**AUTH, **headers}).status_code == 415
+        assert c.post("/admin/circuit-breaker/reset", json={}, headers=AUTH).status_code == 200
+        # malformed JSON from a client without the token: 401, never a 422 describing the route
+        assert c.put("/admin/config", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 401
+        assert c.put("/admin/config", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}).status_code == 422
+
+
+def test_serve_refuses_a_public_address_without_credentials(monkeypatch, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from tinydancer.cli import app as cli
+
+    for name in ("TINY_DANCER_AUTH_TOKEN", "TINY_DANCER_API_KEYS", "TINY_DANCER_API_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--database-path", str(tmp_path / "x.db")])
+    assert result.exit_code == 1
+    assert "refusing to listen on 0.0.0.0" in result.output and "TINY_DANCER_API_KEYS" in result.output
+    assert not (tmp_path / "x.db").exists()  # refused before anything was opened
+
+
+def test_an_unwritable_database_folder_is_one_clear_line(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from tinydancer.cli import app as cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(cli, ["serve", "--database-path", str(blocker / "sub" / "t.db"), "--model-path", str(MODEL)])
+    assert result.exit_code == 1 and "cannot open the decision log" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
+
+
+def test_a_body_that_stops_arriving_is_answered_408(models) -> None:
+    """Half-sent bodies used to hold their connections open with no deadline."""
+    import socket
+
+    folder, served = models
+    server = Server(folder, served, extra_args=["--body-timeout", "0.5"])
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"query")
+            answer = sock.recv(4096)  # waits for the server's deadline; the socket timeout only guards a hang
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    finally:
+        server.stop()

@@ -172,7 +172,7 @@ def test_breaker_reset_closes_an_open_breaker(tmp_path) -> None:
         status = client.get("/admin/circuit-breaker").json()
         assert status["state"] == "open" and status["trips"] == 1
         assert client.post("/v1/route", json=body).json()["fallback"] is True
-        reset = client.post("/admin/circuit-breaker/reset").json()
+        reset = client.post("/admin/circuit-breaker/reset", json={}).json()
         assert reset["state"] == "closed" and reset["consecutive_failures"] == 0
         routed = client.post("/v1/route", json=body).json()
         assert routed["fallback"] is False and routed["fallback_reason"] is None

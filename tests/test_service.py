@@ -76,7 +76,7 @@ def test_route_feedback_and_stats(client) -> None:
 def test_metrics_are_prometheus_and_count(client) -> None:
     for seed in range(3):
         client.post("/v1/route", json=body(5, seed=seed))
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=AUTH).text
     assert 'tiny_dancer_requests_total{endpoint="/v1/route"} 3.0' in text
     light = float(text.split('tiny_dancer_routes_total{decision="lightweight"} ')[1].split()[0])
     powerful = float(text.split('tiny_dancer_routes_total{decision="powerful"} ')[1].split()[0])
@@ -115,7 +115,8 @@ def test_route_metrics_fold_in_batches_and_count_exactly() -> None:
 def test_admin_auth(client, headers: dict, status: int) -> None:
     for method, path in (("get", "/admin/config"), ("get", "/admin/circuit-breaker"), ("post", "/admin/circuit-breaker/reset"),
                          ("post", "/admin/reload"), ("get", "/admin/stats")):
-        assert getattr(client, method)(path, headers=headers).status_code == status, path
+        kwargs = {"json": {}} if method == "post" else {}
+        assert getattr(client, method)(path, headers=headers, **kwargs).status_code == status, path
 
 
 def test_admin_is_open_without_a_token(tmp_path) -> None:
@@ -185,7 +186,7 @@ def test_not_ready_until_a_model_is_loaded(tmp_path) -> None:
         assert r.status_code == 503 and "make demo" in r.json()["reason"]
         assert c.post("/v1/route", json=body()).status_code == 503
         missing.write_bytes(MODEL.read_bytes())
-        assert c.post("/admin/reload", headers=AUTH).status_code == 200
+        assert c.post("/admin/reload", json={}, headers=AUTH).status_code == 200
         assert c.get("/health/ready").status_code == 200
         assert c.post("/v1/route", json=body()).status_code == 200
 
@@ -193,10 +194,10 @@ def test_not_ready_until_a_model_is_loaded(tmp_path) -> None:
 def test_bad_reload_is_422_and_keeps_serving(client, tmp_path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
-    version = client.get("/info").json()["model"]["version"]
+    version = client.get("/info", headers=AUTH).json()["model"]["version"]
     r = client.post("/admin/reload", json={"model_path": str(bad)}, headers=AUTH)
     assert r.status_code == 422 and "previous model keeps serving" in r.json()["detail"][0]["msg"]
-    assert client.get("/info").json()["model"]["version"] == version
+    assert client.get("/info", headers=AUTH).json()["model"]["version"] == version
     assert client.post("/v1/route", json=body()).status_code == 200
 
 
@@ -243,7 +244,7 @@ def _small_query_router() -> Path:
 
 _APP = create_app(ServiceSettings(model_path=MODEL, database_path=_MODELS / "schema.db", watch_interval_s=0, auth_token=TOKEN,
                                   query_router_path=_small_query_router()))
-schema = schemathesis.openapi.from_asgi("/openapi.json", _APP)
+schema = schemathesis.openapi.from_asgi("/openapi.json", _APP, headers=AUTH)  # the schema is an operator route
 
 
 @schema.parametrize()
@@ -262,13 +263,13 @@ def _free_port() -> int:
 class Server:
     """``tinydancer serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, tmp: Path, model: Path, extra_env: dict | None = None) -> None:
+    def __init__(self, tmp: Path, model: Path, extra_env: dict | None = None, extra_args: list[str] | None = None) -> None:
         self.port = _free_port()
         self.db = tmp / "served.db"
         env = {**os.environ, "TINY_DANCER_AUTH_TOKEN": TOKEN, **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tinydancer", "serve", "--model-path", str(model), "--database-path", str(self.db),
-             "--port", str(self.port), "--watch-interval", "0"],
+             "--port", str(self.port), "--watch-interval", "0", *(extra_args or [])],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         self.url = f"http://127.0.0.1:{self.port}"

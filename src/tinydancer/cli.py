@@ -340,16 +340,30 @@ def serve(
     explore: float = typer.Option(0.0, help="Share of /v1/route/query requests sent to a random model, so retraining "
                                             "learns about models the router would not pick."),
     log_level: str = typer.Option("warning"),
+    body_timeout: float = typer.Option(10.0, help="Seconds a request body may pause before the request is answered 408."),
+    insecure: bool = typer.Option(False, "--insecure", help="Lab networks only: serve every route without credentials "
+                                                            "on any address."),
 ) -> None:
-    """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale)."""
+    """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale).
+
+    Off loopback it needs credentials: client keys in TINY_DANCER_API_KEYS (or a file named by
+    TINY_DANCER_API_KEYS_FILE) for /v1/*, and TINY_DANCER_AUTH_TOKEN for the admin routes.
+    """
     import uvicorn
 
     from .candidates import default_model_path
     from .server import ServiceSettings, create_app
+    from .server.guards import is_loopback
 
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
                                query_router_path=query_router, watch_interval_s=watch_interval,
-                               query_exploration=explore)
+                               query_exploration=explore, host=host, insecure=insecure, body_read_timeout_s=body_timeout)
+    if not is_loopback(host) and not insecure and not (settings.api_keys or settings.auth_token):
+        raise TinyDancerError(
+            f"refusing to listen on {host} without credentials: set TINY_DANCER_API_KEYS (client keys, comma-separated) "
+            "and TINY_DANCER_AUTH_TOKEN (the admin token), or pass --insecure on a lab network")
+    if not is_loopback(host) and not insecure and not settings.auth_token:
+        err_console.print("[yellow]no TINY_DANCER_AUTH_TOKEN: admin and operator routes answer 403 off loopback[/]")
     application = create_app(settings)
     service = application.state.service
     if service.router is None:

@@ -14,8 +14,8 @@ Routes (all handlers ``async def``; the OpenAPI schema is at ``/openapi.json``)
     GET  /admin/circuit-breaker, POST /admin/circuit-breaker/reset
     GET  /admin/stats        totals, averages, p50/p95/p99 from the stored decisions
 
-Admin routes need ``Authorization: Bearer <token>`` when a token is configured
-(``TINY_DANCER_AUTH_TOKEN``); the comparison is constant-time and the token is never logged.
+Who may call what (client keys, the admin token, loopback) is decided in :mod:`.guards`, before
+routing.
 Bad JSON, NaN/Inf and out-of-range values get 422, oversized bodies 413 — never a 5xx.
 """
 
@@ -33,6 +33,7 @@ from pydantic.json_schema import models_json_schema
 from .._version import __version__
 from ..errors import ValidationError
 from .metrics import Metrics
+from .guards import AccessGuard, is_loopback
 from .middleware import BodyLimit
 from .routes import ALL as ROUTERS
 from .settings import ServiceSettings
@@ -69,7 +70,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.service = service
     _declare_raw_bodies(app)
     _add_error_handlers(app, service.metrics)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
+    # added last, so it runs first: credentials are checked before a body is read
+    app.add_middleware(AccessGuard, admin_token=settings.auth_token, api_keys=settings.api_keys,
+                       local_only=settings.insecure or is_loopback(settings.host), metrics=service.metrics)
     return app
 
 

@@ -1,14 +1,12 @@
-"""What the routers share: the service state, admin authentication, readiness.
+"""What the routers share: the service state and readiness (credentials: :mod:`.guards`).
 
-``require_admin`` and ``ready_router`` are FastAPI dependencies (``async def``: a plain ``def``
-dependency would run in the thread pool, ~300 µs).  The /v1/route hot path calls
+``ready_router`` is a FastAPI dependency (``async def``: a plain ``def`` dependency would run in
+the thread pool, ~300 µs).  The /v1/route hot path calls
 :func:`service_of` and :func:`ready` directly instead of declaring dependencies, because
 FastAPI's dependency solving costs more than the routing itself.
 """
 
 from __future__ import annotations
-
-import hmac
 
 from fastapi import HTTPException, Request
 
@@ -29,15 +27,3 @@ def ready(service: Service) -> Router:
 
 async def ready_router(request: Request) -> Router:
     return ready(service_of(request))
-
-
-async def require_admin(request: Request) -> None:
-    """``Authorization: Bearer <token>`` when a token is configured; compared in constant time."""
-    service = service_of(request)
-    token = service.settings.auth_token
-    if not token:
-        return
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        service.metrics.errors.labels(request.url.path, "unauthorized").inc()
-        raise HTTPException(401, "admin routes need Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})

@@ -1,16 +1,25 @@
-"""ASGI middleware: the request body limit (413 for bodies over the limit, declared or streamed)."""
+"""ASGI middleware: limits on request bodies.
+
+413 for a body over the size limit (declared or streamed), and 408 for a body that stops
+arriving: a client that sends headers and then trickles (or withholds) its body would otherwise
+hold a connection, and a worker's memory, for as long as it likes.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+import asyncio
+import json
+from typing import Any, Awaitable, Callable, Sequence
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+    """Pure ASGI middleware: 413 for bodies over ``limit`` bytes, 408 when the next part of a body
+    takes more than ``read_timeout_s`` to arrive."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, read_timeout_s: float = 10.0) -> None:
         self.app = app
         self.limit = limit
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -23,31 +32,46 @@ class BodyLimit:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await _reject(send, 413, f"request body over {self.limit} bytes")
+                    await reject(send, 413, f"request body over {self.limit} bytes")
                     return
         seen = 0
+        complete = False
 
         async def limited() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body, receive() waits for a disconnect: no deadline there
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except asyncio.TimeoutError:
+                raise _TooSlow() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise _TooLarge()
+                complete = not message.get("more_body", False)
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await _reject(send, 413, f"request body over {self.limit} bytes")
+            await reject(send, 413, f"request body over {self.limit} bytes")
+        except _TooSlow:
+            await reject(send, 408, f"the request body stopped arriving for {self.read_timeout_s:g} s")
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _reject(send: Callable[[dict], Awaitable[None]], status: int, detail: str) -> None:
-    body = ('{"detail": "%s"}' % detail).encode()
+class _TooSlow(Exception):
+    pass
+
+
+async def reject(send: Callable[[dict], Awaitable[None]], status: int, detail: str,
+                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer ``{"detail": ...}`` with ``status`` from ASGI middleware, before any route runs."""
+    body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})

@@ -7,8 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._validation import check_number
+from ..errors import ValidationError
 from ..candidates import default_model_path
 from .model_files import DEFAULT_MAX_BYTES
+
+
+def keys_from_environment() -> tuple[str, ...]:
+    """Client keys from TINY_DANCER_API_KEYS and the file TINY_DANCER_API_KEYS_FILE names."""
+    keys = [k.strip() for k in os.environ.get("TINY_DANCER_API_KEYS", "").split(",")]
+    path = os.environ.get("TINY_DANCER_API_KEYS_FILE")
+    if path:
+        try:
+            keys += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        except OSError as exc:
+            raise ValidationError(f"TINY_DANCER_API_KEYS_FILE={path}: {exc.strerror or exc}") from None
+    return tuple(k for k in keys if k and not k.startswith("#"))
 
 
 @dataclass
@@ -16,10 +29,20 @@ class ServiceSettings:
     model_path: Path = field(default_factory=default_model_path)
     database_path: Path = Path("tinydancer.db")
     query_router_path: Path | None = None
+    #: the admin token (admin and operator routes); see tinydancer.server.guards
     auth_token: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_AUTH_TOKEN") or None)
+    #: client keys for the data plane (/v1/*): TINY_DANCER_API_KEYS (comma-separated) or a file of
+    #: them, one a line, named by TINY_DANCER_API_KEYS_FILE
+    api_keys: tuple[str, ...] = field(default_factory=lambda: keys_from_environment())
+    #: the address the service listens on: without credentials it serves only on a loopback one
+    host: str = "127.0.0.1"
+    #: a lab switch: serve every route without credentials on any address
+    insecure: bool = False
     #: poll the model file this often and hot-reload when it changes (0 disables)
     watch_interval_s: float = 1.0
     max_body_bytes: int = 2 * 1024 * 1024
+    #: a request body whose next part takes longer than this to arrive is answered 408
+    body_read_timeout_s: float = 10.0
     confidence_threshold: float = 0.85
     max_uncertainty: float = 0.15
     enable_quantization: bool = True
@@ -36,3 +59,4 @@ class ServiceSettings:
     def __post_init__(self) -> None:
         check_number("ServiceSettings", "query_exploration", self.query_exploration, low=0.0, high=1.0)
         check_number("ServiceSettings", "max_model_bytes", self.max_model_bytes, low=1, integer=True)
+        check_number("ServiceSettings", "body_read_timeout_s", self.body_read_timeout_s, low=0.0, low_open=True)

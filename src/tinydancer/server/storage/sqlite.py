@@ -295,4 +295,9 @@ def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0) -> SQLite
     text = str(path)
     if text.startswith(("postgres://", "postgresql://")):
         raise TinyDancerError("PostgreSQL storage is not implemented yet; use a SQLite file path")
-    return SQLiteStorage(path, checkpoint_interval_s)
+    try:
+        return SQLiteStorage(path, checkpoint_interval_s)
+    except (OSError, sqlite3.Error) as exc:  # an unwritable folder, a directory, a file that is not a database
+        reason = getattr(exc, "strerror", None) or exc
+        raise TinyDancerError(f"cannot open the decision log at {text}: {reason}; "
+                              "choose a writable --database-path") from None

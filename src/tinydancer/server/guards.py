@@ -1,0 +1,109 @@
+"""Who may call what: credentials are checked before a request body is even read.
+
+| routes | credentials configured | none configured |
+| --- | --- | --- |
+| ``/health``, ``/health/ready`` | open (load balancers) | open |
+| ``/v1/*`` (routing, feedback) | a client key from ``TINY_DANCER_API_KEYS`` (or the admin token) | open on a loopback bind; 403 elsewhere |
+| ``/admin/*``, ``/info``, ``/metrics``, ``/docs``, ``/redoc``, ``/openapi.json`` | the admin token ``TINY_DANCER_AUTH_TOKEN`` | open on a loopback bind; 403 elsewhere |
+
+Keys are sent as ``Authorization: Bearer <key>`` and compared in constant time; no key is ever
+logged.  ``tinydancer serve`` refuses a non-loopback address when neither kind of credential is
+set (``--insecure`` overrides both that and the loopback rule, for labs).  Admin ``POST``/``PUT``
+requests must be ``Content-Type: application/json`` (415 otherwise): a browser cannot send that
+cross-site without a CORS preflight, which this service never grants, so a web page cannot
+reset the breaker or reload a model behind an operator's back.
+
+This runs as ASGI middleware, before routing and body parsing: a malformed admin body from an
+unauthenticated client is a 401, not a 422 that tells it what the route expects.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Any, Awaitable, Callable, Sequence
+
+from .metrics import Metrics
+from .middleware import reject
+
+OPEN = ("/health",)
+DATA_PLANE = ("/v1/",)
+OPERATOR = ("/admin", "/info", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AccessGuard:
+    """Pure ASGI middleware applying the table above."""
+
+    def __init__(self, app: Any, *, admin_token: str | None, api_keys: Sequence[str], local_only: bool,
+                 metrics: Metrics) -> None:
+        self.app = app
+        self.admin_token = admin_token.encode() if admin_token else None
+        self.api_keys = tuple(k.encode() for k in api_keys if k)
+        #: True when no credential may be skipped: the service listens beyond loopback
+        self.remote = not local_only
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] == "http":
+            problem = self._check(scope)
+            if problem is not None:
+                status, detail = problem
+                self.metrics.errors.labels(scope.get("path", ""), "unauthorized" if status == 401 else "forbidden").inc()
+                headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+                await reject(send, status, detail, headers)
+                return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: dict) -> tuple[int, str] | None:
+        path: str = scope.get("path", "")
+        if path.startswith(OPEN):
+            return None
+        if path.startswith(DATA_PLANE):
+            if self.api_keys:
+                return None if self._presented(scope, self.api_keys + self._admin()) else (
+                    401, "this route needs a client key: Authorization: Bearer <one of TINY_DANCER_API_KEYS>")
+            if self.remote:
+                return 403, "client keys are required off loopback: set TINY_DANCER_API_KEYS"
+            return None
+        operator = path.startswith(OPERATOR)
+        if operator:
+            if self.admin_token is not None:
+                if not self._presented(scope, self._admin()):
+                    return 401, "this route needs the admin token: Authorization: Bearer $TINY_DANCER_AUTH_TOKEN"
+            elif self.remote:
+                return 403, "admin and operator routes need TINY_DANCER_AUTH_TOKEN off loopback"
+        if path.startswith("/admin") and scope.get("method") in ("POST", "PUT", "PATCH"):
+            content_type = self._header(scope, b"content-type").split(";")[0].strip().lower()
+            if content_type != "application/json":
+                return 415, "admin requests must be sent as Content-Type: application/json"
+        return None
+
+    def _admin(self) -> tuple[bytes, ...]:
+        return (self.admin_token,) if self.admin_token is not None else ()
+
+    @staticmethod
+    def _header(scope: dict, name: bytes) -> str:
+        for key, value in scope.get("headers", ()):
+            if key == name:
+                return value.decode("latin-1")
+        return ""
+
+    def _presented(self, scope: dict, accepted: tuple[bytes, ...]) -> bool:
+        scheme, _, value = self._header(scope, b"authorization").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        given = value.strip().encode("latin-1")
+        # compare with every key, so the time taken does not say which one (or whether any) matched
+        matched = False
+        for key in accepted:
+            matched |= hmac.compare_digest(given, key)
+        return matched
