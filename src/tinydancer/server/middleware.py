@@ -42,7 +42,7 @@ class BodyLimit:
             if complete:  # after the body, receive() waits for a disconnect: no deadline there
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+                message = await _within(self.read_timeout_s, receive)
             except asyncio.TimeoutError:
                 raise _TooSlow() from None
             if message["type"] == "http.request":
@@ -58,6 +58,15 @@ class BodyLimit:
             await reject(send, 413, f"request body over {self.limit} bytes")
         except _TooSlow:
             await reject(send, 408, f"the request body stopped arriving for {self.read_timeout_s:g} s")
+
+
+async def _within(seconds: float, receive: Callable[[], Awaitable[dict]]) -> dict:
+    """``await receive()`` with a deadline.  ``asyncio.timeout`` (3.11+) arms one timer on the
+    running task; ``wait_for`` wraps the call in a new task, which cost ~35 µs a request here."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await receive()
+    return await asyncio.wait_for(receive(), seconds)  # pragma: no cover - Python 3.10
 
 
 class _TooLarge(Exception):
