@@ -267,3 +267,26 @@ def test_a_body_that_stops_arriving_is_answered_408(models) -> None:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- 4: steering what it learns
+def test_one_outcome_per_decision_and_corrections_are_audited(models) -> None:
+    folder, _served = models
+    keys = {"Authorization": "Bearer k1"}
+    with TestClient(_app(models, api_keys=("k1",))) as c:
+        rid = c.post("/v1/route", json=ROUTE, headers=keys).json()["request_id"]
+        feedback = {"request_id": rid, "success": False}
+        assert c.post("/v1/feedback", json=feedback, headers=keys).json()["status"] == "recorded"
+        again = c.post("/v1/feedback", json={**feedback, "success": True}, headers=keys)
+        assert again.status_code == 409 and "correction" in again.json()["detail"]  # no silent flip
+        fixed = c.post("/v1/feedback", json={**feedback, "success": True, "correction": True}, headers=keys)
+        assert fixed.status_code == 200 and fixed.json()["status"] == "corrected"
+        # only a candidate the decision returned can get feedback
+        assert c.post("/v1/feedback", json={**feedback, "candidate_id": "never-routed"}, headers=keys).status_code == 404
+    conn = sqlite3.connect(folder / "t.db")
+    outcomes = conn.execute("SELECT success FROM outcomes WHERE request_id=?", (rid,)).fetchall()
+    audit = conn.execute("SELECT old_success, new_success, corrected_by FROM outcome_corrections WHERE request_id=?", (rid,)).fetchall()
+    conn.close()
+    assert outcomes == [(1,)]
+    assert len(audit) == 1 and audit[0][:2] == (0, 1)
+    assert audit[0][2].startswith("key:") and "k1" not in audit[0][2]  # who, by fingerprint; never the key

@@ -19,6 +19,7 @@ unauthenticated client is a 401, not a 422 that tells it what the route expects.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from typing import Any, Awaitable, Callable, Sequence
@@ -69,8 +70,12 @@ class AccessGuard:
             return None
         if path.startswith(DATA_PLANE):
             if self.api_keys:
-                return None if self._presented(scope, self.api_keys + self._admin()) else (
-                    401, "this route needs a client key: Authorization: Bearer <one of TINY_DANCER_API_KEYS>")
+                if not self._presented(scope, self.api_keys + self._admin()):
+                    return 401, "this route needs a client key: Authorization: Bearer <one of TINY_DANCER_API_KEYS>"
+                # who sent it, for the audit of outcome corrections: a fingerprint, never the key
+                token = self._header(scope, b"authorization").partition(" ")[2].strip().encode("latin-1")
+                scope.setdefault("state", {})["client"] = "key:" + hashlib.sha256(token).hexdigest()[:12]
+                return None
             if self.remote:
                 return 403, "client keys are required off loopback: set TINY_DANCER_API_KEYS"
             return None

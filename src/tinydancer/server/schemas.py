@@ -62,6 +62,7 @@ class FeedbackIn(Strict):
     quality: float | None = Field(None, ge=0.0, le=1.0)
     candidate_id: str | None = Field(None, min_length=1, max_length=256)
     cost: float | None = Field(None, ge=0.0)
+    correction: bool = Field(False, description="replace an outcome already recorded (the old value is kept, audited)")
 
 
 class FeedbackOut(BaseModel):

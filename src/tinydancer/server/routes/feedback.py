@@ -8,20 +8,25 @@ from fastapi import APIRouter, HTTPException, Request
 
 from ..deps import service_of
 from ..schemas import FeedbackIn, FeedbackOut
-from ..storage import UnknownRequestError
+from ..storage import OutcomeExistsError, UnknownRequestError
 
 router = APIRouter(tags=["learning"])
 
 
-@router.post("/v1/feedback", response_model=FeedbackOut, summary="Record how a routed request turned out")
+@router.post("/v1/feedback", response_model=FeedbackOut, summary="Record how a routed request turned out",
+             responses={404: {"description": "no such decision or target"}, 409: {"description": "already recorded"}})
 async def feedback(body: FeedbackIn, request: Request) -> Any:
     service = service_of(request)
     service.writer.flush()  # the decision may still be in the group commit
     try:
-        target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost)
+        target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost,
+                                                correction=body.correction, by=getattr(request.state, "client", None))
     except UnknownRequestError as exc:
         service.metrics.errors.labels("/v1/feedback", "unknown_request").inc()
         raise HTTPException(404, str(exc).strip('"')) from None
+    except OutcomeExistsError as exc:
+        service.metrics.errors.labels("/v1/feedback", "duplicate_outcome").inc()
+        raise HTTPException(409, str(exc)) from None
     service.metrics.requests.labels("/v1/feedback").inc()
     service.metrics.feedback.labels(str(body.success).lower()).inc()
-    return {"status": "recorded", "request_id": body.request_id, "target": target}
+    return {"status": "corrected" if body.correction else "recorded", "request_id": body.request_id, "target": target}

@@ -7,6 +7,7 @@
 from .base import (
     DecisionRow,
     LabelledLogs,
+    OutcomeExistsError,
     Storage,
     UnknownRequestError,
     decision_record,
@@ -21,6 +22,7 @@ __all__ = [
     "DecisionRow",
     "DecisionWriter",
     "LabelledLogs",
+    "OutcomeExistsError",
     "SQLiteStorage",
     "Storage",
     "UnknownRequestError",

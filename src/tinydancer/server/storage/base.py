@@ -23,6 +23,10 @@ class UnknownRequestError(TinyDancerError, KeyError):
     """Feedback named a request id (or target) that was never routed."""
 
 
+class OutcomeExistsError(TinyDancerError):
+    """An outcome is already recorded for this decision and target; replacing it must be asked for."""
+
+
 @dataclass(frozen=True)
 class DecisionRow:
     """One target of a routed request, in rank order."""
@@ -59,7 +63,7 @@ class Storage(Protocol):
     def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None: ...
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
-                       cost: float | None) -> str: ...
+                       cost: float | None, *, correction: bool = False, by: str | None = None) -> str: ...
 
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs: ...
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import DecisionRow, LabelledLogs, UnknownRequestError, decision_tuples
+from .base import DecisionRow, LabelledLogs, OutcomeExistsError, UnknownRequestError, decision_tuples
 
 log = logging.getLogger("tinydancer.storage")
 
@@ -78,6 +78,18 @@ MIGRATIONS: list[str] = [
     # 2: a query decision's key (hash of its text, 16 hex digits) so that its feedback can reach
     #    the query router's outcome memory; NULL for candidates and for queries sent as embeddings
     "ALTER TABLE decisions ADD COLUMN query_key TEXT",
+    # 3: one outcome per (decision, target); replacing one is a correction, and every correction is
+    #    kept here with the value it replaced and who sent it (a key's fingerprint, never the key)
+    """
+    CREATE TABLE outcome_corrections (
+        request_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        old_success INTEGER, old_quality REAL, old_cost REAL,
+        new_success INTEGER NOT NULL, new_quality REAL, new_cost REAL,
+        corrected_at REAL NOT NULL,
+        corrected_by TEXT
+    );
+    """,
 ]
 
 
@@ -195,8 +207,13 @@ class SQLiteStorage:
             conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
-                       cost: float | None) -> str:
-        """Attach feedback to a logged decision (the top-ranked target when ``target`` is None)."""
+                       cost: float | None, *, correction: bool = False, by: str | None = None) -> str:
+        """Attach feedback to a logged decision (the top-ranked target when ``target`` is None).
+
+        One outcome per decision and target: a second one raises :class:`OutcomeExistsError`
+        unless ``correction`` is set, and then the replaced value is kept in
+        ``outcome_corrections`` with the time and ``by`` (who sent it).
+        """
         with self._tx() as conn:
             row = conn.execute("SELECT targets FROM decisions WHERE request_id=?", (request_id,)).fetchone()
             targets = json.loads(row[0]) if row is not None else []
@@ -204,8 +221,17 @@ class SQLiteStorage:
                 what = f"request {request_id!r}" + ("" if target is None else f" / {target!r}")
                 raise UnknownRequestError(f"no routing decision for {what}")
             chosen = targets[0] if target is None else target
+            now = time.time()
+            old = conn.execute("SELECT success, quality, cost FROM outcomes WHERE request_id=? AND target=?",
+                               (request_id, chosen)).fetchone()
+            if old is not None:
+                if not correction:
+                    raise OutcomeExistsError(f"an outcome for request {request_id!r} / {chosen!r} is already recorded; "
+                                             'send "correction": true to replace it (corrections are kept and audited)')
+                conn.execute("INSERT INTO outcome_corrections VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (request_id, chosen, *old, int(bool(success)), quality, cost, now, by))
             conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)",
-                         (request_id, chosen, targets.index(chosen), int(bool(success)), quality, cost, time.time()))
+                         (request_id, chosen, targets.index(chosen), int(bool(success)), quality, cost, now))
             return str(chosen)
 
     # ------------------------------------------------------------------ reads
