@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tinydancer import FastGRNN
-from tinydancer.demo import train_default_router_model
+from tinydancer.demo import traffic_dataset, train_default_router_model
 from tinydancer.errors import TinyDancerError
 from tinydancer.candidates import FeatureEngineer
 from tinydancer.server.learning import RetrainConfig, retrain
@@ -177,3 +177,30 @@ def test_breaker_reset_closes_an_open_breaker(tmp_path) -> None:
         routed = client.post("/v1/route", json=body).json()
         assert routed["fallback"] is False and routed["fallback_reason"] is None
         assert "tiny_dancer_circuit_breaker_state 0.0" in client.get("/metrics").text
+
+
+def test_a_flood_of_forged_outcomes_cannot_promote_a_model_by_itself(world, tmp_path) -> None:
+    """Issue 12, finding 4: 4,000 forged 'success' outcomes took a routine retrain from a
+    lightweight share of 0.000 to 1.000 on a fixed evaluation set, and it was promoted."""
+    served, storage, registry = world
+    router = Router(RouterConfig(model_path=served))
+    log_traffic(storage, router, 500, seed=4, truth=lambda raw: np.ones(len(raw)))  # every candidate 'succeeded'
+    before = served.read_bytes()
+    report = retrain(storage, served, registry, RetrainConfig())
+    assert not report.promoted and served.read_bytes() == before
+    assert "lightweight share on held-out decisions" in report.reason and "--allow-mix-shift" in report.reason
+    shares = report.registry_entry["metrics"]["gate"]["lightweight share on held-out decisions"]
+    assert shares["new"] - shares["old"] > 0.25
+    # an operator who reviewed the change can still take it, deliberately
+    allowed = retrain(storage, served, registry, RetrainConfig(allow_mix_shift=True))
+    assert allowed.promoted and "(allowed)" in allowed.reason
+
+
+def test_a_trusted_reference_set_vetoes_what_the_logs_approve(world, tmp_path) -> None:
+    served, storage, registry = world
+    router = Router(RouterConfig(model_path=served))
+    log_traffic(storage, router, 400, seed=5, truth=lambda raw: np.ones(len(raw)))
+    x, y = traffic_dataset(100, seed=21)  # outcomes from the real world, kept by the operator
+    np.savez(tmp_path / "reference.npz", features=x, labels=y)
+    report = retrain(storage, served, registry, RetrainConfig(allow_mix_shift=True, reference=tmp_path / "reference.npz"))
+    assert not report.promoted and "worse on the reference set" in report.reason

@@ -86,7 +86,11 @@ def test_a_drifted_world_is_learned_from_feedback_and_promoted(served_router, tm
     storage = SQLiteStorage(tmp_path / "logs.db")
     log_feedback(storage, 900, seed=1)
     registry = ModelRegistry(tmp_path / "registry")
-    report = retrain_query_router(storage, served_router, registry, RetrainConfig(min_samples=200))
+    held = retrain_query_router(storage, served_router, registry, RetrainConfig(min_samples=200))
+    assert not held.promoted and "--allow-mix-shift" in held.reason  # a drift this large waits for review
+    assert held.registry_entry["metrics"]["gate"]["shift"] > 0.25
+    registry = ModelRegistry(tmp_path / "registry2")
+    report = retrain_query_router(storage, served_router, registry, RetrainConfig(min_samples=200, allow_mix_shift=True))
     storage.close()
     assert report.samples == 900 and report.skipped == 0 and report.promoted
     assert report.new["squared_error"] < report.old["squared_error"]
@@ -134,7 +138,7 @@ def test_cli_retrains_and_the_service_hot_reloads_the_router(served_router, tmp_
         storage = SQLiteStorage(db)
         log_feedback(storage, 600, seed=3)
         storage.close()
-        result = CliRunner().invoke(cli, ["retrain", "--database-path", str(db), "--query-router", str(served_router),
+        result = CliRunner().invoke(cli, ["retrain", "--database-path", str(db), "--query-router", str(served_router), "--allow-mix-shift",
                                           "--registry", str(tmp_path / "registry"), "--json"])
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
@@ -193,7 +197,7 @@ def test_exploration_lets_the_service_learn_from_its_own_traffic(served_router, 
         assert 'tiny_dancer_query_explorations_total 600.0' in client.get("/metrics").text
     assert min(chosen.count(name) for name in MODELS) > 150  # drawn uniformly
     storage = SQLiteStorage(db)
-    report = retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "registry"), RetrainConfig())
+    report = retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "registry"), RetrainConfig(allow_mix_shift=True))
     storage.close()
     assert report.promoted and cheap_quality_on_maths(QueryRouter.load(served_router)) > 0.8
 
@@ -234,7 +238,8 @@ def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router,
     log_feedback(storage, 300, seed=3)  # sent as embeddings: no key, so not remembered
     logs = storage.labelled("query")
     assert sum(k is not None for k in logs.query_keys) == 3 and query_key(repeat) in logs.query_keys
-    report = retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "registry"), RetrainConfig(min_samples=50))
+    report = retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "registry"),
+                                  RetrainConfig(min_samples=50, allow_mix_shift=True))
     assert report.promoted
     new = QueryRouter.load(served_router)
     assert len(new.memory) == 1200 + 1

@@ -384,9 +384,17 @@ def retrain(
     epochs: int = typer.Option(40),
     learning_rate: float = typer.Option(0.002),
     min_samples: int = typer.Option(200),
+    max_mix_shift: float = typer.Option(0.25, help="Largest move of the routing mix a new model may make and be promoted."),
+    allow_mix_shift: bool = typer.Option(False, "--allow-mix-shift", help="Promote a larger move (after you reviewed it)."),
+    reference: Optional[Path] = typer.Option(None, help="A trusted labelled set, kept apart from the logs "
+                                                        "(CSV/JSONL/NPZ): the new model must not be worse on it."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Retrain from logged decisions and outcomes; promote the new model only if it is not worse."""
+    """Retrain from logged decisions and outcomes; promote the new model only if it is not worse.
+
+    Logged outcomes alone cannot promote a model that moves the routing mix by more than
+    --max-mix-shift, nor one that is worse on the --reference set: the logs are what clients send.
+    """
     from dataclasses import asdict
 
     from .server.learning import RetrainConfig, retrain_query_router
@@ -395,7 +403,8 @@ def retrain(
     from .candidates import default_model_path
     from .server.storage import open_storage
 
-    config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples)
+    config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples,
+                           max_mix_shift=max_mix_shift, allow_mix_shift=allow_mix_shift, reference=reference)
     say = None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     storage = open_storage(database_path)
     try:

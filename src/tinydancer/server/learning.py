@@ -23,6 +23,7 @@ import numpy as np
 from ..candidates import ConformalCalibrator
 from ..errors import TinyDancerError
 from ..nn import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingDataset, balanced_sample_weights
+from ..nn.datafiles import read_table
 from ..nn.losses import bce_with_logits
 from ..llm import ROUTER_FILE, OutcomeMemory, QueryRouter
 from ..llm.query_router import neighbour_means
@@ -44,6 +45,17 @@ class RetrainConfig:
     hidden_dim: int = 16  # for mode="fresh"
     #: query routers: a model's target for a query is the mean outcome of this many nearest queries it answered
     neighbours: int = 25
+    #: the promotion gate (a flood of logged outcomes must not be able to satisfy it by itself):
+    #: a new model may move the share of lightweight decisions (candidates; for query routers the
+    #: share of each model, as total variation) by at most this much on the held-out decisions,
+    #: and on the reference set when one is given, unless allow_mix_shift is set
+    max_mix_shift: float = 0.25
+    allow_mix_shift: bool = False
+    #: the confidence at which a candidate counts as lightweight when measuring the mix
+    lightweight_threshold: float = 0.85
+    #: a trusted labelled set kept apart from the logs (CSV, JSONL or NPZ of the router's raw
+    #: features and 0/1 labels): when given, the new model must not be worse on it either
+    reference: Path | None = None
 
 
 @dataclass
@@ -121,11 +133,13 @@ def retrain(
 
     old_m = _holdout_metrics(current, x[hold], y[hold])
     new_m = _holdout_metrics(new, x[hold], y[hold])
-    better = new_m["log_loss"] <= old_m["log_loss"]
-    reason = (f"held-out log loss {old_m['log_loss']:.4f} → {new_m['log_loss']:.4f}: "
-              + ("not worse, promoted" if better else "worse, kept the current model"))
+    gate = _gate(cfg, current, new, x[hold])
+    better = new_m["log_loss"] <= old_m["log_loss"] and gate.passed
+    reason = (f"held-out log loss {old_m['log_loss']:.4f} → {new_m['log_loss']:.4f}"
+              + ("" if new_m["log_loss"] <= old_m["log_loss"] else " (worse)") + f"; {gate.summary}: "
+              + ("promoted" if better else "kept the current model"))
     metrics = {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "mode": cfg.mode,
-               "test_accuracy": new_m["accuracy"]}
+               "test_accuracy": new_m["accuracy"], "gate": gate.details}
     entry = registry.add(new, metrics, parent)
     if better:
         registry.promote(entry, model_path)
@@ -133,6 +147,48 @@ def retrain(
     return RetrainReport(n, len(fit), len(cal), len(hold), old_m, new_m, better, entry.version, parent, reason,
                          round(time.perf_counter() - started, 3), asdict(entry))
 
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    summary: str
+    details: dict[str, Any]
+
+
+def lightweight_share(model: FastGRNN, x: np.ndarray, threshold: float) -> float:
+    return float((model.predict(x)[:, 0] >= threshold).mean()) if len(x) else 0.0
+
+
+def _gate(cfg: RetrainConfig, current: FastGRNN, new: FastGRNN, held_out: np.ndarray) -> GateResult:
+    """What logged outcomes alone cannot buy: a bounded change of the routing mix, and no loss on
+    a trusted reference set (when the operator keeps one)."""
+    details: dict[str, Any] = {}
+    problems = []
+    sets = [("held-out decisions", held_out)]
+    if cfg.reference is not None:
+        ref = read_table(cfg.reference)
+        if ref.labels is None:
+            raise TinyDancerError(f"the reference set {cfg.reference} has no labels")
+        ref_x = np.asarray(ref.features, dtype=np.float32)
+        ref_y = np.asarray(ref.labels, dtype=np.float64).reshape(len(ref_x), -1)[:, 0]
+        old_ref, new_ref = _holdout_metrics(current, ref_x, ref_y), _holdout_metrics(new, ref_x, ref_y)
+        details["reference"] = {"old": old_ref, "new": new_ref, "rows": len(ref_x)}
+        if new_ref["log_loss"] > old_ref["log_loss"]:
+            problems.append(f"worse on the reference set ({old_ref['log_loss']:.4f} → {new_ref['log_loss']:.4f})")
+        sets.append(("the reference set", ref_x))
+    for name, data in sets:
+        before = lightweight_share(current, data, cfg.lightweight_threshold)
+        after = lightweight_share(new, data, cfg.lightweight_threshold)
+        details[f"lightweight share on {name}"] = {"old": before, "new": after}
+        if abs(after - before) > cfg.max_mix_shift and not cfg.allow_mix_shift:
+            problems.append(f"lightweight share on {name} {before:.3f} → {after:.3f}, a move over "
+                            f"{cfg.max_mix_shift:g} (review it, then retrain with --allow-mix-shift)")
+    if problems:
+        return GateResult(False, "; ".join(problems), details)
+    shares = ", ".join(f"{k.removeprefix('lightweight share on ')} {v['old']:.3f} → {v['new']:.3f}"
+                       for k, v in details.items() if k.startswith("lightweight"))
+    return GateResult(True, f"lightweight share on {shares}" + (" (allowed)" if cfg.allow_mix_shift else ""), details)
 
 
 def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fallback: np.ndarray, k: int,
@@ -271,11 +327,23 @@ def retrain_query_router(
                 "mean_predicted": float(predicted.mean()), "mean_observed": float(observed[hold].mean())}
 
     old_m, new_m = errors(current), errors(new)
-    better = new_m["squared_error"] <= old_m["squared_error"]
+    # the promotion gate, as for candidate models: a bounded move of the routing mix (total variation
+    # between the shares of queries each router sends to each model, on the held-out queries)
+    m = len(current.models)
+    mix_old = np.bincount(current.choose(current.predict(x[hold])), minlength=m) / max(len(hold), 1)
+    mix_new = np.bincount(new.choose(new.predict(x[hold])), minlength=m) / max(len(hold), 1)
+    shift = float(0.5 * np.abs(mix_new - mix_old).sum())
+    gate_ok = shift <= cfg.max_mix_shift or cfg.allow_mix_shift
+    better = new_m["squared_error"] <= old_m["squared_error"] and gate_ok
     reason = (f"held-out squared error of the answering model's predicted quality {old_m['squared_error']:.4f} → "
-              f"{new_m['squared_error']:.4f}: " + ("not worse, promoted" if better else "worse, kept the current router"))
-    entry = registry.add(new.packed(), {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "kind": "query_router"},
-                         parent)
+              f"{new_m['squared_error']:.4f}" + ("" if new_m["squared_error"] <= old_m["squared_error"] else " (worse)")
+              + f"; routing mix moved {shift:.3f}"
+              + ("" if gate_ok else f", over {cfg.max_mix_shift:g} (review it, then retrain with --allow-mix-shift)")
+              + (" (allowed)" if cfg.allow_mix_shift else "") + (": promoted" if better else ": kept the current router"))
+    gate = {"mix_old": dict(zip(current.models, mix_old.tolist())), "mix_new": dict(zip(current.models, mix_new.tolist())),
+            "shift": shift}
+    entry = registry.add(new.packed(), {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "kind": "query_router",
+                                        "gate": gate}, parent)
     if better:
         registry.promote(entry, file)
     say(reason)
