@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -17,6 +18,11 @@ router = APIRouter(tags=["learning"])
              responses={404: {"description": "no such decision or target"}, 409: {"description": "already recorded"}})
 async def feedback(body: FeedbackIn, request: Request) -> Any:
     service = service_of(request)
+    checkpointing = getattr(service.storage, "checkpointing", None)
+    while checkpointing is not None and checkpointing.is_set():
+        # a checkpoint is emptying the WAL: wait for it without holding the event loop (a write
+        # now would block the loop on SQLite's lock, and keep the WAL growing under load)
+        await asyncio.sleep(0.002)
     service.writer.flush()  # the decision may still be in the group commit
     try:
         target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -98,14 +99,18 @@ class SQLiteStorage:
 
     With ``checkpoint_interval_s`` > 0, no commit checkpoints the WAL into the database file (which
     fsyncs, and would stall a serving event loop); a background thread does it that often instead.
-    While it runs, :attr:`checkpointing` is set and a :class:`DecisionWriter` holds its rows back:
-    a checkpoint raced by new commits never catches up, and SQLite only starts the WAL over when
-    one has copied every frame (under steady load the WAL reached 77 MB in 20 s without this; with
-    it, 9 MB).
+    While it runs, :attr:`checkpointing` is set, and the decision writer and the feedback route
+    hold back: a checkpoint raced by new commits never catches up.  Past ``wal_limit_bytes`` the
+    checkpoint truncates the WAL (see :meth:`checkpoint`).  Under route + feedback from 8 clients
+    the WAL grew to 550 MB in 30 s before both; now it stays under ~80 MB (benchmarks/soak.py).
     """
 
-    def __init__(self, path: str | Path, checkpoint_interval_s: float = 0.0) -> None:
+    #: how long a truncating checkpoint waits for readers before it gives up until the next round
+    TRUNCATE_WAIT_MS = 1000
+
+    def __init__(self, path: str | Path, checkpoint_interval_s: float = 0.0, wal_limit_bytes: int = 64 * 1024 * 1024) -> None:
         self.path = Path(path)
+        self.wal_limit_bytes = wal_limit_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -136,14 +141,32 @@ class SQLiteStorage:
         """Copy committed WAL frames into the database file, without blocking writers.
 
         Returns (frames in the WAL, frames copied); when they are equal, the next commit starts
-        the WAL over.
+        the WAL over.  Under steady writes that restart may never happen (a passive checkpoint
+        loses the race, and even a finished one leaves the file to writers that never pause), so
+        when the WAL file has grown past ``wal_limit_bytes``, writers are held
+        (:attr:`checkpointing`; the service's writers wait on it) while a TRUNCATE checkpoint
+        copies everything and empties the file.  It waits at most ``TRUNCATE_WAIT_MS`` for
+        readers (a long ``retrain`` reading the log, say) and otherwise tries again next time.
         """
         self.checkpointing.set()
         try:
-            _busy, frames, copied = self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            conn = self._conn()
+            _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if self.wal_bytes() > self.wal_limit_bytes:  # (a finished passive one need not have restarted it)
+                conn.execute(f"PRAGMA busy_timeout={self.TRUNCATE_WAIT_MS}")
+                try:
+                    _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    conn.execute("PRAGMA busy_timeout=30000")
         finally:
             self.checkpointing.clear()
         return int(frames), int(copied)
+
+    def wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
