@@ -290,3 +290,55 @@ def test_one_outcome_per_decision_and_corrections_are_audited(models) -> None:
     assert outcomes == [(1,)]
     assert len(audit) == 1 and audit[0][:2] == (0, 1)
     assert audit[0][2].startswith("key:") and "k1" not in audit[0][2]  # who, by fingerprint; never the key
+
+
+# ---------------------------------------------------------------------- 6: a full disk
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 4 MB tmpfs: a disk that can really fill up (needs root, as on the project's machines)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_keeps_routing_refuses_feedback_in_json_and_says_so(small_disk, tmp_path) -> None:
+    server = Server(small_disk, MODEL, extra_args=["--log-buffer-rows", "100"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            rid = c.post("/v1/route", json=body(3, seed=0)).json()["request_id"]
+            assert c.post("/v1/feedback", json={"request_id": rid, "success": True}).status_code == 200
+            filler = _fill(small_disk)
+            routed = [c.post("/v1/route", json=body(3, seed=i)) for i in range(300)]
+            assert all(r.status_code == 200 and r.headers["content-type"] == "application/json" for r in routed)
+            refused = c.post("/v1/feedback", json={"request_id": routed[-1].json()["request_id"], "success": True})
+            assert refused.status_code == 503 and "not recorded" in refused.json()["detail"]
+            assert refused.headers.get("retry-after") == "5"
+            ready = c.get("/health/ready")
+            assert ready.status_code == 503 and "decision log cannot be written" in ready.json()["reason"]
+            metrics = c.get("/metrics", headers=AUTH).text
+            assert "tiny_dancer_storage_ok 0.0" in metrics
+            pending = float(next(l for l in metrics.splitlines() if l.startswith("tiny_dancer_decision_log_pending_rows ")).split()[1])
+            dropped = float(next(l for l in metrics.splitlines() if l.startswith("tiny_dancer_decision_log_dropped_rows_total ")).split()[1])
+            assert pending <= 100 and dropped >= 200  # the buffer is bounded; what did not fit is counted
+            filler.unlink()  # space again: the kept rows are written, and feedback is accepted
+            rid = c.post("/v1/route", json=body(3, seed=999)).json()["request_id"]
+            assert c.post("/v1/feedback", json={"request_id": rid, "success": True}).status_code == 200
+            assert c.get("/health/ready").status_code == 200
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ Bad JSON, NaN/Inf and out-of-range values get 422, oversized bodies 413 — neve
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -38,10 +39,11 @@ from .middleware import BodyLimit
 from .routes import ALL as ROUTERS
 from .settings import ServiceSettings
 from .state import Service
-from .storage import DecisionWriter
 from .wire import RouteIn
 
 __all__ = ["Metrics", "Service", "ServiceSettings", "create_app"]
+
+log = logging.getLogger("tinydancer.service")
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -51,7 +53,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if service.writer.closed:
-            service.writer = DecisionWriter(service.storage)
+            service.writer = service.new_writer()
         task = asyncio.create_task(service.watch()) if settings.watch_interval_s > 0 else None
         try:
             yield
@@ -99,6 +101,13 @@ def _add_error_handlers(app: FastAPI, m: Metrics) -> None:
         m.errors.labels(request.url.path, "validation").inc()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # every answer is JSON, a failure too (Starlette's default is a plain-text 500)
+        m.errors.labels(request.url.path, "internal").inc()
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error; the service logged it"}, status_code=500)
 
     @app.exception_handler(ValidationError)
     async def _validation(request: Request, exc: ValidationError) -> JSONResponse:

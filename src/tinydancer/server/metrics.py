@@ -86,6 +86,10 @@ class Metrics:
         self.uncertainty = BatchHistogram("tiny_dancer_uncertainty", "Decision uncertainty", prob, r)
         self.model_info = Gauge("tiny_dancer_model_loaded", "1 when a model is being served", ["version"], registry=r)
         self.explorations = Counter("tiny_dancer_query_explorations", "Queries sent to a random model", registry=r)
+        self.storage_ok = Gauge("tiny_dancer_storage_ok", "1 while the decision log can be written, 0 while it fails", registry=r)
+        self.log_pending = Gauge("tiny_dancer_decision_log_pending_rows", "Decision rows waiting to be written", registry=r)
+        self.log_dropped = Counter("tiny_dancer_decision_log_dropped_rows", "Decision rows dropped because storage failed "
+                                   "and the buffer was full", registry=r)
         self._routes: list[tuple[int, int, bool, float, float, np.ndarray, np.ndarray | None]] = []
 
     def route_done(self, n: int, n_light: int, fallback: bool, inference_s: float, latency_s: float,

@@ -29,7 +29,7 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.storage: SQLiteStorage = open_storage(settings.database_path, checkpoint_interval_s=1.0)
-        self.writer = DecisionWriter(self.storage)  # replaced at each lifespan start if it was closed
+        self.writer = self.new_writer()  # replaced at each lifespan start if it was closed
         self.router: Router | None = None
         self.not_ready_reason = "no model loaded yet"
         self.query_router: QueryRouter | None = None
@@ -43,6 +43,14 @@ class Service:
         self._try_load()
         if settings.query_router_path is not None:
             self.reload_query_router()
+
+    def new_writer(self) -> DecisionWriter:
+        return DecisionWriter(self.storage, max_pending=self.settings.max_pending_rows, on_drop=self.metrics.log_dropped.inc)
+
+    def storage_problem(self) -> str | None:
+        """Why the decision log cannot be written right now, or None."""
+        error = self.writer.error
+        return None if error is None else f"the decision log cannot be written ({error}); routing goes on, feedback is refused"
 
     def _try_load(self, data: bytes | None = None) -> None:
         s = self.settings

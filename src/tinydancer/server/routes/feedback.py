@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
 from ..deps import service_of
 from ..schemas import FeedbackIn, FeedbackOut
-from ..storage import OutcomeExistsError, UnknownRequestError
+from ..storage import OutcomeExistsError, StorageUnavailable, UnknownRequestError
 
 router = APIRouter(tags=["learning"])
 
 
 @router.post("/v1/feedback", response_model=FeedbackOut, summary="Record how a routed request turned out",
-             responses={404: {"description": "no such decision or target"}, 409: {"description": "already recorded"}})
+             responses={404: {"description": "no such decision or target"}, 409: {"description": "already recorded"},
+                        503: {"description": "storage is failing: not recorded, retry"}})
 async def feedback(body: FeedbackIn, request: Request) -> Any:
     service = service_of(request)
     checkpointing = getattr(service.storage, "checkpointing", None)
@@ -23,10 +25,15 @@ async def feedback(body: FeedbackIn, request: Request) -> Any:
         # a checkpoint is emptying the WAL: wait for it without holding the event loop (a write
         # now would block the loop on SQLite's lock, and keep the WAL growing under load)
         await asyncio.sleep(0.002)
-    service.writer.flush()  # the decision may still be in the group commit
     try:
+        service.writer.flush()  # the decision may still be in the group commit
         target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost,
                                                 correction=body.correction, by=getattr(request.state, "client", None))
+    except (sqlite3.Error, OSError, StorageUnavailable) as exc:
+        # never acknowledge what was not committed: the client keeps it and retries
+        service.metrics.errors.labels("/v1/feedback", "storage").inc()
+        raise HTTPException(503, f"feedback not recorded, the decision log cannot be written ({exc}); retry later",
+                            headers={"Retry-After": "5"}) from None
     except UnknownRequestError as exc:
         service.metrics.errors.labels("/v1/feedback", "unknown_request").inc()
         raise HTTPException(404, str(exc).strip('"')) from None

@@ -22,11 +22,14 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready", responses={503: {"description": "no model loaded"}})
+@router.get("/health/ready", responses={503: {"description": "no model loaded, or the decision log cannot be written"}})
 async def ready(request: Request) -> Any:
     service = service_of(request)
     if service.router is None:
         return JSONResponse({"ready": False, "reason": service.not_ready_reason}, status_code=503)
+    problem = service.storage_problem()
+    if problem is not None:
+        return JSONResponse({"ready": False, "reason": problem}, status_code=503)
     return {"ready": True, "model_version": service.router.served.version}
 
 
@@ -37,6 +40,8 @@ async def metrics(request: Request) -> Any:
     if service.router is not None and service.router.breaker is not None:
         m.breaker_state.set(STATE_CODE[service.router.breaker.state])
     m.fold()
+    m.storage_ok.set(0 if service.storage_problem() else 1)
+    m.log_pending.set(service.writer.pending)
     return PlainTextResponse(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 

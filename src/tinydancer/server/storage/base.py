@@ -23,6 +23,10 @@ class UnknownRequestError(TinyDancerError, KeyError):
     """Feedback named a request id (or target) that was never routed."""
 
 
+class StorageUnavailable(TinyDancerError):
+    """The log cannot be written now (a full disk, a lost database); nothing was recorded."""
+
+
 class OutcomeExistsError(TinyDancerError):
     """An outcome is already recorded for this decision and target; replacing it must be asked for."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, Callable
 
 from ...errors import TinyDancerError
-from .base import Storage
+from .base import Storage, StorageUnavailable
 
 log = logging.getLogger("tinydancer.storage")
 
@@ -25,15 +25,28 @@ class DecisionWriter:
     A crash can lose at most the last ``max_delay_s`` of decision logs, never an acknowledged
     outcome.  Outside a running event loop every submit commits at once.  Not thread-safe: call it
     from the loop's thread only.
+
+    When storage fails (a full disk, say), rows are kept for the next commit to retry, up to
+    ``max_pending``; past that, new rows are dropped and counted (``dropped``, and ``on_drop``):
+    routing goes on, its log is what is lost.  :attr:`error` says what failed until a commit
+    succeeds again.
     """
 
-    def __init__(self, storage: Storage, max_delay_s: float = 0.005) -> None:
+    def __init__(self, storage: Storage, max_delay_s: float = 0.005, max_pending: int = 10_000,
+                 on_drop: Callable[[int], None] | None = None) -> None:
         self.storage = storage
         self.max_delay_s = max_delay_s
+        self.max_pending = max_pending
+        self.on_drop = on_drop
+        self.dropped = 0
         self._pending: list[tuple[Any, ...]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.error: BaseException | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     @property
     def closed(self) -> bool:
@@ -42,6 +55,13 @@ class DecisionWriter:
     def submit(self, rows: list[tuple[Any, ...]]) -> None:
         if self._closed:
             raise TinyDancerError("the decision writer is closed")
+        if len(self._pending) + len(rows) > self.max_pending:
+            self._commit(force=True)  # storage may be back: write what waits before giving up on these
+            if len(self._pending) + len(rows) > self.max_pending:
+                self.dropped += len(rows)
+                if self.on_drop is not None:
+                    self.on_drop(len(rows))
+                return
         self._pending.extend(rows)
         if self._timer is None:
             try:
@@ -70,6 +90,9 @@ class DecisionWriter:
             log.error("decision log commit failed, %d rows kept for retry: %s", len(batch), exc)
         except Exception as exc:  # a batch that can never be written: drop it rather than block all logging
             self.error = exc
+            self.dropped += len(batch)
+            if self.on_drop is not None:
+                self.on_drop(len(batch))
             log.error("decision log commit failed, %d rows dropped: %s", len(batch), exc)
 
     def flush(self) -> None:
@@ -78,7 +101,7 @@ class DecisionWriter:
             self._timer.cancel()
         self._commit(force=True)
         if self.error is not None:
-            raise TinyDancerError(f"decision log writer failed: {self.error}")
+            raise StorageUnavailable(f"decision log writer failed: {self.error}")
 
     def close(self) -> None:
         """Commit what is pending; later submits are an error."""
