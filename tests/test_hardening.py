@@ -342,3 +342,43 @@ def test_a_full_disk_keeps_routing_refuses_feedback_in_json_and_says_so(small_di
             assert c.get("/health/ready").status_code == 200
     finally:
         server.stop()
+
+
+def test_sigkill_during_mixed_load_loses_no_acknowledged_outcome(tmp_path) -> None:
+    """Four clients route and send feedback; the server is killed mid-stream, not at a quiet moment."""
+    server = Server(tmp_path, MODEL)
+    acked: list[str] = []
+    enough = threading.Event()
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            for i in range(2000):
+                try:
+                    rid = c.post("/v1/route", json=body(5, seed=k * 10000 + i)).json()["request_id"]
+                    ok = c.post("/v1/feedback", json={"request_id": rid, "success": bool(i % 2)}).status_code == 200
+                except (httpx.HTTPError, ValueError):
+                    return  # the server is gone
+                if ok:
+                    with lock:
+                        acked.append(rid)
+                        if len(acked) >= 400:
+                            enough.set()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        assert enough.wait(120), "the clients did not get 400 outcomes acknowledged"
+        os.kill(server.proc.pid, signal.SIGKILL)  # the clients are still sending
+        server.proc.wait(10)
+        for t in threads:
+            t.join(30)
+    finally:
+        server.stop()
+    with lock:
+        acknowledged = set(acked)
+    conn = sqlite3.connect(server.db)
+    stored = {row[0] for row in conn.execute("SELECT request_id FROM outcomes")}
+    conn.close()
+    assert len(acknowledged) >= 400 and acknowledged <= stored, f"{len(acknowledged - stored)} acknowledged outcomes lost"

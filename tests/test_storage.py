@@ -177,3 +177,20 @@ def test_the_wal_stays_bounded_while_writers_never_pause(tmp_path) -> None:
     storage.close()
     assert storage.count("outcomes") == 10000
     assert peak < 24 * 2**20, f"the WAL reached {peak / 2**20:.1f} MB with a {limit // 1024} KB limit"
+
+
+def test_retention_removes_old_decisions_with_their_outcomes(tmp_path) -> None:
+    storage = SQLiteStorage(tmp_path / "r.db", retention_days=7, retention_rows=50)
+    now = time.time()
+    row = [DecisionRow("c", 0, np.zeros(5, np.float32), 0.5, 0.1, True)]
+    for i in range(100):
+        storage.record_decisions(f"d{i}", "candidate", "v", row, 5.0)
+        storage.record_outcome(f"d{i}", None, True, None, None)
+    conn = storage._conn()
+    conn.execute("UPDATE decisions SET created_at = ? WHERE request_id IN ('d0', 'd1', 'd2')", (now - 30 * 86400,))
+    assert storage.prune(now) == 50  # three by age, then all but the newest 50
+    assert storage.count("decisions") == 50 and storage.count("outcomes") == 50
+    kept = {r[0] for r in conn.execute("SELECT request_id FROM decisions")}
+    assert kept == {f"d{i}" for i in range(50, 100)}
+    assert storage.prune(now) == 0
+    storage.close()

@@ -342,6 +342,8 @@ def serve(
     log_level: str = typer.Option("warning"),
     body_timeout: float = typer.Option(10.0, help="Seconds a request body may pause before the request is answered 408."),
     log_buffer_rows: int = typer.Option(10_000, help="Decision rows kept for retry while storage fails (then dropped, counted)."),
+    retention_days: Optional[float] = typer.Option(None, help="Remove logged decisions (and their outcomes) older than this."),
+    retention_rows: Optional[int] = typer.Option(None, help="Keep at most this many logged decisions, the newest."),
     insecure: bool = typer.Option(False, "--insecure", help="Lab networks only: serve every route without credentials "
                                                             "on any address."),
 ) -> None:
@@ -359,7 +361,8 @@ def serve(
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
                                query_router_path=query_router, watch_interval_s=watch_interval,
                                query_exploration=explore, host=host, insecure=insecure, body_read_timeout_s=body_timeout,
-                               max_pending_rows=log_buffer_rows)
+                               max_pending_rows=log_buffer_rows, retention_days=retention_days,
+                               retention_rows=retention_rows)
     if not is_loopback(host) and not insecure and not (settings.api_keys or settings.auth_token):
         raise TinyDancerError(
             f"refusing to listen on {host} without credentials: set TINY_DANCER_API_KEYS (client keys, comma-separated) "

@@ -41,6 +41,10 @@ class ServiceSettings:
     #: poll the model file this often and hot-reload when it changes (0 disables)
     watch_interval_s: float = 1.0
     max_body_bytes: int = 2 * 1024 * 1024
+    #: retention of the decision log (with its outcomes), applied every minute in the background;
+    #: None keeps everything
+    retention_days: float | None = None
+    retention_rows: int | None = None
     #: decision rows kept in memory for retry while storage fails; beyond them, new rows are dropped
     max_pending_rows: int = 10_000
     #: a request body whose next part takes longer than this to arrive is answered 408
@@ -61,5 +65,7 @@ class ServiceSettings:
     def __post_init__(self) -> None:
         check_number("ServiceSettings", "query_exploration", self.query_exploration, low=0.0, high=1.0)
         check_number("ServiceSettings", "max_model_bytes", self.max_model_bytes, low=1, integer=True)
+        check_number("ServiceSettings", "retention_days", self.retention_days, low=0.0, low_open=True, optional=True)
+        check_number("ServiceSettings", "retention_rows", self.retention_rows, low=1, integer=True, optional=True)
         check_number("ServiceSettings", "max_pending_rows", self.max_pending_rows, low=0, integer=True)
         check_number("ServiceSettings", "body_read_timeout_s", self.body_read_timeout_s, low=0.0, low_open=True)

@@ -108,9 +108,15 @@ class SQLiteStorage:
     #: how long a truncating checkpoint waits for readers before it gives up until the next round
     TRUNCATE_WAIT_MS = 1000
 
-    def __init__(self, path: str | Path, checkpoint_interval_s: float = 0.0, wal_limit_bytes: int = 64 * 1024 * 1024) -> None:
+    #: seconds between two retention passes of the background thread
+    PRUNE_EVERY_S = 60.0
+
+    def __init__(self, path: str | Path, checkpoint_interval_s: float = 0.0, wal_limit_bytes: int = 64 * 1024 * 1024,
+                 retention_days: float | None = None, retention_rows: int | None = None) -> None:
         self.path = Path(path)
         self.wal_limit_bytes = wal_limit_bytes
+        self.retention_days = retention_days
+        self.retention_rows = retention_rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -131,11 +137,38 @@ class SQLiteStorage:
                 self._checkpointer.start()
 
     def _checkpoint_every(self, interval_s: float) -> None:
+        last_prune = time.monotonic()
         while not self._stop.wait(interval_s):
             try:
                 self.checkpoint()
+                if (self.retention_days or self.retention_rows) and time.monotonic() - last_prune >= self.PRUNE_EVERY_S:
+                    last_prune = time.monotonic()
+                    removed = self.prune()
+                    if removed:
+                        log.info("retention: %d old decisions removed", removed)
             except sqlite3.Error as exc:
-                log.warning("WAL checkpoint failed (retried in %.1f s): %s", interval_s, exc)
+                log.warning("WAL checkpoint or retention failed (retried in %.1f s): %s", interval_s, exc)
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply the retention settings: remove decisions older than ``retention_days`` and all but
+        the newest ``retention_rows``, with their outcomes and corrections.  Returns how many went."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._tx() as conn:
+            cut = []
+            if self.retention_days is not None:
+                cut.append(("created_at < ?", (now - self.retention_days * 86400.0,)))
+            if self.retention_rows is not None:
+                row = conn.execute("SELECT created_at FROM decisions ORDER BY created_at DESC LIMIT 1 OFFSET ?",
+                                   (self.retention_rows,)).fetchone()
+                if row is not None:
+                    cut.append(("created_at <= ?", (row[0],)))
+            for where, args in cut:
+                old = f"SELECT request_id FROM decisions WHERE {where}"
+                conn.execute(f"DELETE FROM outcomes WHERE request_id IN ({old})", args)
+                conn.execute(f"DELETE FROM outcome_corrections WHERE request_id IN ({old})", args)
+                removed += conn.execute(f"DELETE FROM decisions WHERE {where}", args).rowcount
+        return removed
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy committed WAL frames into the database file, without blocking writers.
@@ -339,13 +372,14 @@ class _Transaction:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0) -> SQLiteStorage:
+def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0, *, retention_days: float | None = None,
+                 retention_rows: int | None = None) -> SQLiteStorage:
     """The storage for a path (SQLite; a ``postgresql://`` URL would select the PostgreSQL one)."""
     text = str(path)
     if text.startswith(("postgres://", "postgresql://")):
         raise TinyDancerError("PostgreSQL storage is not implemented yet; use a SQLite file path")
     try:
-        return SQLiteStorage(path, checkpoint_interval_s)
+        return SQLiteStorage(path, checkpoint_interval_s, retention_days=retention_days, retention_rows=retention_rows)
     except (OSError, sqlite3.Error) as exc:  # an unwritable folder, a directory, a file that is not a database
         reason = getattr(exc, "strerror", None) or exc
         raise TinyDancerError(f"cannot open the decision log at {text}: {reason}; "
