@@ -123,7 +123,7 @@ def main() -> None:
             def reloader() -> None:
                 with httpx.Client(base_url=url, headers={"Authorization": "Bearer bench"}, timeout=10) as c:
                     while not stop.wait(1.0):
-                        reloads.append(c.post("/admin/reload").status_code)
+                        reloads.append(c.post("/admin/reload", json={}).status_code)  # admin posts are JSON
 
             thread = threading.Thread(target=reloader) if reload else None
             if thread:
