@@ -81,5 +81,28 @@ def table(title: str, columns: list[str], rows: list[list[Any]], key: str | None
     return t
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (benchmarks serve on loopback only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, attempts: int = 300) -> None:
+    """Poll ``url``/health/ready until it answers 200 (up to ~30 s for a server just started)."""
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f} µs"

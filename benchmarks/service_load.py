@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import console, environment, table
+from _common import console, environment, free_port, table, wait_ready
 
 from tinydancer.demo import train_default_router_model
 
@@ -38,12 +37,6 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("%s"):read("*a")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_wrk(text: str) -> dict[str, float]:
@@ -96,12 +89,7 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready(url)
         def wrk(script: Path | None, path: str, connections: int, duration: int) -> list[str]:
             cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
             return cmd + (["-s", str(script)] if script else []) + [url + path]

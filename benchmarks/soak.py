@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,15 +25,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import console, environment, table
+from _common import console, environment, free_port, table, wait_ready
 
 from tinydancer.demo import train_default_router_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -69,12 +62,7 @@ def main() -> None:
     stop = threading.Event()
     samples: list[tuple[float, float, float]] = []
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready(url)
 
         def client(k: int) -> None:
             with httpx.Client(base_url=url, timeout=30) as c:
