@@ -258,3 +258,22 @@ def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router,
     memory, merged, _ = remembered_feedback(new, logs, usable, chosen, observed)
     assert merged == 0 and memory is new.memory
     storage.close()
+
+
+def test_a_query_router_without_its_embedder_says_so_and_never_answers_500(served_router, tmp_path) -> None:
+    """Issue 16, item 4: `serve --query-router` without the router's embedder reported ready, then
+    answered every text query with a 500."""
+    r = QueryRouter.load(served_router)
+    QueryRouter(r.model, r.models, r.costs, "not-installed-embedder", threshold=r.threshold, cost_weight=r.cost_weight,
+                quality_bar=r.quality_bar).save(tmp_path / "broken")
+    app, _db = serving(tmp_path / "broken", tmp_path, 0)
+    with TestClient(app) as client:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and "make embed" in ready.json()["reason"]
+        text = client.post("/v1/route/query", json={"query": "what is 7 times 8?"})
+        assert text.status_code == 503 and "not-installed-embedder" in text.json()["detail"]
+        by_embedding = client.post("/v1/route/query", json={"embedding": EMBEDDER.embed(["what is 7 times 8?"])[0].tolist()})
+        assert by_embedding.status_code == 200  # embeddings still route
+    result = CliRunner().invoke(cli, ["serve", "--query-router", str(tmp_path / "broken"), "--database-path",
+                                      str(tmp_path / "cli.db"), "--model-path", str(tmp_path / "candidates.safetensors")])
+    assert result.exit_code == 1 and "refusing to serve a query router" in result.output

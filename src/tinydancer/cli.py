@@ -371,6 +371,8 @@ def serve(
         err_console.print("[yellow]no TINY_DANCER_AUTH_TOKEN: admin and operator routes answer 403 off loopback[/]")
     application = create_app(settings)
     service = application.state.service
+    if service.query_embedder_problem is not None:
+        raise TinyDancerError(f"refusing to serve a query router that cannot embed text: {service.query_embedder_problem}")
     if service.router is None:
         err_console.print(f"[yellow]starting without a model ({service.not_ready_reason}); /health/ready answers 503[/]")
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)

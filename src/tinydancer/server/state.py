@@ -35,6 +35,8 @@ class Service:
         self.router: Router | None = None
         self.not_ready_reason = "no model loaded yet"
         self.query_router: QueryRouter | None = None
+        #: why the query router cannot embed text (its embedder did not load), or None
+        self.query_embedder_problem: str | None = None
         self.started = time.time()
         self.rng = np.random.default_rng(settings.exploration_seed)  # exploration draws
         folders = settings.model_dirs if settings.model_dirs is not None else (settings.model_path.parent,)
@@ -98,9 +100,16 @@ class Service:
         old = self.query_router
         if old is not None and old.loaded_embedder is not None and old.embedder_id == new.embedder_id:
             new.embedder = old.loaded_embedder  # keep it: a fresh one would load MiniLM again
+        self.query_embedder_problem = _embedder_problem(new)
         self.query_router = new
         self._seen_query_stat = stat
         return new
+
+    def readiness_problem(self) -> str | None:
+        """Why this service should not take traffic now (None: ready)."""
+        if self.router is None:
+            return self.not_ready_reason
+        return self.storage_problem() or self.query_embedder_problem
 
     def reload(self, path: str | None = None) -> ServedModel:
         """Reload (or first load); raises on a bad file and keeps the old model.
@@ -177,3 +186,14 @@ class Service:
                 log.warning("query router file changed but did not load: %s", exc)
                 events.append("query router: failed")
         return events
+
+
+def _embedder_problem(router: QueryRouter) -> str | None:
+    """Load the router's embedder now and embed one text, so a missing one is known at start (and
+    the first request does not pay for loading it); the reason, or None when it works."""
+    try:
+        router.embedder.embed(["warm-up"])
+    except (TinyDancerError, ImportError, OSError) as exc:
+        return (f"the query router's embedder {router.embedder_id!r} cannot load ({exc}); text queries cannot be "
+                "routed: install it with `make embed`, or send embeddings")
+    return None

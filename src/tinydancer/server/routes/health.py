@@ -22,13 +22,12 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready", responses={503: {"description": "no model loaded, or the decision log cannot be written"}})
+@router.get("/health/ready", responses={503: {"description": "no model loaded, the decision log cannot be written, "
+                                                                "or the query router cannot embed text"}})
 async def ready(request: Request) -> Any:
     service = service_of(request)
-    if service.router is None:
-        return JSONResponse({"ready": False, "reason": service.not_ready_reason}, status_code=503)
-    problem = service.storage_problem()
-    if problem is not None:
+    problem = service.readiness_problem()
+    if problem is not None or service.router is None:
         return JSONResponse({"ready": False, "reason": problem}, status_code=503)
     return {"ready": True, "model_version": service.router.served.version}
 

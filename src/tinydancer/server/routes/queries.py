@@ -38,6 +38,8 @@ async def route_query(body: QueryIn, request: Request) -> Any:
     if body.query is not None:
         if not body.query.strip():
             raise unprocessable("the query is blank", ("body", "query"))
+        if service.query_embedder_problem is not None:
+            raise HTTPException(503, service.query_embedder_problem)
         emb = (await asyncio.to_thread(qr.embedder.embed, [body.query]))[0]
     else:
         emb = as_float_array(body.embedding, "embedding", ndim=1)
