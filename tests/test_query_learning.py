@@ -240,7 +240,7 @@ def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router,
     assert sum(k is not None for k in logs.query_keys) == 3 and query_key(repeat) in logs.query_keys
     report = retrain_query_router(storage, served_router, ModelRegistry(tmp_path / "registry"),
                                   RetrainConfig(min_samples=50, allow_mix_shift=True))
-    assert report.promoted
+    assert report.promoted and "3 outcomes of text queries are now in the served router's outcome memory" in report.reason
     new = QueryRouter.load(served_router)
     assert len(new.memory) == 1200 + 1
     row = new.memory.find(np.array([query_key(repeat)], np.uint64))[0]

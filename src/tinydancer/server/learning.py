@@ -314,8 +314,6 @@ def retrain_query_router(
                       info={**current.info, "retrained_at": time.time(), "feedback_queries": n,
                             "memory_entries": 0 if memory is None else len(memory), "memory_feedback_until": until},
                       memory=memory)
-    if merged:
-        say(f"{merged} outcomes of queries sent as text added to the outcome memory ({len(memory)} queries)")
     if pair is not None and current.threshold is not None:
         share = float(np.mean(current.predict(x)[:, 2] >= current.threshold))
         new.score_quantiles = np.quantile(new.predict(x)[:, 2], np.linspace(0, 1, 101))
@@ -346,6 +344,10 @@ def retrain_query_router(
                                         "gate": gate}, parent)
     if better:
         registry.promote(entry, file)
+    if merged:  # say plainly where those outcomes went: into the served router, or only into the registry
+        reason += (f"; {merged} outcomes of text queries are now in the served router's outcome memory"
+                   if better else f"; the served router is unchanged: the {merged} outcomes of text queries merged into "
+                   f"the new version's memory are only in the registry ({entry.version})")
     say(reason)
     return RetrainReport(n, len(fit), 0, len(hold), old_m, new_m, better, entry.version, parent, reason,
                          round(time.perf_counter() - started, 3), asdict(entry), skipped)
