@@ -166,6 +166,10 @@ def test_cli_router_train_eval_route(tmp_path) -> None:
     assert result["apgr"] > 0.7 and 0 <= result["cpt50"] <= 100 and 0 < result["aiq"] <= 1
     r = runner.invoke(app, ["router", "route", str(tmp_path / "r"), "question about topology", "--strong-share", "0.4"])
     assert r.exit_code == 0 and json.loads(r.output)["model"] == "big"
+    point = json.loads(r.output)["operating_point"]
+    assert point["strong_share"] == 0.4 and isinstance(point["threshold"], float)
+    r = runner.invoke(app, ["router", "route", str(tmp_path / "r"), "question about topology", "--cost-weight", "0.1"])
+    assert r.exit_code == 1 and "--strong-share" in r.output and "calibrate" not in r.output
 
 
 def test_hidden_size_is_the_one_that_validates_best() -> None:
@@ -280,3 +284,16 @@ def test_route_and_choose_make_the_same_decision() -> None:
             router.quality_bar = knob.get("quality_bar")
             batch = router.choose(router.model.predict(emb))
             assert [router.route(e).model for e in emb] == [router.models[i] for i in batch]
+
+
+def test_cli_route_on_a_multi_model_router_names_its_flags_and_shows_its_point(tmp_path) -> None:
+    runner = CliRunner()
+    multi_table(300, 0).to_jsonl(tmp_path / "m.jsonl", include_embeddings=False)
+    assert runner.invoke(app, ["router", "train", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "m"),
+                               "--embedder", "hashing-128", "-q"]).exit_code == 0
+    r = runner.invoke(app, ["router", "route", str(tmp_path / "m"), "tell me about topology", "--strong-share", "0.3"])
+    assert r.exit_code == 1 and "--cost-weight" in r.output and "--quality-bar" in r.output and "calibrate()" not in r.output
+    r = runner.invoke(app, ["router", "route", str(tmp_path / "m"), "tell me about topology", "--quality-bar", "0.8"])
+    assert r.exit_code == 0
+    out = json.loads(r.output)
+    assert out["operating_point"]["quality_bar"] == 0.8 and out["model"] in ("cheap", "mid", "top")

@@ -288,17 +288,27 @@ def router_route(
     cost_weight: Optional[float] = typer.Option(None, help="N models: quality − cost_weight × cost."),
     quality_bar: Optional[float] = typer.Option(None, help="N models: cheapest model predicted to reach this quality."),
 ) -> None:
-    """Route one query and print the decision as JSON."""
+    """Route one query and print the decision, and the operating point it was made at, as JSON."""
     from .llm.query_router import QueryRouter
 
     router = QueryRouter.load(router_dir)
+    pair = router.is_pair
+    if pair and (cost_weight is not None or quality_bar is not None):
+        raise TinyDancerError(f"{router_dir} routes between two models: set the operating point with --strong-share, "
+                              "not --cost-weight or --quality-bar")
+    if not pair and strong_share is not None:
+        raise TinyDancerError(f"{router_dir} routes between {len(router.models)} models: set the operating point with "
+                              "--cost-weight (quality − weight × cost) or --quality-bar (the cheapest model predicted to "
+                              "reach it), not --strong-share")
     if strong_share is not None:
         router.calibrate(strong_share)
     if cost_weight is not None:
         router.cost_weight = cost_weight
     if quality_bar is not None:
         router.quality_bar = quality_bar
-    typer.echo(json.dumps(router.route(query).to_dict()))
+    point = ({"threshold": router.threshold, "strong_share": strong_share} if pair
+             else {"cost_weight": router.cost_weight, "quality_bar": router.quality_bar})
+    typer.echo(json.dumps({**router.route(query).to_dict(), "operating_point": point}))
 
 
 @router_app.command("tables")
