@@ -97,3 +97,15 @@ def test_calibration_by_hand() -> None:
     assert brier_score([0.2, 0.8], [0, 1]) == pytest.approx(0.04)
     assert expected_calibration_error([0.2, 0.8], [0, 1]) == pytest.approx(0.2)
     assert expected_calibration_error([0.7] * 10, [1] * 7 + [0] * 3) == pytest.approx(0.0)
+
+
+def test_savings_against_the_best_single_model_by_hand() -> None:
+    from tinydancer.llm.evaluation import savings
+
+    # a sweep from cheap to dear; the best single model has quality 0.80 at $10 a query
+    costs, quality = [1.0, 2.0, 4.0, 8.0, 12.0], [0.50, 0.70, 0.76, 0.80, 0.81]
+    out = savings(costs, quality, best_cost=10.0, best_quality=0.80)
+    assert out["90%"] == {"mean_quality": 0.76, "mean_cost": 4.0, "saved_per_query": 6.0, "saved_share": 0.6}
+    assert out["95%"]["mean_cost"] == 4.0  # 0.76 = 95 % of 0.80
+    assert out["100%"] == {"mean_quality": 0.80, "mean_cost": 8.0, "saved_per_query": 2.0, "saved_share": 0.2}
+    assert savings(costs, quality, 10.0, 0.90)["100%"] is None  # never reached

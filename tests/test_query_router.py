@@ -297,3 +297,20 @@ def test_cli_route_on_a_multi_model_router_names_its_flags_and_shows_its_point(t
     assert r.exit_code == 0
     out = json.loads(r.output)
     assert out["operating_point"]["quality_bar"] == 0.8 and out["model"] in ("cheap", "mid", "top")
+
+
+def test_router_eval_reports_the_money_saved(tmp_path) -> None:
+    runner = CliRunner()
+    multi_table(400, 0).to_jsonl(tmp_path / "train.jsonl", include_embeddings=False)
+    multi_table(300, 1).to_jsonl(tmp_path / "test.jsonl", include_embeddings=False)
+    assert runner.invoke(app, ["router", "train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "m"),
+                               "--embedder", "hashing-128", "-q"]).exit_code == 0
+    r = runner.invoke(app, ["router", "eval", str(tmp_path / "m"), str(tmp_path / "test.jsonl"), "--json"])
+    out = json.loads(r.output)
+    assert out["best_single_model"]["model"] == "top" and out["best_single_model"]["mean_cost"] == 10.0
+    ninety = out["savings"]["90%"]
+    # 'cheap' knows fruit and 'mid' maths: routing reaches 90 % of 'top' for much less than $10
+    assert ninety is not None and ninety["mean_quality"] >= 0.9 * out["best_single_model"]["mean_quality"]
+    assert ninety["saved_per_query"] > 3.0 and 0 < ninety["saved_share"] < 1
+    r = runner.invoke(app, ["router", "eval", str(tmp_path / "m"), str(tmp_path / "test.jsonl")])
+    assert r.exit_code == 0 and "saved at 90%" in r.output

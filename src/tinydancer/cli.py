@@ -243,7 +243,8 @@ def router_eval(
     prices: Optional[Path] = typer.Option(None),
     plot: Optional[Path] = typer.Option(None, help="Write the cost-quality curve as PNG."),
 ) -> None:
-    """AIQ, and for two-model tables APGR and CPT(20/50/80 %), of a router on a table."""
+    """AIQ, and for two-model tables APGR and CPT(20/50/80 %), of a router on a table, and the money
+    it saves against always calling the best single model at 90, 95 and 100 % of its quality."""
     from .llm.query_router import QueryRouter
 
     router = QueryRouter.load(router_dir)
@@ -266,7 +267,13 @@ def router_eval(
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        _print_or_json({k: v for k, v in result.items() if k != "models"}, False, f"router {router_dir.name} on {table.name}")
+        flat = {k: v for k, v in result.items() if k not in ("models", "savings", "best_single_model")}
+        best = result["best_single_model"]
+        flat["best single model"] = f"{best['model']}: quality {best['mean_quality']:.3f} at ${best['mean_cost']:.4g} a query"
+        for level, point in result["savings"].items():
+            flat[f"saved at {level} of its quality"] = ("not reached" if point is None else
+                                                        f"${point['saved_per_query']:.4g} a query ({point['saved_share']:.0%})")
+        _print_or_json(flat, False, f"router {router_dir.name} on {table.name}")
 
 
 def _calibration(router: Any, data: Any) -> dict[str, float]:

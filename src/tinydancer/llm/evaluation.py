@@ -182,3 +182,27 @@ def expected_calibration_error(probs: np.ndarray, outcomes: np.ndarray, n_bins: 
     # count · |mean outcome − mean prediction| per bin is |Σ outcome − Σ prediction|
     gap = np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins)
     return float(np.abs(gap).sum() / p.size)
+
+
+def savings(curve_costs: Sequence[float], curve_quality: Sequence[float], best_cost: float, best_quality: float,
+            fractions: Sequence[float] = (0.9, 0.95, 1.0)) -> dict[str, dict[str, float] | None]:
+    """Money saved against always calling the best single model, at fractions of its quality.
+
+    For each fraction f: the cheapest operating point of the router's sweep whose mean quality
+    reaches ``f × best_quality``, its mean cost, and what it saves per query against
+    ``best_cost`` (also as a share of it).  None where no point of the sweep reaches the bar.
+    """
+    costs = np.asarray(curve_costs, dtype=np.float64)
+    quality = np.asarray(curve_quality, dtype=np.float64)
+    out: dict[str, dict[str, float] | None] = {}
+    for f in fractions:
+        ok = quality >= f * best_quality - 1e-12
+        key = f"{f:.0%}"
+        if not ok.any():
+            out[key] = None
+            continue
+        i = int(np.flatnonzero(ok)[np.argmin(costs[ok])])
+        saved = best_cost - float(costs[i])
+        out[key] = {"mean_quality": float(quality[i]), "mean_cost": float(costs[i]), "saved_per_query": saved,
+                    "saved_share": saved / best_cost if best_cost > 0 else 0.0}
+    return out

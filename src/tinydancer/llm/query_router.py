@@ -39,7 +39,7 @@ import numpy as np
 from .._validation import as_float_array, check_number
 from ..nn.data import TrainingDataset
 from ..errors import ModelFileError, ValidationError
-from .evaluation import aiq, lambda_grid, routellm_curve, sweep_points
+from .evaluation import aiq, lambda_grid, routellm_curve, savings, sweep_points
 from ..nn.losses import soft_targets_from_logits
 from .memory import OutcomeMemory
 from ..nn import FastGRNN, FastGRNNConfig
@@ -378,6 +378,11 @@ class QueryRouter:
         chosen = self.choose(outputs)
         result["default_setting"] = dict(zip(("mean_cost", "mean_quality"), sweep_points(chosen, scores, costs)))
         result["curve"] = {"mean_cost": [p[0] for p in points], "mean_quality": [p[1] for p in points]}
+        best = int(np.argmax(scores.mean(axis=0)))
+        result["best_single_model"] = {"model": self.models[best], "mean_quality": float(scores[:, best].mean()),
+                                       "mean_cost": float(mean_costs[best])}
+        result["savings"] = savings([p[0] for p in points], [p[1] for p in points], float(mean_costs[best]),
+                                    float(scores[:, best].mean()))
         return result
 
     def _table_embeddings(self, table: RoutingTable) -> np.ndarray:
