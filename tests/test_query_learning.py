@@ -277,3 +277,38 @@ def test_a_query_router_without_its_embedder_says_so_and_never_answers_500(serve
     result = CliRunner().invoke(cli, ["serve", "--query-router", str(tmp_path / "broken"), "--database-path",
                                       str(tmp_path / "cli.db"), "--model-path", str(tmp_path / "candidates.safetensors")])
     assert result.exit_code == 1 and "refusing to serve a query router" in result.output
+
+
+def test_operating_points_from_serve_and_per_request(served_router, tmp_path) -> None:
+    """Issue 16, item 3: serve and each /v1/route/query request choose the point, with the knob
+    that fits the router, and the answer shows the point used."""
+    emb = EMBEDDER.embed(["what is 7 times 8?"])[0].tolist()
+    app, _db = serving(served_router, tmp_path, 0, query_cost_weight=1.0)  # cost dominates: the cheapest model
+    with TestClient(app) as client:
+        served = client.post("/v1/route/query", json={"embedding": emb}).json()
+        assert served["model"] == "cheap" and served["operating_point"]["cost_weight"] == 1.0
+        free = client.post("/v1/route/query", json={"embedding": emb, "cost_weight": 0.0}).json()
+        assert free["operating_point"]["cost_weight"] == 0.0 and free["predicted_quality"] >= served["predicted_quality"]
+        bar = client.post("/v1/route/query", json={"embedding": emb, "quality_bar": 0.0}).json()
+        assert bar["model"] == "cheap" and bar["operating_point"]["quality_bar"] == 0.0
+        wrong = client.post("/v1/route/query", json={"embedding": emb, "strong_share": 0.3})
+        assert wrong.status_code == 422 and "cost_weight" in wrong.text  # the knob that fits, by name
+        assert client.post("/v1/route/query", json={"embedding": emb}).json()["operating_point"]["cost_weight"] == 1.0
+    with pytest.raises(TinyDancerError, match="--strong-share, --cost-weight, --quality-bar"):
+        serving(served_router, tmp_path / "x", 0, query_strong_share=0.3)
+
+
+def test_a_pair_router_serves_at_its_strong_share(tmp_path) -> None:
+    from test_query_router import pair_table
+
+    router = QueryRouter.fit(pair_table(600, 0), QueryRouterConfig(hidden_dims=(8,), epochs=10), embedder=EMBEDDER)
+    router.save(tmp_path / "pair")
+    texts = pair_table(200, 1).queries
+    app, _db = serving(tmp_path / "pair", tmp_path, 0, query_strong_share=0.0)
+    with TestClient(app) as client:
+        never = [client.post("/v1/route/query", json={"embedding": e.tolist()}).json() for e in EMBEDDER.embed(texts[:40])]
+        assert {r["model"] for r in never} == {"small"}
+        always = client.post("/v1/route/query", json={"embedding": EMBEDDER.embed(texts[:1])[0].tolist(), "strong_share": 1.0}).json()
+        assert always["model"] == "big" and always["operating_point"]["threshold"] <= always["strong_score"]
+        assert client.post("/v1/route/query", json={"embedding": EMBEDDER.embed(texts[:1])[0].tolist(),
+                                                    "cost_weight": 0.5}).status_code == 422

@@ -363,6 +363,9 @@ def serve(
     retention_rows: Optional[int] = typer.Option(None, help="Keep at most this many logged decisions, the newest."),
     insecure: bool = typer.Option(False, "--insecure", help="Lab networks only: serve every route without credentials "
                                                             "on any address."),
+    strong_share: Optional[float] = typer.Option(None, help="Two-model query router: this share of typical queries go strong."),
+    cost_weight: Optional[float] = typer.Option(None, help="N-model query router: decide by quality − weight × cost."),
+    quality_bar: Optional[float] = typer.Option(None, help="N-model query router: the cheapest model predicted to reach this."),
 ) -> None:
     """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale).
 
@@ -379,7 +382,8 @@ def serve(
                                query_router_path=query_router, watch_interval_s=watch_interval,
                                query_exploration=explore, host=host, insecure=insecure, body_read_timeout_s=body_timeout,
                                max_pending_rows=log_buffer_rows, retention_days=retention_days,
-                               retention_rows=retention_rows)
+                               retention_rows=retention_rows, query_strong_share=strong_share,
+                               query_cost_weight=cost_weight, query_quality_bar=quality_bar)
     if not is_loopback(host) and not insecure and not (settings.api_keys or settings.auth_token):
         raise TinyDancerError(
             f"refusing to listen on {host} without credentials: set TINY_DANCER_API_KEYS (client keys, comma-separated) "

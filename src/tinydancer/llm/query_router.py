@@ -32,7 +32,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -90,6 +90,18 @@ class QueryRouterConfig:
         check_number("QueryRouterConfig", "teacher_weight", self.teacher_weight, low=0.0, high=1.0)
         check_number("QueryRouterConfig", "label_weight", self.label_weight, low=0.0, high=1.0)
         check_number("QueryRouterConfig", "memory_prior", self.memory_prior, low=0.0, low_open=True)
+
+
+class OperatingPoint(NamedTuple):
+    """Where on its cost-quality curve a router decides: the two-model threshold, or the N-model
+    cost weight and quality bar."""
+
+    threshold: float | None
+    cost_weight: float
+    quality_bar: float | None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return self._asdict()
 
 
 @dataclass(frozen=True)
@@ -293,12 +305,15 @@ class QueryRouter:
             out = self.memory.blend([text], out[None, :])[0][0]
         return out
 
-    def route(self, query: str | Sequence[float] | np.ndarray, *, text: str | None = None) -> RouteDecision:
+    def route(self, query: str | Sequence[float] | np.ndarray, *, text: str | None = None,
+              point: "OperatingPoint | None" = None) -> RouteDecision:
         """Route one query given as text or as its embedding (the hot path: one compiled pass).
 
         A caller that embedded the text itself passes the embedding and ``text=`` the text, so
-        that a remembered query still gets its remembered outcomes.
+        that a remembered query still gets its remembered outcomes.  ``point`` routes this one
+        query at another operating point (see :meth:`operating_point`) without changing the router.
         """
+        threshold, cost_weight, quality_bar = (self.threshold, self.cost_weight, self.quality_bar) if point is None else point
         out = self.predict(query)[0] if isinstance(query, str) else self.outputs_for(query, text)
         # one query, a handful of models: plain Python floats beat NumPy scalars here
         values = out.tolist()
@@ -306,15 +321,15 @@ class QueryRouter:
         quality = values[:m]
         costs = self._cost_list
         if self.is_pair:
-            if self.threshold is None:
+            if threshold is None:
                 raise ValidationError("no threshold: call calibrate(strong_share) first")
-            choice = self.strong if values[2] >= self.threshold else self.weak
+            choice = self.strong if values[2] >= threshold else self.weak
             runner = 1 - choice
             utility = quality
         else:
-            lam = self.cost_weight
+            lam = cost_weight
             utility = [q - lam * c for q, c in zip(quality, costs)]
-            bar = self.quality_bar
+            bar = quality_bar
             if bar is not None and max(quality) >= bar:
                 choice = min((i for i in range(m) if quality[i] >= bar), key=lambda i: (costs[i], -quality[i]))
             else:
@@ -330,6 +345,43 @@ class QueryRouter:
             strong_score=values[2] if self.is_pair else None,
         )
 
+    def operating_point(self, *, strong_share: float | None = None, cost_weight: float | None = None,
+                        quality_bar: float | None = None) -> "OperatingPoint":
+        """The (threshold, cost_weight, quality_bar) that routing uses, moved by the knobs that fit
+        this router: ``strong_share`` for two models, ``cost_weight`` / ``quality_bar`` for more.
+        Nothing is changed on the router; errors name the knob to use instead."""
+        if self.is_pair:
+            if cost_weight is not None or quality_bar is not None:
+                raise ValidationError("this router chooses between two models: set strong_share, not cost_weight or quality_bar")
+            threshold = self.threshold if strong_share is None else self.threshold_for_share(strong_share)
+            return OperatingPoint(threshold, self.cost_weight, self.quality_bar)
+        if strong_share is not None:
+            raise ValidationError(f"this router chooses among {len(self.models)} models: set cost_weight "
+                                  "(quality − weight × cost) or quality_bar (the cheapest model predicted to reach it), "
+                                  "not strong_share")
+        for name, value in (("cost_weight", cost_weight), ("quality_bar", quality_bar)):
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                raise ValidationError(f"{name} must be a finite number >= 0, got {value!r}")
+        return OperatingPoint(self.threshold, self.cost_weight if cost_weight is None else float(cost_weight),
+                              self.quality_bar if quality_bar is None else float(quality_bar))
+
+    def threshold_for_share(self, target_strong_share: float) -> float:
+        """The threshold that sends ``target_strong_share`` of typical queries to the strong model,
+        from the training queries' stored score distribution (the router is not changed)."""
+        if not self.is_pair:
+            raise ValidationError(f"strong_share applies to two-model routers; this one chooses among {len(self.models)} "
+                                  "models: set cost_weight or quality_bar")
+        if not 0.0 <= target_strong_share <= 1.0:
+            raise ValidationError(f"strong_share must be in [0, 1], got {target_strong_share!r}")
+        if self.score_quantiles is None:
+            raise ValidationError("this router has no stored score distribution: calibrate it on queries first")
+        grid = np.linspace(0.0, 1.0, len(self.score_quantiles))
+        threshold = float(np.interp(1.0 - target_strong_share, grid, self.score_quantiles))
+        if target_strong_share == 0.0:
+            # scores are float32 and NumPy compares them in float32: step one float32 ulp up
+            threshold = float(np.nextafter(np.float32(threshold), np.float32(np.inf)))
+        return threshold
+
     def calibrate(self, target_strong_share: float, queries: Any = None) -> float:
         """Set the threshold so that ``target_strong_share`` of queries go to the strong model.
 
@@ -340,14 +392,13 @@ class QueryRouter:
             raise ValidationError("calibrate() applies to two-model routers; set cost_weight or quality_bar")
         if not 0.0 <= target_strong_share <= 1.0:
             raise ValidationError("target_strong_share must be in [0, 1]")
-        if queries is not None:
-            scores = self.strong_scores(queries)
-            self.threshold = float(np.quantile(scores, 1.0 - target_strong_share))
-        elif self.score_quantiles is not None:
-            grid = np.linspace(0.0, 1.0, len(self.score_quantiles))
-            self.threshold = float(np.interp(1.0 - target_strong_share, grid, self.score_quantiles))
-        else:
-            raise ValidationError("no stored score distribution: pass queries to calibrate on")
+        if queries is None:
+            if self.score_quantiles is None:
+                raise ValidationError("no stored score distribution: pass queries to calibrate on")
+            self.threshold = self.threshold_for_share(target_strong_share)
+            return self.threshold
+        scores = self.strong_scores(queries)
+        self.threshold = float(np.quantile(scores, 1.0 - target_strong_share))
         if target_strong_share == 0.0:
             # scores are float32 and NumPy compares them in float32: step one float32 ulp up
             self.threshold = float(np.nextafter(np.float32(self.threshold), np.float32(np.inf)))

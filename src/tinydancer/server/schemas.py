@@ -37,6 +37,17 @@ class RouteOut(BaseModel):
 class QueryIn(Strict):
     query: str | None = Field(None, min_length=1, max_length=100_000)
     embedding: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM)
+    #: this request's operating point, when it should differ from the served one (the knob that
+    #: fits the router: strong_share for two models, cost_weight or quality_bar for more)
+    strong_share: float | None = Field(None, ge=0.0, le=1.0)
+    cost_weight: float | None = Field(None, ge=0.0)
+    quality_bar: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class OperatingPointOut(BaseModel):
+    threshold: float | None = Field(description="two models: the strong score at and above which the strong model is called")
+    cost_weight: float = Field(description="N models: decisions maximize quality − cost_weight × cost")
+    quality_bar: float | None = Field(description="N models: the cheapest model predicted to reach this quality")
 
 
 def _decision_fields() -> dict[str, Any]:
@@ -52,6 +63,7 @@ QueryOut = create_model(
     request_id=(str, ...),
     **_decision_fields(),
     latency_us=(float, ...),
+    operating_point=(OperatingPointOut, ...),
     explored=(bool, Field(False, description="sent to a model drawn at random (exploration), not the router's choice")),
 )
 

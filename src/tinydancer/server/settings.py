@@ -59,6 +59,11 @@ class ServiceSettings:
     #: holds the default registry models/registry too); see tinydancer.server.model_files
     model_dirs: tuple[Path, ...] | None = None
     max_model_bytes: int = DEFAULT_MAX_BYTES
+    #: the query router's operating point while served (None: the one saved with it); use the
+    #: knob that fits the router: strong share for two models, cost weight or quality bar for more
+    query_strong_share: float | None = None
+    query_cost_weight: float | None = None
+    query_quality_bar: float | None = None
     #: seeds the exploration draws (None: fresh entropy each start), so a run can be replayed
     exploration_seed: int | None = None
 

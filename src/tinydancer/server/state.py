@@ -97,6 +97,13 @@ class Service:
             raise TinyDancerError("no query router configured (--query-router DIR)")
         stat = self._stat(file)
         new = QueryRouter.load(file)
+        s = self.settings
+        try:  # the served operating point, from the serve flags; refused (naming the flag) if it does not fit
+            point = new.operating_point(strong_share=s.query_strong_share, cost_weight=s.query_cost_weight,
+                                        quality_bar=s.query_quality_bar)
+        except TinyDancerError as exc:
+            raise TinyDancerError(f"{file}: {exc} (the serve flags: --strong-share, --cost-weight, --quality-bar)") from None
+        new.threshold, new.cost_weight, new.quality_bar = point
         old = self.query_router
         if old is not None and old.loaded_embedder is not None and old.embedder_id == new.embedder_id:
             new.embedder = old.loaded_embedder  # keep it: a fresh one would load MiniLM again

@@ -43,7 +43,8 @@ async def route_query(body: QueryIn, request: Request) -> Any:
         emb = (await asyncio.to_thread(qr.embedder.embed, [body.query]))[0]
     else:
         emb = as_float_array(body.embedding, "embedding", ndim=1)
-    decision = qr.route(emb, text=body.query)
+    point = qr.operating_point(strong_share=body.strong_share, cost_weight=body.cost_weight, quality_bar=body.quality_bar)
+    decision = qr.route(emb, text=body.query, point=point)
     share = service.settings.query_exploration
     explored = share > 0 and service.rng.random() < share
     if explored:
@@ -57,4 +58,5 @@ async def route_query(body: QueryIn, request: Request) -> Any:
                                           latency, None if body.query is None else query_key(body.query)))
     service.metrics.requests.labels("/v1/route/query").inc()
     service.metrics.latency.observe_many([latency * 1e-6], "/v1/route/query")
-    return {"request_id": request_id, **decision.to_dict(), "latency_us": latency, "explored": explored}
+    return {"request_id": request_id, **decision.to_dict(), "latency_us": latency, "operating_point": point.to_dict(),
+            "explored": explored}
