@@ -359,9 +359,8 @@ class QueryRouter:
             raise ValidationError(f"this router chooses among {len(self.models)} models: set cost_weight "
                                   "(quality − weight × cost) or quality_bar (the cheapest model predicted to reach it), "
                                   "not strong_share")
-        for name, value in (("cost_weight", cost_weight), ("quality_bar", quality_bar)):
-            if value is not None and not (np.isfinite(value) and value >= 0):
-                raise ValidationError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_number("operating point", "cost_weight", cost_weight, low=0.0, optional=True)
+        check_number("operating point", "quality_bar", quality_bar, low=0.0, optional=True)
         return OperatingPoint(self.threshold, self.cost_weight if cost_weight is None else float(cost_weight),
                               self.quality_bar if quality_bar is None else float(quality_bar))
 
