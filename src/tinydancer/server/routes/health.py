@@ -27,9 +27,9 @@ async def health() -> dict[str, str]:
 async def ready(request: Request) -> Any:
     service = service_of(request)
     problem = service.readiness_problem()
-    if problem is not None or service.router is None:
+    if problem is not None:
         return JSONResponse({"ready": False, "reason": problem}, status_code=503)
-    return {"ready": True, "model_version": service.router.served.version}
+    return {"ready": True, "model_version": None if service.router is None else service.router.served.version}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -5,6 +5,7 @@
 """
 
 from .base import (
+    CallRecord,
     DecisionRow,
     LabelledLogs,
     OutcomeExistsError,
@@ -19,6 +20,7 @@ from .sqlite import MIGRATIONS, SQLiteStorage, open_storage
 from .writer import DecisionWriter
 
 __all__ = [
+    "CallRecord",
     "MIGRATIONS",
     "DecisionRow",
     "DecisionWriter",

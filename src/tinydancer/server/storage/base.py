@@ -60,11 +60,41 @@ class LabelledLogs:
     feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+@dataclass(frozen=True)
+class CallRecord:
+    """One upstream attempt of a gateway call (a call that fell back has one per upstream tried)."""
+
+    request_id: str
+    attempt: int
+    upstream: str
+    target: str
+    status: str
+    http_status: int | None
+    stream: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost: float | None
+    ttft_ms: float | None
+    total_ms: float
+    created_at: float
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.request_id, self.attempt, self.upstream, self.target, self.status, self.http_status, int(self.stream),
+                self.prompt_tokens, self.completion_tokens, self.cost, self.ttft_ms, self.total_ms, self.created_at)
+
+    def failure_outcome(self, rank: int) -> tuple[Any, ...]:
+        """The outcome row saying this attempt's model failed the call (success 0, no quality)."""
+        return (self.request_id, self.target, rank, 0, None, self.cost, self.created_at)
+
+
 class Storage(Protocol):
     def record_decisions(self, request_id: str, kind: str, model_version: str, rows: Sequence[DecisionRow],
                          latency_us: float) -> None: ...
 
     def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None: ...
+
+    def insert_log(self, decisions: list[tuple[Any, ...]], calls: list[tuple[Any, ...]],
+                   outcomes: list[tuple[Any, ...]]) -> None: ...
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
                        cost: float | None, *, correction: bool = False, by: str | None = None) -> str: ...

@@ -10,6 +10,8 @@ Tables
                 embedding retraining needs, confidence, uncertainty and decision of each (packed
                 arrays), latency, time — one insert per routed request, not one per candidate
     outcomes    feedback joined to decisions by request id and target: success, quality, cost
+    calls       the gateway's upstream attempts: one row per attempt of a call (status, tokens,
+                actual cost, time to first token, total time), joined to its decision by request id
 Statistics (totals, averages, p50/p95/p99 latency) are computed from the stored rows.
 
 Durability: an outcome is committed before it is acknowledged, and in WAL mode a committed
@@ -91,6 +93,26 @@ MIGRATIONS: list[str] = [
         corrected_by TEXT
     );
     """,
+    # 4: the gateway's upstream calls, one row per attempt (a call that fell back has several)
+    """
+    CREATE TABLE calls (
+        request_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        upstream TEXT NOT NULL,          -- the configured upstream's name
+        target TEXT NOT NULL,            -- the router's model it plays
+        status TEXT NOT NULL,            -- ok, http_429, http_5xx, timeout, connect, broken, client_error, client_cancelled
+        http_status INTEGER,
+        stream INTEGER NOT NULL,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        cost REAL,                       -- dollars, from usage x the upstream's prices
+        ttft_ms REAL,                    -- time to the first byte (streams: the first chunk)
+        total_ms REAL NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (request_id, attempt)
+    );
+    CREATE INDEX calls_created ON calls (created_at)
+    """,
 ]
 
 
@@ -167,6 +189,7 @@ class SQLiteStorage:
                 old = f"SELECT request_id FROM decisions WHERE {where}"
                 conn.execute(f"DELETE FROM outcomes WHERE request_id IN ({old})", args)
                 conn.execute(f"DELETE FROM outcome_corrections WHERE request_id IN ({old})", args)
+                conn.execute(f"DELETE FROM calls WHERE request_id IN ({old})", args)
                 removed += conn.execute(f"DELETE FROM decisions WHERE {where}", args).rowcount
         return removed
 
@@ -262,6 +285,25 @@ class SQLiteStorage:
         with self._tx() as conn:
             conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
+    def insert_log(self, decisions: list[tuple[Any, ...]], calls: list[tuple[Any, ...]],
+                   outcomes: list[tuple[Any, ...]]) -> None:
+        """Decisions, gateway calls (:meth:`CallRecord.row`) and automatic outcomes (failed attempts)
+        in one transaction; an outcome already recorded (feedback came first) is kept."""
+        with self._tx() as conn:
+            if decisions:
+                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+            if calls:
+                conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
+            if outcomes:
+                conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?,?,?,?,?,?,?)", outcomes)
+
+    def calls(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Gateway call rows (all, or one request's), oldest first."""
+        sql = "SELECT * FROM calls" + (" WHERE request_id=?" if request_id else "") + " ORDER BY created_at, attempt"
+        cur = self._conn().execute(sql, (request_id,) if request_id else ())
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
                        cost: float | None, *, correction: bool = False, by: str | None = None) -> str:
         """Attach feedback to a logged decision (the top-ranked target when ``target`` is None).
@@ -299,6 +341,7 @@ class SQLiteStorage:
             sql += " AND d.created_at >= ?"
             args.append(since)
         rows = self._conn().execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall()
+        rows = [r for r in rows if r[0]]  # a gateway call to a named model is logged without inputs: nothing to learn from
         if not rows:
             return LabelledLogs(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0), [])
         inputs = [np.frombuffer(blob, dtype=np.float32).reshape(n, -1)[rank] for blob, n, rank, *_ in rows]
@@ -314,7 +357,7 @@ class SQLiteStorage:
         )
 
     def count(self, table: str) -> int:
-        if table not in ("candidates", "decisions", "outcomes"):
+        if table not in ("candidates", "decisions", "outcomes", "calls"):
             raise ValueError(table)
         return int(self._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 

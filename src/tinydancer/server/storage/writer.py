@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ...errors import TinyDancerError
 from .base import Storage, StorageUnavailable
@@ -40,6 +40,9 @@ class DecisionWriter:
         self.on_drop = on_drop
         self.dropped = 0
         self._pending: list[tuple[Any, ...]] = []
+        #: the gateway's call rows and automatic outcomes, committed with the decisions
+        self._calls: list[tuple[Any, ...]] = []
+        self._outcomes: list[tuple[Any, ...]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.error: BaseException | None = None
@@ -52,7 +55,9 @@ class DecisionWriter:
     def closed(self) -> bool:
         return self._closed
 
-    def submit(self, rows: list[tuple[Any, ...]]) -> None:
+    def submit(self, rows: Sequence[tuple[Any, ...]], calls: Sequence[tuple[Any, ...]] = (),
+               outcomes: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Queue decision rows (with, for a gateway call, its call rows and failure outcomes)."""
         if self._closed:
             raise TinyDancerError("the decision writer is closed")
         if len(self._pending) + len(rows) > self.max_pending:
@@ -63,6 +68,8 @@ class DecisionWriter:
                     self.on_drop(len(rows))
                 return
         self._pending.extend(rows)
+        self._calls.extend(calls)
+        self._outcomes.extend(outcomes)
         if self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -73,7 +80,7 @@ class DecisionWriter:
 
     def _commit(self, force: bool = False) -> None:
         self._timer = None
-        if not self._pending:
+        if not self._pending and not self._calls:
             return
         checkpointing = getattr(self.storage, "checkpointing", None)
         if not force and checkpointing is not None and checkpointing.is_set():
@@ -81,11 +88,17 @@ class DecisionWriter:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._commit)
             return
         batch, self._pending = self._pending, []
+        calls, outcomes, self._calls, self._outcomes = self._calls, self._outcomes, [], []
         try:
-            self.storage.insert_decision_rows(batch)
+            if calls or outcomes:
+                self.storage.insert_log(batch, calls, outcomes)
+            else:
+                self.storage.insert_decision_rows(batch)
             self.error = None
         except sqlite3.OperationalError as exc:  # disk full, locked: keep the rows, the next commit retries
             self._pending[:0] = batch
+            self._calls[:0] = calls
+            self._outcomes[:0] = outcomes
             self.error = exc
             log.error("decision log commit failed, %d rows kept for retry: %s", len(batch), exc)
         except Exception as exc:  # a batch that can never be written: drop it rather than block all logging

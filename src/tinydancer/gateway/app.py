@@ -1,0 +1,33 @@
+"""The gateway's app factory: the service's app (routing, feedback, metrics, admin) plus the
+OpenAI-compatible routes, in one process."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from fastapi import FastAPI
+
+from ..server import ServiceSettings, create_app
+from .config import GatewayConfig
+from .routes import ROUTES
+from .state import Gateway
+
+__all__ = ["create_gateway_app"]
+
+
+def create_gateway_app(config: GatewayConfig, settings: ServiceSettings | None = None, embedder: Any = None) -> FastAPI:
+    """``embedder`` replaces the router's own (tests pass a small deterministic one)."""
+    # the gateway does not use the candidate-scoring model: readiness does not wait for one
+    settings = replace(settings or ServiceSettings(), require_candidate_model=False)
+    holder: list[Gateway] = []
+
+    async def close() -> None:
+        for gw in holder:
+            await gw.close()
+
+    app = create_app(settings, extra_routes=ROUTES, on_close=[close])
+    gateway = Gateway(config, app.state.service, embedder=embedder)
+    holder.append(gateway)
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,72 @@
+"""The gateway's routes: ``POST /v1/chat/completions`` and ``GET /v1/models`` (OpenAI's shapes).
+
+The chat handler reads the body itself (no pydantic model): the body is forwarded as it came,
+fields we do not know included, with only ``model`` replaced and our ``tinydancer`` field taken
+out.  Credentials were checked before the body was read (:mod:`tinydancer.server.guards`:
+``/v1/*`` needs a client key when keys are set).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.routing import Route
+
+from .forwarding import forward, openai_error
+from .selection import CallOptions, RequestError, parse_model, prompt_text
+from .state import Gateway
+
+router = APIRouter(tags=["gateway"])
+
+_CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["model", "messages"], "additionalProperties": True,
+    "properties": {
+        "model": {"type": "string", "description": "an upstream's name, 'tinydancer', or router-<name>-<threshold>"},
+        "messages": {"type": "array", "items": {"type": "object"}},
+        "stream": {"type": "boolean"},
+        "tinydancer": {"type": "object", "description": "models, max_cost, strong_share, cost_weight, quality_bar"},
+    }}}}}}
+
+
+def gateway_of(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions: OpenAI chat completions, routed to an upstream LLM."""
+    started = time.perf_counter()
+    gw = gateway_of(request)
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return openai_error(400, "the body is not valid JSON", "invalid_json")
+    if not isinstance(body, dict):
+        return openai_error(400, "the body must be a JSON object", "invalid_json")
+    try:
+        spec = parse_model(body.get("model"), gw.config)
+        options = CallOptions.parse(body.pop("tinydancer", None))
+        text = prompt_text(body)
+        stream = body.get("stream") is True
+        plan = await gw.plan(spec, options, body, text, request.headers.get("x-session-id"))
+    except RequestError as exc:
+        return openai_error(exc.status, str(exc), exc.code, exc.param)
+    plan.overhead_s = time.perf_counter() - started
+    gw.metrics.overhead.observe(plan.overhead_s, "routed" if plan.routed else "named")
+    return await forward(gw, plan, body, stream, request.receive)
+
+
+@router.get("/v1/models", summary="The routed aliases and the upstreams")
+async def models(request: Request) -> Any:
+    return {"object": "list", "data": gateway_of(request).models()}
+
+
+# A plain Starlette route: FastAPI's dependency solving and response handling cost ~100 µs a call
+# here, and this handler reads and answers its body itself anyway.  OpenAI's own specification
+# documents the body; the service's /openapi.json lists it through the stub below.
+router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=True,
+                     summary="OpenAI chat completions, routed to an upstream LLM", openapi_extra=_CHAT_BODY)
+ROUTES = [Route("/v1/chat/completions", chat_completions, methods=["POST"]), *router.routes]

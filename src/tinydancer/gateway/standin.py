@@ -1,0 +1,191 @@
+"""An OpenAI-compatible stand-in LLM on loopback, and a way to run any ASGI app in a thread.
+
+No provider is reachable from the machines this project runs on, so the demo, the tests and
+``benchmarks/gateway.py`` put these in front of the gateway as its upstreams.  A stand-in answers
+``POST /v1/chat/completions`` (plain and streamed, with ``usage``) in OpenAI's shapes, and can fail
+on purpose: ``POST /_standin/mode {"mode": ...}`` switches it to answer 400, 401, 429 or 500, to hang until
+the caller goes away, or to break a stream after its first chunk.  ``GET /_standin/stats`` says
+how many calls it saw and how many callers hung up on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+__all__ = ["StandIn", "free_port", "running"]
+
+MODES = ("ok", "400", "401", "429", "500", "hang", "break", "garbage")
+
+
+@dataclass
+class StandIn:
+    """One stand-in model: its name, how it answers, and what it has seen."""
+
+    name: str = "stand-in"
+    mode: str = "ok"
+    #: seconds before answering (or between stream chunks)
+    delay_s: float = 0.0
+    #: a fixed answer (None: the model's name and the start of the last user message)
+    answer: str | None = None
+    calls: int = 0
+    cancelled: int = 0
+    last_body: dict[str, Any] = field(default_factory=dict)
+    last_headers: dict[str, str] = field(default_factory=dict)
+
+    def reply(self, body: dict[str, Any]) -> str:
+        if self.mode == "garbage":
+            return "I would rather not grade this."
+        if self.answer is not None:
+            return self.answer
+        words = _last_user_text(body).split()
+        return f"[{self.name}] " + " ".join(words[:12])
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/_standin/mode", self._set_mode, methods=["POST"]),
+            Route("/_standin/stats", self._stats, methods=["GET"]),
+        ])
+
+    async def _models(self, _request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "owned_by": "stand-in"}]})
+
+    async def _set_mode(self, request: Request) -> Response:
+        body = await request.json()
+        if body.get("mode") not in MODES:
+            return JSONResponse({"error": f"mode must be one of {MODES}"}, status_code=422)
+        self.mode = body["mode"]
+        self.delay_s = float(body.get("delay_s", self.delay_s))
+        return JSONResponse({"mode": self.mode})
+
+    async def _stats(self, _request: Request) -> Response:
+        return JSONResponse({"calls": self.calls, "cancelled": self.cancelled, "mode": self.mode})
+
+    async def _chat(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        self.calls += 1
+        self.last_body = body
+        self.last_headers = dict(request.headers)
+        if self.mode == "401":  # as providers do, the message echoes the key it was given
+            given = request.headers.get("authorization", "").partition(" ")[2]
+            return JSONResponse({"error": {"message": f"Incorrect API key provided: {given}", "type": "invalid_request_error"}},
+                                status_code=401)
+        if self.mode in ("400", "429", "500"):
+            code = int(self.mode)
+            return JSONResponse({"error": {"message": f"stand-in {self.name} answers {code} on purpose",
+                                           "type": {400: "invalid_request_error", 429: "rate_limit_error"}.get(code, "server_error")}},
+                                status_code=code)
+        if self.mode == "hang":
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            self.cancelled += 1
+            return Response(status_code=499)
+        if self.delay_s and not body.get("stream"):
+            await asyncio.sleep(self.delay_s)
+        text = self.reply(body)
+        prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in body.get("messages", []))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                 "total_tokens": prompt_tokens + len(text.split())}
+        created = int(time.time())
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(self._chunks(text, usage if include_usage else None, created),
+                                     media_type="text/event-stream")
+        return JSONResponse({
+            "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": created, "model": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        })
+
+    async def _chunks(self, text: str, usage: dict[str, int] | None, created: int) -> AsyncIterator[bytes]:
+        base = {"id": f"chatcmpl-{self.calls}", "object": "chat.completion.chunk", "created": created, "model": self.name}
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+            yield _event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            if self.mode == "break" and i == 1:
+                raise ConnectionError("stand-in breaks the stream on purpose")
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if usage is not None:
+            yield _event({**base, "choices": [], "usage": usage})
+        yield b"data: [DONE]\n\n"
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages", [])):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return _content_text(m.get("content"))
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(app: Any, port: int | None = None, log_level: str = "warning") -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1 in a background thread; yields its base URL, stops on exit."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on port {port} did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tinydancer.gateway.standin --port 9100 --name weak``: one stand-in, in the foreground."""
+    import argparse
+
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description="An OpenAI-compatible stand-in LLM on loopback (for demos and benchmarks).")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--name", default="stand-in")
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds before answering (streams: between chunks)")
+    args = ap.parse_args(argv)
+    uvicorn.run(StandIn(args.name, delay_s=args.delay).app(), host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()

