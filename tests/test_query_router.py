@@ -140,9 +140,70 @@ def test_table_jsonl_round_trip_and_errors(tmp_path) -> None:
     bad.write_text(json.dumps({"query": "q", "scores": {"a": 1.5, "b": 0}, "costs": {"a": 1, "b": 2}}) + "\n")
     with pytest.raises(ValidationError, match=r"\[0, 1\]"):
         RoutingTable.from_jsonl(bad)
+    # a row may score some models only (a partial table), but every score needs a cost
     bad.write_text('{"query": "q", "scores": {"a": 1, "b": 0}, "costs": {"a": 1, "b": 2}}\n{"query": "r", "scores": {"a": 1}}\n')
-    with pytest.raises(ValidationError, match="scores name"):
+    with pytest.raises(ValidationError, match="no cost for 'a'"):
         RoutingTable.from_jsonl(bad)
+    partial = RoutingTable.from_jsonl(bad, prices={"a": 1.0})
+    assert partial.is_partial and partial.observed.tolist() == [[True, True], [True, False]]
+    back = RoutingTable.from_jsonl(partial.to_jsonl(tmp_path / "p.jsonl"))
+    np.testing.assert_array_equal(back.observed, partial.observed)
+    bad.write_text('{"query": "q", "scores": {}}\n')
+    with pytest.raises(ValidationError, match="at least one"):
+        RoutingTable.from_jsonl(bad)
+
+
+def test_neighbour_means_skip_missing_cells() -> None:
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.0, 1.0]], np.float32)
+    y = np.array([[1.0, np.nan], [np.nan, 0.0], [0.0, 1.0], [np.nan, np.nan]], np.float32)
+    out = neighbour_targets(x, y, 2)
+    # row 0's neighbours are rows 1 and 2: column 0 only row 2 saw (0.0), column 1 both (0.5)
+    np.testing.assert_allclose(out[0], [0.0, 0.5])
+    # row 3's neighbours (2 and 1) saw column 0 once (row 2: 0.0)
+    np.testing.assert_allclose(out[3], [0.0, 0.5])
+    assert np.isfinite(out).all()
+
+
+def test_a_partial_table_trains_a_router_close_to_the_full_one() -> None:
+    """Each query labelled for one of the two models only: the router still learns who needs strong."""
+    full = pair_table(1500, 0)
+    rng = np.random.default_rng(1)
+    scores = full.scores.copy()
+    hide = rng.random(len(full)) < 0.5
+    scores[hide, 0] = np.nan
+    scores[~hide, 1] = np.nan
+    costs = np.where(np.isnan(scores), np.nan, full.costs)
+    partial = RoutingTable(full.queries, full.models, scores, costs)
+    config = QueryRouterConfig(hidden_dims=(16,), epochs=40, memory=False)
+    test = pair_table(600, 9).with_embeddings(EMBEDDER)
+    apgr_full = QueryRouter.fit(full, config, embedder=EMBEDDER).evaluate(test)["apgr"]
+    router = QueryRouter.fit(partial, config, embedder=EMBEDDER)
+    apgr_partial = router.evaluate(test)["apgr"]
+    assert router.info["missing_cells"] == len(full)
+    assert apgr_partial > 0.7 and apgr_partial > apgr_full - 0.1, (apgr_partial, apgr_full)
+    with pytest.raises(ValidationError, match="neighbour smoothing"):
+        QueryRouter.fit(partial, QueryRouterConfig(hidden_dims=(8,), epochs=2, neighbours=0), embedder=EMBEDDER)
+    with pytest.raises(ValidationError, match="every model scored"):
+        router.evaluate(partial)
+
+
+def test_fine_tuning_from_an_existing_router_with_a_subset_of_its_models(pair_router: QueryRouter) -> None:
+    """`router train --init`: a table that scores only 'small' moves the router's belief about it."""
+    table = pair_table(400, 5)
+    n = len(table)
+    big = np.where(np.arange(n) % 10 == 0, 1.0, np.nan)  # 'big' scored on a tenth of the rows
+    scores = np.column_stack([big, np.zeros(n)])  # 'small' failed every time
+    costs = np.column_stack([np.where(np.isnan(big), np.nan, 10.0), np.ones(n)])
+    new_outcomes = RoutingTable(table.queries, ["big", "small"], scores, costs)
+    before = pair_router.predict(EMBEDDER.embed(table.queries[:50]))[:, pair_router.models.index("small")].mean()
+    tuned = QueryRouter.fit(new_outcomes, QueryRouterConfig(epochs=15, memory=False), embedder=EMBEDDER, init=pair_router)
+    after = tuned.predict(EMBEDDER.embed(table.queries[:50]))[:, tuned.models.index("small")].mean()
+    assert tuned.models == pair_router.models and tuned.model.config.hidden_dim == pair_router.model.config.hidden_dim
+    assert after < before - 0.1, (before, after)  # every new outcome said 'small' failed
+    assert tuned.info["fine_tuned_from"] is not None
+    with pytest.raises(ValidationError, match="does not route"):
+        QueryRouter.fit(RoutingTable(table.queries, ["other", "big"], table.scores, table.costs), QueryRouterConfig(epochs=1),
+                        embedder=EMBEDDER, init=pair_router)
 
 
 def test_loading_a_plain_model_as_router_is_refused(tmp_path) -> None:
@@ -314,3 +375,21 @@ def test_router_eval_reports_the_money_saved(tmp_path) -> None:
     assert ninety["saved_per_query"] > 3.0 and 0 < ninety["saved_share"] < 1
     r = runner.invoke(app, ["router", "eval", str(tmp_path / "m"), str(tmp_path / "test.jsonl")])
     assert r.exit_code == 0 and "saved at 90%" in r.output
+
+
+def test_cli_trains_on_a_partial_table_and_fine_tunes_with_init(tmp_path) -> None:
+    runner = CliRunner()
+    table = pair_table(300, 4)
+    rows = []
+    for i, q in enumerate(table.queries):
+        model = table.models[i % 2]  # one answer per query, as in real logs
+        rows.append({"query": q, "scores": {model: float(table.scores[i, i % 2])}, "costs": {model: [10.0, 1.0][i % 2]}})
+    path = tmp_path / "logs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    r = runner.invoke(app, ["router", "train", str(path), "--out", str(tmp_path / "r"), "--embedder", "hashing-128"])
+    assert r.exit_code == 0, r.output
+    assert QueryRouter.load(tmp_path / "r").info["missing_cells"] == 300
+    r = runner.invoke(app, ["router", "train", str(path), "--out", str(tmp_path / "r2"), "--init", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "fine-tuned" in r.output
+    assert QueryRouter.load(tmp_path / "r2").info["fine_tuned_from"] is not None

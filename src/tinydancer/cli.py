@@ -203,14 +203,23 @@ def router_train(
                                 help="Remember each training query's outcomes for verbatim repeats."),
     memory_prior: float = typer.Option(1.0, help="The network's weight, in observations, against remembered outcomes."),
     seed: int = typer.Option(0),
+    init: Optional[Path] = typer.Option(None, "--init", help="Fine-tune this router (a folder from `router train`, or "
+                                        "the gateway's packaged one) instead of starting afresh; the table may score "
+                                        "any subset of its models."),
+    learning_rate: Optional[float] = typer.Option(None, help="Default 0.001 (0.0005 with --init)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Train a query router from a routing table (hyperparameters chosen on a validation slice)."""
-    from .llm.embeddings import make_embedder
+    """Train a query router from a routing table (hyperparameters chosen on a validation slice).
+
+    The table may be partial: rows that score only some models (one answer per logged query, a
+    labelled sample).  A missing cell's target is the mean outcome of the query's nearest
+    neighbours that have one."""
+    from .llm.embeddings import embedder_for_id, make_embedder
     from .llm.query_router import QueryRouter, QueryRouterConfig
 
     data = _load_table(table, prices)
-    emb = make_embedder(embedder)
+    start = QueryRouter.load(init) if init is not None else None
+    emb = embedder_for_id(start.embedder_id) if start is not None else make_embedder(embedder)
     if data.embeddings is not None:
         data.meta["embedder_id"] = emb.id if data.embeddings.shape[1] == emb.dim else f"table-{data.embeddings.shape[1]}d"
     else:
@@ -219,13 +228,16 @@ def router_train(
     if teacher_logits is not None:
         logits = np.load(teacher_logits)
     say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]"))
-    router = QueryRouter.fit(data, QueryRouterConfig(neighbours=neighbours, memory=memory, memory_prior=memory_prior, seed=seed), embedder=emb, teacher_logits=logits, progress=say)
+    lr = learning_rate if learning_rate is not None else (5e-4 if start is not None else 1e-3)
+    config = QueryRouterConfig(neighbours=neighbours, memory=memory, memory_prior=memory_prior, seed=seed, learning_rate=lr)
+    router = QueryRouter.fit(data, config, embedder=emb, teacher_logits=logits, progress=say, init=start)
     path = router.save(out)
     info = router.info
+    missing = f", {info['missing_cells']} of {data.scores.size} cells missing" if info["missing_cells"] else ""
     console.print(
-        f"trained a {len(router.models)}-model router in {info['seconds']:.1f} s: validation "
-        f"{info['validation_metric'].upper()} {info['validation_score']:.4f} (hidden {info['hidden_dim']}), "
-        f"{info['memory_entries']} queries remembered; wrote {path}"
+        f"{'fine-tuned' if start is not None else 'trained'} a {len(router.models)}-model router in {info['seconds']:.1f} s: "
+        f"validation {info['validation_metric'].upper()} {info['validation_score']:.4f} (hidden {info['hidden_dim']}"
+        f"{missing}), {info['memory_entries']} queries remembered; wrote {path}"
     )
 
 

@@ -138,7 +138,8 @@ def neighbour_targets(x: np.ndarray, y: np.ndarray, k: int, block: int = 1024) -
 
 def neighbour_means(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, k: int, exclude: np.ndarray | None = None,
                     block: int = 1024) -> np.ndarray:
-    """Mean of ``ref_y`` over each row of ``x``'s ``k`` nearest reference rows by cosine similarity.
+    """Mean of ``ref_y`` over each row of ``x``'s ``k`` nearest reference rows by cosine similarity
+    (NaN cells of ``ref_y`` are missing outcomes: each mean is over the neighbours that have one).
 
     ``exclude[i]``, when given and >= 0, is row i's own position in the reference (a query is not
     its own neighbour).  Computed in blocks of ``block`` rows, so memory stays ``block × len(ref_x)``.
@@ -153,6 +154,11 @@ def neighbour_means(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, k: int,
 
     xn, rn = unit(x), unit(ref_x)
     out = np.empty((x.shape[0],) + ref_y.shape[1:], dtype=np.float32)
+    # missing cells (NaN) are skipped; a cell no neighbour observed gets the column's observed mean
+    partial = bool(np.isnan(ref_y).any())
+    if partial:
+        seen_all = ~np.isnan(ref_y)
+        fallback = np.where(seen_all, ref_y, 0.0).sum(axis=0) / np.maximum(seen_all.sum(axis=0), 1)
     for start in range(0, x.shape[0], block):
         sims = xn[start : start + block] @ rn.T
         if exclude is not None:
@@ -160,7 +166,14 @@ def neighbour_means(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, k: int,
             rows = np.flatnonzero(own >= 0)
             sims[rows, own[rows]] = -np.inf
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out[start : start + block] = ref_y[idx].mean(axis=1)
+        if partial:
+            picked = ref_y[idx]  # (b, k, m): the mean over the neighbours that observed each cell
+            seen = ~np.isnan(picked)
+            counts = seen.sum(axis=1)
+            sums = np.where(seen, picked, 0.0).sum(axis=1)
+            out[start : start + block] = np.where(counts > 0, sums / np.maximum(counts, 1), fallback)
+        else:
+            out[start : start + block] = ref_y[idx].mean(axis=1)
     return out
 
 
@@ -420,6 +433,7 @@ class QueryRouter:
         """AIQ (and for two models APGR, CPT20/50/80 in % strong calls) on a table."""
         if sorted(table.models) != sorted(self.models):
             raise ValidationError(f"the table scores {table.models}, this router routes {self.models}")
+        table.require_complete("evaluation")
         col = [table.models.index(m) for m in self.models]
         scores, costs = table.scores[:, col], table.costs[:, col]
         x = self._table_embeddings(table)
@@ -467,8 +481,17 @@ class QueryRouter:
         embedder: Any = None,
         teacher_logits: np.ndarray | None = None,
         progress: Callable[[str], None] | None = None,
+        init: "QueryRouter | None" = None,
     ) -> "QueryRouter":
-        """Train on a routing table; hyperparameters are chosen on a validation slice of it."""
+        """Train on a routing table; hyperparameters are chosen on a validation slice of it.
+
+        A partial table (some cells missing: logged outcomes, a labelled sample) trains too: a
+        query's target for a model it has no score for is the mean outcome of its nearest
+        neighbours that do have one, so only observed outcomes enter the loss (which is why a
+        partial table needs ``neighbours`` > 0).  Validation fills missing cells the same way.
+        ``init`` fine-tunes an existing router (its models, embedder, network and normalization)
+        instead of starting afresh; the table may score any subset of its models.
+        """
         config = config or QueryRouterConfig()
         say = progress or (lambda _msg: None)
         if table.embeddings is None:
@@ -483,21 +506,43 @@ class QueryRouter:
             embedder_id = table.meta.get("embedder_id") or (embedder.id if embedder is not None else "unknown")
         x = table.embeddings
         assert x is not None
-        n, m = len(table), len(table.models)
+        n = len(table)
         if n < 20:
             raise ValidationError(f"{n} queries are too few to train and validate a router; give at least 20")
+        models, scores, cost_matrix = list(table.models), table.scores, table.costs
         costs = table.mean_costs
-        strong, weak = (int(np.argmax(costs)), int(np.argmin(costs))) if m == 2 else (0, 0)
-        if m == 2 and costs[strong] == costs[weak]:
-            raise ValidationError("both models cost the same: give costs so the strong (dearer) one is known")
-        targets = table.scores.astype(np.float32)
-        if m == 2:
+        if init is not None:
+            models, scores, cost_matrix, costs = cls._aligned(table, init, embedder_id)
+        m = len(models)
+        if m == 2 and init is not None:
+            strong, weak = init.strong, init.weak
+        else:
+            strong, weak = (int(np.argmax(costs)), int(np.argmin(costs))) if m == 2 else (0, 0)
+            if m == 2 and costs[strong] == costs[weak]:
+                raise ValidationError("both models cost the same: give costs so the strong (dearer) one is known")
+        targets = scores.astype(np.float32)
+        if m == 2:  # NaN where either score is missing
             adv = (1.0 + targets[:, strong] - targets[:, weak]) / 2.0
             targets = np.column_stack([targets, adv]).astype(np.float32)
+        partial = bool(np.isnan(targets).any())
+        if partial and config.neighbours <= 0:
+            raise ValidationError("a table with missing cells needs neighbour smoothing (neighbours > 0): a missing "
+                                  "cell's target is the mean outcome of the query's neighbours that have one")
 
         train_idx, val_idx = validation_split(n, config.validation_fraction, config.seed)
         say(f"neighbour-smoothing targets (k={config.neighbours}) over {len(train_idx)} training queries")
         soft = neighbour_targets(x[train_idx], targets[train_idx], config.neighbours)
+        if partial:
+            # validation's missing cells from the training rows' outcomes (never from the validation rows)
+            val_fill = neighbour_means(x[val_idx], x[train_idx], targets[train_idx], config.neighbours)
+            if m == 2:  # a row rarely has both scores: the advantage comes from the smoothed qualities
+                for filled in (soft, val_fill):
+                    filled[:, 2] = (1.0 + filled[:, strong] - filled[:, weak]) / 2.0
+            targets = targets.copy()
+            targets[train_idx] = np.where(np.isnan(targets[train_idx]), soft, targets[train_idx])
+            targets[val_idx] = np.where(np.isnan(targets[val_idx]), val_fill, targets[val_idx])
+        val_scores = targets[val_idx, :m]
+        val_costs = np.where(np.isnan(cost_matrix[val_idx]), costs[None, :], cost_matrix[val_idx])
         if teacher_logits is not None:
             if m != 2:
                 raise ValidationError("teacher logits are supported for two-model tables")
@@ -512,15 +557,21 @@ class QueryRouter:
 
         train_set = TrainingDataset(x[train_idx], targets[train_idx], soft_targets=soft)
         val_set = TrainingDataset(x[val_idx], targets[val_idx])
-        train_set.normalize()
+        if init is not None and init.model.normalizer is not None:
+            train_set.apply_normalization(init.model.normalizer)
+        else:
+            train_set.normalize()
         val_set.apply_normalization(train_set.normalization)  # type: ignore[arg-type]
 
         best: tuple[float, FastGRNN, int] | None = None
         tried: list[dict[str, Any]] = []
         started = time.perf_counter()
-        for hidden in config.hidden_dims:
+        hidden_dims = config.hidden_dims if init is None else (init.model.config.hidden_dim,)
+        for hidden in hidden_dims:
             mcfg = FastGRNNConfig(input_dim=x.shape[1], hidden_dim=int(hidden), output_dim=targets.shape[1],
                                   rank=config.rank, output_activation="sigmoid")
+            if init is not None:
+                mcfg = init.model.config
             tcfg = TrainingConfig(
                 learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
                 early_stopping_patience=config.patience, l2_reg=config.l2_reg, seed=config.seed,
@@ -529,9 +580,12 @@ class QueryRouter:
                 w_sparsity=config.w_sparsity, u_sparsity=config.u_sparsity,
             )
             net = FastGRNN(mcfg, seed=config.seed)
+            if init is not None:
+                net = init.model.copy()
+                net.quantized = None
             trainer = Trainer(mcfg, tcfg)
             trainer.train(net, train_set, validation=val_set)
-            score = cls._validation_score(net.forward(val_set.features), table.scores[val_idx], table.costs[val_idx], strong, weak)
+            score = cls._validation_score(net.forward(val_set.features), val_scores, val_costs, strong, weak)
             tried.append({"hidden_dim": int(hidden), "validation_score": score, "epochs": len(trainer.metrics)})
             say(f"hidden {hidden}: validation {'APGR' if m == 2 else 'AIQ'} {score:.4f}")
             if best is None or score > best[0]:
@@ -549,19 +603,50 @@ class QueryRouter:
             "hidden_dim": hidden,
             "seconds": round(time.perf_counter() - started, 2),
             "teacher": teacher_logits is not None,
+            "missing_cells": int(np.isnan(scores).sum()),
+            "fine_tuned_from": None if init is None else init.model.extra_metadata.get("version") or init.info.get("trained_at"),
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         }
-        memory = OutcomeMemory.build(table.queries, targets, config.memory_prior) if config.memory else None
+        memory = None
+        if config.memory:  # the observed outcomes only, added to the earlier router's when fine-tuning
+            observed_targets = scores.astype(np.float32)
+            if m == 2:
+                observed_targets = np.column_stack([observed_targets, (1.0 + observed_targets[:, strong]
+                                                                       - observed_targets[:, weak]) / 2.0])
+            base = init.memory if init is not None and init.memory is not None else OutcomeMemory.empty(0, config.memory_prior)
+            memory = base.merged(table.queries, observed_targets, observed=~np.isnan(observed_targets))
         info["memory_entries"] = 0 if memory is None else len(memory)
-        router = cls(net, table.models, costs, embedder_id, info=info, memory=memory)
+        router = cls(net, models, costs, embedder_id, info=info, memory=memory)
         if m == 2:
             router.score_quantiles = np.quantile(val_out[:, 2], np.linspace(0, 1, 101))
             router.calibrate(0.5)
         else:
-            router.cost_weight = router._default_cost_weight(val_out, table.scores[val_idx], table.costs[val_idx])
+            router.cost_weight = router._default_cost_weight(val_out, val_scores, val_costs)
         if embedder is not None and embedder.id == embedder_id:
             router._embedder = embedder
         return router
+
+    @staticmethod
+    def _aligned(table: RoutingTable, init: "QueryRouter", embedder_id: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """The table's scores and costs in ``init``'s model order, with NaN for models it does not score."""
+        if embedder_id != init.embedder_id:
+            raise ValidationError(f"the router to fine-tune reads {init.embedder_id!r} embeddings; the table has "
+                                  f"{embedder_id!r} ones: embed it with the router's embedder")
+        unknown = [mod for mod in table.models if mod not in init.models]
+        if unknown:
+            raise ValidationError(f"the table scores {unknown}, which the router does not route ({init.models}); "
+                                  "train a new router for a new set of models")
+        col = {mod: i for i, mod in enumerate(table.models)}
+        n = len(table)
+        scores = np.full((n, len(init.models)), np.nan, np.float32)
+        cost_matrix = np.full((n, len(init.models)), np.nan)
+        for j, mod in enumerate(init.models):
+            if mod in col:
+                scores[:, j] = table.scores[:, col[mod]]
+                cost_matrix[:, j] = table.costs[:, col[mod]]
+        means = table.mean_costs
+        costs = np.array([means[col[mod]] if mod in col else init.costs[j] for j, mod in enumerate(init.models)])
+        return list(init.models), scores, cost_matrix, costs
 
     @staticmethod
     def _validation_score(outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int, weak: int) -> float:

@@ -56,12 +56,22 @@ class RoutingTable:
         self.costs = np.asarray(self.costs, dtype=np.float64)
         if self.scores.shape != (n, m) or self.costs.shape != (n, m):
             raise ValidationError(f"scores and costs must be ({n}, {m}); got {self.scores.shape} and {self.costs.shape}")
-        check_finite(self.scores, "scores")
-        check_finite(self.costs, "costs")
-        if self.scores.min() < 0 or self.scores.max() > 1:
+        # a partial table (logged outcomes, a labelled sample) leaves the cells it did not see as NaN
+        seen = ~np.isnan(self.scores)
+        if np.isinf(self.scores).any() or np.isinf(self.costs).any():
+            raise ValidationError("scores and costs must be finite (a missing cell is NaN, or absent from the row)")
+        empty = np.flatnonzero(~seen.any(axis=1))
+        if empty.size:
+            raise ValidationError(f"row {int(empty[0])} scores no model: every row needs at least one score")
+        if np.isnan(self.costs[seen]).any():
+            raise ValidationError("every score needs a cost: give the row's costs or a price table")
+        if (self.scores[seen] < 0).any() or (self.scores[seen] > 1).any():
             raise ValidationError("scores must lie in [0, 1]")
-        if self.costs.min() < 0:
+        if (self.costs[~np.isnan(self.costs)] < 0).any():
             raise ValidationError("costs must be non-negative")
+        never = [mod for mod, col in zip(self.models, seen.T) if not col.any()]
+        if never:
+            raise ValidationError(f"no row scores {never}: drop the model or label some queries for it")
         if self.embeddings is not None:
             self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
             if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:
@@ -83,10 +93,31 @@ class RoutingTable:
         )
 
     @property
+    def observed(self) -> np.ndarray:
+        """(N, M) bool: which cells have a score (all of them, unless the table is partial)."""
+        return ~np.isnan(self.scores)
+
+    @property
+    def is_partial(self) -> bool:
+        return bool(np.isnan(self.scores).any())
+
+    def require_complete(self, what: str) -> None:
+        if self.is_partial:
+            missing = int((~self.observed).sum())
+            raise ValidationError(f"{what} needs every model scored on every query; this table misses {missing} cells "
+                                  "(evaluate on a complete table, such as a labelled test sample)")
+
+    @property
     def mean_costs(self) -> np.ndarray:
+        """Each model's mean cost over the rows that priced it."""
+        priced = ~np.isnan(self.costs)
+        mean = np.where(priced, self.costs, 0.0).sum(axis=0) / np.maximum(priced.sum(axis=0), 1)
         # rounded to 12 significant digits: summing thousands of equal prices leaves 1e-14 noise
-        mean = self.costs.mean(axis=0)
         return np.array([float(f"{c:.12g}") for c in mean])
+
+    def filled_costs(self) -> np.ndarray:
+        """Costs with unpriced cells at the model's mean cost (what a call would have cost)."""
+        return np.where(np.isnan(self.costs), self.mean_costs[None, :], self.costs)
 
     def strong_weak(self) -> tuple[int, int]:
         """Indices of (strong, weak) for a two-model table: strong = higher mean cost."""
@@ -113,21 +144,20 @@ class RoutingTable:
             row: dict[str, Any] = {"query": q}
             if include_embeddings and self.embeddings is not None:
                 row["embedding"] = [round(float(v), 7) for v in self.embeddings[i]]
-            row["scores"] = {m: float(s) for m, s in zip(self.models, self.scores[i])}
-            row["costs"] = {m: float(c) for m, c in zip(self.models, self.costs[i])}
+            row["scores"] = {m: float(s) for m, s in zip(self.models, self.scores[i]) if not np.isnan(s)}
+            row["costs"] = {m: float(c) for m, c in zip(self.models, self.costs[i]) if not np.isnan(c)}
             lines.append(json.dumps(row, ensure_ascii=False))
         return atomic_write_text(path, "\n".join(lines) + "\n")
 
     @classmethod
     def from_jsonl(cls, path: str | Path, prices: dict[str, float] | None = None) -> "RoutingTable":
+        """Read a table; a row may score some of the models only (a partial table: the others are
+        missing cells, NaN), and each score needs a cost from the row or from ``prices``."""
         path = Path(path)
         if not path.is_file():
             raise ValidationError(f"no routing table at {path}")
-        queries: list[str] = []
-        score_rows: list[list[float]] = []
-        cost_rows: list[list[float]] = []
-        emb_rows: list[Any] = []
-        models: list[str] | None = None
+        rows: list[tuple[str, dict[str, Any], dict[str, Any], Any]] = []
+        models: dict[str, None] = {}
         with path.open(encoding="utf-8") as fh:
             for line_no, line in enumerate(fh, start=1):
                 if not line.strip():
@@ -139,37 +169,38 @@ class RoutingTable:
                     raise ValidationError(f"{where}: invalid JSON ({exc.msg})") from None
                 if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(row.get("scores"), dict):
                     raise ValidationError(f"{where}: each row needs a 'query' string and a 'scores' object")
-                if models is None:
-                    models = list(row["scores"])
-                if set(row["scores"]) != set(models):
-                    raise ValidationError(f"{where}: scores name {sorted(row['scores'])}, earlier rows {sorted(models)}")
-                queries.append(row["query"])
-                score_rows.append([_number(row["scores"][m], where) for m in models])
-                costs = row.get("costs")
-                if costs is not None:
-                    if set(costs) != set(models):
-                        raise ValidationError(f"{where}: costs must name the same models as scores")
-                    cost_rows.append([_number(costs[m], where) for m in models])
-                elif prices is not None:
-                    missing = [m for m in models if m not in prices]
-                    if missing:
-                        raise ValidationError(f"the price table has no price for {missing}")
-                    cost_rows.append([float(prices[m]) for m in models])
-                else:
-                    raise ValidationError(f"{where}: no 'costs' and no price table; give per-row costs or --prices FILE")
-                if "embedding" in row:
-                    emb_rows.append(row["embedding"])
-        if models is None:
+                if not row["scores"]:
+                    raise ValidationError(f"{where}: 'scores' is empty; a row needs at least one model's score")
+                costs = row.get("costs") or {}
+                if not isinstance(costs, dict):
+                    raise ValidationError(f"{where}: 'costs' must be an object {{model: dollars}}")
+                scores = {m: _number(v, where) for m, v in row["scores"].items()}
+                priced = {m: _number(v, where) for m, v in costs.items()}
+                for m in scores:
+                    if m not in priced:
+                        if prices is None:
+                            raise ValidationError(f"{where}: no cost for {m!r} and no price table; give per-row costs or --prices FILE")
+                        if m not in prices:
+                            raise ValidationError(f"the price table has no price for {m!r}")
+                        priced[m] = float(prices[m])
+                models.update(dict.fromkeys(scores))
+                rows.append((row["query"], scores, priced, row.get("embedding")))
+        if not rows:
             raise ValidationError(f"{path} has no rows")
-        if emb_rows and len(emb_rows) != len(queries):
-            raise ValidationError(f"{path}: 'embedding' is on {len(emb_rows)} of {len(queries)} rows; give it on all or none")
+        names = list(models)
+        nan = float("nan")
+        score_rows = [[sc.get(m, nan) for m in names] for _, sc, _, _ in rows]
+        cost_rows = [[co.get(m, nan) for m in names] for _, _, co, _ in rows]
+        emb_rows = [e for *_, e in rows if e is not None]
+        if emb_rows and len(emb_rows) != len(rows):
+            raise ValidationError(f"{path}: 'embedding' is on {len(emb_rows)} of {len(rows)} rows; give it on all or none")
         embeddings = None
         if emb_rows:
             lengths = {len(e) for e in emb_rows}
             if len(lengths) != 1:
                 raise ValidationError(f"{path}: embeddings have different lengths {sorted(lengths)}")
             embeddings = np.asarray(emb_rows, dtype=np.float32)
-        return cls(queries, models, np.asarray(score_rows), np.asarray(cost_rows), embeddings)
+        return cls([q for q, *_ in rows], names, np.asarray(score_rows), np.asarray(cost_rows), embeddings)
 
 
 def _number(value: Any, where: str) -> float:
