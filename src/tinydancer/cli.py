@@ -453,6 +453,61 @@ def gateway(
 
 @app.command()
 @friendly_errors
+def label(
+    prompts: Path = typer.Argument(..., help="Prompts: JSONL or CSV with 'prompt' (or 'query') and optional 'reference'."),
+    config: Path = typer.Option(..., "--config", help="The gateway's YAML: every upstream answers each prompt."),
+    out: Path = typer.Option(..., "--out", help="The routing table to write (JSONL), for `router train`."),
+    grader: Optional[str] = typer.Option(None, help="reference, judge or pairwise (default: reference when every prompt "
+                                                    "has one, else judge)."),
+    judge: Optional[str] = typer.Option(None, help="The upstream that grades answers (judge and pairwise graders)."),
+    match: str = typer.Option("normalized", help="Reference grader: exact, normalized or contains."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated upstreams to label (default: all of them)."),
+    max_tokens: int = typer.Option(512, help="max_tokens of each call (and the completion length the estimate assumes)."),
+    max_dollars: Optional[float] = typer.Option(None, help="Stop starting calls once spending would pass this."),
+    concurrency: int = typer.Option(8, help="Calls in flight at once."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated cost and stop; nothing is called."),
+    journal: Optional[Path] = typer.Option(None, help="The journal of paid calls (default: OUT.journal); a rerun reuses it."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Label your prompts: call every upstream, grade each answer, write a routing table with real costs.
+
+    Resumable: each paid call is journaled as it returns, and a rerun of the same command pays only
+    for what is missing. Cells a grader could not score (a judge reply without a parsable rating, a
+    failed call) are left out of the table, never written as zeros; `router train` takes such a
+    partial table."""
+    from .gateway import load_config
+    from .gateway.labelling import calls_per_prompt, load_prompts, plan_from_config, run_labelling
+
+    if concurrency < 1 or max_tokens < 1:
+        raise TinyDancerError("--concurrency and --max-tokens must be at least 1")
+    cfg = load_config(config)
+    plan = plan_from_config(cfg, load_prompts(prompts), models=models.split(",") if models else None, grader=grader,
+                            judge=judge, match=match, max_tokens=max_tokens, max_dollars=max_dollars,
+                            concurrency=concurrency)
+    estimate = plan.estimate()
+    total = sum(estimate.values())
+    rows = [[name, f"${dollars:.4f}"] for name, dollars in estimate.items()] + [["total (at most)", f"${total:.4f}"]]
+    _print_or_json({r[0]: r[1] for r in rows}, False,
+                   f"{len(plan.prompts)} prompts × {len(plan.models)} models, graded by {plan.grader}: estimated cost")
+    if dry_run:
+        return
+    n_calls = len(plan.prompts) * calls_per_prompt(plan)
+    try:
+        with item_progress("labelling (calls)", n_calls, quiet) as advance:
+            report = run_labelling(plan, out, journal, tick=lambda: advance(1))
+    except KeyboardInterrupt:
+        raise TinyDancerError(f"interrupted: the paid calls are kept in {journal or out.with_name(out.name + '.journal')}; "
+                              "rerun the same command to finish without paying for them again") from None
+    console.print(f"wrote {report.rows} rows to {out}: {report.cells} cells scored, {report.missing} missing "
+                  f"({report.unparsed} judge replies without a rating, {report.failed_calls} failed calls, "
+                  f"{report.skipped_for_budget} calls not made for the budget); {report.paid_calls} calls paid "
+                  f"${report.dollars:.4f}, {report.reused_calls} reused from the journal")
+    for e in report.errors:
+        err_console.print(f"[yellow]{e}[/]")
+
+
+@app.command()
+@friendly_errors
 def retrain(
     database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's SQLite file."),
     model_path: Optional[Path] = typer.Option(None, help="The served model file (replaced atomically on promotion)."),
