@@ -468,3 +468,31 @@ def test_the_cli_refuses_a_public_address_without_client_credentials(tmp_path: P
     bad.write_text("upstreams: []\n")
     result = CliRunner().invoke(app, ["gateway", "--config", str(bad)])
     assert result.exit_code == 1 and "upstreams" in result.output
+
+
+def test_the_gateway_hot_reloads_a_router_that_changes_on_disk(router_dir: Path, tmp_path: Path) -> None:
+    served = tmp_path / "router"
+    shutil.copytree(router_dir, served)
+    weak = StandIn("small-model")
+    with running(weak.app()) as wu, running(StandIn("big-model").app()) as su:
+        cfg = parse_config(config_dict(served, {"strong": su, "weak": wu}))
+        app = create_gateway_app(cfg, ServiceSettings(database_path=tmp_path / "g.db", watch_interval_s=0.05), embedder=EMBEDDER)
+        with running(app) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+            ask = lambda: client.chat.completions.with_raw_response.create(  # noqa: E731
+                model="tinydancer", messages=[{"role": "user", "content": EASY_Q}]).headers["x-tinydancer-model"]
+            assert ask() == "weak"
+            router = QueryRouter.load(served)
+            router.calibrate(1.0)  # a retrain promoted a router that sends everything to strong
+            router.save(served)
+            deadline = time.monotonic() + 20
+            while 'tiny_dancer_model_reloads_total{result="ok"} 1.0' not in httpx.get(f"{base}/metrics").text:
+                assert time.monotonic() < deadline, "the new router was not picked up"
+                time.sleep(0.05)
+            assert ask() == "strong"
+            (served / "router.safetensors").write_bytes(b"broken")  # a bad file keeps the old router
+            deadline = time.monotonic() + 20
+            while 'tiny_dancer_model_reloads_total{result="failed"} 1.0' not in httpx.get(f"{base}/metrics").text:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert ask() == "strong"

@@ -5,13 +5,15 @@ No provider is reachable from the machines this project runs on, so the demo, th
 ``POST /v1/chat/completions`` (plain and streamed, with ``usage``) in OpenAI's shapes, and can fail
 on purpose: ``POST /_standin/mode {"mode": ...}`` switches it to answer 400, 401, 429 or 500, to hang until
 the caller goes away, or to break a stream after its first chunk.  ``GET /_standin/stats`` says
-how many calls it saw and how many callers hung up on it.
+how many calls it saw and how many callers hung up on it.  Asked to grade an answer in the forms
+``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import socket
 import threading
@@ -49,8 +51,15 @@ class StandIn:
             return "I would rather not grade this."
         if self.answer is not None:
             return self.answer
-        words = _last_user_text(body).split()
-        return f"[{self.name}] " + " ".join(words[:12])
+        text = _last_user_text(body)
+        # asked to grade (tinydancer label's rubrics): a verdict in the asked-for form, the same for
+        # the same text every time, and meaningless: a stand-in cannot judge
+        digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
+        if "Rating: [[n]]" in text:
+            return f"A stand-in's grade, not a judgement. Rating: [[{1 + digest % 10}]]"
+        if "[[C]] for a tie" in text:
+            return f"A stand-in's verdict, not a judgement. [[{'ABC'[digest % 3]}]]"
+        return f"[{self.name}] " + " ".join(text.split()[:12])
 
     def app(self) -> Starlette:
         return Starlette(routes=[

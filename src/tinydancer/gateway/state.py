@@ -3,6 +3,7 @@ and the plan of one call (which upstreams to try, in which order)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..circuit import BreakerState, CircuitBreaker
 from ..errors import TinyDancerError, ValidationError
-from ..llm import QueryRouter, query_key
+from ..llm import ROUTER_FILE, QueryRouter, query_key
 from ..server.metrics import STATE_CODE
 from ..server.state import Service
 from ..server.storage import CallRecord, decision_record, new_request_id
@@ -52,8 +53,10 @@ class Gateway:
         self.config = config
         self.service = service
         path = config.router or default_router_path()
+        self.router_path = path
         self.router = QueryRouter.load(path)
-        self.router_version = str(self.router.model.extra_metadata.get("version") or self.router.info.get("trained_at", ""))
+        self.router_version = self._version_of(self.router)
+        self._router_stat = self._stat()
         if embedder is None:
             from ..llm.embeddings import embedder_for_id
 
@@ -86,6 +89,44 @@ class Gateway:
         priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
         self.reference = priciest
         service.readiness_check = self.readiness_problem
+        service.watchers.append(self.check_router)
+
+    # ------------------------------------------------------------------ the router file
+    @staticmethod
+    def _version_of(router: QueryRouter) -> str:
+        return str(router.model.extra_metadata.get("version") or router.info.get("retrained_at") or router.info.get("trained_at", ""))
+
+    def _stat(self) -> tuple[int, int] | None:
+        path = Path(self.router_path)
+        file = path / ROUTER_FILE if path.is_dir() else path
+        try:
+            st = file.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    async def check_router(self) -> list[str]:
+        """Hot reload: a router file that changed (a promoted retrain) replaces the served one if it
+        loads and routes the same models; otherwise the old one keeps serving."""
+        stat = self._stat()
+        if stat is None or stat == self._router_stat:
+            return []
+        self._router_stat = stat
+        try:
+            new = await asyncio.to_thread(QueryRouter.load, self.router_path)
+            if new.models != self.router.models or new.embedder_id != self.router.embedder_id:
+                raise TinyDancerError(f"it routes {new.models} with {new.embedder_id!r}, the served one "
+                                      f"{self.router.models} with {self.router.embedder_id!r}: restart the gateway to switch")
+            point = new.operating_point(**self.config.operating_point.model_dump())
+        except (TinyDancerError, ValidationError) as exc:
+            log.warning("gateway router %s changed but was not loaded: %s", self.router_path, exc)
+            self.service.metrics.reloads.labels("failed").inc()
+            return ["gateway router: failed"]
+        self.router, self.point, self.scorer.router = new, point, new
+        self.router_version = self._version_of(new)
+        self.service.metrics.reloads.labels("ok").inc()
+        log.info("gateway router reloaded from %s", self.router_path)
+        return ["gateway router: reloaded"]
 
     # ------------------------------------------------------------------ state
     def _watch_breaker(self, up: Upstream) -> None:

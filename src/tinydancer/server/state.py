@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -41,6 +41,9 @@ class Service:
         self.started = time.time()
         #: a readiness check added by a layer built on the service (the gateway); None: none
         self.readiness_check: Callable[[], str | None] | None = None
+        #: more files to watch, from layers built on the service: each call reloads what changed
+        #: and says what happened (see :meth:`check_files`)
+        self.watchers: list[Callable[[], Awaitable[list[str]]]] = []
         self.rng = np.random.default_rng(settings.exploration_seed)  # exploration draws
         folders = settings.model_dirs if settings.model_dirs is not None else (settings.model_path.parent,)
         self.model_files = ModelFiles(tuple(Path(f) for f in folders), database_files(Path(settings.database_path)),
@@ -200,6 +203,8 @@ class Service:
                 self.metrics.reloads.labels("failed").inc()
                 log.warning("query router file changed but did not load: %s", exc)
                 events.append("query router: failed")
+        for watcher in self.watchers:
+            events += await watcher()
         return events
 
 
