@@ -139,6 +139,7 @@ def test_routed_calls_go_by_difficulty_and_carry_the_decision(stack: Stack) -> N
     # usage × prices: 4 prompt tokens at $10/M, completion at $30/M
     completion = answer.usage.completion_tokens
     assert calls[0]["cost"] == pytest.approx((4 * 10.0 + completion * 30.0) / 1e6)
+    assert stack.storage().prompt_texts() == []  # prompts are kept only when the config says log_prompts
 
 
 def test_unknown_fields_pass_through_and_tinydancer_options_are_removed(stack: Stack) -> None:

@@ -159,3 +159,37 @@ def test_parsers_are_strict() -> None:
     assert grade_reference("The answer is Paris.", "paris", "contains") == 1.0
     assert grade_reference("Parisian", "paris", "contains") == 0.0
     assert grade_reference(" Paris! ", "paris") == 1.0 and grade_reference("Paris", "paris", "exact") == 0.0
+
+
+def test_labelling_the_prompts_a_gateway_kept(tmp_path: Path, upstreams: dict[str, Any]) -> None:
+    """log_prompts: true keeps what each call was routed on; label --from-db labels that traffic."""
+    import openai
+
+    from tinydancer.gateway import create_gateway_app
+    from tinydancer.gateway.config import load_config
+    from tinydancer.llm.embeddings import HashingEmbedder
+    from tinydancer.llm import QueryRouter, QueryRouterConfig
+    from tinydancer.server import ServiceSettings
+
+    queries = [f"question {i} about {'apples' if i % 2 else 'topology'}" for i in range(100)]
+    scores = np.column_stack([np.ones(100), (np.arange(100) % 2).astype(float)])
+    table = RoutingTable(queries, ["strong", "weak"], scores, np.tile([10.0, 1.0], (100, 1)))
+    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(4,), epochs=3, memory=False), embedder=HashingEmbedder(64))
+    router.calibrate(0.5)
+    router.save(tmp_path / "router")
+    cfg_path = write_config(tmp_path, upstreams["urls"])
+    cfg_path.write_text(cfg_path.read_text() + f"router: {tmp_path / 'router'}\nlog_prompts: true\n")
+    db = tmp_path / "gw.db"
+    app = create_gateway_app(load_config(cfg_path), ServiceSettings(database_path=db, watch_interval_s=0),
+                             embedder=HashingEmbedder(64))
+    with running(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for q in ["What is 2+2?", "Name a prime.", "What is 2+2?"]:
+            client.chat.completions.create(model="tinydancer", messages=[
+                {"role": "system", "content": "Be brief."}, {"role": "user", "content": q}])
+    out = tmp_path / "traffic.jsonl"
+    result = label("--from-db", str(db), "--config", str(cfg_path), "--out", str(out), "--models", "strong,weak",
+                   "--judge", "judge")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["query"] for r in rows] == ["What is 2+2?", "Name a prime."]  # distinct, the last user turn
+    assert all(set(r["scores"]) == {"strong", "weak"} for r in rows), result.output

@@ -454,7 +454,12 @@ def gateway(
 @app.command()
 @friendly_errors
 def label(
-    prompts: Path = typer.Argument(..., help="Prompts: JSONL or CSV with 'prompt' (or 'query') and optional 'reference'."),
+    prompts: Optional[Path] = typer.Argument(None, help="Prompts: JSONL or CSV with 'prompt' (or 'query') and optional "
+                                                        "'reference'."),
+    from_db: Optional[Path] = typer.Option(None, "--from-db", help="Label the prompts a gateway kept (its config's "
+                                           "log_prompts: true) in this database instead."),
+    since: Optional[float] = typer.Option(None, help="--from-db: only prompts logged at or after this Unix time."),
+    sample: Optional[int] = typer.Option(None, help="Label this many prompts drawn at random (seeded) from the input."),
     config: Path = typer.Option(..., "--config", help="The gateway's YAML: every upstream answers each prompt."),
     out: Path = typer.Option(..., "--out", help="The routing table to write (JSONL), for `router train`."),
     grader: Optional[str] = typer.Option(None, help="reference, judge or pairwise (default: reference when every prompt "
@@ -476,12 +481,28 @@ def label(
     failed call) are left out of the table, never written as zeros; `router train` takes such a
     partial table."""
     from .gateway import load_config
-    from .gateway.labelling import calls_per_prompt, load_prompts, plan_from_config, run_labelling
+    from .gateway.labelling import Prompt, calls_per_prompt, load_prompts, plan_from_config, run_labelling
 
     if concurrency < 1 or max_tokens < 1:
         raise TinyDancerError("--concurrency and --max-tokens must be at least 1")
+    if (prompts is None) == (from_db is None):
+        raise TinyDancerError("give a prompts file or --from-db DATABASE (one of them)")
     cfg = load_config(config)
-    plan = plan_from_config(cfg, load_prompts(prompts), models=models.split(",") if models else None, grader=grader,
+    if from_db is not None:
+        from .server.storage import open_storage
+
+        texts = open_storage(from_db).prompt_texts(since)
+        if not texts:
+            raise TinyDancerError(f"{from_db} holds no prompts: set log_prompts: true in the gateway's config, "
+                                  "and let it serve some traffic first")
+        items = [Prompt(t) for t in texts]
+    else:
+        assert prompts is not None
+        items = load_prompts(prompts)
+    if sample is not None and sample < len(items):
+        picked = np.random.default_rng(0).choice(len(items), size=sample, replace=False)
+        items = [items[i] for i in sorted(picked)]
+    plan = plan_from_config(cfg, items, models=models.split(",") if models else None, grader=grader,
                             judge=judge, match=match, max_tokens=max_tokens, max_dollars=max_dollars,
                             concurrency=concurrency)
     estimate = plan.estimate()

@@ -103,6 +103,9 @@ class GatewayConfig(_Strict):
     breaker_reset_s: float = Field(30.0, gt=0.0, allow_inf_nan=False)
     #: concurrent requests whose prompts are embedded in one batch, at most
     embed_batch: int = Field(32, ge=1, le=1024)
+    #: keep the text each call was routed on (the last user turn) in the log, for
+    #: ``tinydancer label --from-db``; off by default: prompts can hold what users would not share
+    log_prompts: bool = False
 
     @model_validator(mode="after")
     def _unique(self) -> "GatewayConfig":

@@ -256,4 +256,5 @@ class Gateway:
         # upstream refused (4xx), says nothing about the model
         outcomes = [c.failure_outcome(targets.index(c.target)) for c in failed
                     if c.status not in ("client_cancelled", "client_error")]
-        self.service.writer.submit([row], [c.row() for c in calls], outcomes)
+        prompts = [(plan.request_id, plan.text, calls[0].created_at)] if self.config.log_prompts else []
+        self.service.writer.submit([row], [c.row() for c in calls], outcomes, prompts)

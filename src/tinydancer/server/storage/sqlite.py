@@ -10,6 +10,7 @@ Tables
                 embedding retraining needs, confidence, uncertainty and decision of each (packed
                 arrays), latency, time — one insert per routed request, not one per candidate
     outcomes    feedback joined to decisions by request id and target: success, quality, cost
+    prompts     the text the gateway routed on, only when its config says log_prompts: true
     calls       the gateway's upstream attempts: one row per attempt of a call (status, tokens,
                 actual cost, time to first token, total time), joined to its decision by request id
 Statistics (totals, averages, p50/p95/p99 latency) are computed from the stored rows.
@@ -113,6 +114,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX calls_created ON calls (created_at)
     """,
+    # 5: the text the gateway routed on, kept only when the operator asks (log_prompts), so that
+    #    `tinydancer label --from-db` can label real traffic
+    """
+    CREATE TABLE prompts (
+        request_id TEXT PRIMARY KEY,
+        text TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
 ]
 
 
@@ -190,6 +200,7 @@ class SQLiteStorage:
                 conn.execute(f"DELETE FROM outcomes WHERE request_id IN ({old})", args)
                 conn.execute(f"DELETE FROM outcome_corrections WHERE request_id IN ({old})", args)
                 conn.execute(f"DELETE FROM calls WHERE request_id IN ({old})", args)
+                conn.execute(f"DELETE FROM prompts WHERE request_id IN ({old})", args)
                 removed += conn.execute(f"DELETE FROM decisions WHERE {where}", args).rowcount
         return removed
 
@@ -286,16 +297,24 @@ class SQLiteStorage:
             conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
     def insert_log(self, decisions: list[tuple[Any, ...]], calls: list[tuple[Any, ...]],
-                   outcomes: list[tuple[Any, ...]]) -> None:
-        """Decisions, gateway calls (:meth:`CallRecord.row`) and automatic outcomes (failed attempts)
-        in one transaction; an outcome already recorded (feedback came first) is kept."""
+                   outcomes: list[tuple[Any, ...]], prompts: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Decisions, gateway calls (:meth:`CallRecord.row`), automatic outcomes (failed attempts)
+        and, when kept, prompts, in one transaction; an outcome already recorded is kept."""
         with self._tx() as conn:
+            if prompts:
+                conn.executemany("INSERT OR IGNORE INTO prompts VALUES (?,?,?)", prompts)
             if decisions:
                 conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
             if calls:
                 conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             if outcomes:
                 conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?,?,?,?,?,?,?)", outcomes)
+
+    def prompt_texts(self, since: float | None = None) -> list[str]:
+        """The distinct prompts the gateway kept (log_prompts), oldest first."""
+        sql = "SELECT text, MIN(created_at) AS t FROM prompts" + (" WHERE created_at >= ?" if since is not None else "")
+        rows = self._conn().execute(sql + " GROUP BY text ORDER BY t", (since,) if since is not None else ()).fetchall()
+        return [r[0] for r in rows]
 
     def calls(self, request_id: str | None = None) -> list[dict[str, Any]]:
         """Gateway call rows (all, or one request's), oldest first."""

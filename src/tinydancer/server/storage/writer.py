@@ -43,6 +43,7 @@ class DecisionWriter:
         #: the gateway's call rows and automatic outcomes, committed with the decisions
         self._calls: list[tuple[Any, ...]] = []
         self._outcomes: list[tuple[Any, ...]] = []
+        self._prompts: list[tuple[Any, ...]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.error: BaseException | None = None
@@ -56,8 +57,8 @@ class DecisionWriter:
         return self._closed
 
     def submit(self, rows: Sequence[tuple[Any, ...]], calls: Sequence[tuple[Any, ...]] = (),
-               outcomes: Sequence[tuple[Any, ...]] = ()) -> None:
-        """Queue decision rows (with, for a gateway call, its call rows and failure outcomes)."""
+               outcomes: Sequence[tuple[Any, ...]] = (), prompts: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Queue decision rows (with, for a gateway call, its call rows, failure outcomes and prompt)."""
         if self._closed:
             raise TinyDancerError("the decision writer is closed")
         if len(self._pending) + len(rows) > self.max_pending:
@@ -70,6 +71,7 @@ class DecisionWriter:
         self._pending.extend(rows)
         self._calls.extend(calls)
         self._outcomes.extend(outcomes)
+        self._prompts.extend(prompts)
         if self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -88,10 +90,11 @@ class DecisionWriter:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._commit)
             return
         batch, self._pending = self._pending, []
-        calls, outcomes, self._calls, self._outcomes = self._calls, self._outcomes, [], []
+        calls, outcomes, prompts = self._calls, self._outcomes, self._prompts
+        self._calls, self._outcomes, self._prompts = [], [], []
         try:
-            if calls or outcomes:
-                self.storage.insert_log(batch, calls, outcomes)
+            if calls or outcomes or prompts:
+                self.storage.insert_log(batch, calls, outcomes, prompts)
             else:
                 self.storage.insert_decision_rows(batch)
             self.error = None
@@ -99,6 +102,7 @@ class DecisionWriter:
             self._pending[:0] = batch
             self._calls[:0] = calls
             self._outcomes[:0] = outcomes
+            self._prompts[:0] = prompts
             self.error = exc
             log.error("decision log commit failed, %d rows kept for retry: %s", len(batch), exc)
         except Exception as exc:  # a batch that can never be written: drop it rather than block all logging
