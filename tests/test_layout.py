@@ -7,7 +7,8 @@ hidden in a function is still a circle.  Layers, bottom up:
     nn         the network, its files and its training
     candidates / llm   the two routing engines (neither imports the other)
     server     the HTTP service, storage, the learning loop
-    gateway    the OpenAI-compatible gateway, built on the service
+    gateway / integrations   the OpenAI-compatible gateway, built on the service; plug-ins for
+               other gateways (LiteLLM)
     surfaces   cli, demo, plotting, progress, synthetic, the package root
 """
 
@@ -26,7 +27,7 @@ from tinydancer import _aliases
 
 SRC = Path(tinydancer.__file__).resolve().parent
 GROUND = {"errors", "_io", "_validation", "_version", "circuit", "_aliases"}
-LAYERS = {"nn": 1, "candidates": 2, "llm": 2, "server": 3, "gateway": 4}
+LAYERS = {"nn": 1, "candidates": 2, "llm": 2, "server": 3, "gateway": 4, "integrations": 4}
 
 
 def module_names() -> dict[str, Path]:

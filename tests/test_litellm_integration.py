@@ -1,0 +1,122 @@
+"""Tiny Dancer inside the real ``litellm`` package: a Router with our strategy, stand-ins on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled cost map
+litellm = pytest.importorskip("litellm", reason="the LiteLLM integration's tests need litellm (the dev extra)")
+
+from tinydancer.errors import ValidationError  # noqa: E402
+from tinydancer.gateway.standin import StandIn, running  # noqa: E402
+from tinydancer.integrations.litellm import TinyDancerLogger, TinyDancerRoutingStrategy  # noqa: E402
+from tinydancer.llm import QueryRouter, QueryRouterConfig, RoutingTable  # noqa: E402
+from tinydancer.llm.embeddings import HashingEmbedder  # noqa: E402
+from tinydancer.server.storage import SQLiteStorage  # noqa: E402
+
+EMBEDDER = HashingEmbedder(128)
+HARD_Q = "question 9999 about cohomology"
+EASY_Q = "question 9999 about bananas"
+MAPPING = {"openai/big-model": "strong", "openai/small-model": "weak"}
+
+
+@pytest.fixture(scope="module")
+def query_router() -> QueryRouter:
+    rng = np.random.default_rng(0)
+    queries, scores = [], []
+    for i in range(600):
+        hard = rng.random() < 0.5
+        queries.append(f"question {i} about {rng.choice(['topology', 'cohomology'] if hard else ['apples', 'bananas'])}")
+        scores.append([rng.random() < 0.9, rng.random() < (0.1 if hard else 0.9)])
+    table = RoutingTable(queries, ["strong", "weak"], np.array(scores, float), np.tile([10.0, 1.0], (600, 1)))
+    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(8,), epochs=20, memory=False), embedder=EMBEDDER)
+    router.calibrate(0.5)
+    return router
+
+
+@pytest.fixture()
+def stand_ins() -> Iterator[dict[str, Any]]:
+    strong, weak = StandIn("big-model"), StandIn("small-model")
+    with running(strong.app()) as su, running(weak.app()) as wu:
+        yield {"strong": strong, "weak": weak, "su": su, "wu": wu}
+
+
+def make_router(s: dict[str, Any]) -> Any:
+    def deployment(model: str, url: str, cost_in: float, cost_out: float) -> dict[str, Any]:
+        return {"model_name": "auto", "litellm_params": {"model": f"openai/{model}", "api_base": f"{url}/v1", "api_key": "x",
+                                                         "input_cost_per_token": cost_in, "output_cost_per_token": cost_out}}
+
+    return litellm.Router(model_list=[deployment("big-model", s["su"], 1e-5, 3e-5),
+                                      deployment("small-model", s["wu"], 1e-7, 2e-7)], num_retries=0)
+
+
+def ask(router: Any, text: str) -> str:
+    async def go() -> str:
+        r = await router.acompletion(model="auto", messages=[{"role": "user", "content": text}])
+        return r.choices[0].message.content
+
+    return asyncio.run(go())
+
+
+def test_calls_land_on_the_deployment_our_router_chose_and_outcomes_reach_storage(
+        stand_ins: dict[str, Any], query_router: QueryRouter, tmp_path: Path) -> None:
+    router = make_router(stand_ins)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER).install()
+    logger = TinyDancerLogger(tmp_path / "td.db", strategy)
+    litellm.callbacks = [logger]
+
+    async def traffic() -> list[str]:
+        answers = []
+        for text in (HARD_Q, EASY_Q):
+            r = await router.acompletion(model="auto", messages=[{"role": "user", "content": text}])
+            answers.append(r.choices[0].message.content)
+        stand_ins["strong"].mode = "500"
+        with pytest.raises(litellm.exceptions.InternalServerError):
+            await router.acompletion(model="auto", messages=[{"role": "user", "content": HARD_Q}])
+        # LiteLLM runs its logging callbacks as tasks after each call: give them the loop until all three arrived
+        deadline = asyncio.get_running_loop().time() + 20
+        while logger.received < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return answers
+
+    try:
+        answers = asyncio.run(traffic())
+        assert answers[0].startswith("[big-model]") and answers[1].startswith("[small-model]")
+        assert strategy.routed == 3 and strategy.fallbacks == 0
+        logger.flush()
+        storage = SQLiteStorage(tmp_path / "td.db")
+        calls = storage.calls()
+        assert [(c["target"], c["status"]) for c in calls] == [("strong", "ok"), ("weak", "ok"), ("strong", "failed")]
+        assert calls[0]["prompt_tokens"] == 4
+        assert calls[0]["cost"] == pytest.approx(4 * 1e-5 + calls[0]["completion_tokens"] * 3e-5)  # LiteLLM's own cost
+        logs = storage.labelled("query")  # the failure is an outcome, with the embedding retraining needs
+        assert logs.targets == ["strong"] and logs.labels.tolist() == [0.0] and logs.inputs.shape == (1, 128)
+        assert logger.dropped == 0
+    finally:
+        litellm.callbacks = []
+        logger.close()
+
+
+def test_an_unavailable_tiny_dancer_falls_back_to_litellms_choice(stand_ins: dict[str, Any]) -> None:
+    router = make_router(stand_ins)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, service_url="http://127.0.0.1:9", timeout_s=0.5).install()
+    answer = ask(router, HARD_Q)
+    assert answer.startswith("[big-model]") or answer.startswith("[small-model]")
+    assert strategy.fallbacks == 1 and strategy.routed == 0
+
+
+def test_a_deployment_mapped_to_an_unknown_model_is_refused(stand_ins: dict[str, Any], query_router: QueryRouter) -> None:
+    with pytest.raises(ValidationError, match="does not route"):
+        TinyDancerRoutingStrategy(make_router(stand_ins), {"openai/big-model": "gpt-5"}, query_router=query_router)
+
+
+def test_the_operating_point_moves_the_choice(stand_ins: dict[str, Any], query_router: QueryRouter) -> None:
+    router = make_router(stand_ins)
+    TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER, strong_share=1.0).install()
+    assert ask(router, EASY_Q).startswith("[big-model]")
