@@ -120,3 +120,32 @@ def test_the_operating_point_moves_the_choice(stand_ins: dict[str, Any], query_r
     router = make_router(stand_ins)
     TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER, strong_share=1.0).install()
     assert ask(router, EASY_Q).startswith("[big-model]")
+
+
+def test_litellms_own_classifier_client_reads_our_tiers(query_router: QueryRouter, tmp_path: Path) -> None:
+    """POST /v1/systemone, exercised by LiteLLM's HttpJevClassifierClient and validated by its own models."""
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+    from litellm.router_strategy.complexity_router.jev_classifier import HttpJevClassifierClient, build_jev_request
+
+    from tinydancer.server import ServiceSettings, create_app
+
+    folder = tmp_path / "router"
+    query_router.save(folder)
+    settings = ServiceSettings(model_path=tmp_path / "none.safetensors", database_path=tmp_path / "s.db",
+                               query_router_path=folder, watch_interval_s=0)
+    app = create_app(settings)
+    app.state.service.query_router.embedder = EMBEDDER
+    tiers = {"SIMPLE": "easy things", "MEDIUM": "middling", "COMPLEX": "hard things", "REASONING": "proofs"}
+    with running(app) as base:
+        async def classify(text: str) -> Any:
+            client = HttpJevClassifierClient(api_key=None, api_base=base, http_client=AsyncHTTPHandler())
+            request = build_jev_request(text, "Be brief.", "tinydancer", "Pick the tier this request needs.", tiers)
+            return await client.evaluate(request, timeout_s=10)
+
+        hard, easy = asyncio.run(classify(HARD_Q)), asyncio.run(classify(EASY_Q))
+    order = list(tiers)
+    for verdict in (hard, easy):
+        answer = verdict.answers["tier"]
+        assert answer.choice in tiers and sum(answer.probabilities.values()) == pytest.approx(1.0)
+        assert answer.confidence == pytest.approx(max(answer.probabilities.values()))
+    assert order.index(hard.answers["tier"].choice) > order.index(easy.answers["tier"].choice)

@@ -107,6 +107,12 @@ def main() -> None:
             call("Model-tier routing without forwarding: which model should this query go to (text, or an `embedding`; "
                  "optional `strong_share`, or `cost_weight` / `quality_bar` for N-model routers).",
                  "POST", "/v1/route/query", {"query": "What is the capital of France?", "strong_share": 0.5})
+            call("LiteLLM's complexity-router classifier protocol: which of the request's tiers (least to most "
+                 "demanding) this request needs, from the query router's view of its difficulty.", "POST", "/v1/systemone",
+                 {"state": "Prove that there are infinitely many primes.", "model": "tinydancer", "questions": {"tier": {
+                     "type": "choice", "instructions": "Pick the tier this request needs.",
+                     "criteria": {"SIMPLE": "lookups and chit-chat", "MEDIUM": "ordinary tasks", "COMPLEX": "hard tasks",
+                                  "REASONING": "proofs and multi-step reasoning"}}}})
             candidates = {"query_embedding": [0.1, 0.3, 0.5, 0.7], "candidates": [
                 {"id": "fast-path", "embedding": [0.1, 0.3, 0.5, 0.6], "success_rate": 0.92, "access_count": 40,
                  "created_at": 1764000000},
