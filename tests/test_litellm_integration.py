@@ -149,3 +149,67 @@ def test_litellms_own_classifier_client_reads_our_tiers(query_router: QueryRoute
         assert answer.choice in tiers and sum(answer.probabilities.values()) == pytest.approx(1.0)
         assert answer.confidence == pytest.approx(max(answer.probabilities.values()))
     assert order.index(hard.answers["tier"].choice) > order.index(easy.answers["tier"].choice)
+
+
+def test_litellms_complexity_router_routes_with_our_classifier(stand_ins: dict[str, Any], query_router: QueryRouter,
+                                                               tmp_path: Path) -> None:
+    """The configuration a LiteLLM proxy would load (classifier_type: oss_classifier), on litellm.Router itself."""
+    from tinydancer.server import ServiceSettings, create_app
+
+    folder = tmp_path / "router"
+    query_router.save(folder)
+    settings = ServiceSettings(model_path=tmp_path / "none.safetensors", database_path=tmp_path / "s.db",
+                               query_router_path=folder, watch_interval_s=0, api_keys=("classifier-key",))
+    app = create_app(settings)
+    app.state.service.query_router.embedder = EMBEDDER
+    with running(app) as base:
+        router = litellm.Router(model_list=[
+            {"model_name": "big", "litellm_params": {"model": "openai/big-model", "api_base": f"{stand_ins['su']}/v1", "api_key": "x"}},
+            {"model_name": "small", "litellm_params": {"model": "openai/small-model", "api_base": f"{stand_ins['wu']}/v1", "api_key": "x"}},
+            {"model_name": "smart", "litellm_params": {"model": "auto_router/complexity_router", "complexity_router_config": {
+                "classifier_type": "oss_classifier",
+                "opensource_classifier_config": {"api_base": base, "api_key": "classifier-key", "model": "tinydancer"},
+                "tiers": {"SIMPLE": "small", "MEDIUM": "small", "COMPLEX": "big", "REASONING": "big"}}}}], num_retries=0)
+
+        async def go(text: str) -> str:
+            r = await router.acompletion(model="smart", messages=[{"role": "user", "content": text}])
+            return r.choices[0].message.content
+
+        hard, easy = asyncio.run(go(HARD_Q)), asyncio.run(go(EASY_Q))
+    assert hard.startswith("[big-model]") and easy.startswith("[small-model]"), (hard, easy)
+    assert stand_ins["strong"].calls == 1 and stand_ins["weak"].calls == 1
+
+
+def test_with_a_service_the_decision_is_the_services_and_a_failure_reaches_its_feedback(
+        stand_ins: dict[str, Any], query_router: QueryRouter, tmp_path: Path) -> None:
+    from tinydancer.server import ServiceSettings, create_app
+
+    folder = tmp_path / "router"
+    query_router.save(folder)
+    db = tmp_path / "service.db"
+    app = create_app(ServiceSettings(model_path=tmp_path / "none.safetensors", database_path=db,
+                                     query_router_path=folder, watch_interval_s=0))
+    app.state.service.query_router.embedder = EMBEDDER
+    with running(app) as base:
+        router = make_router(stand_ins)
+        strategy = TinyDancerRoutingStrategy(router, MAPPING, service_url=base).install()
+        logger = TinyDancerLogger(tmp_path / "local.db", strategy)
+        litellm.callbacks = [logger]
+        stand_ins["strong"].mode = "500"
+
+        async def traffic() -> None:
+            with pytest.raises(litellm.exceptions.InternalServerError):
+                await router.acompletion(model="auto", messages=[{"role": "user", "content": HARD_Q}])
+            deadline = asyncio.get_running_loop().time() + 20
+            while logger.received < 1 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+
+        try:
+            asyncio.run(traffic())
+            logger.flush()
+        finally:
+            litellm.callbacks = []
+            logger.close()
+    assert strategy.routed == 1 and strategy.fallbacks == 0
+    logs = SQLiteStorage(db).labelled("query")  # in the service's log: its decision, our failure
+    assert logs.targets == ["strong"] and logs.labels.tolist() == [0.0]

@@ -13,8 +13,9 @@ kwargs, whose ``standard_logging_object`` carries LiteLLM's cost, tokens and sta
   deployment) falls back to LiteLLM's own choice, logged and counted: a user's call never fails
   because of us.
 - :class:`TinyDancerLogger` records each call's decision, deployment, tokens, LiteLLM's cost
-  figure, latency and failures in Tiny Dancer's storage, so ``tinydancer retrain --query-router``
-  learns from LiteLLM traffic.  It never blocks the call: records go to a bounded queue that a
+  figure, latency and failures in Tiny Dancer's storage (for decisions a service made, failures go
+  to the service's ``/v1/feedback``), so ``tinydancer retrain --query-router`` learns from
+  LiteLLM traffic.  It never blocks the call: records go to a bounded queue that a
   background thread writes; when the queue is full, records are dropped and counted.
 """
 
@@ -298,6 +299,22 @@ class TinyDancerLogger(CustomLogger):
         self._queue.put(None)
         self._thread.join(timeout=5)
 
+    def _post_feedback(self, decision_id: str, cost: Any) -> None:
+        import json
+        import urllib.request
+
+        assert self.strategy is not None and self.strategy.service_url is not None
+        body = {"request_id": decision_id, "success": False}
+        if isinstance(cost, (int, float)) and cost >= 0:
+            body["cost"] = float(cost)
+        headers = {"Content-Type": "application/json"}
+        if self.strategy.api_key:
+            headers["Authorization"] = f"Bearer {self.strategy.api_key}"
+        req = urllib.request.Request(f"{self.strategy.service_url}/v1/feedback", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=self.strategy.timeout_s) as resp:  # noqa: S310 - the configured service
+            resp.read()
+
     def _write(self, kwargs: dict[str, Any], ok: bool) -> None:
         params = kwargs.get("litellm_params") or {}
         metadata = params.get("metadata") or kwargs.get("metadata") or {}
@@ -315,7 +332,11 @@ class TinyDancerLogger(CustomLogger):
                           time.time())
         remembered = self.strategy.decisions.pop(decision_id, None) if self.strategy is not None else None
         if tag.get("remote"):
-            return  # the service logged this decision itself; its feedback goes to the service
+            # the service logged this decision itself: a failure goes to it as feedback (a success
+            # says nothing of quality; the application's own feedback does)
+            if not ok and self.strategy is not None and self.strategy.service_url is not None:
+                self._post_feedback(decision_id, slo.get("response_cost"))
+            return
         emb, quality, text = remembered if remembered is not None else (None, {}, "")
         vec = np.zeros(0, np.float32) if emb is None else np.asarray(emb, np.float32)
         router = self.strategy.router if self.strategy is not None else None

@@ -69,9 +69,15 @@ def tier_answer(level: float, tiers: list[str]) -> dict[str, Any]:
 
 
 def request_text(state: str) -> str:
-    """The request itself when LiteLLM prefixed it with the caller's system prompt."""
-    head, sep, tail = state.rpartition("\n\nRequest:\n")
-    return tail if sep and head.startswith("System prompt:") and tail.strip() else state
+    """The request itself, without what LiteLLM frames it with: its complexity router ends the state
+    with ``Classify this message:`` and the request (after quoted context and earlier turns), and
+    ``build_jev_request`` puts a caller's system prompt before ``Request:``.  The router learned
+    from requests alone, so that is what it reads."""
+    for marker in ("\nClassify this message:\n", "\n\nRequest:\n"):
+        _head, sep, tail = state.rpartition(marker)
+        if sep and tail.strip():
+            return tail
+    return state
 
 
 @router.post("/v1/systemone", summary="LiteLLM complexity router's external classifier: which tier a request needs")
