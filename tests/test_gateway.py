@@ -497,3 +497,33 @@ def test_the_gateway_hot_reloads_a_router_that_changes_on_disk(router_dir: Path,
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             assert ask() == "strong"
+
+
+def test_calibrate_sets_the_operating_point_from_logged_traffic(stack: Stack, router_dir: Path, tmp_path: Path) -> None:
+    """`tinydancer calibrate`: the share of strong calls is measured on the queries users sent."""
+    from typer.testing import CliRunner
+
+    from tinydancer.cli import app
+
+    client = stack.client()
+    ids = [client.chat.completions.with_raw_response.create(
+        model="tinydancer", messages=[{"role": "user", "content": f"question {i} about {HARD[i % 4]}"}]
+    ).headers["x-tinydancer-decision-id"] for i in range(40)]  # this traffic is all hard
+    stack.calls(ids[-1])
+    copy = tmp_path / "router"
+    shutil.copytree(router_dir, copy)
+    result = CliRunner().invoke(app, ["calibrate", str(copy), "--database-path", str(stack.db), "--strong-share", "0.25",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["queries"] == 40 and report["written"] is True
+    router = QueryRouter.load(copy)
+    scores = router.strong_scores(EMBEDDER.embed([f"question {i} about {HARD[i % 4]}" for i in range(40)]))
+    assert np.mean(scores >= router.threshold) == pytest.approx(0.25, abs=0.05)  # a quarter of *this* traffic
+    # the budget form: at costs 10 / 1, $3 a query allows at most 2/9 of the calls strong (in steps of 1/40 here)
+    result = CliRunner().invoke(app, ["calibrate", str(copy), "--database-path", str(stack.db), "--budget", "3", "--json",
+                                      "--dry-run"])
+    report = json.loads(result.output)
+    assert report["predicted_cost"] <= 3.0 and 0.15 <= report["strong_share"] <= 2 / 9 and report["written"] is False
+    result = CliRunner().invoke(app, ["calibrate", str(copy), "--database-path", str(stack.db), "--budget", "0.5"])
+    assert result.exit_code == 1 and "below the cheaper model" in result.output

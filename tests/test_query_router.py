@@ -393,3 +393,57 @@ def test_cli_trains_on_a_partial_table_and_fine_tunes_with_init(tmp_path) -> Non
     assert r.exit_code == 0, r.output
     assert "fine-tuned" in r.output
     assert QueryRouter.load(tmp_path / "r2").info["fine_tuned_from"] is not None
+
+
+def test_in_a_pair_strong_means_better_not_dearer() -> None:
+    """The dearer model is the worse one: 'strong' must be the cheaper, better model, and APGR must not invert."""
+    def table(n: int, seed: int) -> RoutingTable:
+        rng = np.random.default_rng(seed)
+        queries, scores = [], []
+        for i in range(n):
+            hard = rng.random() < 0.4
+            queries.append(f"question {i} about {rng.choice(HARD if hard else EASY)} please explain {rng.integers(1000)}")
+            # 'dear' is right 50 % everywhere; 'cheap' 90 % on easy topics, 20 % on hard ones
+            scores.append([rng.random() < 0.5, rng.random() < (0.2 if hard else 0.9)])
+        return RoutingTable(queries, ["dear", "cheap"], np.array(scores, float), np.tile([10.0, 1.0], (n, 1)))
+
+    train, test = table(1500, 0), table(600, 7).with_embeddings(EMBEDDER)
+    router = QueryRouter.fit(train, QueryRouterConfig(hidden_dims=(16,), epochs=40, memory=False), embedder=EMBEDDER)
+    assert router.models[router.strong] == "cheap" and router.models[router.weak] == "dear"
+    result = router.evaluate(test)
+    assert result["apgr"] > 0.5 and result["cpt50"] < 100.0, result  # a learned router reads as better than random
+    loaded_dir = Path(__import__("tempfile").mkdtemp())
+    router.save(loaded_dir)
+    assert QueryRouter.load(loaded_dir).strong == router.strong  # the orientation travels with the file
+
+
+def test_a_dominated_model_is_never_chosen_and_a_never_best_model_is_harmless() -> None:
+    rng = np.random.default_rng(3)
+    n = 1200
+    queries = [f"item {i}: tell me about {rng.choice(HARD if i % 2 else EASY)}" for i in range(n)]
+    hard = np.array([i % 2 == 1 for i in range(n)])
+    p = np.column_stack([np.where(hard, 0.2, 0.9),   # cheap: good on easy items
+                         np.where(hard, 0.9, 0.9),   # top: good everywhere
+                         np.where(hard, 0.5, 0.5),   # dominated: dearer than top and worse everywhere
+                         np.full(n, 0.3)])           # never-best: cheap-ish, never the best
+    scores = (rng.random((n, 4)) < p).astype(float)
+    table = RoutingTable(queries, ["cheap", "top", "dominated", "never-best"], scores, np.tile([1.0, 5.0, 10.0, 2.0], (n, 1)))
+    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(16,), epochs=40, memory=False), embedder=EMBEDDER)
+    out = router.predict(EMBEDDER.embed(queries[:200]))
+    for lam in (0.0, 0.01, 0.05, 0.1, 0.5):
+        assert router.models.index("dominated") not in set(router.choose(out, cost_weight=lam).tolist())
+    assert 0.0 < router.evaluate(table.subset(np.arange(200)).with_embeddings(EMBEDDER))["aiq"] <= 1.0
+
+
+def test_calibrating_an_n_model_router_to_a_budget_on_traffic() -> None:
+    router = QueryRouter.fit(multi_table(800, 0), QueryRouterConfig(hidden_dims=(16,), epochs=30), embedder=EMBEDDER)
+    traffic = EMBEDDER.embed([f"item {i}: tell me about {HARD[i % 6]}" for i in range(60)])  # maths-heavy traffic
+    report = router.calibrate_on_traffic(traffic, budget=3.0)
+    assert report["predicted_cost"] <= 3.0 and report["cost_weight"] == router.cost_weight
+    assert router.costs[router.choose(router.model.predict(traffic))].mean() <= 3.0
+    richer = router.calibrate_on_traffic(traffic, budget=10.0)
+    assert richer["predicted_quality"] >= report["predicted_quality"]
+    with pytest.raises(ValidationError, match="budget"):
+        router.calibrate_on_traffic(traffic, strong_share=0.3)
+    with pytest.raises(ValidationError, match="under"):
+        router.calibrate_on_traffic(traffic, budget=0.5)

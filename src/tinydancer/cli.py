@@ -330,6 +330,33 @@ def router_route(
     typer.echo(json.dumps({**router.route(query).to_dict(), "operating_point": point}))
 
 
+@app.command()
+@friendly_errors
+def calibrate(
+    router_dir: Path = typer.Argument(..., help="The query router to calibrate (a folder from `router train`); rewritten."),
+    database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's or gateway's log of routed queries."),
+    strong_share: Optional[float] = typer.Option(None, help="Two models: this share of your traffic goes to the strong one."),
+    budget: Optional[float] = typer.Option(None, help="Dollars a query, predicted: the best point that stays under it."),
+    since: Optional[float] = typer.Option(None, help="Only queries logged at or after this Unix time."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report the point; leave the router file as it is."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Set a router's operating point from your own traffic: the queries the service or gateway logged.
+
+    RouteLLM calibrates its threshold on a fixed public set; this uses the queries your users sent.
+    The router file is rewritten atomically (a running gateway or service hot-reloads it)."""
+    from .llm.query_router import QueryRouter
+    from .server.storage import open_storage
+
+    router = QueryRouter.load(router_dir)
+    queries = open_storage(database_path).logged_inputs("query", since)
+    report = router.calibrate_on_traffic(queries, strong_share=strong_share, budget=budget)
+    report["written"] = not dry_run
+    if not dry_run:
+        router.save(router_dir if router_dir.is_dir() else router_dir.parent)
+    _print_or_json(report, as_json, f"operating point of {router_dir} on {report['queries']} logged queries")
+
+
 @router_app.command("tables")
 @friendly_errors
 def router_tables(

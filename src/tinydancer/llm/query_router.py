@@ -193,6 +193,7 @@ class QueryRouter:
         score_quantiles: Sequence[float] | None = None,
         info: dict[str, Any] | None = None,
         memory: OutcomeMemory | None = None,
+        strong: int | None = None,
     ) -> None:
         self.model = model
         self.models = list(models)
@@ -214,8 +215,12 @@ class QueryRouter:
         self.memory = memory
         self._embedder: Any = None
         order = np.argsort(self.costs)
-        self.strong = int(order[-1])
-        self.weak = int(order[0])
+        #: two models: the better one on the training data, which need not be the dearer (a router
+        #: file without the field, from an earlier release, took the dearer); more models: the dearest
+        self.strong = int(order[-1]) if strong is None else int(strong)
+        if not 0 <= self.strong < m:
+            raise ValidationError(f"strong must index one of the {m} models, got {strong!r}")
+        self.weak = (1 - self.strong) if m == 2 else int(order[0])
         self._cost_list = [float(c) for c in self.costs]
 
     # ------------------------------------------------------------------ structure
@@ -428,6 +433,53 @@ class QueryRouter:
             self.threshold = float(np.nextafter(np.float32(self.threshold), np.float32(np.inf)))
         return self.threshold
 
+    def calibrate_on_traffic(self, embeddings: np.ndarray, *, strong_share: float | None = None,
+                             budget: float | None = None) -> dict[str, Any]:
+        """Move the operating point to a strong-call share or a cost budget ($ a query, predicted)
+        measured on real traffic (``embeddings`` of logged queries), and report the predicted mean
+        quality and cost there.  For two models, the stored score distribution becomes the
+        traffic's, so ``strong_share`` given later (serve, a request) refers to this traffic too."""
+        if (strong_share is None) == (budget is None):
+            raise ValidationError("give a strong-call share or a budget (one of them)")
+        x = as_float_array(embeddings, "logged query embeddings", ndim=2)
+        if len(x) < 20 or x.shape[1] != self.model.config.input_dim:
+            raise ValidationError(f"need at least 20 logged queries embedded as this router's ({self.embedder_id}, "
+                                  f"{self.model.config.input_dim} values); got {x.shape[0]} of {x.shape[1]}")
+        out = self.model.predict(x)
+        m = len(self.models)
+        quality = out[:, :m]
+
+        def point(choice: np.ndarray) -> tuple[float, float]:
+            rows = np.arange(len(choice))
+            return float(quality[rows, choice].mean()), float(self.costs[choice].mean())
+
+        if self.is_pair:
+            self.score_quantiles = np.quantile(out[:, 2], np.linspace(0, 1, 101))
+            if strong_share is None:  # the largest share whose routing of this traffic stays under the budget
+                if budget < self.costs.min():  # type: ignore[operator]
+                    raise ValidationError(f"a budget of ${budget:g} a query is below the cheaper model's ${self.costs.min():g}")
+                for share in np.linspace(1.0, 0.0, 101):
+                    self.calibrate(float(share), queries=x)
+                    if point(self.choose(out))[1] <= budget:  # type: ignore[operator]
+                        strong_share = round(float(share), 2)
+                        break
+            check_number("calibrate", "strong_share", strong_share, low=0.0, high=1.0)
+            self.calibrate(strong_share, queries=x)  # type: ignore[arg-type]
+            q, c = point(self.choose(out))
+            return {"queries": len(x), "strong_share": strong_share, "threshold": self.threshold,
+                    "predicted_quality": q, "predicted_cost": c}
+        if strong_share is not None:
+            raise ValidationError(f"this router chooses among {m} models: calibrate it to a --budget")
+        grid = sorted(set(lambda_grid(quality, np.tile(self.costs, (len(x), 1))).tolist()) | {0.0})
+        fits = [(point(self.choose(out, cost_weight=lam, quality_bar=None)), lam) for lam in grid]
+        within = [(q_c, lam) for q_c, lam in fits if q_c[1] <= budget]  # type: ignore[operator]
+        if not within:
+            raise ValidationError(f"no operating point keeps the predicted cost under ${budget:g} a query "
+                                  f"(the cheapest model costs ${self.costs.min():g})")
+        (q, c), lam = max(within, key=lambda item: (item[0][0], -item[0][1]))
+        self.cost_weight, self.quality_bar = float(lam), None
+        return {"queries": len(x), "cost_weight": self.cost_weight, "predicted_quality": q, "predicted_cost": c}
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, table: RoutingTable, n_settings: int = 201) -> dict[str, Any]:
         """AIQ (and for two models APGR, CPT20/50/80 in % strong calls) on a table."""
@@ -516,10 +568,15 @@ class QueryRouter:
         m = len(models)
         if m == 2 and init is not None:
             strong, weak = init.strong, init.weak
+        elif m == 2:
+            # the strong model is the better one on these outcomes, whatever it costs: when the cheaper
+            # model is also the better, "strong calls" still means calls to the better model and APGR
+            # keeps its sense (price says nothing reliable about quality); ties go to the dearer one
+            quality = [float(np.nanmean(scores[:, j])) for j in range(2)]
+            strong = int(np.argmax(quality)) if quality[0] != quality[1] else int(np.argmax(costs))
+            weak = 1 - strong
         else:
-            strong, weak = (int(np.argmax(costs)), int(np.argmin(costs))) if m == 2 else (0, 0)
-            if m == 2 and costs[strong] == costs[weak]:
-                raise ValidationError("both models cost the same: give costs so the strong (dearer) one is known")
+            strong, weak = 0, 0
         targets = scores.astype(np.float32)
         if m == 2:  # NaN where either score is missing
             adv = (1.0 + targets[:, strong] - targets[:, weak]) / 2.0
@@ -616,7 +673,7 @@ class QueryRouter:
             base = init.memory if init is not None and init.memory is not None else OutcomeMemory.empty(0, config.memory_prior)
             memory = base.merged(table.queries, observed_targets, observed=~np.isnan(observed_targets))
         info["memory_entries"] = 0 if memory is None else len(memory)
-        router = cls(net, models, costs, embedder_id, info=info, memory=memory)
+        router = cls(net, models, costs, embedder_id, info=info, memory=memory, strong=strong if m == 2 else None)
         if m == 2:
             router.score_quantiles = np.quantile(val_out[:, 2], np.linspace(0, 1, 101))
             router.calibrate(0.5)
@@ -688,6 +745,7 @@ class QueryRouter:
             "score_quantiles": None if self.score_quantiles is None else self.score_quantiles.tolist(),
             "memory_prior": None if self.memory is None else self.memory.prior_weight,
             "info": self.info,
+            "strong": self.strong if self.is_pair else None,
         })
         return net
 
@@ -709,6 +767,7 @@ class QueryRouter:
                 del net.aux_tensors[key]  # the router holds them; packed() puts them back
             return cls(net, meta["models"], meta["costs"], meta["embedder_id"], threshold=meta["threshold"],
                        cost_weight=meta["cost_weight"], quality_bar=meta["quality_bar"],
-                       score_quantiles=meta["score_quantiles"], info=meta.get("info"), memory=memory)
+                       score_quantiles=meta["score_quantiles"], info=meta.get("info"), memory=memory,
+                       strong=meta.get("strong"))
         except (KeyError, TypeError, json.JSONDecodeError, ValidationError) as exc:
             raise ModelFileError(f"{file} has an unreadable router part ({exc})") from None

@@ -313,7 +313,7 @@ def retrain_query_router(
                       cost_weight=current.cost_weight, quality_bar=current.quality_bar,
                       info={**current.info, "retrained_at": time.time(), "feedback_queries": n,
                             "memory_entries": 0 if memory is None else len(memory), "memory_feedback_until": until},
-                      memory=memory)
+                      memory=memory, strong=current.strong if current.is_pair else None)
     if pair is not None and current.threshold is not None:
         share = float(np.mean(current.predict(x)[:, 2] >= current.threshold))
         new.score_quantiles = np.quantile(new.predict(x)[:, 2], np.linspace(0, 1, 101))

@@ -310,6 +310,20 @@ class SQLiteStorage:
             if outcomes:
                 conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?,?,?,?,?,?,?)", outcomes)
 
+    def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
+        """The inputs each logged decision was routed on (for query routing: the query embedding; the
+        first target's row), oldest first; decisions logged without inputs are left out."""
+        sql = "SELECT inputs, n FROM decisions WHERE kind = ?" + (" AND created_at >= ?" if since is not None else "")
+        rows = self._conn().execute(sql + " ORDER BY created_at", (kind,) if since is None else (kind, since)).fetchall()
+        vecs = [np.frombuffer(blob, dtype=np.float32).reshape(n, -1)[0] for blob, n in rows if blob]
+        if not vecs:
+            return np.zeros((0, 0), np.float32)
+        width = {v.shape[0] for v in vecs}
+        if len(width) != 1:  # routers with different embedders logged here: the most common width
+            common = max(width, key=lambda w: sum(v.shape[0] == w for v in vecs))
+            vecs = [v for v in vecs if v.shape[0] == common]
+        return np.stack(vecs)
+
     def prompt_texts(self, since: float | None = None) -> list[str]:
         """The distinct prompts the gateway kept (log_prompts), oldest first."""
         sql = "SELECT text, MIN(created_at) AS t FROM prompts" + (" WHERE created_at >= ?" if since is not None else "")
