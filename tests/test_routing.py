@@ -6,6 +6,7 @@ import dataclasses
 import math
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -160,8 +161,12 @@ def test_routing_agrees_with_the_ground_truth(model_path: str) -> None:
     assert hits / total > 0.9
 
 
-def test_the_router_uses_the_calibration_stored_in_the_model_file(tmp_path, model_path: str) -> None:
+def test_the_router_uses_the_calibration_stored_in_the_model_file(tmp_path, model_path: str, monkeypatch) -> None:
     """Uncertainty comes from the file's conformal scores, and different stored scores route differently."""
+    import tinydancer.candidates.features as features
+
+    frozen = time.time()  # recency moves with the clock: both routes read the same instant
+    monkeypatch.setattr(features, "time", types.SimpleNamespace(time=lambda: frozen))
     request = candidate_requests(1, 60, seed=4)[0][0]
     config = dict(confidence_threshold=0.5, max_uncertainty=0.15, enable_quantization=False)
     stored = ConformalCalibrator.from_model(FastGRNN.load(model_path))
@@ -177,8 +182,8 @@ def test_the_router_uses_the_calibration_stored_in_the_model_file(tmp_path, mode
     path = doubtful.save(tmp_path / "doubtful.safetensors")
     response = Router(RouterConfig(model_path=path, **config)).route(request)
     assert response.calibrated
-    # same scores (recency moves with the clock between the two calls, hence the tolerance)
-    np.testing.assert_allclose(sorted(d.confidence for d in response.decisions), sorted(conf), rtol=1e-5)
+    # the same network at the same instant: the same scores
+    np.testing.assert_allclose(sorted(d.confidence for d in response.decisions), sorted(conf), rtol=1e-6)
     assert all(d.uncertainty == 1.0 and not d.use_lightweight for d in response.decisions)
 
 
