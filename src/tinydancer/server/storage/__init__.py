@@ -1,6 +1,7 @@
 """Where decisions and outcomes are kept.
 
 ``base`` is the interface (:class:`Storage`) and the records; ``sqlite`` the SQLite backend;
+``postgres`` the PostgreSQL one (imported on its own: it needs the ``postgres`` extra);
 ``writer`` the group commit of decision rows from the event loop.
 """
 

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -133,6 +133,87 @@ def decision_tuples(request_id: str, kind: str, model_version: str, rows: Sequen
     light = np.array([r.use_lightweight for r in rows], dtype=np.uint8)
     return [decision_record(request_id, kind, model_version, [r.target for r in rows], inputs, conf, unc, light, latency_us,
                             query_key)]
+
+
+def candidate_rows(candidates: Iterable[Any], now: float) -> list[tuple[Any, ...]]:
+    """The candidates table's rows for an upsert."""
+    return [(c.id, np.asarray(c.embedding, dtype=np.float32).tobytes(), json.dumps(c.metadata), c.created_at,
+             int(c.access_count), float(c.success_rate), now) for c in candidates]
+
+
+def outcome_target(request_id: str, target: str | None, targets_json: str | None) -> tuple[str, int]:
+    """The target an outcome is for (the top-ranked one when ``target`` is None) and its rank, from the
+    decision's stored targets; :class:`UnknownRequestError` when there is no such decision or target."""
+    targets = json.loads(targets_json) if targets_json is not None else []
+    if targets_json is None or (target is not None and target not in targets):
+        what = f"request {request_id!r}" + ("" if target is None else f" / {target!r}")
+        raise UnknownRequestError(f"no routing decision for {what}")
+    chosen = targets[0] if target is None else target
+    return str(chosen), targets.index(chosen)
+
+
+def refuse_duplicate(request_id: str, target: str, existing: Any, correction: bool) -> None:
+    """One outcome per decision and target: a second one must say it is a correction."""
+    if existing is not None and not correction:
+        raise OutcomeExistsError(f"an outcome for request {request_id!r} / {target!r} is already recorded; "
+                                 'send "correction": true to replace it (corrections are kept and audited)')
+
+
+#: what :func:`labelled_from_rows` reads, in this order, from decisions d joined with outcomes o
+LABELLED_COLUMNS = ("d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target, d.query_key, "
+                    "o.created_at")
+
+
+def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:
+    """Rows of ``LABELLED_COLUMNS`` as :class:`LabelledLogs` (every backend's reads end here)."""
+    rows = [r for r in rows if r[0]]  # a gateway call to a named model is logged without inputs: nothing to learn from
+    if not rows:
+        return LabelledLogs(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0), [])
+    inputs = [np.frombuffer(bytes(blob), dtype=np.float32).reshape(n, -1)[rank] for blob, n, rank, *_ in rows]
+    return LabelledLogs(
+        inputs=np.stack(inputs),
+        labels=np.array([r[3] for r in rows], dtype=np.float32),
+        quality=np.array([np.nan if r[4] is None else r[4] for r in rows], dtype=np.float64),
+        created_at=np.array([r[5] for r in rows], dtype=np.float64),
+        model_versions=[r[6] for r in rows],
+        targets=[r[7] for r in rows],
+        query_keys=[None if r[8] is None else int(r[8], 16) for r in rows],
+        feedback_at=np.array([r[9] for r in rows], dtype=np.float64),
+    )
+
+
+def inputs_from_rows(rows: Sequence[Sequence[Any]]) -> np.ndarray:
+    """(inputs blob, n) rows as the first target's inputs, stacked; rows without inputs left out, and
+    when routers of different widths logged here, the most common width kept."""
+    vecs = [np.frombuffer(bytes(blob), dtype=np.float32).reshape(n, -1)[0] for blob, n in rows if blob]
+    if not vecs:
+        return np.zeros((0, 0), np.float32)
+    widths = [v.shape[0] for v in vecs]
+    common = max(set(widths), key=widths.count)
+    return np.stack([v for v in vecs if v.shape[0] == common])
+
+
+def statistics_from(totals: Sequence[Any], latencies: np.ndarray, outcomes: Sequence[Any]) -> dict[str, Any]:
+    """The seed's totals and averages from (requests, decisions, lightweight, confidence sum,
+    uncertainty sum, uncertainty count), the latencies, and (outcomes, success rate, quality)."""
+    requests, decisions, light, conf_sum, unc_sum, unc_n = totals
+    n_out, success, quality = outcomes
+    pct = np.percentile(latencies, [50, 95, 99]).tolist() if latencies.size else [None, None, None]
+    return {
+        "total_requests": int(requests),
+        "total_decisions": int(decisions),
+        "lightweight_decisions": int(light),
+        "lightweight_share": light / decisions if decisions else None,
+        "avg_confidence": conf_sum / decisions if decisions and conf_sum is not None else None,
+        "avg_uncertainty": unc_sum / unc_n if unc_n else None,
+        "avg_latency_us": float(latencies.mean()) if latencies.size else None,
+        "p50_latency_us": pct[0],
+        "p95_latency_us": pct[1],
+        "p99_latency_us": pct[2],
+        "outcomes": int(n_out),
+        "success_rate": None if success is None else float(success),
+        "avg_quality": None if quality is None else float(quality),
+    }
 
 
 def new_request_id() -> str:

@@ -23,7 +23,6 @@ outcome never misses its decision.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -35,7 +34,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import DecisionRow, LabelledLogs, OutcomeExistsError, UnknownRequestError, decision_tuples
+from .base import (LABELLED_COLUMNS, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+                   inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
 
@@ -277,9 +277,7 @@ class SQLiteStorage:
 
     # ------------------------------------------------------------------ writes
     def upsert_candidates(self, candidates: Iterable[Any]) -> int:
-        now = time.time()
-        rows = [(c.id, np.asarray(c.embedding, dtype=np.float32).tobytes(), json.dumps(c.metadata), c.created_at,
-                 int(c.access_count), float(c.success_rate), now) for c in candidates]
+        rows = candidate_rows(candidates, time.time())
         with self._tx() as conn:
             conn.executemany(
                 "INSERT INTO candidates VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET embedding=excluded.embedding,"
@@ -311,18 +309,10 @@ class SQLiteStorage:
                 conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?,?,?,?,?,?,?)", outcomes)
 
     def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
-        """The inputs each logged decision was routed on (for query routing: the query embedding; the
-        first target's row), oldest first; decisions logged without inputs are left out."""
+        """The inputs each logged decision was routed on (for query routing: the query embedding),
+        oldest first; see :func:`inputs_from_rows`."""
         sql = "SELECT inputs, n FROM decisions WHERE kind = ?" + (" AND created_at >= ?" if since is not None else "")
-        rows = self._conn().execute(sql + " ORDER BY created_at", (kind,) if since is None else (kind, since)).fetchall()
-        vecs = [np.frombuffer(blob, dtype=np.float32).reshape(n, -1)[0] for blob, n in rows if blob]
-        if not vecs:
-            return np.zeros((0, 0), np.float32)
-        width = {v.shape[0] for v in vecs}
-        if len(width) != 1:  # routers with different embedders logged here: the most common width
-            common = max(width, key=lambda w: sum(v.shape[0] == w for v in vecs))
-            vecs = [v for v in vecs if v.shape[0] == common]
-        return np.stack(vecs)
+        return inputs_from_rows(self._conn().execute(sql + " ORDER BY created_at", (kind,) if since is None else (kind, since)).fetchall())
 
     def prompt_texts(self, since: float | None = None) -> list[str]:
         """The distinct prompts the gateway kept (log_prompts), oldest first."""
@@ -347,47 +337,26 @@ class SQLiteStorage:
         """
         with self._tx() as conn:
             row = conn.execute("SELECT targets FROM decisions WHERE request_id=?", (request_id,)).fetchone()
-            targets = json.loads(row[0]) if row is not None else []
-            if row is None or (target is not None and target not in targets):
-                what = f"request {request_id!r}" + ("" if target is None else f" / {target!r}")
-                raise UnknownRequestError(f"no routing decision for {what}")
-            chosen = targets[0] if target is None else target
+            chosen, rank = outcome_target(request_id, target, None if row is None else row[0])
             now = time.time()
             old = conn.execute("SELECT success, quality, cost FROM outcomes WHERE request_id=? AND target=?",
                                (request_id, chosen)).fetchone()
+            refuse_duplicate(request_id, chosen, old, correction)
             if old is not None:
-                if not correction:
-                    raise OutcomeExistsError(f"an outcome for request {request_id!r} / {chosen!r} is already recorded; "
-                                             'send "correction": true to replace it (corrections are kept and audited)')
                 conn.execute("INSERT INTO outcome_corrections VALUES (?,?,?,?,?,?,?,?,?,?)",
                              (request_id, chosen, *old, int(bool(success)), quality, cost, now, by))
             conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)",
-                         (request_id, chosen, targets.index(chosen), int(bool(success)), quality, cost, now))
+                         (request_id, chosen, rank, int(bool(success)), quality, cost, now))
             return str(chosen)
 
     # ------------------------------------------------------------------ reads
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs:
-        sql = ("SELECT d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target, d.query_key, "
-               "o.created_at FROM decisions d JOIN outcomes o ON o.request_id = d.request_id WHERE d.kind = ?")
+        sql = f"SELECT {LABELLED_COLUMNS} FROM decisions d JOIN outcomes o ON o.request_id = d.request_id WHERE d.kind = ?"
         args: list[Any] = [kind]
         if since is not None:
             sql += " AND d.created_at >= ?"
             args.append(since)
-        rows = self._conn().execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall()
-        rows = [r for r in rows if r[0]]  # a gateway call to a named model is logged without inputs: nothing to learn from
-        if not rows:
-            return LabelledLogs(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0), [])
-        inputs = [np.frombuffer(blob, dtype=np.float32).reshape(n, -1)[rank] for blob, n, rank, *_ in rows]
-        return LabelledLogs(
-            inputs=np.stack(inputs),
-            labels=np.array([r[3] for r in rows], dtype=np.float32),
-            quality=np.array([np.nan if r[4] is None else r[4] for r in rows], dtype=np.float64),
-            created_at=np.array([r[5] for r in rows], dtype=np.float64),
-            model_versions=[r[6] for r in rows],
-            targets=[r[7] for r in rows],
-            query_keys=[None if r[8] is None else int(r[8], 16) for r in rows],
-            feedback_at=np.array([r[9] for r in rows], dtype=np.float64),
-        )
+        return labelled_from_rows(self._conn().execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall())
 
     def count(self, table: str) -> int:
         if table not in ("candidates", "decisions", "outcomes", "calls"):
@@ -397,27 +366,12 @@ class SQLiteStorage:
     def statistics(self) -> dict[str, Any]:
         """The seed's totals and averages, plus latency percentiles from the stored requests."""
         conn = self._conn()
-        requests, decisions, light, conf_sum, unc_sum, unc_n = conn.execute(
+        totals = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(n_lightweight), 0), SUM(confidence_sum), "
             "SUM(uncertainty_sum), SUM(CASE WHEN uncertainty_sum IS NULL THEN 0 ELSE n END) FROM decisions").fetchone()
         latencies = np.array([r[0] for r in conn.execute("SELECT latency_us FROM decisions")], dtype=np.float64)
-        n_out, success, quality = conn.execute("SELECT COUNT(*), AVG(success), AVG(quality) FROM outcomes").fetchone()
-        pct = np.percentile(latencies, [50, 95, 99]).tolist() if latencies.size else [None, None, None]
-        return {
-            "total_requests": int(requests),
-            "total_decisions": int(decisions),
-            "lightweight_decisions": int(light),
-            "lightweight_share": light / decisions if decisions else None,
-            "avg_confidence": conf_sum / decisions if decisions and conf_sum is not None else None,
-            "avg_uncertainty": unc_sum / unc_n if unc_n else None,
-            "avg_latency_us": float(latencies.mean()) if latencies.size else None,
-            "p50_latency_us": pct[0],
-            "p95_latency_us": pct[1],
-            "p99_latency_us": pct[2],
-            "outcomes": int(n_out),
-            "success_rate": success,
-            "avg_quality": quality,
-        }
+        outcomes = conn.execute("SELECT COUNT(*), AVG(success), AVG(quality) FROM outcomes").fetchone()
+        return statistics_from(totals, latencies, outcomes)
 
     def close(self) -> None:
         self._stop.set()

@@ -1,0 +1,147 @@
+"""The Storage contract, run against every backend: SQLite (a file) and PostgreSQL (a schema of its own).
+
+PostgreSQL tests use the server on 127.0.0.1:5432 (``TINY_DANCER_TEST_PG`` overrides the URL),
+each in a fresh schema that is dropped afterwards; they skip, saying why, when no server answers
+or psycopg is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from tinydancer.server.storage import (CallRecord, DecisionRow, OutcomeExistsError, SQLiteStorage, UnknownRequestError,
+                                       decision_record)
+
+PG_URL = os.environ.get("TINY_DANCER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres(schema: str) -> Any:
+    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg 3 (pip install 'psycopg[binary,pool]')")
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL server answers at {PG_URL}: {exc}")
+    from tinydancer.server.storage.postgres import PostgresStorage
+
+    return PostgresStorage(PG_URL, schema=schema, retention_rows=3)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    if request.param == "sqlite":
+        storage = SQLiteStorage(tmp_path / "s.db", retention_rows=3)
+        yield "sqlite", storage
+        storage.close()
+        return
+    schema = f"td_test_{uuid.uuid4().hex[:12]}"
+    storage = _postgres(schema)
+    try:
+        yield schema, storage
+    finally:
+        storage.drop_schema()
+
+
+def query_row(request_id: str, targets: list[str], dim: int = 4, created_at: float | None = None) -> tuple[Any, ...]:
+    row = decision_record(request_id, "query", "v1", targets, np.arange(len(targets) * dim, dtype=np.float32).reshape(-1, dim),
+                          np.full(len(targets), 0.5, np.float32), None, np.ones(len(targets), np.uint8), 12.0, query_key=7)
+    return row if created_at is None else (*row[:13], created_at, row[14])
+
+
+def test_the_schema_is_current_and_migrating_again_changes_nothing(backend: tuple[str, Any]) -> None:
+    _, storage = backend
+    version = storage.schema_version
+    assert version >= 3 and storage.migrate() == version
+
+
+def test_decisions_outcomes_and_their_rules(backend: tuple[str, Any]) -> None:
+    _, storage = backend
+    storage.record_decisions("r1", "candidate", "v1", [DecisionRow("a", 0, np.ones(5), 0.9, 0.1, True),
+                                                       DecisionRow("b", 1, np.zeros(5), 0.2, 0.3, False)], 40.0)
+    assert storage.record_outcome("r1", None, True, 0.8, 0.01) == "a"  # the top-ranked target by default
+    assert storage.record_outcome("r1", "b", False, None, None) == "b"
+    with pytest.raises(UnknownRequestError):
+        storage.record_outcome("nope", None, True, None, None)
+    with pytest.raises(UnknownRequestError):
+        storage.record_outcome("r1", "c", True, None, None)
+    with pytest.raises(OutcomeExistsError):
+        storage.record_outcome("r1", "a", False, 0.1, None)
+    storage.record_outcome("r1", "a", False, 0.1, None, correction=True, by="key:abc")
+    logs = storage.labelled("candidate")
+    assert logs.targets == ["a", "b"] and logs.labels.tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(logs.quality, [0.1, np.nan])
+    np.testing.assert_array_equal(logs.inputs, [np.ones(5), np.zeros(5)])
+    stats = storage.statistics()
+    assert stats["total_requests"] == 1 and stats["total_decisions"] == 2 and stats["outcomes"] == 2
+    assert stats["p50_latency_us"] == pytest.approx(40.0) and stats["lightweight_share"] == pytest.approx(0.5)
+
+
+def test_gateway_calls_failures_and_prompts_in_one_transaction(backend: tuple[str, Any]) -> None:
+    _, storage = backend
+    now = time.time()
+    failed = CallRecord("g1", 0, "up-strong", "strong", "http_5xx", 500, False, None, None, None, None, 3.0, now)
+    served = CallRecord("g1", 1, "up-weak", "weak", "ok", 200, True, 12, 30, 0.004, 80.0, 120.0, now)
+    storage.insert_log([query_row("g1", ["weak", "strong"])], [failed.row(), served.row()], [failed.failure_outcome(1)],
+                       [("g1", "What is 2+2?", now)])
+    calls = storage.calls("g1")
+    assert [(c["upstream"], c["status"], c["stream"]) for c in calls] == [("up-strong", "http_5xx", 0), ("up-weak", "ok", 1)]
+    assert calls[1]["cost"] == pytest.approx(0.004) and calls[1]["completion_tokens"] == 30
+    logs = storage.labelled("query")
+    assert logs.targets == ["strong"] and logs.labels.tolist() == [0.0] and logs.query_keys == [7]
+    np.testing.assert_array_equal(logs.inputs[0], [4, 5, 6, 7])  # the failed target's row
+    assert storage.prompt_texts() == ["What is 2+2?"]
+    assert storage.logged_inputs("query").shape == (1, 4)
+    assert storage.record_outcome("g1", None, True, 0.9, None) == "weak"  # feedback goes to the model that answered
+
+
+def test_retention_keeps_the_newest_rows_with_their_outcomes(backend: tuple[str, Any]) -> None:
+    _, storage = backend
+    for i in range(6):
+        storage.insert_decision_rows([query_row(f"r{i}", ["m"], created_at=1000.0 + i)])
+        storage.record_outcome(f"r{i}", None, True, None, None)
+    assert storage.prune() == 3  # retention_rows=3: the three newest stay
+    assert storage.count("decisions") == 3 and storage.count("outcomes") == 3
+    assert storage.labelled("query").created_at.tolist() == [1003.0, 1004.0, 1005.0]
+
+
+def test_replicas_opening_at_once_and_racing_feedback(backend: tuple[str, Any], tmp_path: Path) -> None:
+    """Two storages on one database migrate once; two feedbacks for one decision: exactly one wins."""
+    name, storage = backend
+    storage.insert_decision_rows([query_row("race", ["m"])])
+    if name == "sqlite":
+        others = [SQLiteStorage(tmp_path / "s.db") for _ in range(2)]
+    else:
+        others = []
+        threads = [threading.Thread(target=lambda: others.append(_postgres(name))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert all(o.schema_version == storage.schema_version for o in others)
+    results: list[str] = []
+
+    def send(s: Any) -> None:
+        try:
+            s.record_outcome("race", None, True, 0.5, None)
+            results.append("ok")
+        except OutcomeExistsError:
+            results.append("exists")
+
+    threads = [threading.Thread(target=send, args=(o,)) for o in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["exists", "ok"]
+    for o in others:
+        if name == "sqlite":
+            o.close()
+        else:
+            o._pool.close()
