@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -527,3 +528,41 @@ def test_calibrate_sets_the_operating_point_from_logged_traffic(stack: Stack, ro
     assert report["predicted_cost"] <= 3.0 and 0.15 <= report["strong_share"] <= 2 / 9 and report["written"] is False
     result = CliRunner().invoke(app, ["calibrate", str(copy), "--database-path", str(stack.db), "--budget", "0.5"])
     assert result.exit_code == 1 and "below the cheaper model" in result.output
+
+
+def test_the_gateway_logs_to_postgresql_when_given_a_url(router_dir: Path, tmp_path: Path) -> None:
+    """--database-url: decisions, calls and feedback go to PostgreSQL (a schema of this test's own)."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg", reason="needs psycopg 3 (the postgres extra)")
+    base_url = os.environ.get("TINY_DANCER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    schema = f"td_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(base_url, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL server answers at {base_url}: {exc}")
+    url = f"{base_url}?options=-csearch_path%3D{schema}"
+    try:
+        strong, weak = StandIn("big-model"), StandIn("small-model")
+        with running(strong.app()) as su, running(weak.app()) as wu:
+            cfg = parse_config(config_dict(router_dir, {"strong": su, "weak": wu}))
+            app = create_gateway_app(cfg, ServiceSettings(database_url=url, watch_interval_s=0), embedder=EMBEDDER)
+            with running(app) as base:
+                client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+                raw = client.chat.completions.with_raw_response.create(model="tinydancer",
+                                                                       messages=[{"role": "user", "content": HARD_Q}])
+                rid = raw.headers["x-tinydancer-decision-id"]
+                r = httpx.post(f"{base}/v1/feedback", json={"request_id": rid, "success": True, "quality": 0.7})
+                assert r.status_code == 200 and r.json()["target"] == "strong"
+                assert httpx.get(f"{base}/health/ready").status_code == 200
+        from tinydancer.server.storage import open_storage
+
+        storage = open_storage(url)
+        assert [c["status"] for c in storage.calls(rid)] == ["ok"]
+        logs = storage.labelled("query")
+        assert logs.targets == ["strong"] and logs.quality.tolist() == [0.7]
+        storage.close()
+    finally:
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -389,6 +389,8 @@ def router_tables(
 def serve(
     model_path: Optional[Path] = typer.Option(None, help="Candidate-scoring model (default: $TINY_DANCER_MODEL or models/default.safetensors)."),
     database_path: Path = typer.Option(Path("tinydancer.db"), help="SQLite file for decisions and outcomes."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", envvar="TINY_DANCER_DATABASE_URL",
+                                               help="A postgresql:// URL: replicas share one log (replaces --database-path)."),
     query_router: Optional[Path] = typer.Option(None, help="Folder of a query router (enables /v1/route/query)."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
@@ -418,7 +420,7 @@ def serve(
     from .server.guards import is_loopback
 
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
-                               query_router_path=query_router, watch_interval_s=watch_interval,
+                               database_url=database_url, query_router_path=query_router, watch_interval_s=watch_interval,
                                query_exploration=explore, host=host, insecure=insecure, body_read_timeout_s=body_timeout,
                                max_pending_rows=log_buffer_rows, retention_days=retention_days,
                                retention_rows=retention_rows, query_strong_share=strong_share,
@@ -445,6 +447,8 @@ def gateway(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     database_path: Path = typer.Option(Path("tinydancer.db"), help="SQLite file for decisions, calls and outcomes."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", envvar="TINY_DANCER_DATABASE_URL",
+                                               help="A postgresql:// URL: replicas share one log (replaces --database-path)."),
     log_level: str = typer.Option("warning"),
     insecure: bool = typer.Option(False, "--insecure", help="Lab networks only: serve without credentials on any address."),
 ) -> None:
@@ -461,7 +465,7 @@ def gateway(
     from .server.guards import is_loopback
 
     cfg = load_config(config)
-    settings = ServiceSettings(database_path=database_path, host=host, insecure=insecure)
+    settings = ServiceSettings(database_path=database_path, database_url=database_url, host=host, insecure=insecure)
     if not is_loopback(host) and not insecure and not (settings.api_keys or settings.auth_token):
         raise TinyDancerError(
             f"refusing to listen on {host}: the gateway holds provider keys, so clients need keys of their own. Set "
@@ -558,6 +562,8 @@ def label(
 @friendly_errors
 def retrain(
     database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's SQLite file."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", envvar="TINY_DANCER_DATABASE_URL",
+                                               help="A postgresql:// URL: replicas share one log (replaces --database-path)."),
     model_path: Optional[Path] = typer.Option(None, help="The served model file (replaced atomically on promotion)."),
     query_router: Optional[Path] = typer.Option(
         None, help="Retrain this query router (its folder or file) from /v1/route/query feedback instead."),
@@ -589,7 +595,7 @@ def retrain(
     config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples,
                            max_mix_shift=max_mix_shift, allow_mix_shift=allow_mix_shift, reference=reference)
     say = None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    storage = open_storage(database_path)
+    storage = open_storage(database_url or database_path)
     try:
         if query_router is not None:
             report: Any = retrain_query_router(storage, query_router, ModelRegistry(registry), config, progress=say)

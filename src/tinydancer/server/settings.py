@@ -28,6 +28,8 @@ def keys_from_environment() -> tuple[str, ...]:
 class ServiceSettings:
     model_path: Path = field(default_factory=default_model_path)
     database_path: Path = Path("tinydancer.db")
+    #: a ``postgresql://`` URL (several replicas, one log): replaces database_path when set
+    database_url: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_DATABASE_URL") or None)
     query_router_path: Path | None = None
     #: the admin token (admin and operator routes); see tinydancer.server.guards
     auth_token: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_AUTH_TOKEN") or None)

@@ -29,7 +29,7 @@ class Service:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.storage: SQLiteStorage = open_storage(settings.database_path, checkpoint_interval_s=1.0,
+        self.storage: SQLiteStorage = open_storage(settings.database_url or settings.database_path, checkpoint_interval_s=1.0,
                                                    retention_days=settings.retention_days,
                                                    retention_rows=settings.retention_rows)
         self.writer = self.new_writer()  # replaced at each lifespan start if it was closed

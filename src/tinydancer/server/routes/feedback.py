@@ -29,7 +29,7 @@ async def feedback(body: FeedbackIn, request: Request) -> Any:
         service.writer.flush()  # the decision may still be in the group commit
         target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost,
                                                 correction=body.correction, by=getattr(request.state, "client", None))
-    except (sqlite3.Error, OSError, StorageUnavailable) as exc:
+    except (*getattr(service.storage, "errors", (sqlite3.Error,)), OSError, StorageUnavailable) as exc:
         # never acknowledge what was not committed: the client keeps it and retries
         service.metrics.errors.labels("/v1/feedback", "storage").inc()
         raise HTTPException(503, f"feedback not recorded, the decision log cannot be written ({exc}); retry later",

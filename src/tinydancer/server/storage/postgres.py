@@ -9,8 +9,8 @@ write is one transaction, committed before the caller returns (an outcome is ack
 after its commit, as with SQLite).  ``schema`` puts the tables in a schema of their own (created
 if missing), for tests and for sharing a database.
 
-Not yet wired into the service's settings: the service, the learning loop and the CLI still open
-SQLite (issue 18 stays open).
+Selected by a ``postgresql://`` URL (``--database-url``, ``TINY_DANCER_DATABASE_URL``); libpq's
+``options=-csearch_path%3D<schema>`` in the URL picks a schema.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class PostgresStorage:
 
     #: errors a retry can outlive (the writer keeps rows for the next commit on these)
     transient_errors: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+    errors: tuple[type[BaseException], ...] = (psycopg.Error,)
 
     def __init__(self, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 8,
                  retention_days: float | None = None, retention_rows: int | None = None) -> None:

@@ -137,6 +137,10 @@ class SQLiteStorage:
     the WAL grew to 550 MB in 30 s before both; now it stays under ~80 MB (benchmarks/soak.py).
     """
 
+    #: errors a retry can outlive (the writer keeps rows for the next commit), and every database error
+    transient_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
     #: how long a truncating checkpoint waits for readers before it gives up until the next round
     TRUNCATE_WAIT_MS = 1000
 
@@ -403,11 +407,15 @@ class _Transaction:
 
 
 def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0, *, retention_days: float | None = None,
-                 retention_rows: int | None = None) -> SQLiteStorage:
-    """The storage for a path (SQLite; a ``postgresql://`` URL would select the PostgreSQL one)."""
+                 retention_rows: int | None = None) -> Any:
+    """The storage for a path (SQLite) or a ``postgresql://`` URL (PostgreSQL, the ``postgres`` extra)."""
     text = str(path)
     if text.startswith(("postgres://", "postgresql://")):
-        raise TinyDancerError("PostgreSQL storage is not implemented yet; use a SQLite file path")
+        from .postgres import PostgresStorage
+
+        return PostgresStorage(text, retention_days=retention_days, retention_rows=retention_rows)
+    if text.startswith("sqlite:///"):
+        path = text[len("sqlite:///"):]
     try:
         return SQLiteStorage(path, checkpoint_interval_s, retention_days=retention_days, retention_rows=retention_rows)
     except (OSError, sqlite3.Error) as exc:  # an unwritable folder, a directory, a file that is not a database

@@ -98,7 +98,8 @@ class DecisionWriter:
             else:
                 self.storage.insert_decision_rows(batch)
             self.error = None
-        except sqlite3.OperationalError as exc:  # disk full, locked: keep the rows, the next commit retries
+        except getattr(self.storage, "transient_errors", (sqlite3.OperationalError,)) as exc:
+            # disk full, locked, the database briefly gone: keep the rows, the next commit retries
             self._pending[:0] = batch
             self._calls[:0] = calls
             self._outcomes[:0] = outcomes
