@@ -145,3 +145,35 @@ def test_replicas_opening_at_once_and_racing_feedback(backend: tuple[str, Any], 
             o.close()
         else:
             o._pool.close()
+
+
+def test_storage_copy_moves_a_sqlite_log_into_postgresql(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tinydancer.cli import app
+    from tinydancer.server.storage import open_storage
+
+    source = SQLiteStorage(tmp_path / "old.db")
+    now = time.time()
+    call = CallRecord("g1", 0, "up", "strong", "http_5xx", 500, False, None, None, None, None, 3.0, now)
+    source.insert_log([query_row("g1", ["strong"])], [call.row()], [call.failure_outcome(0)], [("g1", "hello", now)])
+    source.record_decisions("c1", "candidate", "v1", [DecisionRow("a", 0, np.ones(3), 0.9, None, True)], 5.0)
+    source.record_outcome("c1", None, True, 0.5, None)
+    source.record_outcome("c1", None, False, 0.1, None, correction=True, by="key:x")
+    source.close()
+    schema = f"td_test_{uuid.uuid4().hex[:12]}"
+    target = _postgres(schema)
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    try:
+        for _ in range(2):  # a second run copies nothing twice
+            result = CliRunner().invoke(app, ["storage", "copy", "--from", str(tmp_path / "old.db"), "--to", url, "-q"])
+            assert result.exit_code == 0, result.output
+        moved = open_storage(url)
+        assert {t: moved.count(t) for t in ("decisions", "outcomes", "outcome_corrections", "calls", "prompts")} == {
+            "decisions": 2, "outcomes": 2, "outcome_corrections": 1, "calls": 1, "prompts": 1}
+        logs = moved.labelled("query")
+        assert logs.targets == ["strong"] and logs.labels.tolist() == [0.0] and logs.query_keys == [7]
+        assert moved.labelled("candidate").quality.tolist() == [pytest.approx(0.1)]
+        moved.close()
+    finally:
+        target.drop_schema()

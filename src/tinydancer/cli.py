@@ -558,6 +558,39 @@ def label(
         err_console.print(f"[yellow]{e}[/]")
 
 
+storage_app = typer.Typer(help="The decision log's storage.", no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
+
+
+@storage_app.command("copy")
+@friendly_errors
+def storage_copy(
+    source: str = typer.Option(..., "--from", help="The log to copy: a SQLite file (or a postgresql:// URL)."),
+    target: str = typer.Option(..., "--to", help="Where to: a postgresql:// URL (or a SQLite file)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Copy a decision log, every table, into another backend (SQLite to PostgreSQL, say).
+
+    Rows the target already has are kept, so an interrupted copy can simply be run again. The model
+    registry is a folder for both backends today: copy models/registry as it is."""
+    from .server.storage import copy_log, open_storage
+    from .server.storage.base import LOG_TABLES
+
+    if source == target:
+        raise TinyDancerError("--from and --to name the same log")
+    if not source.startswith(("postgres://", "postgresql://")) and not Path(source).is_file():
+        raise TinyDancerError(f"no database at {source}")
+    src, dst = open_storage(source), open_storage(target)
+    try:
+        total = sum(src.count(t) for t in LOG_TABLES)
+        with item_progress("copying rows", total, quiet) as advance:
+            copied = copy_log(src, dst, progress=advance)
+    finally:
+        src.close()
+        dst.close()
+    console.print("copied " + ", ".join(f"{n:,} {table}" for table, n in copied.items()))
+
+
 @app.command()
 @friendly_errors
 def retrain(

@@ -135,6 +135,25 @@ def decision_tuples(request_id: str, kind: str, model_version: str, rows: Sequen
                             query_key)]
 
 
+#: every table of the log, in an order that copying can follow (decisions before what refers to them)
+LOG_TABLES = ("candidates", "decisions", "outcomes", "outcome_corrections", "calls", "prompts")
+
+
+def copy_log(source: Any, target: Any, batch: int = 5000, progress: Any = None) -> dict[str, int]:
+    """Copy every row of ``source``'s log into ``target`` (another backend), table by table, in
+    batches; rows the target already has are kept (a rerun after an interruption is safe)."""
+    copied = {}
+    for table in LOG_TABLES:
+        n = 0
+        for rows in source.table_rows(table, batch):
+            target.insert_rows(table, rows)
+            n += len(rows)
+            if progress is not None:
+                progress(len(rows))
+        copied[table] = n
+    return copied
+
+
 def candidate_rows(candidates: Iterable[Any], now: float) -> list[tuple[Any, ...]]:
     """The candidates table's rows for an upsert."""
     return [(c.id, np.asarray(c.embedding, dtype=np.float32).tobytes(), json.dumps(c.metadata), c.created_at,

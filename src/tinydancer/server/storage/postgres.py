@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (LABELLED_COLUMNS, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 try:
@@ -56,7 +56,8 @@ PG_MIGRATIONS: list[str] = [
     CREATE TABLE outcome_corrections (
         request_id TEXT NOT NULL, target TEXT NOT NULL, old_success INTEGER, old_quality DOUBLE PRECISION,
         old_cost DOUBLE PRECISION, new_success INTEGER NOT NULL, new_quality DOUBLE PRECISION, new_cost DOUBLE PRECISION,
-        corrected_at DOUBLE PRECISION NOT NULL, corrected_by TEXT)
+        corrected_at DOUBLE PRECISION NOT NULL, corrected_by TEXT);
+    CREATE UNIQUE INDEX corrections_unique ON outcome_corrections (request_id, target, corrected_at)
     """,
     # 2: the gateway's calls (SQLite's 4)
     """
@@ -237,8 +238,25 @@ class PostgresStorage:
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def table_rows(self, table: str, batch: int = 5000) -> Iterable[list[tuple[Any, ...]]]:
+        """Every row of a log table, in batches."""
+        if table not in LOG_TABLES:
+            raise ValueError(table)
+        with self._pool.connection() as conn, conn.cursor(name=f"copy_{table}") as cur:
+            cur.execute(f"SELECT * FROM {table}")
+            while rows := cur.fetchmany(batch):
+                yield [tuple(r) for r in rows]
+
+    def insert_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Rows of a log table (from either backend); rows already here are kept."""
+        if table not in LOG_TABLES:
+            raise ValueError(table)
+        if rows:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO {table} VALUES ({_q(len(rows[0]))}) ON CONFLICT DO NOTHING", rows)
+
     def count(self, table: str) -> int:
-        if table not in ("candidates", "decisions", "outcomes", "calls"):
+        if table not in LOG_TABLES:
             raise ValueError(table)
         with self._pool.connection() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])

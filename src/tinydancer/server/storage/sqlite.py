@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (LABELLED_COLUMNS, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
@@ -123,6 +123,8 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     )
     """,
+    # 6: a correction is one row per decision, target and time, so copying a log twice keeps one
+    "CREATE UNIQUE INDEX corrections_unique ON outcome_corrections (request_id, target, corrected_at)",
 ]
 
 
@@ -362,8 +364,24 @@ class SQLiteStorage:
             args.append(since)
         return labelled_from_rows(self._conn().execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall())
 
+    def table_rows(self, table: str, batch: int = 5000) -> Iterable[list[tuple[Any, ...]]]:
+        """Every row of a log table, in batches (what ``tinydancer storage copy`` reads)."""
+        if table not in LOG_TABLES:
+            raise ValueError(table)
+        cur = self._conn().execute(f"SELECT * FROM {table}")
+        while rows := cur.fetchmany(batch):
+            yield [tuple(r) for r in rows]
+
+    def insert_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Rows of a log table, as :meth:`table_rows` gives them; rows already here are kept."""
+        if table not in LOG_TABLES:
+            raise ValueError(table)
+        if rows:
+            with self._tx() as conn:
+                conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * len(rows[0]))})", rows)
+
     def count(self, table: str) -> int:
-        if table not in ("candidates", "decisions", "outcomes", "calls"):
+        if table not in LOG_TABLES:
             raise ValueError(table)
         return int(self._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
