@@ -566,3 +566,24 @@ def test_the_gateway_logs_to_postgresql_when_given_a_url(router_dir: Path, tmp_p
     finally:
         with psycopg.connect(base_url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_a_half_open_breaker_is_not_kept_shut_by_an_unused_probe(router_dir: Path, tmp_path: Path) -> None:
+    """A recovering upstream ranked second must not lose its one probe to a call the first upstream served."""
+    from tinydancer.circuit import BreakerState
+
+    strong, weak = StandIn("big-model"), StandIn("small-model")
+    with running(strong.app()) as su, running(weak.app()) as wu:
+        cfg = parse_config(config_dict(router_dir, {"strong": su, "weak": wu}, breaker_failures=1, breaker_reset_s=0.01))
+        app = create_gateway_app(cfg, ServiceSettings(database_path=tmp_path / "g.db", watch_interval_s=0), embedder=EMBEDDER)
+        gw = app.state.gateway
+        with running(app) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+            gw.upstreams["weak"].breaker.record_failure()  # weak's breaker opens, then turns half-open
+            time.sleep(0.05)
+            assert gw.upstreams["weak"].breaker.state is BreakerState.HALF_OPEN
+            for _ in range(3):  # hard queries: strong answers first, weak is only the fallback
+                client.chat.completions.create(model="tinydancer", messages=[{"role": "user", "content": HARD_Q}])
+            raw = client.chat.completions.with_raw_response.create(model="tinydancer", messages=[{"role": "user", "content": EASY_Q}])
+            assert raw.headers["x-tinydancer-model"] == "weak"  # its probe was still there, and it closed the breaker
+            assert gw.upstreams["weak"].breaker.state is BreakerState.CLOSED

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -43,17 +43,19 @@ class _Attempts:
         self.last: UpstreamFailure | None = None
         self.skipped: list[str] = []
 
-    def candidates(self) -> list[Upstream]:
-        """The upstreams to try, in order, at most max_attempts, breakers permitting."""
-        out = []
+    def candidates(self) -> Iterator[Upstream]:
+        """The upstreams to try, in order, at most max_attempts, breakers permitting.  Lazily: a
+        half-open breaker's one probe is taken only when its upstream is really tried (taken and
+        unused, it would keep that upstream shut)."""
+        tried = 0
         for up in self.plan.order:
-            if len(out) == self.gw.config.max_attempts:
-                break
+            if tried == self.gw.config.max_attempts:
+                return
             if up.breaker.allow():
-                out.append(up)
+                tried += 1
+                yield up
             else:
                 self.skipped.append(up.name)
-        return out
 
     def add(self, up: Upstream, status: str, started: float, *, http_status: int | None = None,
             usage: tuple[int, int] | None = None, ttft: float | None = None) -> CallRecord:
