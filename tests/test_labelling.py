@@ -193,3 +193,12 @@ def test_labelling_the_prompts_a_gateway_kept(tmp_path: Path, upstreams: dict[st
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["query"] for r in rows] == ["What is 2+2?", "Name a prime."]  # distinct, the last user turn
     assert all(set(r["scores"]) == {"strong", "weak"} for r in rows), result.output
+
+
+def test_a_prompt_given_twice_is_bought_once(tmp_path: Path, upstreams: dict[str, Any]) -> None:
+    cfg = write_config(tmp_path, upstreams["urls"])
+    rows = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    out = tmp_path / "t.jsonl"
+    label(str(write_prompts(tmp_path, rows)), "--config", str(cfg), "--out", str(out), "--models", "strong")
+    assert upstreams["strong"].calls == 2
+    assert [json.loads(line)["query"] for line in out.read_text().splitlines()] == [PROMPTS[0]["prompt"], PROMPTS[1]["prompt"]]

@@ -383,4 +383,9 @@ def plan_from_config(config: GatewayConfig, prompts: list[Prompt], *, models: li
         raise ValidationError(f"the {grader} grader needs --judge NAME (an upstream of the config)")
     if grader == "reference" and any(p.reference is None for p in prompts):
         raise ValidationError("the reference grader needs a 'reference' answer on every prompt; use --judge otherwise")
-    return LabelPlan(prompts, [u for u in chosen if u is not None], grader, judge_cfg, **kw)
+    # a prompt given twice would be bought twice in one run (both miss the journal): label it once
+    first: dict[str, Prompt] = {}
+    for p in prompts:
+        first.setdefault(p.text, p)
+    unique = list(first.values())
+    return LabelPlan(unique, [u for u in chosen if u is not None], grader, judge_cfg, **kw)
