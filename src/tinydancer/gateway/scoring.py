@@ -30,9 +30,6 @@ class Scorer:
         self.max_batch = max_batch
         self._waiting: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = []
         self._busy = False
-        #: batches run and texts embedded (where the time goes: texts / batches is the mean batch)
-        self.batches = 0
-        self.texts = 0
 
     async def score(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()
@@ -54,9 +51,7 @@ class Scorer:
                         if not f.done():
                             f.set_exception(exc)
                     continue
-                self.batches += 1
-                self.texts += len(texts)
-                if self.on_batch is not None:
+                if self.on_batch is not None:  # where the time goes: texts / batches is the mean batch
                     self.on_batch(len(texts))
                 for i, (_, f) in enumerate(batch):
                     if not f.done():  # a waiter whose client went away was cancelled

@@ -224,6 +224,20 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         return str(data["model"]), str(data["request_id"])
 
 
+_DROPPED: Any = None
+
+
+def _dropped_counter() -> Any:
+    """The process's one counter of dropped records (every logger adds to it)."""
+    global _DROPPED
+    if _DROPPED is None:
+        from prometheus_client import Counter
+
+        _DROPPED = Counter("tiny_dancer_litellm_dropped_records", "LiteLLM call records dropped because the log "
+                           "queue was full")
+    return _DROPPED
+
+
 class TinyDancerLogger(CustomLogger):
     """LiteLLM calls into Tiny Dancer's log: decisions, calls (tokens, LiteLLM's cost, latency,
     status) and, for failures, an outcome, so retraining learns from LiteLLM traffic.
@@ -244,13 +258,7 @@ class TinyDancerLogger(CustomLogger):
         self._queue: queue.Queue[tuple[dict[str, Any], bool] | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._drain, name="tinydancer-litellm-log", daemon=True)
         self._thread.start()
-        from prometheus_client import Counter, REGISTRY
-
-        try:
-            self.dropped_metric: Any = Counter("tiny_dancer_litellm_dropped_records", "LiteLLM call records dropped "
-                                               "because the log queue was full", registry=REGISTRY)
-        except ValueError:  # a second logger in this process: the counter exists
-            self.dropped_metric = REGISTRY._names_to_collectors.get("tiny_dancer_litellm_dropped_records")
+        self.dropped_metric = _dropped_counter()
 
     # ------------------------------------------------------------------ LiteLLM's hooks (never block)
     def _put(self, kwargs: dict[str, Any], ok: bool) -> None:
@@ -259,8 +267,7 @@ class TinyDancerLogger(CustomLogger):
             self._queue.put_nowait((kwargs, ok))
         except queue.Full:
             self.dropped += 1
-            if self.dropped_metric is not None:
-                self.dropped_metric.inc()
+            self.dropped_metric.inc()
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._put(kwargs, True)
