@@ -41,6 +41,7 @@ from .middleware import BodyLimit
 from .routes import ALL as ROUTERS
 from .settings import ServiceSettings
 from .state import Service
+from .storage import StorageUnavailable
 from .wire import RouteIn
 
 __all__ = ["Metrics", "Service", "ServiceSettings", "create_app"]
@@ -64,14 +65,21 @@ def create_app(settings: ServiceSettings | None = None, extra_routes: Sequence[B
         gc.collect()
         gc.freeze()
         task = asyncio.create_task(service.watch()) if settings.watch_interval_s > 0 else None
+        if service.follower is not None:
+            service.follower.start()
         try:
             yield
         finally:
             if task is not None:
                 task.cancel()
+            if service.follower is not None:
+                await asyncio.to_thread(service.follower.stop)
             for close in on_close:
                 await close()
-            service.writer.close()
+            try:
+                service.writer.close()
+            except StorageUnavailable as exc:  # the database is gone at shutdown: say what is lost
+                log.error("shutting down with %d decision rows not written: %s", service.writer.pending, exc)
             service.storage.close()
 
     # The resource routers' routes are complete (path prefix, auth dependency, tags), so they are

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from ...candidates import Router
 from ...errors import TinyDancerError
 from ..deps import ready, ready_router, service_of
 from ..schemas import BreakerOut, ConfigIn, ConfigOut, ReloadIn, ReloadOut, unprocessable
+from ..storage import StorageUnavailable
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -65,5 +66,9 @@ async def breaker_reset(router_: Router = Depends(ready_router)) -> Any:
 @router.get("/stats")
 async def stats(request: Request) -> dict[str, Any]:
     service = service_of(request)
-    service.writer.flush()  # on the loop: the writer belongs to it
-    return await asyncio.to_thread(service.storage.statistics)  # a scan of the whole log: off the loop
+    try:
+        await service.writer.aflush()  # the writer belongs to the loop
+        return await asyncio.to_thread(service.storage.statistics)  # a scan of the whole log: off the loop
+    except (StorageUnavailable, *service.storage.errors) as exc:
+        raise HTTPException(503, f"the decision log cannot be read now ({exc}); retry later",
+                            headers={"Retry-After": "5"}) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from typing import Any
 
@@ -25,10 +26,15 @@ async def feedback(body: FeedbackIn, request: Request) -> Any:
         # a checkpoint is emptying the WAL: wait for it without holding the event loop (a write
         # now would block the loop on SQLite's lock, and keep the WAL growing under load)
         await asyncio.sleep(0.002)
+    storage = service.storage
     try:
-        service.writer.flush()  # the decision may still be in the group commit
-        target = service.storage.record_outcome(body.request_id, body.candidate_id, body.success, body.quality, body.cost,
-                                                correction=body.correction, by=getattr(request.state, "client", None))
+        if (down := storage.problem()) is not None:
+            raise StorageUnavailable(down)  # refused at once, not after a connection timeout
+        await service.writer.aflush()  # the decision may still be in the group commit
+        record = functools.partial(storage.record_outcome, body.request_id, body.candidate_id, body.success, body.quality,
+                                   body.cost, correction=body.correction, by=getattr(request.state, "client", None))
+        # a database over the network is waited for off the loop; SQLite's commit is quicker than the handoff
+        target = await asyncio.to_thread(record) if getattr(storage, "remote", False) else record()
     except (*getattr(service.storage, "errors", (sqlite3.Error,)), OSError, StorageUnavailable) as exc:
         # never acknowledge what was not committed: the client keeps it and retries
         service.metrics.errors.labels("/v1/feedback", "storage").inc()
