@@ -10,6 +10,14 @@ queueing: at c connections a request waits behind up to c - 1 others.  The 384-d
 runs at several connection counts (``--sweep``), and the table says which meet the target.
 
     .venv/bin/python benchmarks/service_load.py [--duration 10] [--sweep 2,4,8,16] [--connections 8]
+
+``--backends`` runs the storage comparison instead (issue 18): the same 384-d load on one replica
+logging to SQLite, one logging to PostgreSQL (``--database-url``, default the local server, a
+schema of its own dropped afterwards), and two replicas sharing that PostgreSQL, each under its
+own wrk at the same connection count, in one run.  After each run the servers stop (flushing
+their logs) and the decision rows are counted: a request wrk saw answered but not logged is lost.
+
+    .venv/bin/python benchmarks/service_load.py --backends [--database-url postgresql://…]
 """
 
 from __future__ import annotations
@@ -43,9 +51,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--sweep", default="2,4,8,16", help="connection counts for the plain 384-d run")
     parser.add_argument("--connections", type=int, default=8, help="for the other runs (reloads also at 4)")
+    parser.add_argument("--backends", action="store_true", help="compare SQLite, PostgreSQL and two PostgreSQL replicas")
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
+    if args.backends:
+        backends(args)
+        return
     console.print(environment())
     tmp = Path(tempfile.mkdtemp(prefix="td-load-"))
     model = tmp / "model.safetensors"
@@ -115,6 +128,83 @@ def main() -> None:
         server.terminate()
         server.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def backends(args: argparse.Namespace) -> None:
+    import psycopg
+
+    console.print(environment())
+    tmp = Path(tempfile.mkdtemp(prefix="td-backends-"))
+    rng = np.random.default_rng(0)
+    body = {"query_embedding": rng.normal(size=384).round(5).tolist(),
+            "candidates": [{"id": f"c{i}", "embedding": rng.normal(size=384).round(5).tolist(), "access_count": 10,
+                            "success_rate": 0.9, "created_at": time.time() - 600, "metadata": {}} for i in range(10)]}
+    (tmp / "body.json").write_text(json.dumps(body))
+    script = tmp / "post.lua"
+    script.write_text(LUA % (tmp / "body.json"))
+    schema = f"td_bench_{os.getpid()}"
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    pg_url = f"{args.database_url}{'&' if '?' in args.database_url else '?'}options=-csearch_path%3D{schema}"
+
+    def serve(name: str, database: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+        model = tmp / name / "model.safetensors"
+        train_default_router_model(model)
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "tinydancer", "serve", "--model-path", str(model), "--port",
+                                   str(port), "--watch-interval", "0", *database], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        wait_ready(f"http://127.0.0.1:{port}")
+        return server, f"http://127.0.0.1:{port}/v1/route"
+
+    def load(urls: list[str], duration: int) -> list[dict[str, float]]:
+        cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s", "--latency", "-s", str(script)]
+        procs = [subprocess.Popen(cmd + [u], stdout=subprocess.PIPE, text=True) for u in urls]
+        return [parse_wrk(p.communicate()[0]) for p in procs]
+
+    def decisions(database: list[str]) -> int:
+        if database[0] == "--database-path":
+            import sqlite3
+
+            with sqlite3.connect(database[1]) as conn:
+                return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+        with psycopg.connect(pg_url) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+
+    setups = [("1 replica, SQLite", [["--database-path", str(tmp / "load.db")]]),
+              ("1 replica, PostgreSQL", [["--database-url", pg_url]]),
+              ("2 replicas, one PostgreSQL", [["--database-url", pg_url]] * 2)]
+    rows, rates = [], {}
+    try:
+        for label, databases in setups:
+            servers = [serve(f"{label[:1]}{k}{databases[k][0][2:4]}", db) for k, db in enumerate(databases)]
+            try:
+                load([u for _, u in servers], 3)  # warm-up
+                warm = decisions(databases[0])
+                stats = load([u for _, u in servers], args.duration)
+            finally:
+                for server, _ in servers:
+                    server.terminate()  # a clean stop flushes the group commit
+                    server.wait(30)
+            logged = decisions(databases[0]) - warm
+            answered = sum(s["requests"] - s["failed"] for s in stats)
+            failed = sum(s["failed"] + s["socket_errors"] for s in stats)
+            rps = sum(s["rps"] for s in stats)
+            rates[label] = rps
+            rows.append([label, f"{rps:,.0f}", " / ".join(f"{s['p50_ms']:.2f}" for s in stats) + " ms",
+                         " / ".join(f"{s['p99_ms']:.2f}" for s in stats) + " ms", f"{answered:,.0f}",
+                         f"{failed:.0f}", f"{logged:,}", f"{max(0, answered - logged):,.0f}"])
+    finally:
+        with psycopg.connect(args.database_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.print(table(f"POST /v1/route 10 × 384-d, wrk -t1 -c{args.connections} -d{args.duration}s per replica, loopback",
+                        ["setup", "requests/s (sum)", "p50", "p99", "answered", "failed", "decisions logged",
+                         "answered, not logged"], rows))
+    ratio = rates["1 replica, PostgreSQL"] / rates["1 replica, SQLite"]
+    console.print(f"1 replica: PostgreSQL / SQLite requests/s = {ratio:.2f} (target >= 0.85: "
+                  f"{'met' if ratio >= 0.85 else 'missed'}); two replicas: "
+                  f"{'no request lost' if rows[-1][5] == '0' and rows[-1][7] == '0' else 'requests lost'}")
 
 
 if __name__ == "__main__":

@@ -567,28 +567,102 @@ app.add_typer(storage_app, name="storage")
 def storage_copy(
     source: str = typer.Option(..., "--from", help="The log to copy: a SQLite file (or a postgresql:// URL)."),
     target: str = typer.Option(..., "--to", help="Where to: a postgresql:// URL (or a SQLite file)."),
+    registry: Optional[Path] = typer.Option(None, help="A registry folder (models/registry) to move into the "
+                                                       "PostgreSQL target too: its versions become rows."),
+    registry_kind: str = typer.Option("model", help="What that registry holds: model (candidate scoring) or "
+                                                    "query_router."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Copy a decision log, every table, into another backend (SQLite to PostgreSQL, say).
+    """Copy a decision log, every table, into another backend (SQLite to PostgreSQL, say), and a
+    registry folder with it (--registry).
 
-    Rows the target already has are kept, so an interrupted copy can simply be run again. The model
-    registry is a folder for both backends today: copy models/registry as it is."""
+    Rows and versions the target already has are kept, so an interrupted copy can simply be run
+    again."""
+    from .server.registry import DatabaseRegistry, ModelRegistry, import_folder
     from .server.storage import copy_log, open_storage
-    from .server.storage.base import LOG_TABLES
+    from .server.storage.base import LOG_TABLES, keeps_registry
 
     if source == target:
         raise TinyDancerError("--from and --to name the same log")
     if not source.startswith(("postgres://", "postgresql://")) and not Path(source).is_file():
         raise TinyDancerError(f"no database at {source}")
+    if registry is not None and not (registry / "versions").is_dir():
+        raise TinyDancerError(f"{registry} is not a registry folder (no versions/ in it)")
     src, dst = open_storage(source), open_storage(target)
     try:
+        if registry is not None and not keeps_registry(dst):
+            raise TinyDancerError("--registry moves a registry folder into PostgreSQL; beside a SQLite log the "
+                                  "registry stays a folder")
         total = sum(src.count(t) for t in LOG_TABLES)
         with item_progress("copying rows", total, quiet) as advance:
             copied = copy_log(src, dst, progress=advance)
+        versions = None if registry is None else import_folder(ModelRegistry(registry), DatabaseRegistry(dst, registry_kind))
     finally:
         src.close()
         dst.close()
-    console.print("copied " + ", ".join(f"{n:,} {table}" for table, n in copied.items()))
+    console.print("copied " + ", ".join(f"{n:,} {table}" for table, n in copied.items())
+                  + ("" if versions is None else f", {versions} registry versions"))
+
+
+registry_app = typer.Typer(help="Model versions kept in the shared PostgreSQL registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _database_registry(database_url: str, kind: str) -> Any:
+    from .server.registry import DatabaseRegistry
+    from .server.storage import open_storage
+    from .server.storage.base import keeps_registry
+
+    storage = open_storage(database_url)
+    if not keeps_registry(storage):
+        storage.close()
+        raise TinyDancerError("the registry commands read a PostgreSQL registry (--database-url postgresql://…); "
+                              "beside SQLite the registry is the folder models/registry")
+    return DatabaseRegistry(storage, kind)
+
+
+@registry_app.command("list")
+@friendly_errors
+def registry_list(
+    database_url: str = typer.Option(..., "--database-url", envvar="TINY_DANCER_DATABASE_URL"),
+    kind: str = typer.Option("model", help="model (candidate scoring) or query_router."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every version of a kind, oldest first; the current one is marked."""
+    from dataclasses import asdict
+
+    reg = _database_registry(database_url, kind)
+    try:
+        versions = reg.versions()
+    finally:
+        reg.storage.close()
+    if as_json:
+        typer.echo(json.dumps([asdict(v) for v in versions]))
+        return
+    table = Table("version", "current", "parent", "sha256", "bytes", "promoted by")
+    for v in versions:
+        table.add_row(v.version, "*" if v.promoted else "", v.parent or "", v.sha256[:12], f"{v.file_bytes:,}",
+                      v.promoted_by or "")
+    console.print(table)
+
+
+@registry_app.command("promote")
+@friendly_errors
+def registry_promote(
+    version: str = typer.Argument(..., help="The version to serve (see tinydancer registry list)."),
+    database_url: str = typer.Option(..., "--database-url", envvar="TINY_DANCER_DATABASE_URL"),
+    kind: str = typer.Option("model", help="model (candidate scoring) or query_router."),
+) -> None:
+    """Serve this version on every replica (a rollback, say): moves the current pointer and
+    notifies the replicas, which reload within seconds."""
+    from .server.registry import who
+
+    reg = _database_registry(database_url, kind)
+    try:
+        reg.promote(version, by=f"{who()} (tinydancer registry promote)")
+    finally:
+        reg.storage.close()
+    console.print(f"{kind} {version} is current; the replicas reload it")
 
 
 @app.command()
@@ -600,7 +674,8 @@ def retrain(
     model_path: Optional[Path] = typer.Option(None, help="The served model file (replaced atomically on promotion)."),
     query_router: Optional[Path] = typer.Option(
         None, help="Retrain this query router (its folder or file) from /v1/route/query feedback instead."),
-    registry: Path = typer.Option(Path("models/registry"), help="Folder keeping every trained version."),
+    registry: Path = typer.Option(Path("models/registry"), help="Folder keeping every trained version (beside a SQLite "
+                                                                "log; with PostgreSQL the versions are rows there)."),
     mode: str = typer.Option("finetune", help="finetune (continue the served model) or fresh."),
     since: Optional[float] = typer.Option(None, help="Only decisions logged at or after this Unix time."),
     epochs: int = typer.Option(40),
@@ -620,20 +695,23 @@ def retrain(
     from dataclasses import asdict
 
     from .server.learning import RetrainConfig, retrain_query_router
-    from .server.registry import ModelRegistry
+    from .server.registry import registry_for, who
     from .server.learning import retrain as run_retrain
     from .candidates import default_model_path
     from .server.storage import open_storage
 
     config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples,
-                           max_mix_shift=max_mix_shift, allow_mix_shift=allow_mix_shift, reference=reference)
+                           max_mix_shift=max_mix_shift, allow_mix_shift=allow_mix_shift, reference=reference,
+                           promoted_by=f"{who()} (tinydancer retrain)")
     say = None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     storage = open_storage(database_url or database_path)
     try:
         if query_router is not None:
-            report: Any = retrain_query_router(storage, query_router, ModelRegistry(registry), config, progress=say)
+            report: Any = retrain_query_router(storage, query_router, registry_for(storage, registry, "query_router"),
+                                               config, progress=say)
         else:
-            report = run_retrain(storage, model_path or default_model_path(), ModelRegistry(registry), config, progress=say)
+            report = run_retrain(storage, model_path or default_model_path(), registry_for(storage, registry, "model"),
+                                 config, progress=say)
     finally:
         storage.close()
     if as_json:

@@ -10,7 +10,7 @@ beat about 90.4 % accuracy on this data (the Bayes rate, measured on 2M samples)
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -57,9 +57,26 @@ def candidate_requests(n_requests: int, candidates_per_request: int = 8, dim: in
     uniform, metadata sharing 0-4 of the request's 4 entries.  Outcomes are drawn from ``truth``
     (default :func:`lightweight_ok_probability`).
     """
+    return [(RoutingRequest(q, cands, meta), raw, outcomes)
+            for q, cands, meta, raw, outcomes in _simulated(n_requests, candidates_per_request, dim, seed, now, truth)]
+
+
+def candidate_bodies(n_requests: int, candidates_per_request: int = 8, dim: int = 64, seed: int | None = 0,
+                     now: float | None = None, truth: Callable[[np.ndarray], np.ndarray] | None = None,
+                     ) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """The same traffic as :func:`candidate_requests`, as ``POST /v1/route`` bodies with their outcomes."""
+    return [({"query_embedding": q.tolist(), "metadata": meta,
+              "candidates": [{"id": c.id, "embedding": c.embedding.tolist(), "metadata": c.metadata,
+                              "created_at": c.created_at, "access_count": c.access_count, "success_rate": c.success_rate}
+                             for c in cands]}, outcomes)
+            for q, cands, meta, _raw, outcomes in _simulated(n_requests, candidates_per_request, dim, seed, now, truth)]
+
+
+def _simulated(n_requests: int, candidates_per_request: int, dim: int, seed: int | None, now: float | None,
+               truth: Callable[[np.ndarray], np.ndarray] | None) -> Iterator[tuple[np.ndarray, list[Candidate],
+                                                                                dict[str, str], np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     now = time.time() if now is None else now
-    out = []
     keys = ("domain", "language", "tenant", "tier")
     for r in range(n_requests):
         q = rng.normal(size=dim).astype(np.float32)
@@ -80,5 +97,4 @@ def candidate_requests(n_requests: int, candidates_per_request: int = 8, dim: in
             cands.append(Candidate(f"r{r}-c{i}", emb.astype(np.float32), cmeta, now - age, count, success))
             raw[i] = [target, np.exp(-0.001 * age), min(np.log1p(count) / np.log1p(10000), 1.0), success, shared / 4]
         outcomes = (rng.random(candidates_per_request) < (truth or lightweight_ok_probability)(raw)).astype(np.float32)
-        out.append((RoutingRequest(q, cands, meta), raw, outcomes))
-    return out
+        yield q, cands, meta, raw, outcomes

@@ -54,6 +54,8 @@ class Gateway:
         self.service = service
         path = config.router or default_router_path()
         self.router_path = path
+        if config.router is not None:  # the user's router file follows the registry (the packaged one never does)
+            service.follow("query_router", Path(path) / ROUTER_FILE if Path(path).is_dir() else Path(path))
         self.router = QueryRouter.load(path)
         self.router_version = self._version_of(self.router)
         self._router_stat = self._stat()

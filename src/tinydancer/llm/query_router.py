@@ -754,7 +754,16 @@ class QueryRouter:
         """Load from a folder written by :meth:`save` (or the ``router.safetensors`` in it)."""
         path = Path(path)
         file = path / ROUTER_FILE if path.is_dir() else path
-        net = FastGRNN.load(file)
+        return cls.from_network(FastGRNN.load(file), str(file))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "router bytes") -> "QueryRouter":
+        """A router from the bytes of its file (a version kept in a database registry)."""
+        return cls.from_network(FastGRNN.from_bytes(data, source), source)
+
+    @classmethod
+    def from_network(cls, net: FastGRNN, file: str) -> "QueryRouter":
+        """The router a network with routing metadata describes (``file`` names it in errors)."""
         raw = net.extra_metadata.get("query_router")
         if raw is None:
             raise ModelFileError(f"{file} is a FastGRNN model but not a query router (no routing metadata)")

@@ -24,7 +24,7 @@ from ..errors import ValidationError
 from . import cell, compression
 from .cell import ForwardCache, InferencePlan
 from .config import WEIGHT_MATRICES, FastGRNNConfig
-from .model_file import ModelFileContents, decode_model_bytes, read_model_file, write_model_file
+from .model_file import ModelFileContents, decode_model_bytes, encode_model_file, read_model_file, write_model_file
 from .normalization import Normalizer
 
 
@@ -321,9 +321,15 @@ class FastGRNN:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
         """Write the model as safetensors with metadata, atomically (see :mod:`~tinydancer.nn.model_file`)."""
-        return write_model_file(path, ModelFileContents(
-            self.config, self._views, self.masks, self.quantized, self.normalizer, self.training_summary,
-            self.extra_metadata, self.aux_tensors))
+        return write_model_file(path, self._contents())
+
+    def to_bytes(self) -> bytes:
+        """The bytes :meth:`save` would write (a registry in a database keeps them as a row)."""
+        return encode_model_file(self._contents())
+
+    def _contents(self) -> ModelFileContents:
+        return ModelFileContents(self.config, self._views, self.masks, self.quantized, self.normalizer,
+                                 self.training_summary, self.extra_metadata, self.aux_tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> "FastGRNN":

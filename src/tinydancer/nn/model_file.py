@@ -48,6 +48,11 @@ class ModelFileContents:
 
 def write_model_file(path: str | Path, contents: ModelFileContents) -> Path:
     """Write ``contents`` as safetensors with metadata, atomically."""
+    return atomic_write_bytes(path, encode_model_file(contents))
+
+
+def encode_model_file(contents: ModelFileContents) -> bytes:
+    """The bytes of a model file (safetensors with metadata): what a file or a database row holds."""
     from safetensors.numpy import save
 
     tensors: dict[str, np.ndarray] = {}
@@ -77,7 +82,7 @@ def write_model_file(path: str | Path, contents: ModelFileContents) -> Path:
         "quantization": json.dumps({name: scale for name, (_q, scale) in quantized.items()}),
         "extra": json.dumps(contents.extra),
     }
-    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return save(tensors, metadata=metadata)
 
 
 def read_model_file(path: str | Path) -> ModelFileContents:

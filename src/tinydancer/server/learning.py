@@ -27,7 +27,7 @@ from ..nn.datafiles import read_table
 from ..nn.losses import bce_with_logits
 from ..llm import ROUTER_FILE, OutcomeMemory, QueryRouter
 from ..llm.query_router import neighbour_means
-from .registry import ModelRegistry
+from .registry import DatabaseRegistry, ModelRegistry, PromotionRefused
 from .storage import Storage
 
 
@@ -56,6 +56,19 @@ class RetrainConfig:
     #: a trusted labelled set kept apart from the logs (CSV, JSONL or NPZ of the router's raw
     #: features and 0/1 labels): when given, the new model must not be worse on it either
     reference: Path | None = None
+    #: recorded with a promotion (the CLI sets user@host)
+    promoted_by: str | None = None
+
+
+def _promote(registry: ModelRegistry | DatabaseRegistry, entry: Any, serve_path: Path | str, expected: str | None,
+             cfg: RetrainConfig) -> str | None:
+    """Promote unless another promotion happened since this retrain read the current version;
+    None when promoted, else why not."""
+    try:
+        registry.promote(entry, serve_path, expected=expected, by=cfg.promoted_by)
+    except PromotionRefused as exc:
+        return str(exc)
+    return None
 
 
 @dataclass
@@ -89,7 +102,7 @@ def _holdout_metrics(model: FastGRNN, x: np.ndarray, y: np.ndarray) -> dict[str,
 def retrain(
     storage: Storage,
     model_path: str | Path,
-    registry: ModelRegistry,
+    registry: ModelRegistry | DatabaseRegistry,
     config: RetrainConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RetrainReport:
@@ -101,7 +114,10 @@ def retrain(
     n = len(logs.labels)
     if n < cfg.min_samples:
         raise TinyDancerError(f"only {n} decisions have outcomes (need {cfg.min_samples}); send feedback to /v1/feedback first")
-    current = FastGRNN.load(model_path)
+    expected = registry.current()
+    base = registry.current_data()  # a database registry's promoted version; else the served file
+    current = (FastGRNN.load(model_path) if base is None
+               else FastGRNN.from_bytes(base, f"registry version {expected}"))
     parent = current.extra_metadata.get("version")
     x, y = logs.inputs, logs.labels
     perm = np.random.default_rng(cfg.seed).permutation(n)
@@ -141,8 +157,8 @@ def retrain(
     metrics = {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "mode": cfg.mode,
                "test_accuracy": new_m["accuracy"], "gate": gate.details}
     entry = registry.add(new, metrics, parent)
-    if better:
-        registry.promote(entry, model_path)
+    if better and (refused := _promote(registry, entry, model_path, expected, cfg)) is not None:
+        better, reason = False, f"{reason}; then refused: {refused}"
     say(reason)
     return RetrainReport(n, len(fit), len(cal), len(hold), old_m, new_m, better, entry.version, parent, reason,
                          round(time.perf_counter() - started, 3), asdict(entry))
@@ -255,7 +271,7 @@ def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.n
 def retrain_query_router(
     storage: Storage,
     router_path: str | Path,
-    registry: ModelRegistry,
+    registry: ModelRegistry | DatabaseRegistry,
     config: RetrainConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RetrainReport:
@@ -277,7 +293,9 @@ def retrain_query_router(
     started = time.perf_counter()
     path = Path(router_path)
     file = path / ROUTER_FILE if path.is_dir() else path
-    current = QueryRouter.load(file)
+    expected = registry.current()
+    base = registry.current_data()
+    current = QueryRouter.load(file) if base is None else QueryRouter.from_bytes(base, f"registry version {expected}")
     parent = current.model.extra_metadata.get("version")
     logs = storage.labelled("query", cfg.since)
     index = {name: i for i, name in enumerate(current.models)}
@@ -342,8 +360,8 @@ def retrain_query_router(
             "shift": shift}
     entry = registry.add(new.packed(), {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "kind": "query_router",
                                         "gate": gate}, parent)
-    if better:
-        registry.promote(entry, file)
+    if better and (refused := _promote(registry, entry, file, expected, cfg)) is not None:
+        better, reason = False, f"{reason}; then refused: {refused}"
     if merged:  # say plainly where those outcomes went: into the served router, or only into the registry
         reason += (f"; {merged} outcomes of text queries are now in the served router's outcome memory"
                    if better else f"; the served router is unchanged: the {merged} outcomes of text queries merged into "

@@ -17,8 +17,10 @@ from ..errors import TinyDancerError
 from ..llm import ROUTER_FILE, QueryRouter
 from .metrics import STATE_CODE, Metrics
 from .model_files import ModelFiles, database_files
+from .registry import RegistryFollower
 from .settings import ServiceSettings
 from .storage import DecisionWriter, SQLiteStorage, open_storage
+from .storage.base import keeps_registry
 
 log = logging.getLogger("tinydancer.service")
 
@@ -50,8 +52,34 @@ class Service:
                                       settings.max_model_bytes)
         self._seen_stat: tuple[int, int] | None = None
         self._seen_query_stat: tuple[int, int] | None = None
+        #: with a registry in the database (PostgreSQL), the served files follow its promotions
+        self.follower: RegistryFollower | None = None
+        if keeps_registry(self.storage):
+            self.follower = RegistryFollower(self.storage, {}, on_change=self._promoted)
+            if settings.require_candidate_model:
+                self.follow("model", settings.model_path)
+            if settings.query_router_path is not None:
+                self.follow("query_router", self._query_router_file())
         self._try_load()
         if settings.query_router_path is not None:
+            self.reload_query_router()
+
+    def follow(self, kind: str, path: Path | None) -> None:
+        """Serve ``path`` at the registry's current version of ``kind`` now and after each promotion
+        (a no-op beside a SQLite log, whose registry is a folder that promotes over the file)."""
+        if self.follower is None or path is None:
+            return
+        self.follower.paths[kind] = Path(path)
+        try:
+            self.follower.sync()
+        except (TinyDancerError, OSError, *self.storage.errors) as exc:
+            log.warning("could not read the registry's current %s (serving the local file): %s", kind, exc)
+
+    def _promoted(self, kind: str, version: str) -> None:
+        """The follower wrote a promoted file: the watcher reloads it; without a watcher, reload here."""
+        if self.settings.watch_interval_s <= 0 and kind == "model" and self.router is not None:
+            self.reload()
+        elif self.settings.watch_interval_s <= 0 and kind == "query_router" and self.query_router is not None:
             self.reload_query_router()
 
     def new_writer(self) -> DecisionWriter:
@@ -59,7 +87,7 @@ class Service:
 
     def storage_problem(self) -> str | None:
         """Why the decision log cannot be written right now, or None."""
-        error = self.writer.error
+        error = self.writer.error or self.storage.problem()
         return None if error is None else f"the decision log cannot be written ({error}); routing goes on, feedback is refused"
 
     def _try_load(self, data: bytes | None = None) -> None:

@@ -103,7 +103,37 @@ class Storage(Protocol):
 
     def statistics(self) -> dict[str, Any]: ...
 
+    def problem(self) -> str | None:
+        """Why the backend cannot be reached now (readiness reports it), or None."""
+        ...
+
     def close(self) -> None: ...
+
+
+class SharedRegistryStorage(Storage, Protocol):
+    """A backend that also keeps the model registry (PostgreSQL): versions as rows, a current
+    pointer per kind, promotions announced to every replica.  See ``registry.DatabaseRegistry``."""
+
+    namespace: str
+
+    def registry_add(self, kind: str, version: str, data: bytes, sha256: str, metrics: str, parent: str | None,
+                     size_bytes: int, created_at: float) -> bool: ...
+
+    def registry_versions(self, kind: str) -> list[dict[str, Any]]: ...
+
+    def registry_current(self, kind: str) -> tuple[str, str] | None: ...
+
+    def registry_data(self, version: str) -> bytes: ...
+
+    def registry_promote(self, kind: str, version: str, by: str | None, expected: str | None,
+                         check: bool = True) -> str | None: ...
+
+    def registry_notifications(self, stop: Any, timeout_s: float = 5.0) -> Iterable[tuple[str, str] | None]: ...
+
+
+def keeps_registry(storage: Any) -> bool:
+    """Whether this backend keeps the model registry itself (else the registry is a folder)."""
+    return callable(getattr(storage, "registry_promote", None))
 
 
 def decision_record(request_id: str, kind: str, model_version: str, targets: Sequence[str], inputs: np.ndarray,

@@ -15,9 +15,11 @@ Selected by a ``postgresql://`` URL (``--database-url``, ``TINY_DANCER_DATABASE_
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,11 +29,13 @@ from .base import (LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, cand
 
 try:
     import psycopg
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("PostgreSQL storage needs psycopg 3: pip install 'tinydancer[postgres]'") from exc
 
 __all__ = ["PG_MIGRATIONS", "PostgresStorage"]
+
+log = logging.getLogger("tinydancer.storage")
 
 #: pg_advisory_xact_lock key of the migrations (any constant; "tdschema" in ASCII)
 MIGRATION_LOCK = 0x7464736368656D61
@@ -70,7 +74,24 @@ PG_MIGRATIONS: list[str] = [
     """,
     # 3: prompts the gateway keeps when asked (SQLite's 5)
     "CREATE TABLE prompts (request_id TEXT PRIMARY KEY, text TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
+    # 4: the model registry (a folder beside a SQLite log): every version's file as a row, and per
+    # kind of model ('model' for candidate scoring, 'query_router') the pointer to the promoted one
+    """
+    CREATE TABLE model_versions (
+        version TEXT PRIMARY KEY, kind TEXT NOT NULL, data BYTEA NOT NULL, sha256 TEXT NOT NULL,
+        metrics TEXT NOT NULL DEFAULT '{}', parent TEXT, size_bytes BIGINT NOT NULL, file_bytes BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, promoted_by TEXT, promoted_at DOUBLE PRECISION);
+    CREATE INDEX model_versions_kind ON model_versions (kind, created_at);
+    CREATE TABLE model_current (
+        kind TEXT PRIMARY KEY, version TEXT NOT NULL REFERENCES model_versions (version),
+        promoted_by TEXT, promoted_at DOUBLE PRECISION NOT NULL)
+    """,
 ]
+
+#: the channel promotions are announced on; the payload is "<schema> <kind> <version>"
+REGISTRY_CHANNEL = "tinydancer_registry"
+#: pg_advisory_xact_lock key of promotions ("tdpromot")
+PROMOTION_LOCK = 0x746470726F6D6F74
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -82,31 +103,75 @@ def _q(n: int) -> str:
 class PostgresStorage:
     """PostgreSQL behind the Storage contract; safe to share between threads (a connection pool)."""
 
+    #: over the network: the decision writer commits from a thread, the feedback route too
+    remote = True
     #: errors a retry can outlive (the writer keeps rows for the next commit on these)
-    transient_errors: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
-    errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+    transient_errors: tuple[type[BaseException], ...] = (psycopg.OperationalError, PoolTimeout)
+    errors: tuple[type[BaseException], ...] = (psycopg.Error, PoolTimeout)
+
+    #: seconds between two retention passes of the maintenance thread
+    PRUNE_EVERY_S = 60.0
 
     def __init__(self, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 8,
-                 retention_days: float | None = None, retention_rows: int | None = None) -> None:
+                 retention_days: float | None = None, retention_rows: int | None = None,
+                 maintenance_interval_s: float = 0.0, wait_s: float = 5.0) -> None:
+        """``maintenance_interval_s`` > 0 starts a thread that checks the database that often (what
+        :meth:`problem` reports) and applies retention every :attr:`PRUNE_EVERY_S`; ``wait_s`` is how
+        long a caller waits for a connection before the call fails (an outage is reported, not queued)."""
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise TinyDancerError(f"schema {schema!r}: use lowercase letters, digits and _")
         self.url = url
         self.schema = schema
         self.retention_days = retention_days
         self.retention_rows = retention_rows
+        self._problem: str | None = None
+        self._stop = threading.Event()
         def configure(conn: psycopg.Connection) -> None:
             conn.execute(f"SET search_path TO {schema}")
             conn.commit()
 
         try:
             if schema is not None:
-                with psycopg.connect(url, autocommit=True) as conn:
+                with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size,
-                                        configure=configure if schema is not None else None, open=True, timeout=30.0)
-        except psycopg.Error as exc:
+            self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, kwargs={"connect_timeout": 5},
+                                        configure=configure if schema is not None else None, open=True, timeout=wait_s)
+            self.migrate()
+            with self._pool.connection() as conn:
+                #: the schema the tables are in: promotions announced for another schema are not ours
+                self.namespace = str(conn.execute("SELECT current_schema()").fetchone()[0])
+        except (psycopg.Error, PoolTimeout) as exc:
+            if hasattr(self, "_pool"):
+                self._pool.close()
             raise TinyDancerError(f"cannot open the PostgreSQL log at {_safe_url(url)}: {exc}") from None
-        self.migrate()
+        self._maintenance: threading.Thread | None = None
+        if maintenance_interval_s > 0:
+            self._maintenance = threading.Thread(target=self._maintain, args=(maintenance_interval_s,),
+                                                 name="tinydancer-pg-maintenance", daemon=True)
+            self._maintenance.start()
+
+    def problem(self) -> str | None:
+        """Why the database was unreachable at the last check of the maintenance thread, or None."""
+        return self._problem
+
+    def _maintain(self, interval_s: float) -> None:
+        last_prune = time.monotonic()
+        while not self._stop.wait(interval_s):
+            try:
+                with self._pool.connection() as conn:
+                    conn.execute("SELECT 1")
+                self._problem = None
+            except (psycopg.Error, PoolTimeout) as exc:
+                self._problem = f"PostgreSQL at {_safe_url(self.url)} does not answer ({str(exc).strip()[:200]})"
+                continue
+            if (self.retention_days or self.retention_rows) and time.monotonic() - last_prune >= self.PRUNE_EVERY_S:
+                last_prune = time.monotonic()
+                try:
+                    removed = self.prune()
+                    if removed:
+                        log.info("retention: %d old decisions removed", removed)
+                except psycopg.Error as exc:
+                    log.warning("retention failed (retried in %.0f s): %s", self.PRUNE_EVERY_S, exc)
 
     # ------------------------------------------------------------------ schema
     @property
@@ -209,6 +274,81 @@ class PostgresStorage:
                 removed += conn.execute(f"DELETE FROM decisions WHERE {where}", args).rowcount
         return removed
 
+    # ------------------------------------------------------------------ the model registry
+    def registry_add(self, kind: str, version: str, data: bytes, sha256: str, metrics: str, parent: str | None,
+                     size_bytes: int, created_at: float) -> bool:
+        """Keep one version's file; False when the version name is taken (the caller picks another)."""
+        with self._pool.connection() as conn, conn.transaction():
+            cur = conn.execute(f"INSERT INTO model_versions (version, kind, data, sha256, metrics, parent, size_bytes, "
+                               f"file_bytes, created_at) VALUES ({_q(9)}) ON CONFLICT (version) DO NOTHING",
+                               (version, kind, data, sha256, metrics, parent, size_bytes, len(data), created_at))
+            return cur.rowcount == 1
+
+    def registry_versions(self, kind: str) -> list[dict[str, Any]]:
+        """Every version of a kind, oldest first, without the file bytes."""
+        sql = ("SELECT v.version, v.created_at, v.sha256, v.metrics, v.size_bytes, v.file_bytes, v.parent, "
+               "v.promoted_by, v.promoted_at FROM model_versions v WHERE v.kind = %s ORDER BY v.created_at, v.version")
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, (kind,))
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def registry_current(self, kind: str) -> tuple[str, str] | None:
+        """(version, sha256) of the promoted version of a kind, or None before the first promotion."""
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT c.version, v.sha256 FROM model_current c JOIN model_versions v "
+                               "ON v.version = c.version WHERE c.kind = %s", (kind,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def registry_data(self, version: str) -> bytes:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT data FROM model_versions WHERE version = %s", (version,)).fetchone()
+        if row is None:
+            raise TinyDancerError(f"no model version {version!r} in the registry")
+        return bytes(row[0])
+
+    def registry_promote(self, kind: str, version: str, by: str | None, expected: str | None,
+                         check: bool = True) -> str | None:
+        """Move the current pointer of ``kind`` to ``version`` in one transaction and announce it.
+
+        With ``check``, the pointer moves only if it still names ``expected`` (a compare-and-set
+        under an advisory lock, so two retrains that started from the same version cannot both
+        promote); returns None when it moved, else the version that is current instead.  The
+        NOTIFY is delivered to the listening replicas when the transaction commits.
+        """
+        now = time.time()
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROMOTION_LOCK,))
+            row = conn.execute("SELECT version FROM model_current WHERE kind = %s", (kind,)).fetchone()
+            found = None if row is None else str(row[0])
+            if check and found != expected:
+                return found if found is not None else "(none)"
+            updated = conn.execute("UPDATE model_versions SET promoted_by = %s, promoted_at = %s WHERE version = %s "
+                                   "AND kind = %s", (by, now, version, kind)).rowcount
+            if updated != 1:
+                raise TinyDancerError(f"no {kind} version {version!r} in the registry")
+            conn.execute("INSERT INTO model_current VALUES (%s, %s, %s, %s) ON CONFLICT (kind) DO UPDATE SET "
+                         "version = excluded.version, promoted_by = excluded.promoted_by, "
+                         "promoted_at = excluded.promoted_at", (kind, version, by, now))
+            conn.execute("SELECT pg_notify(%s, %s)", (REGISTRY_CHANNEL, f"{self.namespace} {kind} {version}"))
+        return None
+
+    def registry_notifications(self, stop: threading.Event, timeout_s: float = 5.0) -> Iterator[tuple[str, str] | None]:
+        """Promotions as they happen, on a connection of their own: (kind, version), or None each
+        ``timeout_s`` without one (so the caller can look at ``stop`` and poll).  Raises
+        ``psycopg.OperationalError`` when the connection is lost; the caller reconnects."""
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
+            while not stop.is_set():
+                got = False
+                for note in conn.notifies(timeout=timeout_s, stop_after=1):
+                    got = True
+                    namespace, kind, version = (note.payload.split(" ") + ["", "", ""])[:3]
+                    if namespace == self.namespace:
+                        yield kind, version
+                if not got:
+                    yield None
+
     # ------------------------------------------------------------------ reads
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs:
         sql = f"SELECT {LABELLED_COLUMNS} FROM decisions d JOIN outcomes o ON o.request_id = d.request_id WHERE d.kind = %s"
@@ -271,13 +411,16 @@ class PostgresStorage:
         return statistics_from(totals, latencies, outcomes)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._maintenance is not None:
+            self._maintenance.join(timeout=10)
         self._pool.close()
 
     def drop_schema(self) -> None:
         """Remove this storage's schema and everything in it (tests; never the default schema)."""
         if self.schema is None:
             raise TinyDancerError("refusing to drop the default schema")
-        self._pool.close()
+        self.close()
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 

@@ -187,6 +187,11 @@ class SQLiteStorage:
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint or retention failed (retried in %.1f s): %s", interval_s, exc)
 
+    def problem(self) -> str | None:
+        """A local file has no connection to lose: its write failures reach the writer (see
+        :meth:`DecisionWriter.error`), so there is nothing more to report here."""
+        return None
+
     def prune(self, now: float | None = None) -> int:
         """Apply the retention settings: remove decisions older than ``retention_days`` and all but
         the newest ``retention_rows``, with their outcomes and corrections.  Returns how many went."""
@@ -431,7 +436,8 @@ def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0, *, retent
     if text.startswith(("postgres://", "postgresql://")):
         from .postgres import PostgresStorage
 
-        return PostgresStorage(text, retention_days=retention_days, retention_rows=retention_rows)
+        return PostgresStorage(text, retention_days=retention_days, retention_rows=retention_rows,
+                               maintenance_interval_s=checkpoint_interval_s)
     if text.startswith("sqlite:///"):
         path = text[len("sqlite:///"):]
     try:

@@ -1,0 +1,112 @@
+"""PostgreSQL for the tests: the server on 127.0.0.1:5432 (``TINY_DANCER_TEST_PG`` overrides the URL),
+a fresh schema per test, dropped afterwards, and a TCP relay a test can cut to make the database
+unreachable for a while.  Tests skip, saying why, when no server answers or psycopg is missing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import pytest
+
+PG_URL = os.environ.get("TINY_DANCER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def require_postgres() -> Any:
+    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg 3 (pip install 'psycopg[binary,pool]')")
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL server answers at {PG_URL}: {exc}")
+    return psycopg
+
+
+def new_schema() -> str:
+    return f"td_test_{uuid.uuid4().hex[:12]}"
+
+
+def schema_url(schema: str, url: str = PG_URL) -> str:
+    """The URL that puts a connection's tables in ``schema`` (libpq's options parameter)."""
+    return f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}')}"
+
+
+@contextmanager
+def fresh_schema() -> Iterator[str]:
+    """A new empty schema (created, then dropped with everything in it)."""
+    psycopg = require_postgres()
+    schema = new_schema()
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 to the PostgreSQL server; :meth:`cut` drops every connection and
+    refuses new ones (the database "goes away"), :meth:`restore` lets them through again."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5432) -> None:
+        self.target = (host, port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.open = True
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, schema: str) -> str:
+        return schema_url(schema, PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}"))
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.open = False
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.sockets.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
