@@ -156,7 +156,9 @@ def test_a_replica_starts_on_the_current_version_and_reloads_promotions(pg: tupl
     local.write_bytes(served.read_bytes())  # an older file on the replica's disk
     settings = ServiceSettings(model_path=local, database_url=url, watch_interval_s=0.2)
     with TestClient(create_app(settings)) as client:
-        assert client.get("/info").json()["model"]["version"] == first.version  # the current one, from the start
+        info = client.get("/info").json()
+        assert info["model"]["version"] == first.version  # the current one, from the start
+        assert info["database"].startswith("postgresql://")
         second = registry.add(model, {})
         registry.promote(second, expected=first.version)
         wait_for(lambda: client.get("/info").json()["model"]["version"] == second.version, "the replica reloading")

@@ -13,8 +13,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..._version import __version__
 from ..deps import service_of
 from ..metrics import STATE_CODE
+from ..storage.base import safe_url
 
 router = APIRouter(tags=["operations"])
+
 
 
 @router.get("/health")
@@ -59,6 +61,7 @@ async def info(request: Request) -> dict[str, Any]:
             "size_bytes": r.served.model.size_bytes(),
         },
         "query_router": None if qr is None else {"models": qr.models, "embedder": qr.embedder_id},
-        "database": str(service.settings.database_path),
+        "database": (safe_url(service.settings.database_url) if service.settings.database_url
+                     else str(service.settings.database_path)),
         "auth": bool(service.settings.auth_token),
     }

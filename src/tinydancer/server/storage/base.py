@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
@@ -129,6 +130,11 @@ class SharedRegistryStorage(Storage, Protocol):
                          check: bool = True) -> str | None: ...
 
     def registry_notifications(self, stop: Any, timeout_s: float = 5.0) -> Iterable[tuple[str, str] | None]: ...
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password (for messages, and /info, which needs no credentials)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def keeps_registry(storage: Any) -> bool:

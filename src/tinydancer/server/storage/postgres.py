@@ -25,7 +25,7 @@ import numpy as np
 
 from ...errors import TinyDancerError
 from .base import (LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
-                   inputs_from_rows, labelled_from_rows, statistics_from)
+                   inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
 try:
     import psycopg
@@ -143,7 +143,7 @@ class PostgresStorage:
         except (psycopg.Error, PoolTimeout) as exc:
             if hasattr(self, "_pool"):
                 self._pool.close()
-            raise TinyDancerError(f"cannot open the PostgreSQL log at {_safe_url(url)}: {exc}") from None
+            raise TinyDancerError(f"cannot open the PostgreSQL log at {safe_url(url)}: {exc}") from None
         self._maintenance: threading.Thread | None = None
         if maintenance_interval_s > 0:
             self._maintenance = threading.Thread(target=self._maintain, args=(maintenance_interval_s,),
@@ -162,7 +162,7 @@ class PostgresStorage:
                     conn.execute("SELECT 1")
                 self._problem = None
             except (psycopg.Error, PoolTimeout) as exc:
-                self._problem = f"PostgreSQL at {_safe_url(self.url)} does not answer ({str(exc).strip()[:200]})"
+                self._problem = f"PostgreSQL at {safe_url(self.url)} does not answer ({str(exc).strip()[:200]})"
                 continue
             if (self.retention_days or self.retention_rows) and time.monotonic() - last_prune >= self.PRUNE_EVERY_S:
                 last_prune = time.monotonic()
@@ -426,8 +426,3 @@ class PostgresStorage:
         self.close()
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
