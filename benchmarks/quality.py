@@ -23,6 +23,7 @@ are repeats — a second table that scores the repeated and the new test queries
 
     .venv/bin/python benchmarks/quality.py                  # all three datasets, ~10 min the first time
     .venv/bin/python benchmarks/quality.py --only mmlu      # one dataset
+    .venv/bin/python benchmarks/quality.py --robustness     # stress tables with bootstrap intervals (robustness.py)
 """
 
 from __future__ import annotations
@@ -324,10 +325,18 @@ def main() -> None:
     parser.add_argument("--only", choices=["mmlu", "gsm8k", "llmrouter"])
     parser.add_argument("--skip-rust", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--robustness", action="store_true", help="the stress tables with bootstrap intervals "
+                                                                   "(benchmarks/robustness.py) instead")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, with --robustness")
     args = parser.parse_args()
     data = args.data_dir or shared_data_dir()
     if data is None:
         sys.exit("the routing-quality benchmark needs ../shared/data (or --data-dir / TINY_DANCER_DATA)")
+    if args.robustness:
+        import robustness
+
+        robustness.main(data, args.resamples)
+        return
     console.print(environment())
     emb = make_embedder("minilm")
     teacher = np.load(data / "teacher" / "mmlu_train_logits.npy")
