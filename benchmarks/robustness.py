@@ -13,8 +13,8 @@ Tables, each a (train, test) pair from ``../shared/data``:
 
 Rows: ours (``QueryRouter.fit`` with its defaults, as ``tinydancer router train`` runs it, outcome
 memory on), ridge regression, kNN, logistic regression (one per model, on quality ≥ 0.5), the
-hull of the single models, and the oracle.  Baselines tune their knob (alpha, k, C) on the
-validation slice of the training table that our router selects on, by AIQ.  Every router is
+hull of the single models, and the oracle.  Baselines tune their knob (alpha, k, C) by mean AIQ
+over the same k folds of the training table that our router chooses its settings on.  Every router is
 scored by AIQ on the test table: for each, the same 1,000 bootstrap resamples of the test
 queries give a 95 % interval, and "ours − best" is the paired difference to the baseline with the
 best point AIQ (best single included), with its interval.
@@ -35,7 +35,8 @@ from quality import knn_predict
 
 from tinydancer.llm.embeddings import make_embedder
 from tinydancer.llm.evaluation import aiq, lambda_grid
-from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig, validation_split
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.selection import kfold
 from tinydancer.llm.tables import ROUTELLM_PRICES, ROUTELLM_STRONG, ROUTELLM_WEAK, RoutingTable, standard_splits
 
 KNN_K = (5, 10, 20, 50, 100, 200, 400)
@@ -93,16 +94,27 @@ def logistic_predict(xf: np.ndarray, yf: np.ndarray, xe: np.ndarray, c: float) -
 
 def tuned(grid: tuple, predict: Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray],
           train: RoutingTable) -> tuple[float, str]:
-    """The knob whose predictions give the best AIQ on our router's validation slice of train."""
+    """The knob whose predictions give the best mean AIQ over the same k folds of train that our
+    router's settings are chosen on (``selection.kfold``)."""
     cfg = QueryRouterConfig()
-    fit_i, val_i = validation_split(len(train), cfg.validation_fraction, cfg.seed)
-    val = train.subset(val_i)
-    ones = np.ones((1, len(val)))
-    scores = {v: float(resampled_aiq(choices_from_quality(predict(train.embeddings[fit_i], train.scores[fit_i],
-                                                                  train.embeddings[val_i], v), val.costs), val, ones)[0])
-              for v in grid}
-    best = max(grid, key=lambda v: scores[v])
+    scores = {v: [] for v in grid}
+    for fit_i, val_i in kfold(len(train), cfg.folds, cfg.seed):
+        val = train.subset(val_i)
+        ones = np.ones((1, len(val)))
+        for v in grid:
+            pred = predict(train.embeddings[fit_i], train.scores[fit_i], train.embeddings[val_i], v)
+            scores[v].append(float(resampled_aiq(choices_from_quality(pred, val.costs), val, ones)[0]))
+    best = max(grid, key=lambda v: np.mean(scores[v]))
     return best, f"{best:g}"
+
+
+def chosen_note(router: QueryRouter) -> str:
+    """What cross-validation chose, and the folds' AIQ spread."""
+    sel = router.info["selection"]
+    c = sel["chosen"]
+    lo, hi = sel["cv_aiq_range"]
+    return (f"hidden {c['hidden_dim']}, network weight {c['network_weight']:g}, k {c['neighbours']}, "
+            f"prior {c['memory_prior']:g}; folds {lo:.3f}–{hi:.3f}")
 
 
 def route_all(train: RoutingTable, test: RoutingTable) -> dict[str, tuple[np.ndarray, str]]:
@@ -112,12 +124,11 @@ def route_all(train: RoutingTable, test: RoutingTable) -> dict[str, tuple[np.nda
     t0 = time.perf_counter()
     router = QueryRouter.fit(train, QueryRouterConfig())
     fit_s = time.perf_counter() - t0
-    pred, _hit = router.remember(test.queries, router.model.predict(test.embeddings))
+    pred, _hit = router.remember(test.queries, router.estimate(test.embeddings))
     if router.is_pair:
-        out["ours"] = (choices_from_score(pred[:, m], router.strong, router.weak),
-                       f"hidden {router.info['hidden_dim']}, {fit_s:.0f} s")
+        out["ours"] = (choices_from_score(pred[:, m], router.strong, router.weak), f"{chosen_note(router)}, {fit_s:.0f} s")
     else:
-        out["ours"] = (choices_from_quality(pred[:, :m], test.costs), f"hidden {router.info['hidden_dim']}, {fit_s:.0f} s")
+        out["ours"] = (choices_from_quality(pred[:, :m], test.costs), f"{chosen_note(router)}, {fit_s:.0f} s")
     def knn(xf: np.ndarray, yf: np.ndarray, xe: np.ndarray, k: float) -> np.ndarray:
         return knn_predict(xf, yf, xe, min(int(k), len(xf)))
 

@@ -117,11 +117,11 @@ def test_a_router_remembers_what_happened_to_a_query_it_has_seen(routers, tmp_pa
     assert with_memory.info["memory_entries"] == 400 and without.memory is None
     seen, other = "tell me about fruit number 1", "tell me about fruit number 1000"
     # the network alone predicts 'cheap' does fine on both; the memory knows 'cheap' failed on 'seen'
-    net_seen = with_memory.model.predict(EMBEDDER.embed([seen]))[0]
+    net_seen = with_memory.estimate(EMBEDDER.embed([seen]))[0]
     assert with_memory.predict(seen)[0][0] < net_seen[0]
     np.testing.assert_allclose(with_memory.predict(seen)[0][0], net_seen[0] / 2, rtol=1e-5)  # (1·net + 0) / 2
-    np.testing.assert_array_equal(with_memory.predict(other), with_memory.model.predict(EMBEDDER.embed([other])))
-    np.testing.assert_array_equal(without.predict(seen), without.model.predict(EMBEDDER.embed([seen])))
+    np.testing.assert_array_equal(with_memory.predict(other), with_memory.estimate(EMBEDDER.embed([other])))
+    np.testing.assert_array_equal(without.predict(seen), without.estimate(EMBEDDER.embed([seen])))
     # an embedding carries no text, so it gets the network's output alone
     np.testing.assert_array_equal(with_memory.predict(EMBEDDER.embed([seen])), net_seen[None, :])
     # the memory changes the strong-call ranking: the three failures rank above every other query

@@ -246,7 +246,7 @@ def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router,
     row = new.memory.find(np.array([query_key(repeat)], np.uint64))[0]
     answered = MODELS.index(first["model"])
     assert new.memory.counts[row].tolist() == [3.0 if j == answered else 0.0 for j in range(3)]
-    net = new.model.predict(EMBEDDER.embed([repeat]))[0]
+    net = new.estimate(EMBEDDER.embed([repeat]))[0]
     decision = new.route(repeat)
     quality = new.predicted_quality(repeat)[0]
     np.testing.assert_allclose(quality[answered], net[answered] / 4, rtol=1e-5)  # (1·net + 0 + 0 + 0) / 4

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 from tinydancer.cli import app
 from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.errors import ModelFileError, ValidationError
-from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig, neighbour_targets
+from tinydancer.llm.neighbours import neighbour_targets
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.selection import _best
 from tinydancer.llm.tables import RoutingTable, shared_data_dir, standard_splits
 
 EASY = ["apples", "bananas", "cherries", "grapes", "melons", "pears"]
@@ -71,12 +73,12 @@ def test_calibrate_hits_the_requested_share(pair_router: QueryRouter) -> None:
     emb = EMBEDDER.embed(test.queries)
     for share in (0.1, 0.3, 0.5, 0.8):
         pair_router.calibrate(share, emb)
-        routed = pair_router.choose(pair_router.model.predict(emb))
+        routed = pair_router.choose(pair_router.estimate(emb))
         assert abs((routed == pair_router.strong).mean() - share) < 0.02
     pair_router.calibrate(0.0, emb)
-    assert (pair_router.choose(pair_router.model.predict(emb)) == pair_router.weak).all()
+    assert (pair_router.choose(pair_router.estimate(emb)) == pair_router.weak).all()
     pair_router.calibrate(0.5)  # from the stored training distribution
-    share = (pair_router.choose(pair_router.model.predict(emb)) == pair_router.strong).mean()
+    share = (pair_router.choose(pair_router.estimate(emb)) == pair_router.strong).mean()
     assert 0.35 < share < 0.65
 
 
@@ -84,7 +86,7 @@ def test_router_save_load_round_trip(pair_router: QueryRouter, tmp_path) -> None
     pair_router.save(tmp_path / "r")
     loaded = QueryRouter.load(tmp_path / "r")
     emb = EMBEDDER.embed(pair_table(50, 3).queries)
-    np.testing.assert_array_equal(loaded.model.predict(emb), pair_router.model.predict(emb))
+    np.testing.assert_array_equal(loaded.estimate(emb), pair_router.estimate(emb))
     assert loaded.models == pair_router.models and loaded.threshold == pair_router.threshold
     assert loaded.embedder_id == "hashing-v1-128"
     assert loaded.route("question about sheaves").model == pair_router.route("question about sheaves").model
@@ -110,7 +112,7 @@ def test_multi_router_beats_every_single_model_and_its_knob_trades_cost() -> Non
     singles = aiq(test.mean_costs, test.scores.mean(axis=0), 1.0, 10.0)
     assert result["aiq"] > singles + 0.1
     emb = EMBEDDER.embed(test.queries)
-    out = router.model.predict(emb)
+    out = router.estimate(emb)
     costs = [test.costs[np.arange(len(test)), router.choose(out, cost_weight=lam)].mean() for lam in (0.0, 0.01, 0.05, 0.2, 1.0)]
     assert all(a >= b for a, b in zip(costs, costs[1:])) and costs[-1] == 1.0
     # with a quality bar: fruit goes to 'cheap', maths to 'mid' (cheapest that clears the bar)
@@ -233,14 +235,30 @@ def test_cli_router_train_eval_route(tmp_path) -> None:
     assert r.exit_code == 1 and "--strong-share" in r.output and "calibrate" not in r.output
 
 
-def test_hidden_size_is_the_one_that_validates_best() -> None:
-    router = QueryRouter.fit(pair_table(600, 3), QueryRouterConfig(hidden_dims=(2, 24), epochs=15), embedder=EMBEDDER)
-    search = router.info["search"]
-    assert [t["hidden_dim"] for t in search] == [2, 24]
-    best = max(search, key=lambda t: t["validation_score"])
-    assert router.info["hidden_dim"] == best["hidden_dim"] == router.model.config.hidden_dim
-    assert router.info["validation_score"] == best["validation_score"]
-    assert router.info["validation_metric"] == "apgr"
+def test_settings_are_the_ones_that_cross_validate_best() -> None:
+    """Every candidate is scored on every fold, and the router ships what the folds chose: the
+    best mean, or the default (the network alone) where the best does not clearly beat it."""
+    config = QueryRouterConfig(hidden_dims=(2, 24), epochs=15, folds=3, network_weights=(1.0, 0.5, 0.0))
+    router = QueryRouter.fit(pair_table(600, 3), config, embedder=EMBEDDER)
+    sel = router.info["selection"]
+    assert sel["folds"] == 3 and sel["criterion"] == "aiq"
+    for stage in ("neighbours", "ridge_alpha", "network"):
+        assert all(len(per_fold) == 3 for per_fold in sel["candidates"][stage].values())
+    network = sel["candidates"]["network"]
+    assert set(network) == {f"hidden {h}, network weight {w:g}" for h in (2, 24) for w in (1.0, 0.5, 0.0)}
+    means = {label: float(np.mean(v)) for label, v in network.items()}
+    chosen = sel["chosen"]
+    label = f"hidden {chosen['hidden_dim']}, network weight {chosen['network_weight']:g}"
+    assert means[label] == sel["cv_aiq"] == router.info["validation_score"]
+    best_per_size = {h: max(means[f"hidden {h}, network weight {w:g}"] for w in (1.0, 0.5, 0.0)) for h in (2, 24)}
+    assert chosen["hidden_dim"] == max(best_per_size, key=best_per_size.get)
+    at_size = {w: network[f"hidden {chosen['hidden_dim']}, network weight {w:g}"] for w in (1.0, 0.5, 0.0)}
+    assert chosen["network_weight"] == _best(at_size, prefer_first=True)
+    assert sel["cv_aiq_range"][0] <= sel["cv_aiq"] <= sel["cv_aiq_range"][1] and sel["cv_aiq_std"] >= 0
+    assert router.model.config.hidden_dim == chosen["hidden_dim"] == router.info["hidden_dim"]
+    assert chosen["neighbours"] == max(config.neighbour_candidates,
+                                       key=lambda k: (np.mean(sel["candidates"]["neighbours"][str(k)]), -k))
+    assert (router.head is None) == (chosen["network_weight"] == 1.0)
 
 
 def test_teacher_logits_steer_the_advantage_head() -> None:
@@ -343,7 +361,7 @@ def test_route_and_choose_make_the_same_decision() -> None:
             router.threshold = knob.get("threshold", router.threshold)
             router.cost_weight = knob.get("cost_weight", 0.0)
             router.quality_bar = knob.get("quality_bar")
-            batch = router.choose(router.model.predict(emb))
+            batch = router.choose(router.estimate(emb))
             assert [router.route(e).model for e in emb] == [router.models[i] for i in batch]
 
 
@@ -440,7 +458,7 @@ def test_calibrating_an_n_model_router_to_a_budget_on_traffic() -> None:
     traffic = EMBEDDER.embed([f"item {i}: tell me about {HARD[i % 6]}" for i in range(60)])  # maths-heavy traffic
     report = router.calibrate_on_traffic(traffic, budget=3.0)
     assert report["predicted_cost"] <= 3.0 and report["cost_weight"] == router.cost_weight
-    assert router.costs[router.choose(router.model.predict(traffic))].mean() <= 3.0
+    assert router.costs[router.choose(router.estimate(traffic))].mean() <= 3.0
     richer = router.calibrate_on_traffic(traffic, budget=10.0)
     assert richer["predicted_quality"] >= report["predicted_quality"]
     with pytest.raises(ValidationError, match="budget"):

@@ -198,10 +198,14 @@ def router_train(
     embedder: str = typer.Option("minilm", help="Embedder for rows without embeddings: minilm, minilm-torch, hashing-DIM."),
     prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: $ per query} for rows without costs."),
     teacher_logits: Optional[Path] = typer.Option(None, help="Two-model tables: .npy of a teacher's logits, one per row, to distil."),
-    neighbours: int = typer.Option(100, help="Neighbour smoothing of training targets (0 = raw outcomes)."),
+    neighbours: Optional[int] = typer.Option(None, help="Neighbour smoothing of training targets (0 = raw outcomes); "
+                                             "default: chosen by cross-validation."),
     memory: bool = typer.Option(True, "--memory/--no-memory",
                                 help="Remember each training query's outcomes for verbatim repeats."),
-    memory_prior: float = typer.Option(1.0, help="The network's weight, in observations, against remembered outcomes."),
+    memory_prior: Optional[float] = typer.Option(None, help="The network's weight, in observations, against remembered "
+                                                 "outcomes; default: chosen by cross-validation (1 without repeats)."),
+    folds: int = typer.Option(3, help="Cross-validation folds the settings are chosen by (1 = one validation slice, "
+                              "the network alone)."),
     seed: int = typer.Option(0),
     init: Optional[Path] = typer.Option(None, "--init", help="Fine-tune this router (a folder from `router train`, or "
                                         "the gateway's packaged one) instead of starting afresh; the table may score "
@@ -209,7 +213,11 @@ def router_train(
     learning_rate: Optional[float] = typer.Option(None, help="Default 0.001 (0.0005 with --init)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Train a query router from a routing table (hyperparameters chosen on a validation slice).
+    """Train a query router from a routing table, its settings chosen by k-fold cross-validation on it.
+
+    Cross-validation (by AIQ) chooses the neighbour smoothing, the hidden size, whether to blend
+    the FastGRNN with a linear head, and the outcome memory's prior; the folds' scores are kept
+    in the router file (`QueryRouter.load(out).info['selection']`).
 
     The table may be partial: rows that score only some models (one answer per logged query, a
     labelled sample).  A missing cell's target is the mean outcome of the query's nearest
@@ -229,14 +237,18 @@ def router_train(
         logits = np.load(teacher_logits)
     say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]"))
     lr = learning_rate if learning_rate is not None else (5e-4 if start is not None else 1e-3)
-    config = QueryRouterConfig(neighbours=neighbours, memory=memory, memory_prior=memory_prior, seed=seed, learning_rate=lr)
+    config = QueryRouterConfig(neighbours=neighbours, memory=memory, memory_prior=memory_prior, seed=seed, learning_rate=lr,
+                               folds=folds)
     router = QueryRouter.fit(data, config, embedder=emb, teacher_logits=logits, progress=say, init=start)
     path = router.save(out)
     info = router.info
     missing = f", {info['missing_cells']} of {data.scores.size} cells missing" if info["missing_cells"] else ""
+    sel = info.get("selection") if start is None else None
+    spread = (f" (folds {sel['cv_aiq_range'][0]:.4f}-{sel['cv_aiq_range'][1]:.4f}), network weight "
+              f"{info['network_weight']:g}, k {info['neighbours']}" if sel else "")
     console.print(
         f"{'fine-tuned' if start is not None else 'trained'} a {len(router.models)}-model router in {info['seconds']:.1f} s: "
-        f"validation {info['validation_metric'].upper()} {info['validation_score']:.4f} (hidden {info['hidden_dim']}"
+        f"{info['validation_metric'].upper()} {info['validation_score']:.4f}{spread} (hidden {info['hidden_dim']}"
         f"{missing}), {info['memory_entries']} queries remembered; wrote {path}"
     )
 
@@ -293,7 +305,7 @@ def _calibration(router: Any, data: Any) -> dict[str, float]:
     from .llm.evaluation import brier_score, expected_calibration_error
 
     col = [data.models.index(m) for m in router.models]
-    pred = router.remember(data.queries, router.model.predict(data.embeddings))[0][:, : len(router.models)]
+    pred = router.remember(data.queries, router.estimate(data.embeddings))[0][:, : len(router.models)]
     observed = data.scores[:, col]
     return {"brier": brier_score(pred, observed), "ece": expected_calibration_error(pred, observed)}
 

@@ -61,5 +61,5 @@ class Scorer:
 
     def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         emb = self.embedder.embed(texts)
-        out = self.router.remember(texts, self.router.model.predict(emb))[0]
+        out = self.router.remember(texts, self.router.estimate(emb))[0]
         return emb, out

@@ -162,6 +162,39 @@ def lambda_grid(quality: np.ndarray, costs: np.ndarray, n_settings: int = 201) -
     return np.concatenate([[top * 1e-9], np.geomspace(top * 1e-4, top, n_settings - 1)])
 
 
+def sweep_choices(outputs: np.ndarray, costs: np.ndarray, pair: tuple[int, int] | None = None,
+                  n_settings: int = 201) -> np.ndarray:
+    """(K, N): the model each query goes to at each of K settings of a router's knob.
+
+    ``outputs`` are a router's (N, M) predicted qualities, plus for a ``pair`` = (strong, weak)
+    the advantage score in column M; the knob is then the threshold on that score (its
+    quantiles, and one above every score: all weak), else the cost weight λ of
+    ``argmax(quality - λ cost)`` over :func:`lambda_grid`.
+    """
+    m = costs.shape[1]
+    if pair is not None:
+        score = outputs[:, m]
+        thresholds = np.concatenate([np.quantile(score, np.linspace(0, 1, n_settings)), [np.inf]])
+        return np.where(score[None, :] >= thresholds[:, None], pair[0], pair[1])
+    quality = outputs[:, :m]
+    return np.stack([np.argmax(quality - lam * costs, axis=1) for lam in lambda_grid(quality, costs, n_settings)])
+
+
+def choices_aiq(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
+    """AIQ of a (K, N) sweep of choices (:func:`sweep_choices`) on these scores and costs."""
+    rows = np.arange(scores.shape[0])
+    quality = scores[rows[None, :], choices].mean(axis=1)
+    cost = costs[rows[None, :], choices].mean(axis=1)
+    mean_costs = costs.mean(axis=0)
+    return aiq(cost, quality, float(mean_costs.min()), float(mean_costs.max()))
+
+
+def router_aiq(outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray, pair: tuple[int, int] | None = None) -> float:
+    """AIQ of routing by ``outputs`` (see :func:`sweep_choices`): the cost-aware criterion a
+    router's settings are chosen by, whichever model is dearer or better."""
+    return choices_aiq(sweep_choices(outputs, costs, pair), scores, costs)
+
+
 def random_point(scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
     """Expected (cost, quality) of picking a model uniformly at random per query."""
     return float(costs.mean()), float(scores.mean())

@@ -15,6 +15,10 @@ smoothed signal instead of memorising coin flips; only the kilobyte network runs
 When a transformer teacher's logits are given (two-model tables), they are blended into the
 advantage head's soft target.
 
+Which smoothing, which hidden size, and whether to blend the network's outputs with a linear
+head (ridge on the same embedding) are chosen by k-fold cross-validation on the training table
+(:mod:`tinydancer.llm.selection`); the head, when kept, lives in the same router file.
+
 Queries routed *as text* also consult an :class:`~tinydancer.llm.memory.OutcomeMemory` of the
 training table's own outcomes: a query seen before, word for word, gets the posterior mean of
 the network's output and what was observed for it (see :mod:`tinydancer.llm.memory`).
@@ -37,59 +41,21 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from .._validation import as_float_array, check_number
-from ..nn.data import TrainingDataset
 from ..errors import ModelFileError, ValidationError
-from .evaluation import aiq, lambda_grid, routellm_curve, savings, sweep_points
-from ..nn.losses import soft_targets_from_logits
+from ..nn import FastGRNN
+from .evaluation import aiq, lambda_grid, routellm_curve, router_aiq, savings, sweep_points
+from .linear_head import LinearHead
 from .memory import OutcomeMemory
-from ..nn import FastGRNN, FastGRNNConfig
+from .router_config import QueryRouterConfig
+from .routing_problem import RoutingProblem, validation_split
+from .selection import Selection, select
 from .tables import RoutingTable
-from ..nn.training import Trainer, TrainingConfig
+
+__all__ = ["QueryRouter", "QueryRouterConfig", "OperatingPoint", "RouteDecision", "validation_split"]
 
 ROUTER_FORMAT = "tinydancer.query_router"
 ROUTER_FORMAT_VERSION = 1
 ROUTER_FILE = "router.safetensors"
-
-
-@dataclass
-class QueryRouterConfig:
-    """Training settings.  ``hidden_dims`` are tried in turn and the best on validation is kept."""
-
-    hidden_dims: tuple[int, ...] = (16, 32)
-    rank: int | None = None
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    epochs: int = 60
-    l2_reg: float = 1e-3
-    patience: int = 8
-    validation_fraction: float = 0.15
-    #: soft targets = mean target of this many nearest training queries (0: raw outcomes)
-    neighbours: int = 100
-    #: share of the loss on each query's own outcome; the rest is on the smoothed/teacher target
-    label_weight: float = 0.0
-    #: share of the advantage head's soft target that comes from teacher logits, when given
-    teacher_weight: float = 0.5
-    teacher_temperature: float = 2.0
-    #: the paper's sparse training (dense → hard thresholding → fine-tuning), see TrainingConfig
-    w_sparsity: float = 0.0
-    u_sparsity: float = 0.0
-    #: remember each training query's own outcomes for verbatim repeats (see tinydancer.llm.memory)
-    memory: bool = True
-    #: the network's weight in the memory's posterior mean, in observations
-    memory_prior: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.hidden_dims:
-            raise ValidationError("QueryRouterConfig.hidden_dims must list at least one hidden size")
-        for h in self.hidden_dims:
-            check_number("QueryRouterConfig", "hidden_dims", h, low=1, integer=True)
-        check_number("QueryRouterConfig", "validation_fraction", self.validation_fraction, low=0.0, high=0.5,
-                     low_open=True, high_open=True)
-        check_number("QueryRouterConfig", "neighbours", self.neighbours, low=0, integer=True)
-        check_number("QueryRouterConfig", "teacher_weight", self.teacher_weight, low=0.0, high=1.0)
-        check_number("QueryRouterConfig", "label_weight", self.label_weight, low=0.0, high=1.0)
-        check_number("QueryRouterConfig", "memory_prior", self.memory_prior, low=0.0, low_open=True)
 
 
 class OperatingPoint(NamedTuple):
@@ -121,62 +87,6 @@ class RouteDecision:
         return asdict(self)
 
 
-def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, validation rows) of a table of ``n`` queries: the slice :meth:`QueryRouter.fit`
-    chooses its settings on, so that baselines can be tuned on exactly the same one."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(int(round(fraction * n)), 5)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-def neighbour_targets(x: np.ndarray, y: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
-    """Mean of ``y`` over each row's ``k`` nearest other rows by cosine similarity (blockwise)."""
-    if k <= 0 or x.shape[0] <= 1:
-        return y.astype(np.float32)
-    return neighbour_means(x, x, y, k, exclude=np.arange(x.shape[0]), block=block)
-
-
-def neighbour_means(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, k: int, exclude: np.ndarray | None = None,
-                    block: int = 1024) -> np.ndarray:
-    """Mean of ``ref_y`` over each row of ``x``'s ``k`` nearest reference rows by cosine similarity
-    (NaN cells of ``ref_y`` are missing outcomes: each mean is over the neighbours that have one).
-
-    ``exclude[i]``, when given and >= 0, is row i's own position in the reference (a query is not
-    its own neighbour).  Computed in blocks of ``block`` rows, so memory stays ``block × len(ref_x)``.
-    """
-    n_ref = ref_x.shape[0]
-    k = min(k, n_ref - (1 if exclude is not None and (exclude >= 0).any() else 0))
-    if k <= 0:
-        raise ValidationError("neighbour_means needs at least one reference row besides the excluded one")
-
-    def unit(a: np.ndarray) -> np.ndarray:
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-    xn, rn = unit(x), unit(ref_x)
-    out = np.empty((x.shape[0],) + ref_y.shape[1:], dtype=np.float32)
-    # missing cells (NaN) are skipped; a cell no neighbour observed gets the column's observed mean
-    partial = bool(np.isnan(ref_y).any())
-    if partial:
-        seen_all = ~np.isnan(ref_y)
-        fallback = np.where(seen_all, ref_y, 0.0).sum(axis=0) / np.maximum(seen_all.sum(axis=0), 1)
-    for start in range(0, x.shape[0], block):
-        sims = xn[start : start + block] @ rn.T
-        if exclude is not None:
-            own = exclude[start : start + block]
-            rows = np.flatnonzero(own >= 0)
-            sims[rows, own[rows]] = -np.inf
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        if partial:
-            picked = ref_y[idx]  # (b, k, m): the mean over the neighbours that observed each cell
-            seen = ~np.isnan(picked)
-            counts = seen.sum(axis=1)
-            sums = np.where(seen, picked, 0.0).sum(axis=1)
-            out[start : start + block] = np.where(counts > 0, sums / np.maximum(counts, 1), fallback)
-        else:
-            out[start : start + block] = ref_y[idx].mean(axis=1)
-    return out
-
-
 class QueryRouter:
     """Routes a query (text or embedding) to one of ``models``."""
 
@@ -194,6 +104,8 @@ class QueryRouter:
         info: dict[str, Any] | None = None,
         memory: OutcomeMemory | None = None,
         strong: int | None = None,
+        head: LinearHead | None = None,
+        network_weight: float = 1.0,
     ) -> None:
         self.model = model
         self.models = list(models)
@@ -213,6 +125,15 @@ class QueryRouter:
         if memory is not None and len(memory) and memory.width != expected:
             raise ValidationError(f"the outcome memory holds {memory.width} outputs per query; this router has {expected}")
         self.memory = memory
+        check_number("QueryRouter", "network_weight", network_weight, low=0.0, high=1.0)
+        if network_weight < 1.0 and head is None:
+            raise ValidationError("a network weight below 1 blends with a linear head; none was given")
+        if head is not None and head.weight.shape != (model.config.input_dim, expected):
+            raise ValidationError(f"the linear head maps {head.weight.shape}; this router needs "
+                                  f"{(model.config.input_dim, expected)}")
+        #: the linear head blended with the network (None: the network alone) and the network's share
+        self.head = head if network_weight < 1.0 else None
+        self.network_weight = float(network_weight) if self.head is not None else 1.0
         self._embedder: Any = None
         order = np.argsort(self.costs)
         #: two models: the better one on the training data, which need not be the dearer (a router
@@ -277,8 +198,17 @@ class QueryRouter:
         """
         texts = self._texts(queries)
         if texts is None:
-            return self.model.predict(self._embeddings(queries))
-        return self.remember(texts, self.model.predict(self.embedder.embed(texts)))[0]
+            return self.estimate(self._embeddings(queries))
+        return self.remember(texts, self.estimate(self.embedder.embed(texts)))[0]
+
+    def estimate(self, embeddings: np.ndarray) -> np.ndarray:
+        """The network's outputs for a batch of embeddings, blended with the linear head when the
+        router has one; before the outcome memory (which needs the texts)."""
+        out = self.model.predict(embeddings)
+        if self.head is None:
+            return out
+        head = self.head.predict(np.asarray(embeddings, dtype=np.float32).reshape(-1, self.head.weight.shape[0]))
+        return self.network_weight * out + (1.0 - self.network_weight) * head.reshape(out.shape)
 
     def remember(self, texts: Sequence[str], outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network ``outputs`` for ``texts`` with the outcome memory applied, and which texts it knew."""
@@ -316,7 +246,7 @@ class QueryRouter:
 
     def outputs_for(self, embedding: Sequence[float] | np.ndarray, text: str | None = None) -> np.ndarray:
         """Outputs for one query's embedding; given its text as well, the outcome memory applies."""
-        out = self.model.predict(embedding if isinstance(embedding, np.ndarray) else np.asarray(embedding, dtype=np.float32))
+        out = self.estimate(embedding if isinstance(embedding, np.ndarray) else np.asarray(embedding, dtype=np.float32))
         if out.ndim != 1:
             raise ValidationError("route() takes one query; use predict() and choose() for batches")
         if text is not None and self.memory is not None:
@@ -445,7 +375,7 @@ class QueryRouter:
         if len(x) < 20 or x.shape[1] != self.model.config.input_dim:
             raise ValidationError(f"need at least 20 logged queries embedded as this router's ({self.embedder_id}, "
                                   f"{self.model.config.input_dim} values); got {x.shape[0]} of {x.shape[1]}")
-        out = self.model.predict(x)
+        out = self.estimate(x)
         m = len(self.models)
         quality = out[:, :m]
 
@@ -489,7 +419,7 @@ class QueryRouter:
         col = [table.models.index(m) for m in self.models]
         scores, costs = table.scores[:, col], table.costs[:, col]
         x = self._table_embeddings(table)
-        outputs, remembered = self.remember(table.queries, self.model.predict(x))
+        outputs, remembered = self.remember(table.queries, self.estimate(x))
         mean_costs = costs.mean(axis=0)
         result: dict[str, Any] = {"n_queries": len(table), "models": self.models, "remembered": int(remembered.sum())}
         if self.is_pair:
@@ -535,17 +465,24 @@ class QueryRouter:
         progress: Callable[[str], None] | None = None,
         init: "QueryRouter | None" = None,
     ) -> "QueryRouter":
-        """Train on a routing table; hyperparameters are chosen on a validation slice of it.
+        """Train on a routing table, its settings chosen by cross-validation on the same table.
+
+        With ``config.folds`` >= 2 (the default), :func:`~tinydancer.llm.selection.select` chooses
+        the smoothing, the hidden size, the blend with a linear head and the memory prior; the
+        shipped network is then trained on the whole table (early-stopped on a slice of it), the
+        head refit on all of it.  With ``folds`` = 1 the hidden size is chosen on one validation
+        slice and the network routes alone.
 
         A partial table (some cells missing: logged outcomes, a labelled sample) trains too: a
         query's target for a model it has no score for is the mean outcome of its nearest
         neighbours that do have one, so only observed outcomes enter the loss (which is why a
-        partial table needs ``neighbours`` > 0).  Validation fills missing cells the same way.
-        ``init`` fine-tunes an existing router (its models, embedder, network and normalization)
-        instead of starting afresh; the table may score any subset of its models.
+        partial table needs neighbour smoothing).  ``init`` fine-tunes an existing router (its
+        models, embedder, network, normalization, settings and linear head) instead of starting
+        afresh; the table may score any subset of its models.
         """
         config = config or QueryRouterConfig()
         say = progress or (lambda _msg: None)
+        started = time.perf_counter()
         if table.embeddings is None:
             if embedder is None:
                 from .embeddings import make_embedder
@@ -556,6 +493,91 @@ class QueryRouter:
             embedder_id = embedder.id
         else:
             embedder_id = table.meta.get("embedder_id") or (embedder.id if embedder is not None else "unknown")
+        problem, models, costs = cls._problem(table, config, embedder_id, teacher_logits, init)
+        n, m = problem.n, problem.m
+        if problem.partial and config.neighbours == 0:
+            raise ValidationError("a table with missing cells needs neighbour smoothing (neighbours > 0): a missing "
+                                  "cell's target is the mean outcome of the query's neighbours that have one")
+        min_rows = 20 * max(1, config.folds if init is None else 1)
+        if n < min_rows:
+            raise ValidationError(f"{n} queries are too few to train and validate a router with {config.folds} folds; "
+                                  f"give at least {min_rows}, or fewer folds")
+
+        selection: Selection | None = None
+        if init is not None:  # fine-tuning keeps the router's architecture and settings
+            chosen = init.info.get("selection", {}).get("chosen", {})
+            k = config.neighbours if config.neighbours is not None else int(chosen.get("neighbours", 100))
+            hidden, weight = init.model.config.hidden_dim, init.network_weight
+            alpha = init.head.alpha if init.head is not None else config.ridge_alphas[0]
+            prior = init.memory.prior_weight if init.memory is not None else (config.memory_prior or 1.0)
+        elif config.folds >= 2:
+            selection = select(problem, say)
+            k, hidden, weight = selection.neighbours, selection.hidden_dim, selection.network_weight
+            alpha, prior = selection.ridge_alpha, selection.memory_prior
+        else:
+            k = 100 if config.neighbours is None else config.neighbours
+            weight, alpha, prior = 1.0, config.ridge_alphas[0], config.memory_prior or 1.0
+            hidden = cls._hidden_on_one_slice(problem, k, say)
+
+        all_rows = np.arange(n)
+        say(f"training the router's network (hidden {hidden}) on {n} queries")
+        net, epochs = problem.train_network(all_rows, hidden, k, init=None if init is None else init.model)
+        head = None
+        if weight < 1.0:
+            head = LinearHead.fit(problem.x, problem.head_targets(all_rows, k), alpha,
+                                  prior=None if init is None else init.head)
+        _fit_i, stop = validation_split(n, config.validation_fraction, config.seed)
+        info: dict[str, Any] = {
+            "trained_at": time.time(),
+            "train_queries": n - len(stop),
+            "validation_queries": len(stop),
+            "hidden_dim": int(hidden),
+            "neighbours": int(k),
+            "network_weight": float(weight),
+            "epochs": epochs,
+            "teacher": teacher_logits is not None,
+            "missing_cells": int(np.isnan(problem.targets[:, :m]).sum()),
+            "fine_tuned_from": None if init is None else init.model.extra_metadata.get("version") or init.info.get("trained_at"),
+            "config": {key: (list(v) if isinstance(v, tuple) else v) for key, v in asdict(config).items()},
+        }
+        if selection is not None:
+            info["selection"] = selection.to_info()
+            info["validation_metric"], info["validation_score"] = f"aiq ({config.folds}-fold cv)", info["selection"]["cv_aiq"]
+        elif init is not None:
+            info["selection"] = init.info.get("selection")
+        memory = None
+        if config.memory:  # the observed outcomes only, added to the earlier router's when fine-tuning
+            base = init.memory if init is not None and init.memory is not None else OutcomeMemory.empty(0, prior)
+            observed = problem.targets.copy()
+            memory = base.merged(table.queries, observed, observed=~np.isnan(observed))
+        info["memory_entries"] = 0 if memory is None else len(memory)
+        router = cls(net, models, costs, embedder_id, info=info, memory=memory, strong=problem.strong if m == 2 else None,
+                     head=head, network_weight=weight)
+        if selection is None:  # the shipped network on the slice it was early-stopped on (optimistic, but on file)
+            info["validation_metric"] = "aiq (early-stopping slice)"
+            info["validation_score"] = router_aiq(router.estimate(problem.x[stop]),
+                                                  problem.filled(stop, np.setdiff1d(all_rows, stop), k)[:, :m],
+                                                  problem.costs[stop], problem.pair)
+        # the operating point comes from outputs on queries the deciding network did not train on:
+        # the folds' out-of-fold outputs when cross-validated, else the early-stopping slice
+        if selection is not None and selection.out_of_fold is not None:
+            rows, outputs = all_rows, selection.out_of_fold
+        else:
+            rows, outputs = stop, router.estimate(problem.x[stop])
+        if m == 2:
+            router.score_quantiles = np.quantile(outputs[:, 2], np.linspace(0, 1, 101))
+            router.calibrate(0.5)
+        else:
+            router.cost_weight = router._default_cost_weight(outputs, problem.filled(rows, all_rows)[:, :m], problem.costs[rows])
+        info["seconds"] = round(time.perf_counter() - started, 2)
+        if embedder is not None and embedder.id == embedder_id:
+            router._embedder = embedder
+        return router
+
+    @classmethod
+    def _problem(cls, table: RoutingTable, config: QueryRouterConfig, embedder_id: str, teacher_logits: np.ndarray | None,
+                 init: "QueryRouter | None") -> tuple[RoutingProblem, list[str], np.ndarray]:
+        """The table as a :class:`RoutingProblem` in the router's model order, its models and costs."""
         x = table.embeddings
         assert x is not None
         n = len(table)
@@ -579,109 +601,36 @@ class QueryRouter:
             strong, weak = 0, 0
         targets = scores.astype(np.float32)
         if m == 2:  # NaN where either score is missing
-            adv = (1.0 + targets[:, strong] - targets[:, weak]) / 2.0
-            targets = np.column_stack([targets, adv]).astype(np.float32)
-        partial = bool(np.isnan(targets).any())
-        if partial and config.neighbours <= 0:
-            raise ValidationError("a table with missing cells needs neighbour smoothing (neighbours > 0): a missing "
-                                  "cell's target is the mean outcome of the query's neighbours that have one")
-
-        train_idx, val_idx = validation_split(n, config.validation_fraction, config.seed)
-        say(f"neighbour-smoothing targets (k={config.neighbours}) over {len(train_idx)} training queries")
-        soft = neighbour_targets(x[train_idx], targets[train_idx], config.neighbours)
-        if partial:
-            # validation's missing cells from the training rows' outcomes (never from the validation rows)
-            val_fill = neighbour_means(x[val_idx], x[train_idx], targets[train_idx], config.neighbours)
-            if m == 2:  # a row rarely has both scores: the advantage comes from the smoothed qualities
-                for filled in (soft, val_fill):
-                    filled[:, 2] = (1.0 + filled[:, strong] - filled[:, weak]) / 2.0
-            targets = targets.copy()
-            targets[train_idx] = np.where(np.isnan(targets[train_idx]), soft, targets[train_idx])
-            targets[val_idx] = np.where(np.isnan(targets[val_idx]), val_fill, targets[val_idx])
-        val_scores = targets[val_idx, :m]
-        val_costs = np.where(np.isnan(cost_matrix[val_idx]), costs[None, :], cost_matrix[val_idx])
+            targets = np.column_stack([targets, (1.0 + targets[:, strong] - targets[:, weak]) / 2.0]).astype(np.float32)
+        teacher = None
         if teacher_logits is not None:
             if m != 2:
                 raise ValidationError("teacher logits are supported for two-model tables")
-            t = as_float_array(teacher_logits, "teacher logits", ndim=1)
-            if t.shape[0] != n:
-                raise ValidationError(f"{t.shape[0]} teacher logits for {n} queries")
-            probs = soft_targets_from_logits(t[train_idx], config.teacher_temperature)
-            # put the teacher's probabilities on the advantage target's scale (mean and spread)
-            adv_soft = soft[:, 2]
-            matched = (probs - probs.mean()) / max(float(probs.std()), 1e-6) * adv_soft.std() + adv_soft.mean()
-            soft[:, 2] = np.clip((1 - config.teacher_weight) * adv_soft + config.teacher_weight * matched, 0.0, 1.0)
+            teacher = as_float_array(teacher_logits, "teacher logits", ndim=1)
+            if teacher.shape[0] != n:
+                raise ValidationError(f"{teacher.shape[0]} teacher logits for {n} queries")
+        filled_costs = np.where(np.isnan(cost_matrix), costs[None, :], cost_matrix)
+        problem = RoutingProblem(np.asarray(x, dtype=np.float32), targets, filled_costs, list(table.queries), strong, weak,
+                                 config, teacher)
+        return problem, models, costs
 
-        train_set = TrainingDataset(x[train_idx], targets[train_idx], soft_targets=soft)
-        val_set = TrainingDataset(x[val_idx], targets[val_idx])
-        if init is not None and init.model.normalizer is not None:
-            train_set.apply_normalization(init.model.normalizer)
-        else:
-            train_set.normalize()
-        val_set.apply_normalization(train_set.normalization)  # type: ignore[arg-type]
-
-        best: tuple[float, FastGRNN, int] | None = None
-        tried: list[dict[str, Any]] = []
-        started = time.perf_counter()
-        hidden_dims = config.hidden_dims if init is None else (init.model.config.hidden_dim,)
-        for hidden in hidden_dims:
-            mcfg = FastGRNNConfig(input_dim=x.shape[1], hidden_dim=int(hidden), output_dim=targets.shape[1],
-                                  rank=config.rank, output_activation="sigmoid")
-            if init is not None:
-                mcfg = init.model.config
-            tcfg = TrainingConfig(
-                learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
-                early_stopping_patience=config.patience, l2_reg=config.l2_reg, seed=config.seed,
-                enable_distillation=config.neighbours > 0 or teacher_logits is not None,
-                distillation_alpha=1.0 - config.label_weight, distillation_temperature=1.0,
-                w_sparsity=config.w_sparsity, u_sparsity=config.u_sparsity,
-            )
-            net = FastGRNN(mcfg, seed=config.seed)
-            if init is not None:
-                net = init.model.copy()
-                net.quantized = None
-            trainer = Trainer(mcfg, tcfg)
-            trainer.train(net, train_set, validation=val_set)
-            score = cls._validation_score(net.forward(val_set.features), val_scores, val_costs, strong, weak)
-            tried.append({"hidden_dim": int(hidden), "validation_score": score, "epochs": len(trainer.metrics)})
-            say(f"hidden {hidden}: validation {'APGR' if m == 2 else 'AIQ'} {score:.4f}")
+    @staticmethod
+    def _hidden_on_one_slice(problem: RoutingProblem, k: int, say: Callable[[str], None]) -> int:
+        """Without cross-validation: the hidden size whose network routes best on one validation slice."""
+        cfg = problem.config
+        if len(cfg.hidden_dims) == 1:
+            return cfg.hidden_dims[0]
+        fit, val = validation_split(problem.n, cfg.validation_fraction, cfg.seed)
+        val_scores = problem.filled(val, fit, k)[:, : problem.m]
+        best: tuple[float, int] | None = None
+        for hidden in cfg.hidden_dims:
+            net, _epochs = problem.train_network(fit, hidden, k)
+            score = router_aiq(net.predict(problem.x[val]), val_scores, problem.costs[val], problem.pair)
+            say(f"hidden {hidden}: validation AIQ {score:.4f}")
             if best is None or score > best[0]:
-                best = (score, net, int(hidden))
+                best = (score, hidden)
         assert best is not None
-        score, net, hidden = best
-        val_out = net.forward(val_set.features)
-        info = {
-            "trained_at": time.time(),
-            "train_queries": len(train_idx),
-            "validation_queries": len(val_idx),
-            "validation_metric": "apgr" if m == 2 else "aiq",
-            "validation_score": score,
-            "search": tried,
-            "hidden_dim": hidden,
-            "seconds": round(time.perf_counter() - started, 2),
-            "teacher": teacher_logits is not None,
-            "missing_cells": int(np.isnan(scores).sum()),
-            "fine_tuned_from": None if init is None else init.model.extra_metadata.get("version") or init.info.get("trained_at"),
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-        }
-        memory = None
-        if config.memory:  # the observed outcomes only, added to the earlier router's when fine-tuning
-            observed_targets = scores.astype(np.float32)
-            if m == 2:
-                observed_targets = np.column_stack([observed_targets, (1.0 + observed_targets[:, strong]
-                                                                       - observed_targets[:, weak]) / 2.0])
-            base = init.memory if init is not None and init.memory is not None else OutcomeMemory.empty(0, config.memory_prior)
-            memory = base.merged(table.queries, observed_targets, observed=~np.isnan(observed_targets))
-        info["memory_entries"] = 0 if memory is None else len(memory)
-        router = cls(net, models, costs, embedder_id, info=info, memory=memory, strong=strong if m == 2 else None)
-        if m == 2:
-            router.score_quantiles = np.quantile(val_out[:, 2], np.linspace(0, 1, 101))
-            router.calibrate(0.5)
-        else:
-            router.cost_weight = router._default_cost_weight(val_out, val_scores, val_costs)
-        if embedder is not None and embedder.id == embedder_id:
-            router._embedder = embedder
-        return router
+        return best[1]
 
     @staticmethod
     def _aligned(table: RoutingTable, init: "QueryRouter", embedder_id: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -705,15 +654,6 @@ class QueryRouter:
         costs = np.array([means[col[mod]] if mod in col else init.costs[j] for j, mod in enumerate(init.models)])
         return list(init.models), scores, cost_matrix, costs
 
-    @staticmethod
-    def _validation_score(outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int, weak: int) -> float:
-        m = scores.shape[1]
-        if m == 2:
-            return routellm_curve(outputs[:, 2], scores[:, strong], scores[:, weak]).apgr
-        mean_costs = costs.mean(axis=0)
-        pts = [sweep_points(np.argmax(outputs[:, :m] - lam * costs, axis=1), scores, costs) for lam in lambda_grid(outputs[:, :m], costs)]
-        return aiq([p[0] for p in pts], [p[1] for p in pts], float(mean_costs.min()), float(mean_costs.max()))
-
     def _default_cost_weight(self, outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
         """The cheapest knob setting that matches the best single model's validation quality."""
         best_single = float(scores.mean(axis=0).max())
@@ -729,10 +669,12 @@ class QueryRouter:
     def packed(self) -> FastGRNN:
         """A copy of the network carrying the router's metadata: saved, it is a router file."""
         net = self.model.copy()
-        for key in [k for k in net.aux_tensors if k.startswith("memory.")]:
+        for key in [k for k in net.aux_tensors if k.startswith(("memory.", "head."))]:
             del net.aux_tensors[key]
         if self.memory is not None:
             net.aux_tensors.update(self.memory.to_tensors())
+        if self.head is not None:
+            net.aux_tensors.update(self.head.to_tensors())
         net.extra_metadata["query_router"] = json.dumps({
             "format": ROUTER_FORMAT,
             "format_version": ROUTER_FORMAT_VERSION,
@@ -746,6 +688,7 @@ class QueryRouter:
             "memory_prior": None if self.memory is None else self.memory.prior_weight,
             "info": self.info,
             "strong": self.strong if self.is_pair else None,
+            "head": None if self.head is None else {"alpha": self.head.alpha, "network_weight": self.network_weight},
         })
         return net
 
@@ -772,11 +715,16 @@ class QueryRouter:
             if meta.get("format") != ROUTER_FORMAT or meta.get("format_version") != ROUTER_FORMAT_VERSION:
                 raise ModelFileError(f"{file}: unsupported router format {meta.get('format')!r} v{meta.get('format_version')!r}")
             memory = OutcomeMemory.from_tensors(net.aux_tensors, meta.get("memory_prior") or 1.0)
-            for key in [k for k in net.aux_tensors if k.startswith("memory.")]:
+            head_meta = meta.get("head")
+            outputs = len(meta["models"]) + (1 if len(meta["models"]) == 2 else 0)
+            head = None if head_meta is None else LinearHead.from_tensors(net.aux_tensors, head_meta["alpha"],
+                                                                           net.config.input_dim, outputs)
+            for key in [k for k in net.aux_tensors if k.startswith(("memory.", "head."))]:
                 del net.aux_tensors[key]  # the router holds them; packed() puts them back
             return cls(net, meta["models"], meta["costs"], meta["embedder_id"], threshold=meta["threshold"],
                        cost_weight=meta["cost_weight"], quality_bar=meta["quality_bar"],
                        score_quantiles=meta["score_quantiles"], info=meta.get("info"), memory=memory,
-                       strong=meta.get("strong"))
+                       strong=meta.get("strong"), head=head,
+                       network_weight=1.0 if head_meta is None else float(head_meta["network_weight"]))
         except (KeyError, TypeError, json.JSONDecodeError, ValidationError) as exc:
             raise ModelFileError(f"{file} has an unreadable router part ({exc})") from None

@@ -26,7 +26,8 @@ from ..nn import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, TrainingData
 from ..nn.datafiles import read_table
 from ..nn.losses import bce_with_logits
 from ..llm import ROUTER_FILE, OutcomeMemory, QueryRouter
-from ..llm.query_router import neighbour_means
+from ..llm.linear_head import LinearHead
+from ..llm.neighbours import neighbour_means
 from .registry import DatabaseRegistry, ModelRegistry, PromotionRefused
 from .storage import Storage
 
@@ -261,7 +262,7 @@ def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.n
     mask[rows, chosen[fresh]] = True
     memory = router.memory if router.memory is not None else OutcomeMemory.empty(width)
     if router.is_pair:
-        estimate = memory.blend_keys(key_arr, router.model.predict(np.asarray(logs.inputs)[usable][fresh]))[0][:, :m]
+        estimate = memory.blend_keys(key_arr, router.estimate(np.asarray(logs.inputs)[usable][fresh]))[0][:, :m]
         estimate[rows, chosen[fresh]] = observed[fresh]
         values[:, m] = (1.0 + estimate[:, router.strong] - estimate[:, router.weak]) / 2.0
         mask[:, m] = True
@@ -326,12 +327,16 @@ def retrain_query_router(
         dataset.normalize()
     Trainer(net.config, TrainingConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, seed=cfg.seed,
                                        validation_split=0.0)).train(net, dataset)
+    # a linear head, when the router blends one, moves with the new outcomes but is shrunk towards
+    # the head it had, so a small log does not undo what the training table taught it
+    head = None if current.head is None else LinearHead.fit(x[fit], targets, current.head.alpha, prior=current.head)
     memory, merged, until = remembered_feedback(current, logs, usable, chosen, observed)
     new = QueryRouter(net, current.models, current.costs, current.embedder_id, threshold=current.threshold,
                       cost_weight=current.cost_weight, quality_bar=current.quality_bar,
                       info={**current.info, "retrained_at": time.time(), "feedback_queries": n,
                             "memory_entries": 0 if memory is None else len(memory), "memory_feedback_until": until},
-                      memory=memory, strong=current.strong if current.is_pair else None)
+                      memory=memory, strong=current.strong if current.is_pair else None, head=head,
+                      network_weight=current.network_weight)
     if pair is not None and current.threshold is not None:
         share = float(np.mean(current.predict(x)[:, 2] >= current.threshold))
         new.score_quantiles = np.quantile(new.predict(x)[:, 2], np.linspace(0, 1, 101))
