@@ -12,9 +12,9 @@ kNN, logistic regression (two models) / ridge (N models) from scikit-learn, and 
 crate's own ``trainRouter``/``score`` (npm @ruvector/tiny-dancer 0.1.22, through Node).
 
 The baselines are tuned as ours is: kNN's k, ridge's alpha and logistic regression's C are each
-chosen on the same validation slice of the training split that our router chooses its hidden
-size on (``validation_split``), by the same criterion (APGR for two models, AIQ for more), then
-refit on the whole training split.  The note column says what was tried and chosen.
+chosen by the same 3-fold cross-validation of the training split that our router chooses its
+settings by (``selection.kfold``), by mean APGR for two models and AIQ for more, then refit on
+the whole training split.  The note column says what was tried and chosen.
 
 Some test queries appear verbatim in the training split (119 of LLMRouter's 500, 44 of MMLU's
 2,809).  Our router remembers training outcomes for such repeats (``tinydancer.llm.memory``), so the
@@ -46,7 +46,8 @@ from tinydancer.llm.evaluation import (aiq, brier_score, expected_calibration_er
                                    random_point, routellm_curve, sweep_points)
 from tinydancer.llm.memory import OutcomeMemory, query_keys
 from tinydancer.plotting import plot_lines
-from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig, validation_split
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.selection import kfold
 from tinydancer.llm.tables import RoutingTable, shared_data_dir, standard_splits
 
 HERE = Path(__file__).resolve().parent
@@ -102,23 +103,24 @@ LOGISTIC_C = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 def tune(grid: tuple, predict: Callable[[object, np.ndarray, np.ndarray, np.ndarray], np.ndarray], train: RoutingTable,
          target: np.ndarray) -> tuple[object, str]:
-    """The grid value whose predictions validate best, and a note saying what was tried.
+    """The grid value whose predictions cross-validate best, and a note saying what was tried.
 
-    ``predict(value, x_fit, y_fit, x_eval)`` fits on ``x_fit`` and predicts ``x_eval``.  The slice
-    and the criterion are our router's: ``validation_split`` with QueryRouterConfig's defaults,
-    APGR for two models and AIQ for more.
+    ``predict(value, x_fit, y_fit, x_eval)`` fits on ``x_fit`` and predicts ``x_eval``.  The folds
+    are our router's (``selection.kfold`` with QueryRouterConfig's defaults); the criterion is the
+    mean over folds of APGR for two models and AIQ for more.
     """
     cfg = QueryRouterConfig()
-    fit_i, val_i = validation_split(len(train), cfg.validation_fraction, cfg.seed)
     x = train.embeddings
-    val = train.subset(val_i)
     metric = "apgr" if len(train.models) == 2 else "aiq"
-    scores = {}
-    for value in grid:
-        pred = predict(value, x[fit_i], target[fit_i], x[val_i])
-        scores[value] = (pair_metrics if metric == "apgr" else multi_metrics)(pred, val)[metric]
-    best = max(grid, key=lambda v: scores[v])
-    return best, f"{best} chosen on validation {metric.upper()} from " + ", ".join(f"{v}: {scores[v]:.3f}" for v in grid)
+    scores: dict[object, list[float]] = {value: [] for value in grid}
+    for fit_i, val_i in kfold(len(train), cfg.folds, cfg.seed):
+        val = train.subset(val_i)
+        for value in grid:
+            pred = predict(value, x[fit_i], target[fit_i], x[val_i])
+            scores[value].append((pair_metrics if metric == "apgr" else multi_metrics)(pred, val)[metric])
+    best = max(grid, key=lambda v: np.mean(scores[v]))
+    return best, (f"{best} chosen by {cfg.folds}-fold {metric.upper()} from "
+                  + ", ".join(f"{v}: {np.mean(scores[v]):.3f}" for v in grid))
 
 
 def rust_crate(train: RoutingTable, test: RoutingTable, workdir: Path) -> dict[str, object] | None:
@@ -201,10 +203,11 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         t0 = time.perf_counter()
         router = QueryRouter.fit(train, cfg, teacher_logits=logits)
         train_s = time.perf_counter() - t0
-        net_out = router.model.predict(x_te)
+        net_out = router.estimate(x_te)  # the network, blended with the linear head if CV kept one
         out, hit = router.remember(test.queries, net_out)
         cols = 2 if pair else slice(0, len(train.models))
-        note = f"hidden {router.info['hidden_dim']}, {router.model.size_bytes():,} B"
+        head = "" if router.head is None else f" + linear head {router.head.nbytes:,} B at weight {1 - router.network_weight:g}"
+        note = f"hidden {router.info['hidden_dim']}, {router.model.size_bytes():,} B{head}"
         if router.memory is not None:
             note += f"; memory {router.memory.nbytes:,} B knew {int(hit.sum())} test queries"
         m = len(train.models)
@@ -212,7 +215,7 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         if label == "tinydancer FastGRNN":
             by_subset[label] = out[:, cols]
             by_subset["  without outcome memory"] = net_out[:, cols]
-            add("  without outcome memory", metrics(net_out[:, cols], test), train_s, None, "the same network, memory off",
+            add("  without outcome memory", metrics(net_out[:, cols], test), train_s, None, "the same router, memory off",
                 net_out[:, :m])
 
     # references

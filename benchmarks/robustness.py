@@ -34,7 +34,7 @@ from _common import console, environment, table
 from quality import knn_predict
 
 from tinydancer.llm.embeddings import make_embedder
-from tinydancer.llm.evaluation import aiq, lambda_grid
+from tinydancer.llm.evaluation import aiq, sweep_choices
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
 from tinydancer.llm.selection import kfold
 from tinydancer.llm.tables import ROUTELLM_PRICES, ROUTELLM_STRONG, ROUTELLM_WEAK, RoutingTable, standard_splits
@@ -45,15 +45,9 @@ LOGISTIC_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 # ---------------------------------------------------------------------- choices and AIQ
-def choices_from_quality(pred: np.ndarray, costs: np.ndarray, knobs: int = 201) -> np.ndarray:
+def choices_from_quality(pred: np.ndarray, costs: np.ndarray) -> np.ndarray:
     """(K, N) model per query at each cost weight: argmax(predicted quality − λ cost)."""
-    return np.stack([np.argmax(pred - lam * costs, axis=1) for lam in lambda_grid(pred, costs, knobs)])
-
-
-def choices_from_score(score: np.ndarray, strong: int, weak: int, knobs: int = 201) -> np.ndarray:
-    """(K, N) for a pair: the strong model where the score reaches each threshold, else the weak."""
-    thresholds = np.concatenate([np.quantile(score, np.linspace(0, 1, knobs)), [np.inf]])
-    return np.where(score[None, :] >= thresholds[:, None], strong, weak)
+    return sweep_choices(pred, costs)
 
 
 def resampled_aiq(choice: np.ndarray, test: RoutingTable, weights: np.ndarray) -> np.ndarray:
@@ -126,7 +120,7 @@ def route_all(train: RoutingTable, test: RoutingTable) -> dict[str, tuple[np.nda
     fit_s = time.perf_counter() - t0
     pred, _hit = router.remember(test.queries, router.estimate(test.embeddings))
     if router.is_pair:
-        out["ours"] = (choices_from_score(pred[:, m], router.strong, router.weak), f"{chosen_note(router)}, {fit_s:.0f} s")
+        out["ours"] = (sweep_choices(pred, test.costs, (router.strong, router.weak)), f"{chosen_note(router)}, {fit_s:.0f} s")
     else:
         out["ours"] = (choices_from_quality(pred[:, :m], test.costs), f"{chosen_note(router)}, {fit_s:.0f} s")
     def knn(xf: np.ndarray, yf: np.ndarray, xe: np.ndarray, k: float) -> np.ndarray:

@@ -16,18 +16,17 @@ from pathlib import Path
 
 import numpy as np
 from _common import console, environment, table
-from robustness import choices_from_quality, choices_from_score, resampled_aiq, tables
+from robustness import resampled_aiq, tables
 
 from tinydancer.llm.embeddings import make_embedder
+from tinydancer.llm.evaluation import sweep_choices
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
 from tinydancer.llm.tables import RoutingTable, shared_data_dir
 
 
 def test_aiq(router: QueryRouter, test: RoutingTable) -> float:
-    m = len(router.models)
     pred, _known = router.remember(test.queries, router.estimate(test.embeddings))
-    choice = (choices_from_score(pred[:, m], router.strong, router.weak) if router.is_pair
-              else choices_from_quality(pred[:, :m], test.costs))
+    choice = sweep_choices(pred, test.costs, (router.strong, router.weak) if router.is_pair else None)
     return float(resampled_aiq(choice, test, np.ones((1, len(test))))[0])
 
 

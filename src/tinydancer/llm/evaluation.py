@@ -177,7 +177,10 @@ def sweep_choices(outputs: np.ndarray, costs: np.ndarray, pair: tuple[int, int] 
         thresholds = np.concatenate([np.quantile(score, np.linspace(0, 1, n_settings)), [np.inf]])
         return np.where(score[None, :] >= thresholds[:, None], pair[0], pair[1])
     quality = outputs[:, :m]
-    return np.stack([np.argmax(quality - lam * costs, axis=1) for lam in lambda_grid(quality, costs, n_settings)])
+    lambdas = lambda_grid(quality, costs, n_settings)
+    step = max(1, 4_000_000 // max(quality.size, 1))  # settings per block: a few million cells at a time
+    return np.concatenate([np.argmax(quality[None] - lambdas[i : i + step, None, None] * costs[None], axis=2)
+                           for i in range(0, len(lambdas), step)])
 
 
 def choices_aiq(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:

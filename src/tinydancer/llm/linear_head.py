@@ -5,8 +5,8 @@ network (the embedding already separates what matters linearly), and averaging t
 the variance of both.  Cross-validation (:mod:`tinydancer.llm.selection`) decides whether to
 blend and how much; the head is stored next to the network in the same router file.
 
-Ridge is solved in closed form from one eigendecomposition of the centred Gram matrix, so a
-whole grid of ``alpha`` costs one decomposition.  Fine-tuning shrinks towards the earlier
+Ridge is solved in closed form from the centred Gram matrix (inputs × inputs, a few hundred
+square), one linear solve per ``alpha``.  Fine-tuning shrinks towards the earlier
 weights instead of towards zero, so a small log of new outcomes moves the head without making
 it forget the table it was trained on.
 """
@@ -48,7 +48,7 @@ class LinearHead:
     @classmethod
     def fit_path(cls, x: np.ndarray, y: np.ndarray, alphas: Sequence[float],
                  prior: "LinearHead | None" = None) -> list["LinearHead"]:
-        """One head per ``alpha``, from a single eigendecomposition."""
+        """One head per ``alpha``, sharing the Gram matrix."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 2:
@@ -61,13 +61,13 @@ class LinearHead:
             raise ValidationError(f"the earlier head maps {prior.weight.shape}; these data need {(x.shape[1], y.shape[1])}")
         x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
         xc = x - x_mean
-        eigvals, eigvecs = np.linalg.eigh(xc.T @ xc)
-        eigvals = np.maximum(eigvals, 0.0)
+        gram = xc.T @ xc
         xty = xc.T @ (y - y_mean)
+        eye = np.eye(gram.shape[0])
         heads = []
         for alpha in alphas:
             rhs = xty if prior is None else xty + alpha * prior.weight.astype(np.float64)
-            w = eigvecs @ ((eigvecs.T @ rhs) / (eigvals + alpha)[:, None])
+            w = np.linalg.solve(gram + alpha * eye, rhs)
             heads.append(cls(w.astype(np.float32), (y_mean - x_mean @ w).astype(np.float32), float(alpha)))
         return heads
 

@@ -504,6 +504,7 @@ class QueryRouter:
                                   f"give at least {min_rows}, or fewer folds")
 
         selection: Selection | None = None
+        searched: tuple[FastGRNN, int] | None = None
         if init is not None:  # fine-tuning keeps the router's architecture and settings
             chosen = init.info.get("selection", {}).get("chosen", {})
             k = config.neighbours if config.neighbours is not None else int(chosen.get("neighbours", 100))
@@ -517,11 +518,14 @@ class QueryRouter:
         else:
             k = 100 if config.neighbours is None else config.neighbours
             weight, alpha, prior = 1.0, config.ridge_alphas[0], config.memory_prior or 1.0
-            hidden = cls._hidden_on_one_slice(problem, k, say)
+            hidden, searched = cls._hidden_on_one_slice(problem, k, say)
 
         all_rows = np.arange(n)
-        say(f"training the router's network (hidden {hidden}) on {n} queries")
-        net, epochs = problem.train_network(all_rows, hidden, k, init=None if init is None else init.model)
+        if selection is None and init is None and searched is not None:
+            net, epochs = searched  # trained on the same rows the shipped network would be
+        else:
+            say(f"training the router's network (hidden {hidden}) on {n} queries")
+            net, epochs = problem.train_network(all_rows, hidden, k, init=None if init is None else init.model)
         head = None
         if weight < 1.0:
             head = LinearHead.fit(problem.x, problem.head_targets(all_rows, k), alpha,
@@ -615,22 +619,25 @@ class QueryRouter:
         return problem, models, costs
 
     @staticmethod
-    def _hidden_on_one_slice(problem: RoutingProblem, k: int, say: Callable[[str], None]) -> int:
-        """Without cross-validation: the hidden size whose network routes best on one validation slice."""
+    def _hidden_on_one_slice(problem: RoutingProblem, k: int,
+                             say: Callable[[str], None]) -> tuple[int, tuple[FastGRNN, int] | None]:
+        """Without cross-validation: the hidden size whose network routes best on the early-stopping
+        slice, and that network (trained on exactly the rows the shipped one would be), if trained."""
         cfg = problem.config
         if len(cfg.hidden_dims) == 1:
-            return cfg.hidden_dims[0]
+            return cfg.hidden_dims[0], None
+        everything = np.arange(problem.n)
         fit, val = validation_split(problem.n, cfg.validation_fraction, cfg.seed)
         val_scores = problem.filled(val, fit, k)[:, : problem.m]
-        best: tuple[float, int] | None = None
+        best: tuple[float, int, tuple[FastGRNN, int]] | None = None
         for hidden in cfg.hidden_dims:
-            net, _epochs = problem.train_network(fit, hidden, k)
-            score = router_aiq(net.predict(problem.x[val]), val_scores, problem.costs[val], problem.pair)
+            trained = problem.train_network(everything, hidden, k)
+            score = router_aiq(trained[0].predict(problem.x[val]), val_scores, problem.costs[val], problem.pair)
             say(f"hidden {hidden}: validation AIQ {score:.4f}")
             if best is None or score > best[0]:
-                best = (score, hidden)
+                best = (score, hidden, trained)
         assert best is not None
-        return best[1]
+        return best[1], best[2]
 
     @staticmethod
     def _aligned(table: RoutingTable, init: "QueryRouter", embedder_id: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ of the paired fold differences (see :func:`_best`):
 1. ``neighbours`` — the smoothing the network is distilled from.  Every ``k`` is scored as the
    kNN estimate it produces for the held-out fold (one similarity pass serves all ``k``), a
    network-free proxy for how good a target it is.
-2. ``ridge_alpha`` — the linear head: ridge on the outcomes (closed form, all alphas from one
-   eigendecomposition; ridge averages the noise itself, so it needs no smoothing).
+2. ``ridge_alpha`` — the linear head: ridge on the outcomes (closed form; ridge averages the
+   noise itself, so it needs no smoothing).
 3. ``hidden_dim`` × ``network_weight`` — one FastGRNN per hidden size and fold (the only costly
    step), each blended with the fold's linear head at every weight (1.0: the network alone).
    The hidden size whose best blend has the best mean wins; at that size, the weight.
