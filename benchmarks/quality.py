@@ -241,7 +241,7 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
     from sklearn.linear_model import LogisticRegression, Ridge
 
     def knn(k: object, xf: np.ndarray, yf: np.ndarray, xe: np.ndarray) -> np.ndarray:
-        return knn_predict(xf, yf, xe, int(k))  # type: ignore[call-overload]
+        return knn_predict(xf, yf, xe, min(int(k), len(xf)))  # type: ignore[call-overload]
 
     if pair:
         s_tr, w_tr = train.scores[:, train.strong_weak()[0]], train.scores[:, train.strong_weak()[1]]
