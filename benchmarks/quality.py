@@ -206,7 +206,8 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         net_out = router.estimate(x_te)  # the network, blended with the linear head if CV kept one
         out, hit = router.remember(test.queries, net_out)
         cols = 2 if pair else slice(0, len(train.models))
-        head = "" if router.head is None else f" + linear head {router.head.nbytes:,} B at weight {1 - router.network_weight:g}"
+        head = ("" if router.head is None else
+                f" + linear head {router.head.nbytes:,} B, network weight {router.network_weight:g}")
         note = f"hidden {router.info['hidden_dim']}, {router.model.size_bytes():,} B{head}"
         if router.memory is not None:
             note += f"; memory {router.memory.nbytes:,} B knew {int(hit.sum())} test queries"
