@@ -101,6 +101,14 @@ def test_the_network_alone_ships_no_head() -> None:
     assert "ridge_alpha" not in router.info["selection"]["candidates"]  # no head to choose for
 
 
+def test_a_router_trained_on_one_slice_fine_tunes_twice() -> None:
+    once = QueryRouter.fit(pair_table(300, 0), QueryRouterConfig(hidden_dims=(8, 4), epochs=4, folds=1), embedder=EMBEDDER)
+    assert "selection" not in once.info and once.info["validation_metric"] == "aiq (early-stopping slice)"
+    twice = QueryRouter.fit(pair_table(100, 1), QueryRouterConfig(epochs=2), embedder=EMBEDDER, init=once)
+    thrice = QueryRouter.fit(pair_table(100, 2), QueryRouterConfig(epochs=2), embedder=EMBEDDER, init=twice)
+    assert thrice.model.config.hidden_dim == once.model.config.hidden_dim and thrice.head is None
+
+
 FORKED_VS_SERIAL = """
 import json, sys
 import numpy as np

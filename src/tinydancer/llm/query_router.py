@@ -506,7 +506,7 @@ class QueryRouter:
         selection: Selection | None = None
         searched: tuple[FastGRNN, int] | None = None
         if init is not None:  # fine-tuning keeps the router's architecture and settings
-            chosen = init.info.get("selection", {}).get("chosen", {})
+            chosen = (init.info.get("selection") or {}).get("chosen", {})
             k = config.neighbours if config.neighbours is not None else int(chosen.get("neighbours", 100))
             hidden, weight = init.model.config.hidden_dim, init.network_weight
             alpha = init.head.alpha if init.head is not None else config.ridge_alphas[0]
@@ -547,8 +547,8 @@ class QueryRouter:
         if selection is not None:
             info["selection"] = selection.to_info()
             info["validation_metric"], info["validation_score"] = f"aiq ({config.folds}-fold cv)", info["selection"]["cv_aiq"]
-        elif init is not None:
-            info["selection"] = init.info.get("selection")
+        elif init is not None and init.info.get("selection"):
+            info["selection"] = init.info["selection"]
         memory = None
         if config.memory:  # the observed outcomes only, added to the earlier router's when fine-tuning
             base = init.memory if init is not None and init.memory is not None else OutcomeMemory.empty(0, prior)
