@@ -79,7 +79,9 @@ class RoutingProblem:
         position[ref_rows] = np.arange(len(ref_rows))
         return neighbour_means_by_k(self.x[rows], self.x[ref_rows], self.targets[ref_rows], ks, exclude=position[rows])
 
-    def _advantage_from_qualities(self, filled: np.ndarray) -> np.ndarray:
+    def with_advantage(self, filled: np.ndarray) -> np.ndarray:
+        """Two models: ``filled``'s advantage column recomputed (in place) from its smoothed
+        qualities; more models: ``filled`` as it is."""
         if self.m == 2:  # a row rarely has both scores: the advantage comes from the smoothed qualities
             filled[:, 2] = (1.0 + filled[:, self.strong] - filled[:, self.weak]) / 2.0
         return filled
@@ -92,7 +94,7 @@ class RoutingProblem:
             return self._smoothed[key].copy()
         soft = self.neighbour_means(rows, rows, [k])[k] if k > 0 and len(rows) > 1 else self.targets[rows].copy()
         if self.partial:
-            soft = self._advantage_from_qualities(soft)
+            soft = self.with_advantage(soft)
         if self.teacher is not None:
             cfg = self.config
             probs = soft_targets_from_logits(self.teacher[rows], cfg.teacher_temperature)
@@ -122,7 +124,7 @@ class RoutingProblem:
             return own
         k = k or FILL_NEIGHBOURS
         fill = self.neighbour_means(rows, ref_rows, [k])[k]
-        return np.where(np.isnan(own), self._advantage_from_qualities(fill), own)
+        return np.where(np.isnan(own), self.with_advantage(fill), own)
 
     def network_data(self, rows: np.ndarray, k: int) -> tuple[TrainingDataset, TrainingDataset]:
         """(training set, early-stopping set) for a network of ``rows``: a ``validation_fraction``

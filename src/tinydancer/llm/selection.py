@@ -199,7 +199,7 @@ def select(problem: RoutingProblem, progress: Callable[[str], None] | None = Non
         for i, (f, h) in enumerate(folds):
             means = problem.neighbour_means(h, f, ks)
             for c in ks:
-                by_k[c].append(fold_aiq(i, problem._advantage_from_qualities(means[c]) if problem.partial else means[c]))
+                by_k[c].append(fold_aiq(i, problem.with_advantage(means[c]) if problem.partial else means[c]))
         k = int(_best(by_k))
         scores["neighbours"] = {str(c): v for c, v in by_k.items()}
         say(f"neighbour smoothing: k = {k} (kNN AIQ {np.mean(by_k[k]):.4f} over {cfg.folds} folds)")
