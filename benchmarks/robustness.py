@@ -45,11 +45,6 @@ LOGISTIC_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 # ---------------------------------------------------------------------- choices and AIQ
-def choices_from_quality(pred: np.ndarray, costs: np.ndarray) -> np.ndarray:
-    """(K, N) model per query at each cost weight: argmax(predicted quality − λ cost)."""
-    return sweep_choices(pred, costs)
-
-
 def resampled_aiq(choice: np.ndarray, test: RoutingTable, weights: np.ndarray) -> np.ndarray:
     """AIQ of a router's (K, N) choices under each row of ``weights`` (B, N), a resample's counts
     (a row of ones: the test table itself)."""
@@ -97,7 +92,7 @@ def tuned(grid: tuple, predict: Callable[[np.ndarray, np.ndarray, np.ndarray, fl
         ones = np.ones((1, len(val)))
         for v in grid:
             pred = predict(train.embeddings[fit_i], train.scores[fit_i], train.embeddings[val_i], v)
-            scores[v].append(float(resampled_aiq(choices_from_quality(pred, val.costs), val, ones)[0]))
+            scores[v].append(float(resampled_aiq(sweep_choices(pred, val.costs), val, ones)[0]))
     best = max(grid, key=lambda v: np.mean(scores[v]))
     return best, f"{best:g}"
 
@@ -122,17 +117,17 @@ def route_all(train: RoutingTable, test: RoutingTable) -> dict[str, tuple[np.nda
     if router.is_pair:
         out["ours"] = (sweep_choices(pred, test.costs, (router.strong, router.weak)), f"{chosen_note(router)}, {fit_s:.0f} s")
     else:
-        out["ours"] = (choices_from_quality(pred[:, :m], test.costs), f"{chosen_note(router)}, {fit_s:.0f} s")
+        out["ours"] = (sweep_choices(pred[:, :m], test.costs), f"{chosen_note(router)}, {fit_s:.0f} s")
     def knn(xf: np.ndarray, yf: np.ndarray, xe: np.ndarray, k: float) -> np.ndarray:
         return knn_predict(xf, yf, xe, min(int(k), len(xf)))
 
     for name, grid, fn in (("ridge", RIDGE_ALPHA, ridge_predict), ("kNN", KNN_K, knn),
                            ("logistic", LOGISTIC_C, logistic_predict)):
         knob, note = tuned(grid, fn, train)
-        out[name] = (choices_from_quality(fn(train.embeddings, train.scores, test.embeddings, knob), test.costs),
+        out[name] = (sweep_choices(fn(train.embeddings, train.scores, test.embeddings, knob), test.costs),
                      f"{'alpha' if name == 'ridge' else 'k' if name == 'kNN' else 'C'} = {note}")
     out["best single (hull)"] = (np.repeat(np.arange(m)[:, None], len(test), axis=1), f"{m} models")
-    out["oracle"] = (choices_from_quality(test.scores.astype(np.float64), test.costs), "")
+    out["oracle"] = (sweep_choices(test.scores.astype(np.float64), test.costs), "")
     return out
 
 

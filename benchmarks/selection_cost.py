@@ -24,7 +24,7 @@ from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
 from tinydancer.llm.tables import RoutingTable, shared_data_dir
 
 
-def test_aiq(router: QueryRouter, test: RoutingTable) -> float:
+def aiq_on_test(router: QueryRouter, test: RoutingTable) -> float:
     pred, _known = router.remember(test.queries, router.estimate(test.embeddings))
     choice = sweep_choices(pred, test.costs, (router.strong, router.weak) if router.is_pair else None)
     return float(resampled_aiq(choice, test, np.ones((1, len(test))))[0])
@@ -39,7 +39,7 @@ def main(data: Path) -> None:
         for label, config in (("one slice", QueryRouterConfig(folds=1)), ("cv", QueryRouterConfig())):
             t0 = time.perf_counter()
             router = QueryRouter.fit(train, config)
-            timed[label] = (time.perf_counter() - t0, test_aiq(router, test), router)
+            timed[label] = (time.perf_counter() - t0, aiq_on_test(router, test), router)
         sel = timed["cv"][2].info["selection"]
         c, (lo, hi) = sel["chosen"], sel["cv_aiq_range"]
         rows.append([name, f"{timed['one slice'][0]:.1f}", f"{timed['cv'][0]:.1f}",

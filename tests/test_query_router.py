@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from tinydancer.cli import app
 from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.errors import ModelFileError, ValidationError
-from tinydancer.llm.neighbours import neighbour_targets
+from tinydancer.llm.neighbours import neighbour_means
+from tinydancer.llm.routing_problem import RoutingProblem
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
 from tinydancer.llm.selection import _best
 from tinydancer.llm.tables import RoutingTable, shared_data_dir, standard_splits
@@ -121,11 +122,13 @@ def test_multi_router_beats_every_single_model_and_its_knob_trades_cost() -> Non
     assert router.route("tell me about homotopy").model == "mid"
 
 
-def test_neighbour_targets_average_the_nearest_others() -> None:
+def test_neighbour_means_average_the_nearest_others() -> None:
     x = np.array([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [0.1, 0.99]])
     y = np.array([[1.0], [0.0], [0.5], [0.7]], dtype=np.float32)
-    np.testing.assert_allclose(neighbour_targets(x, y, 1), [[0.0], [1.0], [0.7], [0.5]])
-    np.testing.assert_allclose(neighbour_targets(x, y, 0), y)
+    np.testing.assert_allclose(neighbour_means(x, x, y, 1, exclude=np.arange(4)), [[0.0], [1.0], [0.7], [0.5]])
+    problem = RoutingProblem(x.astype(np.float32), y, np.ones((4, 1)), ["a", "b", "c", "d"], 0, 0, QueryRouterConfig())
+    np.testing.assert_allclose(problem.smoothed(np.arange(4), 1), [[0.0], [1.0], [0.7], [0.5]])
+    np.testing.assert_allclose(problem.smoothed(np.arange(4), 0), y)  # k = 0: the outcomes themselves
 
 
 def test_table_jsonl_round_trip_and_errors(tmp_path) -> None:
@@ -158,7 +161,7 @@ def test_table_jsonl_round_trip_and_errors(tmp_path) -> None:
 def test_neighbour_means_skip_missing_cells() -> None:
     x = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.0, 1.0]], np.float32)
     y = np.array([[1.0, np.nan], [np.nan, 0.0], [0.0, 1.0], [np.nan, np.nan]], np.float32)
-    out = neighbour_targets(x, y, 2)
+    out = neighbour_means(x, x, y, 2, exclude=np.arange(4))
     # row 0's neighbours are rows 1 and 2: column 0 only row 2 saw (0.0), column 1 both (0.5)
     np.testing.assert_allclose(out[0], [0.0, 0.5])
     # row 3's neighbours (2 and 1) saw column 0 once (row 2: 0.0)

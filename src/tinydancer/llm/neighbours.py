@@ -22,6 +22,23 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
+def _prefix_means(idx: np.ndarray, values: np.ndarray, observed: np.ndarray, partial: bool,
+                  capped: dict[int, int], fallback: np.ndarray) -> dict[int, np.ndarray]:
+    """For rows whose neighbours ``idx`` (b, k_max) are sorted nearest first: each k's mean of
+    ``values`` over the first ``capped[k]`` of them (over those that observed the cell, when
+    ``partial``; ``fallback`` where none did)."""
+    sums = np.cumsum(values[idx], axis=1)  # (b, k_max, m)
+    counts = np.cumsum(observed[idx], axis=1) if partial else None
+    out = {}
+    for k, kc in capped.items():
+        if counts is None:
+            out[k] = sums[:, kc - 1] / kc
+        else:
+            c = counts[:, kc - 1]
+            out[k] = np.where(c > 0, sums[:, kc - 1] / np.maximum(c, 1), fallback)
+    return out
+
+
 def neighbour_means_by_k(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, ks: Sequence[int],
                          exclude: np.ndarray | None = None, block: int = 1024) -> dict[int, np.ndarray]:
     """For each ``k`` in ``ks``, the mean of ``ref_y`` over each row of ``x``'s ``k`` nearest
@@ -54,14 +71,8 @@ def neighbour_means_by_k(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, ks
         idx = np.argpartition(-sims, k_max - 1, axis=1)[:, :k_max]
         if len(capped) > 1:  # nearest first, so that each k's neighbours are a prefix
             idx = np.take_along_axis(idx, np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1), axis=1)
-        sums = np.cumsum(values[idx], axis=1)  # (b, k_max, m)
-        counts = np.cumsum(observed[idx], axis=1) if partial else None
-        for k, kc in capped.items():
-            if counts is None:
-                out[k][start : start + block] = sums[:, kc - 1] / kc
-            else:
-                c = counts[:, kc - 1]
-                out[k][start : start + block] = np.where(c > 0, sums[:, kc - 1] / np.maximum(c, 1), fallback)
+        for k, means in _prefix_means(idx, values, observed, partial, capped, fallback).items():
+            out[k][start : start + block] = means
     return out
 
 
@@ -70,13 +81,6 @@ def neighbour_means(x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray, k: int,
     """The mean of ``ref_y`` over each row of ``x``'s ``k`` nearest reference rows (see
     :func:`neighbour_means_by_k`)."""
     return neighbour_means_by_k(x, ref_x, ref_y, [k], exclude=exclude, block=block)[k]
-
-
-def neighbour_targets(x: np.ndarray, y: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
-    """Mean of ``y`` over each row's ``k`` nearest other rows (``k`` = 0: ``y`` itself)."""
-    if k <= 0 or x.shape[0] <= 1:
-        return y.astype(np.float32)
-    return neighbour_means(x, x, y, k, exclude=np.arange(x.shape[0]), block=block)
 
 
 class NeighbourIndex:
@@ -97,8 +101,9 @@ class NeighbourIndex:
         self.block = block
         xn = _unit(x)
         order = np.empty((n, self.depth), dtype=np.int32)
-        # block-sized products run faster on one BLAS thread here (1.05 s against 1.41 s for the
-        # 5,608 LLMRouter queries), as training does
+        # one BLAS thread, as in training, so that every product of a router's training runs the
+        # same way (RESULTS.md's numbers were made so); two threads would save little here:
+        # 0.63 s against 0.73 s for the 5,608 LLMRouter queries
         with threadpool_limits(limits=1, user_api="blas"):
             for start in range(0, n, block):
                 sims = xn[start : start + block] @ xn.T
@@ -137,15 +142,9 @@ class NeighbourIndex:
             # each row's first k_max candidates that are reference rows, nearest first (row-major order)
             keep = ok[enough] & (rank[enough] <= k_max)
             idx = cand[enough][keep].reshape(-1, k_max)
-            sums = np.cumsum(values[idx], axis=1)
-            counts = np.cumsum(observed[idx], axis=1) if partial else None
             at = start + np.flatnonzero(enough)
-            for k, kc in capped.items():
-                if counts is None:
-                    out[k][at] = sums[:, kc - 1] / kc
-                else:
-                    c = counts[:, kc - 1]
-                    out[k][at] = np.where(c > 0, sums[:, kc - 1] / np.maximum(c, 1), fallback)
+            for k, means in _prefix_means(idx, values, observed, partial, capped, fallback).items():
+                out[k][at] = means
         missing = np.concatenate(short) if short else np.zeros(0, dtype=np.int64)
         if missing.size:  # rows whose nearest `depth` hold too few reference rows: the direct way
             position = np.full(n, -1)

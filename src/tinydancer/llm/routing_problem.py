@@ -53,6 +53,7 @@ class RoutingProblem:
     def __post_init__(self) -> None:
         # smoothing is the costly part of a fold; each hidden size of a fold reuses the fold's
         self._smoothed: dict[tuple[bytes, int], np.ndarray] = {}
+        self._partial = bool(np.isnan(self.targets).any())  # the targets never change
 
     @property
     def n(self) -> int:
@@ -69,7 +70,8 @@ class RoutingProblem:
 
     @property
     def partial(self) -> bool:
-        return bool(np.isnan(self.targets).any())
+        """Whether some outcome was never observed (a logged or sampled table)."""
+        return self._partial
 
     def neighbour_means(self, rows: np.ndarray, ref_rows: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
         """Each row's mean target over its ``k`` nearest ``ref_rows`` (not itself), for every ``k``."""

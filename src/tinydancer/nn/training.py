@@ -193,9 +193,11 @@ class Trainer:
         the paper's three-stage sparse training runs instead (see :meth:`_train_sparse`).
         ``start_epoch`` continues the epoch count and learning-rate schedule of an earlier run.
 
-        BLAS runs one thread meanwhile: a step's products (a mini-batch by a few hundred inputs by
-        the hidden size) are far too small to share, and the thread pool's hand-offs made training
-        1.8x slower on two cores (MMLU router, 2.5 s against 1.4 s).
+        BLAS runs one thread meanwhile.  A step's products (a mini-batch by a few hundred inputs by
+        the hidden size) are too small to share: alone, the MMLU router's network trains in about
+        the same time either way (1.5 s on one thread, 1.6 s on two).  But routers train their
+        cross-validation folds in parallel processes, and two processes with two BLAS threads
+        each on two cores took 14 s for six MMLU fold networks, against 3.7 s on one thread each.
         """
         with threadpool_limits(limits=1, user_api="blas"):
             return self._train(model, dataset, validation=validation, on_epoch_end=on_epoch_end, hooks=hooks,
