@@ -223,8 +223,13 @@ def test_cli_router_train_eval_route(tmp_path) -> None:
     runner = CliRunner()
     pair_table(600, 0).to_jsonl(tmp_path / "train.jsonl", include_embeddings=False)
     pair_table(300, 1).to_jsonl(tmp_path / "test.jsonl", include_embeddings=False)
-    r = runner.invoke(app, ["router", "train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "r"), "--embedder", "hashing-128", "-q"])
+    r = runner.invoke(app, ["router", "train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "r"), "--embedder", "hashing-128", "-q",
+                            "--workers", "0"])
+    assert r.exit_code == 2 and "--workers" in r.output
+    r = runner.invoke(app, ["router", "train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "r"), "--embedder", "hashing-128", "-q",
+                            "--workers", "1"])
     assert r.exit_code == 0, r.output
+    assert QueryRouter.load(tmp_path / "r").info["selection"]["workers"] == 1
     r = runner.invoke(app, ["router", "eval", str(tmp_path / "r"), str(tmp_path / "test.jsonl"), "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.output)

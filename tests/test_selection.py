@@ -137,6 +137,36 @@ def test_fold_networks_in_worker_processes_equal_the_serial_ones() -> None:
     assert result == {"workers": [1, 2], "same_scores": True, "same_router": True}
 
 
+KILLED_WORKER = """
+import multiprocessing, os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from test_query_router import pair_table
+from tinydancer.errors import TinyDancerError
+from tinydancer.llm.embeddings import HashingEmbedder
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+
+def say(message):
+    if "trained" in message:  # the first network is back; at least four have not run: kill the pool's processes
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+
+try:
+    QueryRouter.fit(pair_table(400, 3), QueryRouterConfig(hidden_dims=(4, 8), epochs=4, workers=2),
+                    embedder=HashingEmbedder(128), progress=say)
+except TinyDancerError as exc:
+    print(exc)
+"""
+
+
+def test_a_killed_fold_worker_says_how_to_train_serially() -> None:
+    """A worker killed mid-search (as the kernel's out-of-memory killer would) ends the fit with a
+    message that names the way out, not concurrent.futures' BrokenProcessPool."""
+    out = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(Path(__file__).parent)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "died" in out.stdout and "workers=1" in out.stdout and "--workers 1" in out.stdout
+
+
 def test_bad_search_settings_and_small_tables_are_refused() -> None:
     for bad, field in (({"network_weights": (1.5,)}, "network_weights"), ({"folds": 0}, "folds"),
                        ({"neighbour_candidates": ()}, "neighbour_candidates"), ({"ridge_alphas": (0.0,)}, "ridge_alphas"),

@@ -206,6 +206,9 @@ def router_train(
                                                  "outcomes; default: chosen by cross-validation (1 without repeats)."),
     folds: int = typer.Option(3, help="Cross-validation folds the settings are chosen by (1 = one validation slice, "
                               "the network alone)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Processes that train the cross-validation networks; "
+                                          "default: one per core on tables of 2,000+ rows (1 = one after another, "
+                                          "least memory)."),
     seed: int = typer.Option(0),
     init: Optional[Path] = typer.Option(None, "--init", help="Fine-tune this router (a folder from `router train`, or "
                                         "the gateway's packaged one) instead of starting afresh; the table may score "
@@ -238,7 +241,7 @@ def router_train(
     say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]"))
     lr = learning_rate if learning_rate is not None else (5e-4 if start is not None else 1e-3)
     config = QueryRouterConfig(neighbours=neighbours, memory=memory, memory_prior=memory_prior, seed=seed, learning_rate=lr,
-                               folds=folds)
+                               folds=folds, workers=workers)
     router = QueryRouter.fit(data, config, embedder=emb, teacher_logits=logits, progress=say, init=start)
     path = router.save(out)
     info = router.info

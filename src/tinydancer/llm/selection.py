@@ -29,11 +29,13 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import TinyDancerError
 from .evaluation import router_aiq
 from .linear_head import LinearHead
 from .memory import OutcomeMemory, query_keys
@@ -164,10 +166,16 @@ def _fold_networks(problem: RoutingProblem, folds: list[tuple[np.ndarray, np.nda
             done(key, _fold_outputs(*task(*key)))
     else:
         # training runs BLAS on one thread (Trainer.train), so the workers do not compete for cores
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = {pool.submit(_fold_outputs, *task(*key)): key for key in tasks}
-            for future in as_completed(futures):
-                done(futures[future], future.result())
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = {pool.submit(_fold_outputs, *task(*key)): key for key in tasks}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+        except BrokenProcessPool as exc:
+            raise TinyDancerError(
+                f"a process training the cross-validation networks died ({len(results)} of {len(tasks)} had "
+                "finished), most likely killed for memory; train them one after another with "
+                "QueryRouterConfig(workers=1) (`tinydancer router train --workers 1`), or with fewer folds") from exc
     return {key: results[key] for key in tasks}, workers
 
 
