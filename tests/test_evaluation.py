@@ -8,10 +8,14 @@ import pytest
 from tinydancer.llm.evaluation import (
     aiq,
     brier_score,
+    lambda_grid,
+    oracle_points,
     expected_calibration_error,
     oracle_scores,
     pgr,
     routellm_curve,
+    sweep_choices,
+    sweep_curve,
     upper_hull,
 )
 
@@ -109,3 +113,26 @@ def test_savings_against_the_best_single_model_by_hand() -> None:
     assert out["95%"]["mean_cost"] == 4.0  # 0.76 = 95 % of 0.80
     assert out["100%"] == {"mean_quality": 0.80, "mean_cost": 8.0, "saved_per_query": 2.0, "saved_share": 0.2}
     assert savings(costs, quality, 10.0, 0.90)["100%"] is None  # never reached
+
+
+def test_a_sweep_by_hand_prices_and_the_oracle_equal_setting_by_setting() -> None:
+    # three queries, two models: at cost weight ~0 the better-predicted model wins, at the top
+    # of the grid the cheaper one everywhere
+    quality = np.array([[0.9, 0.2], [0.1, 0.3], [0.6, 0.5]])
+    costs = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0]])
+    choices = sweep_choices(quality, costs, n_settings=5)
+    assert choices[0].tolist() == [0, 1, 0] and choices[-1].tolist() == [1, 1, 1]
+    cost, mean_quality = sweep_curve(choices, quality, costs)
+    np.testing.assert_allclose([cost[0], mean_quality[0]], [5 / 3, 1.8 / 3])
+    # per-query costs that vary, weighed by per-model prices instead: one setting at a time
+    rng = np.random.default_rng(0)
+    quality, costs = rng.random((50, 4)), rng.random((50, 4)) + 0.1
+    prices = np.array([0.5, 0.2, 0.9, 0.1])
+    lambdas = lambda_grid(quality, costs, 21)
+    by_prices = sweep_choices(quality, costs, n_settings=21, prices=prices)
+    for lam, row in zip(lambdas, by_prices):
+        assert row.tolist() == np.argmax(quality - lam * prices, axis=1).tolist()
+    oracle_cost, oracle_quality = oracle_points(quality, costs, 21)
+    for lam, c, q in zip(lambdas, oracle_cost, oracle_quality):
+        pick = np.argmax(quality - lam * costs, axis=1)
+        assert c == pytest.approx(costs[np.arange(50), pick].mean()) and q == pytest.approx(quality[np.arange(50), pick].mean())

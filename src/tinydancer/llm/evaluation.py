@@ -138,11 +138,15 @@ def sweep_points(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> 
     return float(costs[rows, choices].mean()), float(scores[rows, choices].mean())
 
 
+def sweep_curve(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean cost, mean quality), each (K,), of a (K, N) sweep of choices (:func:`sweep_choices`)."""
+    rows = np.arange(scores.shape[0])[None, :]
+    return costs[rows, choices].mean(axis=1), scores[rows, choices].mean(axis=1)
+
+
 def oracle_points(scores: np.ndarray, costs: np.ndarray, n_settings: int = 201) -> tuple[np.ndarray, np.ndarray]:
     """The oracle's frontier: per query, argmax(true quality - λ cost) over a sweep of λ."""
-    lambdas = lambda_grid(scores, costs, n_settings)
-    pts = [sweep_points(np.argmax(scores - lam * costs, axis=1), scores, costs) for lam in lambdas]
-    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    return sweep_curve(sweep_choices(scores, costs, n_settings=n_settings), scores, costs)
 
 
 def lambda_grid(quality: np.ndarray, costs: np.ndarray, n_settings: int = 201) -> np.ndarray:
@@ -163,13 +167,15 @@ def lambda_grid(quality: np.ndarray, costs: np.ndarray, n_settings: int = 201) -
 
 
 def sweep_choices(outputs: np.ndarray, costs: np.ndarray, pair: tuple[int, int] | None = None,
-                  n_settings: int = 201) -> np.ndarray:
+                  n_settings: int = 201, prices: np.ndarray | None = None) -> np.ndarray:
     """(K, N): the model each query goes to at each of K settings of a router's knob.
 
     ``outputs`` are a router's (N, M) predicted qualities, plus for a ``pair`` = (strong, weak)
     the advantage score in column M; the knob is then the threshold on that score (its
     quantiles, and one above every score: all weak), else the cost weight λ of
-    ``argmax(quality - λ cost)`` over :func:`lambda_grid`.
+    ``argmax(quality - λ cost)`` over :func:`lambda_grid`.  The cost there is ``costs`` (N, M),
+    or ``prices`` (M,) where given: a router weighs the per-model prices it was trained with,
+    since a query's own cost is known only after the call.
     """
     m = costs.shape[1]
     if pair is not None:
@@ -179,15 +185,14 @@ def sweep_choices(outputs: np.ndarray, costs: np.ndarray, pair: tuple[int, int] 
     quality = outputs[:, :m]
     lambdas = lambda_grid(quality, costs, n_settings)
     step = max(1, 250_000 // max(quality.size, 1))  # settings per block: cache-sized blocks (2x faster than 4M cells)
-    return np.concatenate([np.argmax(quality[None] - lambdas[i : i + step, None, None] * costs[None], axis=2)
+    weighed = (costs if prices is None else np.asarray(prices, dtype=np.float64)[None, :])[None]
+    return np.concatenate([np.argmax(quality[None] - lambdas[i : i + step, None, None] * weighed, axis=2)
                            for i in range(0, len(lambdas), step)])
 
 
 def choices_aiq(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
     """AIQ of a (K, N) sweep of choices (:func:`sweep_choices`) on these scores and costs."""
-    rows = np.arange(scores.shape[0])
-    quality = scores[rows[None, :], choices].mean(axis=1)
-    cost = costs[rows[None, :], choices].mean(axis=1)
+    cost, quality = sweep_curve(choices, scores, costs)
     mean_costs = costs.mean(axis=0)
     return aiq(cost, quality, float(mean_costs.min()), float(mean_costs.max()))
 

@@ -43,7 +43,7 @@ import numpy as np
 from .._validation import as_float_array, check_number
 from ..errors import ModelFileError, ValidationError
 from ..nn import FastGRNN
-from .evaluation import aiq, lambda_grid, routellm_curve, router_aiq, savings, sweep_points
+from .evaluation import aiq, lambda_grid, routellm_curve, router_aiq, savings, sweep_choices, sweep_curve, sweep_points
 from .linear_head import LinearHead
 from .memory import OutcomeMemory
 from .router_config import QueryRouterConfig
@@ -426,21 +426,18 @@ class QueryRouter:
             s, w = scores[:, self.strong], scores[:, self.weak]
             curve = routellm_curve(outputs[:, 2], s, w)
             result.update(apgr=curve.apgr, cpt20=curve.cpt(0.2), cpt50=curve.cpt(0.5), cpt80=curve.cpt(0.8))
-            knobs = np.quantile(outputs[:, 2], np.linspace(0, 1, n_settings))
-            points = [sweep_points(self.choose(outputs, threshold=t), scores, costs) for t in knobs]
-            points.append(sweep_points(np.full(len(x), self.weak), scores, costs))
-        else:
-            lambdas = lambda_grid(outputs[:, : len(self.models)], costs, n_settings)
-            points = [sweep_points(self.choose(outputs, cost_weight=lam, quality_bar=None), scores, costs) for lam in lambdas]
-        result["aiq"] = aiq([p[0] for p in points], [p[1] for p in points], float(mean_costs.min()), float(mean_costs.max()))
+        # every setting of the knob at once: thresholds for a pair, cost weights on the router's prices otherwise
+        choices = sweep_choices(outputs, costs, (self.strong, self.weak) if self.is_pair else None, n_settings,
+                                prices=None if self.is_pair else self.costs)
+        cost, quality = sweep_curve(choices, scores, costs)
+        result["aiq"] = aiq(cost, quality, float(mean_costs.min()), float(mean_costs.max()))
         chosen = self.choose(outputs)
         result["default_setting"] = dict(zip(("mean_cost", "mean_quality"), sweep_points(chosen, scores, costs)))
-        result["curve"] = {"mean_cost": [p[0] for p in points], "mean_quality": [p[1] for p in points]}
+        result["curve"] = {"mean_cost": cost.tolist(), "mean_quality": quality.tolist()}
         best = int(np.argmax(scores.mean(axis=0)))
         result["best_single_model"] = {"model": self.models[best], "mean_quality": float(scores[:, best].mean()),
                                        "mean_cost": float(mean_costs[best])}
-        result["savings"] = savings([p[0] for p in points], [p[1] for p in points], float(mean_costs[best]),
-                                    float(scores[:, best].mean()))
+        result["savings"] = savings(cost, quality, float(mean_costs[best]), float(scores[:, best].mean()))
         return result
 
     def _table_embeddings(self, table: RoutingTable) -> np.ndarray:
@@ -664,9 +661,10 @@ class QueryRouter:
     def _default_cost_weight(self, outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
         """The cheapest knob setting that matches the best single model's validation quality."""
         best_single = float(scores.mean(axis=0).max())
-        good = [lam for lam in lambda_grid(outputs[:, : len(self.models)], costs)
-                if sweep_points(self.choose(outputs, cost_weight=lam), scores, costs)[1] >= best_single]
-        return float(max(good)) if good else 0.0
+        lambdas = lambda_grid(outputs[:, : len(self.models)], costs)
+        _cost, quality = sweep_curve(sweep_choices(outputs, costs, prices=self.costs), scores, costs)
+        good = lambdas[quality >= best_single]
+        return float(good.max()) if good.size else 0.0
 
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
