@@ -284,10 +284,14 @@ class RegistryFollower:
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
+                listening = False
                 last = time.monotonic()
-                self.sync()  # what was promoted while not listening
                 for event in self.storage.registry_notifications(self._stop, timeout_s=1.0):
-                    if (event is not None and event[0] in self.paths) or time.monotonic() - last >= self.poll_s:
+                    # the first event says the connection listens: only then is what was promoted
+                    # before it read (syncing first, a promotion in between would wait for the poll)
+                    if (not listening or (event is not None and event[0] in self.paths)
+                            or time.monotonic() - last >= self.poll_s):
+                        listening = True
                         last = time.monotonic()
                         self.sync()
             except Exception as exc:  # a lost connection, an unwritable file: logged, retried

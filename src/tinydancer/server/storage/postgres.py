@@ -338,10 +338,13 @@ class PostgresStorage:
 
     def registry_notifications(self, stop: threading.Event, timeout_s: float = 5.0) -> Iterator[tuple[str, str] | None]:
         """Promotions as they happen, on a connection of their own: (kind, version), or None each
-        ``timeout_s`` without one (so the caller can look at ``stop`` and poll).  Raises
+        ``timeout_s`` without one (so the caller can look at ``stop`` and poll).  The first item,
+        None, comes as soon as the connection listens: a promotion made before it was not
+        announced here, so the caller reads the current versions then, never before.  Raises
         ``psycopg.OperationalError`` when the connection is lost; the caller reconnects."""
         with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
+            yield None
             while not stop.is_set():
                 got = False
                 for note in conn.notifies(timeout=timeout_s, stop_after=1):
