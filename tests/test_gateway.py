@@ -470,6 +470,8 @@ def test_the_cli_refuses_a_public_address_without_client_credentials(tmp_path: P
     bad.write_text("upstreams: []\n")
     result = CliRunner().invoke(app, ["gateway", "--config", str(bad)])
     assert result.exit_code == 1 and "upstreams" in result.output
+    result = CliRunner().invoke(app, ["gateway", "--config", str(cfg), "--retention-rows", "0"])  # reaches the settings
+    assert result.exit_code == 1 and "retention_rows" in result.output
 
 
 def test_the_gateway_hot_reloads_a_router_that_changes_on_disk(router_dir: Path, tmp_path: Path) -> None:

@@ -465,6 +465,9 @@ def gateway(
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="TINY_DANCER_DATABASE_URL",
                                                help="A postgresql:// URL: replicas share one log (replaces --database-path)."),
     log_level: str = typer.Option("warning"),
+    retention_days: Optional[float] = typer.Option(None, help="Remove logged calls (decisions, outcomes, prompts) older "
+                                                   "than this."),
+    retention_rows: Optional[int] = typer.Option(None, help="Keep at most this many logged calls, the newest."),
     insecure: bool = typer.Option(False, "--insecure", help="Lab networks only: serve without credentials on any address."),
 ) -> None:
     """Serve an OpenAI-compatible endpoint that routes each chat call to an upstream LLM (one process,
@@ -480,7 +483,8 @@ def gateway(
     from .server.guards import is_loopback
 
     cfg = load_config(config)
-    settings = ServiceSettings(database_path=database_path, database_url=database_url, host=host, insecure=insecure)
+    settings = ServiceSettings(database_path=database_path, database_url=database_url, host=host, insecure=insecure,
+                               retention_days=retention_days, retention_rows=retention_rows)
     if not is_loopback(host) and not insecure and not (settings.api_keys or settings.auth_token):
         raise TinyDancerError(
             f"refusing to listen on {host}: the gateway holds provider keys, so clients need keys of their own. Set "
