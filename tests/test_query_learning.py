@@ -18,6 +18,7 @@ from tinydancer.server.registry import ModelRegistry
 from tinydancer.llm.query_router import ROUTER_FILE, QueryRouter, QueryRouterConfig
 from tinydancer.server import ServiceSettings, create_app
 from tinydancer.server.storage import DecisionRow, SQLiteStorage
+from tinydancer.server.storage.base import decision_tuples
 from tinydancer.llm.tables import RoutingTable
 
 EMBEDDER = HashingEmbedder(64)
@@ -230,10 +231,12 @@ def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router,
     repeat = "tell me about apples, the ones of the hesperides"
     with TestClient(app) as client:
         first = client.post("/v1/route/query", json={"query": repeat}).json()
+        failed = []
         for _ in range(3):  # the model it goes to fails on this very query, three times
             routed = client.post("/v1/route/query", json={"query": repeat}).json()
             assert routed["model"] == first["model"]
             client.post("/v1/feedback", json={"request_id": routed["request_id"], "success": False})
+            failed.append(routed["request_id"])
     storage = SQLiteStorage(db)
     log_feedback(storage, 300, seed=3)  # sent as embeddings: no key, so not remembered
     logs = storage.labelled("query")
@@ -257,6 +260,24 @@ def test_feedback_on_a_text_query_reaches_the_outcome_memory_once(served_router,
     observed = logs.labels.astype(np.float32)
     memory, merged, _ = remembered_feedback(new, logs, usable, chosen, observed)
     assert merged == 0 and memory is new.memory
+
+    # a failure corrected to a success replaces the failure the memory counted: 1 of 3, not 1 of 4
+    storage.record_outcome(failed[0], None, True, None, None, correction=True)
+    # a fourth outcome, recorded and corrected after that retrain, counts once, as corrected
+    emb = EMBEDDER.embed([repeat])[0]
+    storage.insert_decision_rows(decision_tuples("late", "query", "v1", [DecisionRow(first["model"], 0, emb, None, None, False)],
+                                                 50.0, query_key=query_key(repeat)))
+    storage.record_outcome("late", None, True, None, None)
+    storage.record_outcome("late", None, False, None, None, correction=True)
+    logs = storage.labelled("query")
+    usable = np.ones(len(logs.targets), dtype=bool)
+    chosen = np.array([MODELS.index(t) for t in logs.targets])
+    memory, merged, _ = remembered_feedback(new, logs, usable, chosen, logs.labels.astype(np.float32),
+                                            storage.corrections(new.info["memory_feedback_until"]))
+    row = memory.find(np.array([query_key(repeat)], np.uint64))[0]
+    assert merged == 2 and len(memory) == len(new.memory)
+    assert memory.counts[row].tolist() == [4.0 if j == answered else 0.0 for j in range(3)]
+    assert memory.sums[row, answered] == 1.0  # the corrected success; the late failure adds 0
     storage.close()
 
 
@@ -312,3 +333,35 @@ def test_a_pair_router_serves_at_its_strong_share(tmp_path) -> None:
         assert always["model"] == "big" and always["operating_point"]["threshold"] <= always["strong_score"]
         assert client.post("/v1/route/query", json={"embedding": EMBEDDER.embed(texts[:1])[0].tolist(),
                                                     "cost_weight": 0.5}).status_code == 422
+
+
+def test_a_pair_routers_corrected_outcome_moves_its_quality_and_advantage_not_its_counts() -> None:
+    from test_query_router import pair_table
+    from tinydancer.llm.memory import query_key
+    from tinydancer.server.learning import remembered_feedback
+    from tinydancer.server.storage import LabelledLogs
+
+    emb = HashingEmbedder(64)
+    table = pair_table(200, 0)
+    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(4,), epochs=2, folds=1), embedder=emb)
+    router.info["memory_feedback_until"] = 100.0
+    text = table.queries[0]  # remembered from training: one observation of each model and the advantage
+    row = router.memory.find(np.array([query_key(text)], np.uint64))[0]
+    before_sums, before_counts = router.memory.sums[row].copy(), router.memory.counts[row].copy()
+    # the strong model's outcome 0, merged before the mark (at 90), corrected to 1 after it (at 150)
+    logs = LabelledLogs(inputs=emb.embed([text]), labels=np.array([1.0], np.float32), quality=np.array([np.nan]),
+                        created_at=np.array([80.0]), model_versions=["v1"], targets=[router.models[router.strong]],
+                        query_keys=[query_key(text)], feedback_at=np.array([150.0]), request_ids=["r1"])
+    corrections = [("r1", router.models[router.strong], 0, None, 90.0, 150.0)]
+    memory, merged, until = remembered_feedback(router, logs, np.array([True]), np.array([router.strong]),
+                                                np.array([1.0], np.float32), corrections)
+    assert merged == 1 and until == 150.0
+    np.testing.assert_array_equal(memory.counts[row], before_counts)
+    change = np.zeros(3)
+    change[router.strong], change[2] = 1.0, 0.5  # a better strong model: the advantage rises by half
+    np.testing.assert_allclose(memory.sums[row], before_sums + change, rtol=1e-6)
+    # had the replaced outcome been recorded after the mark (at 120), the memory never counted it
+    corrections = [("r1", router.models[router.strong], 0, None, 120.0, 150.0)]
+    memory, merged, _ = remembered_feedback(router, logs, np.array([True]), np.array([router.strong]),
+                                            np.array([1.0], np.float32), corrections)
+    assert merged == 1 and memory.counts[row, router.strong] == before_counts[router.strong] + 1

@@ -73,9 +73,14 @@ def test_decisions_outcomes_and_their_rules(backend: tuple[str, Any]) -> None:
         storage.record_outcome("r1", "c", True, None, None)
     with pytest.raises(OutcomeExistsError):
         storage.record_outcome("r1", "a", False, 0.1, None)
+    first_at = storage.labelled("candidate").feedback_at[0]
     storage.record_outcome("r1", "a", False, 0.1, None, correction=True, by="key:abc")
     logs = storage.labelled("candidate")
-    assert logs.targets == ["a", "b"] and logs.labels.tolist() == [0.0, 0.0]
+    assert logs.targets == ["a", "b"] and logs.labels.tolist() == [0.0, 0.0] and logs.request_ids == ["r1", "r1"]
+    # the correction keeps the value it replaced and when that was recorded (retraining's memory needs both)
+    (correction,) = storage.corrections(first_at - 1.0)
+    assert correction[:5] == ("r1", "a", 1, 0.8, first_at) and correction[5] == logs.feedback_at[0] >= first_at
+    assert storage.corrections(correction[5]) == []
     np.testing.assert_allclose(logs.quality, [0.1, np.nan])
     np.testing.assert_array_equal(logs.inputs, [np.ones(5), np.zeros(5)])
     stats = storage.statistics()

@@ -112,6 +112,21 @@ class OutcomeMemory:
         np.add.at(counts, inverse, np.vstack([self.counts.reshape(-1, y.shape[1]), mask]))
         return OutcomeMemory(unique, sums, counts, self.prior_weight)
 
+    def corrected_keys(self, keys: np.ndarray, changes: np.ndarray, observed: np.ndarray) -> tuple["OutcomeMemory", np.ndarray]:
+        """A memory whose observations of query ``keys[i]`` moved by ``changes[i]`` (new value −
+        old) where ``observed[i]``, their counts kept: a corrected outcome replaces the one the
+        memory counted instead of counting once more.  Rows whose key or output holds no
+        observation are left out; returns the memory and which rows were applied."""
+        rows = self.find(np.asarray(keys, dtype=np.uint64))
+        mask = np.asarray(observed, dtype=bool) & (rows >= 0)[:, None]
+        mask &= self.counts[np.maximum(rows, 0)] > 0
+        applied = mask.any(axis=1)
+        if not applied.any():
+            return self, applied
+        sums = self.sums.astype(np.float64, copy=True)
+        np.add.at(sums, rows[applied], np.where(mask, np.asarray(changes, dtype=np.float64), 0.0)[applied])
+        return OutcomeMemory(self.keys, sums, self.counts, self.prior_weight), applied
+
     def __len__(self) -> int:
         return len(self.keys)
 

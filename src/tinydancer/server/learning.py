@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -235,15 +235,17 @@ def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fall
     return np.clip(targets, 0.0, 1.0)
 
 
-def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.ndarray,
-                        observed: np.ndarray) -> tuple[Any, int, float | None]:
+def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.ndarray, observed: np.ndarray,
+                        corrections: Sequence[Sequence[Any]] = ()) -> tuple[Any, int, float | None]:
     """The router's outcome memory plus the feedback it has not seen yet: (memory, outcomes added, watermark).
 
     Only queries sent as text have a key.  Each outcome is one observation of the model that
     answered; for a two-model router it is also one observation of the advantage, with the other
     model's quality at the router's current estimate for that query.  ``memory_feedback_until``
     in the router's info marks what was merged already, so retraining twice does not count an
-    outcome twice (a corrected outcome, recorded again, counts once more).
+    outcome twice.  An outcome corrected since then (``corrections``: the storage's
+    :meth:`~tinydancer.server.storage.base.Storage.corrections` after that mark) whose replaced
+    value had been merged replaces it: its observation moves by new − old, its count stays.
     """
     done = router.info.get("memory_feedback_until")
     has_key = np.array([k is not None for k in logs.query_keys], dtype=bool)[usable]
@@ -252,21 +254,45 @@ def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.n
     until = float(at.max()) if at.size else done
     if not fresh.any():
         return router.memory, 0, until
+    # the value each fresh outcome replaced, where the memory had counted that one (NaN: none)
+    replaced = np.full(len(fresh), np.nan)
+    if done is not None and corrections:
+        first: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for request_id, target, old_success, old_quality, old_at, _corrected_at in corrections:  # oldest first
+            first.setdefault((str(request_id), str(target)), (old_success, old_quality, old_at))
+        ids = np.asarray(logs.request_ids, dtype=object)[usable]
+        names = np.asarray(logs.targets, dtype=object)[usable]
+        for i in np.flatnonzero(fresh):
+            old = first.get((ids[i], names[i]))
+            if old is not None and old[2] is not None and old[2] <= done:
+                replaced[i] = old[1] if old[1] is not None else old[0]
     m = len(router.models)
     width = m + 1 if router.is_pair else m
     key_arr = np.array([k or 0 for k in logs.query_keys], dtype=np.uint64)[usable][fresh]
     rows = np.arange(len(key_arr))
+    picked = chosen[fresh]
     values = np.zeros((len(key_arr), width))
     mask = np.zeros((len(key_arr), width), dtype=bool)
-    values[rows, chosen[fresh]] = observed[fresh]
-    mask[rows, chosen[fresh]] = True
+    values[rows, picked] = observed[fresh]
+    mask[rows, picked] = True
     memory = router.memory if router.memory is not None else OutcomeMemory.empty(width)
+    old = replaced[fresh]
+    swap = ~np.isnan(old)
+    changes = np.zeros_like(values)
+    changes[rows, picked] = values[rows, picked] - np.nan_to_num(old)
     if router.is_pair:
         estimate = memory.blend_keys(key_arr, router.estimate(np.asarray(logs.inputs)[usable][fresh]))[0][:, :m]
-        estimate[rows, chosen[fresh]] = observed[fresh]
+        estimate[rows, picked] = observed[fresh]
         values[:, m] = (1.0 + estimate[:, router.strong] - estimate[:, router.weak]) / 2.0
         mask[:, m] = True
-    return memory.merged_keys(key_arr, values, mask), int(fresh.sum()), until
+        # the advantage moves by half the change, up for the strong model, down for the weak
+        changes[:, m] = np.where(picked == router.strong, 0.5, -0.5) * changes[rows, picked]
+    memory, applied = memory.corrected_keys(key_arr[swap], changes[swap], mask[swap])
+    add = ~swap
+    add[np.flatnonzero(swap)[~applied]] = True  # a replaced value the memory does not hold: counted as new
+    if add.any():
+        memory = memory.merged_keys(key_arr[add], values[add], mask[add])
+    return memory, int(add.sum()) + int(applied.sum()), until
 
 
 def retrain_query_router(
@@ -330,7 +356,9 @@ def retrain_query_router(
     # a linear head, when the router blends one, moves with the new outcomes but is shrunk towards
     # the head it had, so a small log does not undo what the training table taught it
     head = None if current.head is None else LinearHead.fit(x[fit], targets, current.head.alpha, prior=current.head)
-    memory, merged, until = remembered_feedback(current, logs, usable, chosen, observed)
+    done = current.info.get("memory_feedback_until")
+    memory, merged, until = remembered_feedback(current, logs, usable, chosen, observed,
+                                                storage.corrections(done) if done is not None else ())
     new = QueryRouter(net, current.models, current.costs, current.embedder_id, threshold=current.threshold,
                       cost_weight=current.cost_weight, quality_bar=current.quality_bar,
                       info={**current.info, "retrained_at": time.time(), "feedback_queries": n,

@@ -59,6 +59,8 @@ class LabelledLogs:
     query_keys: list[int | None] = field(default_factory=list)
     #: when each outcome was recorded
     feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the decision each outcome belongs to
+    request_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,11 @@ class Storage(Protocol):
                        cost: float | None, *, correction: bool = False, by: str | None = None) -> str: ...
 
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs: ...
+
+    def corrections(self, after: float) -> list[tuple[Any, ...]]:
+        """Corrections made after ``after`` (see ``CORRECTIONS_SQL``): what retraining needs to
+        replace, rather than add, an outcome its memory counted already."""
+        ...
 
     def statistics(self) -> dict[str, Any]: ...
 
@@ -216,7 +223,12 @@ def refuse_duplicate(request_id: str, target: str, existing: Any, correction: bo
 
 #: what :func:`labelled_from_rows` reads, in this order, from decisions d joined with outcomes o
 LABELLED_COLUMNS = ("d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target, d.query_key, "
-                    "o.created_at")
+                    "o.created_at, o.request_id")
+
+#: :meth:`Storage.corrections`: (request id, target, old success, old quality, old outcome's time,
+#: corrected at) of every correction made after a time, oldest first (``%s``: that time)
+CORRECTIONS_SQL = ("SELECT request_id, target, old_success, old_quality, old_at, corrected_at FROM outcome_corrections "
+                   "WHERE corrected_at > %s ORDER BY corrected_at")
 
 
 def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:
@@ -234,6 +246,7 @@ def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:
         targets=[r[7] for r in rows],
         query_keys=[None if r[8] is None else int(r[8], 16) for r in rows],
         feedback_at=np.array([r[9] for r in rows], dtype=np.float64),
+        request_ids=[str(r[10]) for r in rows],
     )
 
 

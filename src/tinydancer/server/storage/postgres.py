@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
 try:
@@ -86,6 +86,8 @@ PG_MIGRATIONS: list[str] = [
         kind TEXT PRIMARY KEY, version TEXT NOT NULL REFERENCES model_versions (version),
         promoted_by TEXT, promoted_at DOUBLE PRECISION NOT NULL)
     """,
+    # 5: when the replaced outcome had been recorded (SQLite's 7)
+    "ALTER TABLE outcome_corrections ADD COLUMN old_at DOUBLE PRECISION",
 ]
 
 #: the channel promotions are announced on; the payload is "<schema> <kind> <version>"
@@ -244,12 +246,12 @@ class PostgresStorage:
             row = conn.execute("SELECT targets FROM decisions WHERE request_id=%s FOR UPDATE", (request_id,)).fetchone()
             chosen, rank = outcome_target(request_id, target, None if row is None else row[0])
             now = time.time()
-            old = conn.execute("SELECT success, quality, cost FROM outcomes WHERE request_id=%s AND target=%s",
+            old = conn.execute("SELECT success, quality, cost, created_at FROM outcomes WHERE request_id=%s AND target=%s",
                                (request_id, chosen)).fetchone()
             refuse_duplicate(request_id, chosen, old, correction)
             if old is not None:
-                conn.execute(f"INSERT INTO outcome_corrections VALUES ({_q(10)})",
-                             (request_id, chosen, *old, int(bool(success)), quality, cost, now, by))
+                conn.execute(f"INSERT INTO outcome_corrections VALUES ({_q(11)})",
+                             (request_id, chosen, *old[:3], int(bool(success)), quality, cost, now, by, old[3]))
             conn.execute(f"INSERT INTO outcomes VALUES ({_q(7)}) ON CONFLICT (request_id, target) DO UPDATE SET "
                          "rank=excluded.rank, success=excluded.success, quality=excluded.quality, cost=excluded.cost, "
                          "created_at=excluded.created_at",
@@ -364,6 +366,10 @@ class PostgresStorage:
             args.append(since)
         with self._pool.connection() as conn:
             return labelled_from_rows(conn.execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall())
+
+    def corrections(self, after: float) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as conn:
+            return conn.execute(CORRECTIONS_SQL, (after,)).fetchall()
 
     def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
         sql = "SELECT inputs, n FROM decisions WHERE kind = %s" + (" AND created_at >= %s" if since is not None else "")

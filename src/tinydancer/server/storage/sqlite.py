@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
@@ -125,6 +125,9 @@ MIGRATIONS: list[str] = [
     """,
     # 6: a correction is one row per decision, target and time, so copying a log twice keeps one
     "CREATE UNIQUE INDEX corrections_unique ON outcome_corrections (request_id, target, corrected_at)",
+    # 7: when the replaced outcome had been recorded, so retraining knows whether its outcome
+    #    memory already counted it (NULL in corrections made before this column)
+    "ALTER TABLE outcome_corrections ADD COLUMN old_at REAL",
 ]
 
 
@@ -350,12 +353,12 @@ class SQLiteStorage:
             row = conn.execute("SELECT targets FROM decisions WHERE request_id=?", (request_id,)).fetchone()
             chosen, rank = outcome_target(request_id, target, None if row is None else row[0])
             now = time.time()
-            old = conn.execute("SELECT success, quality, cost FROM outcomes WHERE request_id=? AND target=?",
+            old = conn.execute("SELECT success, quality, cost, created_at FROM outcomes WHERE request_id=? AND target=?",
                                (request_id, chosen)).fetchone()
             refuse_duplicate(request_id, chosen, old, correction)
             if old is not None:
-                conn.execute("INSERT INTO outcome_corrections VALUES (?,?,?,?,?,?,?,?,?,?)",
-                             (request_id, chosen, *old, int(bool(success)), quality, cost, now, by))
+                conn.execute("INSERT INTO outcome_corrections VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             (request_id, chosen, *old[:3], int(bool(success)), quality, cost, now, by, old[3]))
             conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)",
                          (request_id, chosen, rank, int(bool(success)), quality, cost, now))
             return str(chosen)
@@ -368,6 +371,9 @@ class SQLiteStorage:
             sql += " AND d.created_at >= ?"
             args.append(since)
         return labelled_from_rows(self._conn().execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall())
+
+    def corrections(self, after: float) -> list[tuple[Any, ...]]:
+        return self._conn().execute(CORRECTIONS_SQL.replace("%s", "?"), (after,)).fetchall()
 
     def table_rows(self, table: str, batch: int = 5000) -> Iterable[list[tuple[Any, ...]]]:
         """Every row of a log table, in batches (what ``tinydancer storage copy`` reads)."""
