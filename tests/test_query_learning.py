@@ -365,3 +365,29 @@ def test_a_pair_routers_corrected_outcome_moves_its_quality_and_advantage_not_it
     memory, merged, _ = remembered_feedback(router, logs, np.array([True]), np.array([router.strong]),
                                             np.array([1.0], np.float32), corrections)
     assert merged == 1 and memory.counts[row, router.strong] == before_counts[router.strong] + 1
+
+
+def test_retraining_since_a_time_still_remembers_older_queries_outcomes(served_router, tmp_path) -> None:
+    """``--since`` narrows what the network trains on; the outcome memory still takes every
+    outcome it has not seen, or its mark would move past the older ones for good."""
+    import time
+
+    from tinydancer.llm.memory import query_key
+
+    storage = SQLiteStorage(tmp_path / "since.db")
+    old_texts = [f"an old question about {f}, asked last year" for f in FRUIT[:3]]
+    for i, (text, emb) in enumerate(zip(old_texts, EMBEDDER.embed(old_texts))):
+        (row,) = decision_tuples(f"old{i}", "query", "v1", [DecisionRow("cheap", 0, emb, None, None, True)], 50.0,
+                                 query_key=query_key(text))
+        storage.insert_decision_rows([(*row[:13], 1000.0, row[14])])  # decided long before --since
+        storage.record_outcome(f"old{i}", None, False, None, None)  # its feedback arrives now
+    log_feedback(storage, 300, seed=3)
+    registry = ModelRegistry(tmp_path / "registry")
+    report = retrain_query_router(storage, served_router, registry,
+                                  RetrainConfig(min_samples=50, allow_mix_shift=True, since=time.time() - 3600))
+    assert report.samples == 300  # the network trained on the recent decisions only
+    (entry,) = [v for v in registry.versions() if v.version == report.version]
+    new = QueryRouter.load(entry.model_path)
+    rows = new.memory.find(np.array([query_key(t) for t in old_texts], np.uint64))
+    assert (rows >= 0).all() and new.memory.counts[rows, 0].tolist() == [1.0, 1.0, 1.0]
+    storage.close()

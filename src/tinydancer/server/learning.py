@@ -295,6 +295,18 @@ def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.n
     return memory, int(add.sum()) + int(applied.sum()), until
 
 
+def _feedback(logs: Any, router: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which logged outcomes a router can learn from (a model it routes, its input width), the
+    model each came from, and its observed quality (``quality`` where given, else success 0/1)."""
+    index = {name: i for i, name in enumerate(router.models)}
+    usable = np.array([t in index for t in logs.targets], dtype=bool)
+    if logs.inputs.size and logs.inputs.shape[1] != router.model.config.input_dim:
+        usable[:] = False
+    chosen = np.array([index[t] for t, ok in zip(logs.targets, usable) if ok], dtype=np.int64)
+    observed = np.where(np.isnan(logs.quality[usable]), logs.labels[usable], logs.quality[usable]).astype(np.float32)
+    return usable, chosen, observed
+
+
 def retrain_query_router(
     storage: Storage,
     router_path: str | Path,
@@ -325,18 +337,12 @@ def retrain_query_router(
     current = QueryRouter.load(file) if base is None else QueryRouter.from_bytes(base, f"registry version {expected}")
     parent = current.model.extra_metadata.get("version")
     logs = storage.labelled("query", cfg.since)
-    index = {name: i for i, name in enumerate(current.models)}
-    dim = current.model.config.input_dim
-    usable = np.array([t in index for t in logs.targets], dtype=bool)
-    if logs.inputs.size and logs.inputs.shape[1] != dim:
-        usable[:] = False
+    usable, chosen, observed = _feedback(logs, current)
     n, skipped = int(usable.sum()), int((~usable).sum())
     if n < cfg.min_samples:
         raise TinyDancerError(f"only {n} routed queries have feedback for this router's models (need {cfg.min_samples}); "
                               "send feedback for /v1/route/query decisions to /v1/feedback first")
     x = logs.inputs[usable]
-    chosen = np.array([index[t] for t, ok in zip(logs.targets, usable) if ok])
-    observed = np.where(np.isnan(logs.quality[usable]), logs.labels[usable], logs.quality[usable]).astype(np.float32)
     perm = np.random.default_rng(cfg.seed).permutation(n)
     n_hold = int(cfg.holdout_fraction * n)
     hold, fit = perm[:n_hold], perm[n_hold:]
@@ -356,9 +362,13 @@ def retrain_query_router(
     # a linear head, when the router blends one, moves with the new outcomes but is shrunk towards
     # the head it had, so a small log does not undo what the training table taught it
     head = None if current.head is None else LinearHead.fit(x[fit], targets, current.head.alpha, prior=current.head)
+    # the memory takes every outcome it has not seen, whatever --since trains on (its mark moves
+    # past the older decisions' outcomes too, which would otherwise never be merged)
     done = current.info.get("memory_feedback_until")
-    memory, merged, until = remembered_feedback(current, logs, usable, chosen, observed,
-                                                storage.corrections(done) if done is not None else ())
+    memory_logs = logs if cfg.since is None else storage.labelled("query")
+    memory, merged, until = remembered_feedback(current, memory_logs,
+                                                *((usable, chosen, observed) if cfg.since is None else _feedback(memory_logs, current)),
+                                                corrections=storage.corrections(done) if done is not None else ())
     new = QueryRouter(net, current.models, current.costs, current.embedder_id, threshold=current.threshold,
                       cost_weight=current.cost_weight, quality_bar=current.quality_bar,
                       info={**current.info, "retrained_at": time.time(), "feedback_queries": n,
