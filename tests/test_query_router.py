@@ -235,6 +235,10 @@ def test_cli_router_train_eval_route(tmp_path) -> None:
     result = json.loads(r.output)
     assert result["n_queries"] == 300 and result["models"] == ["big", "small"]
     assert result["apgr"] > 0.7 and 0 <= result["cpt50"] <= 100 and 0 < result["aiq"] <= 1
+    router, test = QueryRouter.load(tmp_path / "r"), pair_table(300, 1)
+    predicted = router.remember(test.queries, router.estimate(router.embedder.embed(test.queries)))[0][:, :2]
+    assert result["brier"] == pytest.approx(float(np.mean((predicted - test.scores) ** 2)), rel=1e-5)
+    assert 0 <= result["ece"] <= 1
     r = runner.invoke(app, ["router", "route", str(tmp_path / "r"), "question about topology", "--strong-share", "0.4"])
     assert r.exit_code == 0 and json.loads(r.output)["model"] == "big"
     point = json.loads(r.output)["operating_point"]

@@ -283,7 +283,6 @@ def router_eval(
     result = router.evaluate(data)
     curve = result.pop("curve")
     result.pop("default_setting")
-    result.update(_calibration(router, data))
     if plot is not None:
         from .plotting import plot_lines
 
@@ -301,16 +300,6 @@ def router_eval(
             flat[f"saved at {level} of its quality"] = ("not reached" if point is None else
                                                         f"${point['saved_per_query']:.4g} a query ({point['saved_share']:.0%})")
         _print_or_json(flat, False, f"router {router_dir.name} on {table.name}")
-
-
-def _calibration(router: Any, data: Any) -> dict[str, float]:
-    """Brier score and ECE of the per-model quality predictions against observed quality."""
-    from .llm.evaluation import brier_score, expected_calibration_error
-
-    col = [data.models.index(m) for m in router.models]
-    pred = router.remember(data.queries, router.estimate(data.embeddings))[0][:, : len(router.models)]
-    observed = data.scores[:, col]
-    return {"brier": brier_score(pred, observed), "ece": expected_calibration_error(pred, observed)}
 
 
 @router_app.command("route")

@@ -167,7 +167,8 @@ def lambda_grid(quality: np.ndarray, costs: np.ndarray, n_settings: int = 201) -
 
 
 def sweep_choices(outputs: np.ndarray, costs: np.ndarray, pair: tuple[int, int] | None = None,
-                  n_settings: int = 201, prices: np.ndarray | None = None) -> np.ndarray:
+                  n_settings: int = 201, prices: np.ndarray | None = None,
+                  lambdas: np.ndarray | None = None) -> np.ndarray:
     """(K, N): the model each query goes to at each of K settings of a router's knob.
 
     ``outputs`` are a router's (N, M) predicted qualities, plus for a ``pair`` = (strong, weak)
@@ -175,7 +176,8 @@ def sweep_choices(outputs: np.ndarray, costs: np.ndarray, pair: tuple[int, int] 
     quantiles, and one above every score: all weak), else the cost weight λ of
     ``argmax(quality - λ cost)`` over :func:`lambda_grid`.  The cost there is ``costs`` (N, M),
     or ``prices`` (M,) where given: a router weighs the per-model prices it was trained with,
-    since a query's own cost is known only after the call.
+    since a query's own cost is known only after the call.  ``lambdas``: the cost weights to
+    sweep instead of :func:`lambda_grid`'s.
     """
     m = costs.shape[1]
     if pair is not None:
@@ -183,7 +185,7 @@ def sweep_choices(outputs: np.ndarray, costs: np.ndarray, pair: tuple[int, int] 
         thresholds = np.concatenate([np.quantile(score, np.linspace(0, 1, n_settings)), [np.inf]])
         return np.where(score[None, :] >= thresholds[:, None], pair[0], pair[1])
     quality = outputs[:, :m]
-    lambdas = lambda_grid(quality, costs, n_settings)
+    lambdas = lambda_grid(quality, costs, n_settings) if lambdas is None else np.asarray(lambdas, dtype=np.float64)
     step = max(1, 250_000 // max(quality.size, 1))  # settings per block: cache-sized blocks (2x faster than 4M cells)
     weighed = (costs if prices is None else np.asarray(prices, dtype=np.float64)[None, :])[None]
     return np.concatenate([np.argmax(quality[None] - lambdas[i : i + step, None, None] * weighed, axis=2)

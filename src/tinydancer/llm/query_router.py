@@ -43,7 +43,8 @@ import numpy as np
 from .._validation import as_float_array, check_number
 from ..errors import ModelFileError, ValidationError
 from ..nn import FastGRNN
-from .evaluation import aiq, lambda_grid, routellm_curve, router_aiq, savings, sweep_choices, sweep_curve, sweep_points
+from .evaluation import (aiq, brier_score, expected_calibration_error, lambda_grid, routellm_curve, router_aiq, savings,
+                         sweep_choices, sweep_curve, sweep_points)
 from .linear_head import LinearHead
 from .memory import OutcomeMemory
 from .router_config import QueryRouterConfig
@@ -412,7 +413,7 @@ class QueryRouter:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, table: RoutingTable, n_settings: int = 201) -> dict[str, Any]:
-        """AIQ (and for two models APGR, CPT20/50/80 in % strong calls) on a table."""
+        """AIQ (and for two models APGR, CPT20/50/80 in % strong calls), Brier score and ECE on a table."""
         if sorted(table.models) != sorted(self.models):
             raise ValidationError(f"the table scores {table.models}, this router routes {self.models}")
         table.require_complete("evaluation")
@@ -422,6 +423,8 @@ class QueryRouter:
         outputs, remembered = self.remember(table.queries, self.estimate(x))
         mean_costs = costs.mean(axis=0)
         result: dict[str, Any] = {"n_queries": len(table), "models": self.models, "remembered": int(remembered.sum())}
+        predicted = outputs[:, : len(self.models)]  # calibration of the per-model qualities against what was observed
+        result.update(brier=brier_score(predicted, scores), ece=expected_calibration_error(predicted, scores))
         if self.is_pair:
             s, w = scores[:, self.strong], scores[:, self.weak]
             curve = routellm_curve(outputs[:, 2], s, w)
@@ -662,7 +665,7 @@ class QueryRouter:
         """The cheapest knob setting that matches the best single model's validation quality."""
         best_single = float(scores.mean(axis=0).max())
         lambdas = lambda_grid(outputs[:, : len(self.models)], costs)
-        _cost, quality = sweep_curve(sweep_choices(outputs, costs, prices=self.costs), scores, costs)
+        _cost, quality = sweep_curve(sweep_choices(outputs, costs, prices=self.costs, lambdas=lambdas), scores, costs)
         good = lambdas[quality >= best_single]
         return float(good.max()) if good.size else 0.0
 
