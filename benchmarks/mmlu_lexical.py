@@ -1,7 +1,7 @@
 """Does a lexical head get our router ahead of kNN on MMLU?  (issue 15's one missed target)
 
-Every router on MiniLM embeddings lands within ±0.002 AIQ of every other on MMLU's test split.
-Words carry what mean-pooled embeddings blur (a formula, a named statute), so this blends the
+On MMLU's test split every router on MiniLM embeddings lands between 0.761 and 0.766 AIQ, and
+ours (0.765) is inside the interval of the best, kNN (0.766).  Words carry what mean-pooled embeddings blur (a formula, a named statute), so this blends the
 router's advantage score with a ridge regression on TF-IDF word uni- and bigrams (hashed to
 2^18 columns, sublinear tf), the ridge penalty and the blend weight chosen by the same 3 folds of
 the training table that choose the router's own settings.  Printed: the folds' AIQ of the
@@ -9,7 +9,7 @@ router's network (out of fold), tuned kNN, the lexical ridge alone and the chose
 each on the test split, with the paired 95 % bootstrap interval of its difference to kNN (the
 best baseline of ``robustness.py`` on MMLU).  An experiment, not a feature: nothing here ships.
 
-    .venv/bin/python -W ignore benchmarks/mmlu_lexical.py      # ~1 min with cached embeddings
+    .venv/bin/python -W ignore benchmarks/mmlu_lexical.py      # ~40 s here with cached embeddings
 """
 
 from __future__ import annotations
