@@ -179,3 +179,18 @@ def test_the_service_applies_the_memory_to_text_queries(routers, tmp_path) -> No
     # the embedding alone carries no text: the network's output, which the memory raised
     assert by_embedding["strong_score"] < by_text["strong_score"]
     assert with_memory.route(EMBEDDER.embed([seen])[0], text=seen) == expected
+
+
+def test_a_correction_moves_an_observation_without_counting_it_again() -> None:
+    memory = OutcomeMemory.empty(2).merged(["q1", "q2"], np.array([[0.0, 1.0], [1.0, 0.0]]),
+                                           observed=np.array([[True, False], [True, True]]))
+    keys = query_keys(["q1", "q2", "never seen"])
+    changes = np.array([[1.0, 5.0], [-1.0, 0.0], [1.0, 1.0]])
+    corrected, applied = memory.corrected_keys(keys, changes, np.ones((3, 2), dtype=bool))
+    assert applied.tolist() == [True, True, False]  # an unseen query has nothing to correct
+    np.testing.assert_array_equal(corrected.counts, memory.counts)
+    rows = corrected.find(keys[:2])
+    # q1's second output was never observed: its sum stays 0 whatever the change says
+    np.testing.assert_allclose(corrected.sums[rows], [[1.0, 0.0], [0.0, 0.0]])
+    empty, none = OutcomeMemory.empty(2).corrected_keys(keys, changes, np.ones((3, 2), dtype=bool))
+    assert len(empty) == 0 and not none.any()

@@ -118,6 +118,8 @@ class OutcomeMemory:
         memory counted instead of counting once more.  Rows whose key or output holds no
         observation are left out; returns the memory and which rows were applied."""
         rows = self.find(np.asarray(keys, dtype=np.uint64))
+        if not len(self.keys):
+            return self, np.zeros(len(rows), dtype=bool)
         mask = np.asarray(observed, dtype=bool) & (rows >= 0)[:, None]
         mask &= self.counts[np.maximum(rows, 0)] > 0
         applied = mask.any(axis=1)

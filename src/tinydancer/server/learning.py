@@ -336,13 +336,19 @@ def retrain_query_router(
     base = registry.current_data()
     current = QueryRouter.load(file) if base is None else QueryRouter.from_bytes(base, f"registry version {expected}")
     parent = current.model.extra_metadata.get("version")
-    logs = storage.labelled("query", cfg.since)
-    usable, chosen, observed = _feedback(logs, current)
-    n, skipped = int(usable.sum()), int((~usable).sum())
+    # the whole log, read once: the outcome memory takes every outcome it has not seen, while
+    # --since narrows what the network trains and is judged on (the memory's mark moves past the
+    # older decisions' outcomes too, which would otherwise never be merged)
+    logs = storage.labelled("query")
+    usable, logged_chosen, logged_observed = _feedback(logs, current)
+    window = np.ones(len(usable), dtype=bool) if cfg.since is None else logs.created_at >= cfg.since
+    recent = usable & window
+    chosen, observed = logged_chosen[recent[usable]], logged_observed[recent[usable]]
+    n, skipped = int(recent.sum()), int((window & ~usable).sum())
     if n < cfg.min_samples:
         raise TinyDancerError(f"only {n} routed queries have feedback for this router's models (need {cfg.min_samples}); "
                               "send feedback for /v1/route/query decisions to /v1/feedback first")
-    x = logs.inputs[usable]
+    x = logs.inputs[recent]
     perm = np.random.default_rng(cfg.seed).permutation(n)
     n_hold = int(cfg.holdout_fraction * n)
     hold, fit = perm[:n_hold], perm[n_hold:]
@@ -362,13 +368,9 @@ def retrain_query_router(
     # a linear head, when the router blends one, moves with the new outcomes but is shrunk towards
     # the head it had, so a small log does not undo what the training table taught it
     head = None if current.head is None else LinearHead.fit(x[fit], targets, current.head.alpha, prior=current.head)
-    # the memory takes every outcome it has not seen, whatever --since trains on (its mark moves
-    # past the older decisions' outcomes too, which would otherwise never be merged)
     done = current.info.get("memory_feedback_until")
-    memory_logs = logs if cfg.since is None else storage.labelled("query")
-    memory, merged, until = remembered_feedback(current, memory_logs,
-                                                *((usable, chosen, observed) if cfg.since is None else _feedback(memory_logs, current)),
-                                                corrections=storage.corrections(done) if done is not None else ())
+    memory, merged, until = remembered_feedback(current, logs, usable, logged_chosen, logged_observed,
+                                                storage.corrections(done) if done is not None else ())
     new = QueryRouter(net, current.models, current.costs, current.embedder_id, threshold=current.threshold,
                       cost_weight=current.cost_weight, quality_bar=current.quality_bar,
                       info={**current.info, "retrained_at": time.time(), "feedback_queries": n,
