@@ -4,7 +4,10 @@ No provider is reachable from the machines this project runs on, so the demo, th
 ``benchmarks/gateway.py`` put these in front of the gateway as its upstreams.  A stand-in answers
 ``POST /v1/chat/completions`` (plain and streamed, with ``usage``) in OpenAI's shapes, and can fail
 on purpose: ``POST /_standin/mode {"mode": ...}`` switches it to answer 400, 401, 429 or 500, to hang until
-the caller goes away, or to break a stream after its first chunk.  ``GET /_standin/stats`` says
+the caller goes away, or to break a stream after its first chunk.  It can also misbehave the way a
+broken or hostile provider would: ``"usage_json"`` replaces the token counts it reports with
+that JSON text, verbatim (a negative count, ``1e999``, a string), and mode ``raw`` answers whatever ``"raw"`` describes (a status, a
+body repeated ``repeat`` times, a gzip body of ``gzip_zeros`` zero bytes, a redirect).  ``GET /_standin/stats`` says
 how many calls it saw and how many callers hung up on it.  Asked to grade an answer in the forms
 ``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.
 """
@@ -28,7 +31,7 @@ from starlette.routing import Route
 
 __all__ = ["StandIn", "free_port", "running"]
 
-MODES = ("ok", "400", "401", "429", "500", "hang", "break", "garbage")
+MODES = ("ok", "400", "401", "429", "500", "hang", "break", "garbage", "raw")
 
 
 @dataclass
@@ -41,6 +44,10 @@ class StandIn:
     delay_s: float = 0.0
     #: a fixed answer (None: the model's name and the start of the last user message)
     answer: str | None = None
+    #: JSON text that replaces the ``usage`` the stand-in reports, verbatim (None: the real counts)
+    usage_json: str | None = None
+    #: what mode ``raw`` answers: status, body, content_type, repeat, gzip_zeros, location
+    raw: dict[str, Any] = field(default_factory=dict)
     calls: int = 0
     cancelled: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +85,8 @@ class StandIn:
             return JSONResponse({"error": f"mode must be one of {MODES}"}, status_code=422)
         self.mode = body["mode"]
         self.delay_s = float(body.get("delay_s", self.delay_s))
+        self.usage_json = body.get("usage_json")
+        self.raw = dict(body.get("raw") or {})
         return JSONResponse({"mode": self.mode})
 
     async def _stats(self, _request: Request) -> Response:
@@ -97,6 +106,8 @@ class StandIn:
             return JSONResponse({"error": {"message": f"stand-in {self.name} answers {code} on purpose",
                                            "type": {400: "invalid_request_error", 429: "rate_limit_error"}.get(code, "server_error")}},
                                 status_code=code)
+        if self.mode == "raw":
+            return _raw_answer(self.raw)
         if self.mode == "hang":
             while (await request.receive())["type"] != "http.disconnect":
                 pass
@@ -108,18 +119,27 @@ class StandIn:
         prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in body.get("messages", []))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                  "total_tokens": prompt_tokens + len(text.split())}
+        if self.usage_json is not None:
+            usage = _VERBATIM
         created = int(time.time())
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(self._chunks(text, usage if include_usage else None, created),
                                      media_type="text/event-stream")
-        return JSONResponse({
+        return Response(self._json({
             "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": created, "model": self.name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage,
-        })
+        }), media_type="application/json")
 
-    async def _chunks(self, text: str, usage: dict[str, int] | None, created: int) -> AsyncIterator[bytes]:
+    def _json(self, obj: dict[str, Any]) -> bytes:
+        """``obj`` as JSON, with ``usage_json`` spliced in where the usage goes."""
+        out = json.dumps(obj, separators=(",", ":"))
+        if self.usage_json is not None:
+            out = out.replace(json.dumps(_VERBATIM), self.usage_json)
+        return out.encode()
+
+    async def _chunks(self, text: str, usage: Any, created: int) -> AsyncIterator[bytes]:
         base = {"id": f"chatcmpl-{self.calls}", "object": "chat.completion.chunk", "created": created, "model": self.name}
         words = text.split(" ")
         for i, word in enumerate(words):
@@ -131,8 +151,27 @@ class StandIn:
                 await asyncio.sleep(self.delay_s)
         yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if usage is not None:
-            yield _event({**base, "choices": [], "usage": usage})
+            yield b"data: " + self._json({**base, "choices": [], "usage": usage}) + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+
+_VERBATIM = "\x00usage\x00"
+
+
+def _raw_answer(raw: dict[str, Any]) -> Response:
+    """Mode ``raw``: an answer no well-behaved provider would give (see the module's docstring)."""
+    status = int(raw.get("status", 200))
+    headers = {}
+    if "location" in raw:
+        headers["location"] = str(raw["location"])
+    if "gzip_zeros" in raw:  # a small body that inflates to gzip_zeros bytes
+        import gzip
+
+        body = gzip.compress(b"\0" * int(raw["gzip_zeros"]), compresslevel=9)
+        headers["content-encoding"] = "gzip"
+    else:
+        body = str(raw.get("body", "")).encode() * int(raw.get("repeat", 1))
+    return Response(body, status_code=status, headers=headers, media_type=raw.get("content_type", "application/json"))
 
 
 def _event(obj: dict[str, Any]) -> bytes:
