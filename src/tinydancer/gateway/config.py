@@ -43,7 +43,15 @@ class UpstreamConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0.0, allow_inf_nan=False)
     #: the time allowed to connect (a refused or unreachable upstream fails over this fast)
     connect_timeout_s: float = Field(5.0, gt=0.0, allow_inf_nan=False)
+    #: calls in flight to this upstream at most; more wait for a slot (queue time is not upstream time)
     max_concurrency: int = Field(64, ge=1, le=100_000)
+    #: calls waiting for a slot at most; past it a call is turned away at once (503, Retry-After)
+    max_queue: int = Field(256, ge=0, le=1_000_000)
+    #: how long a call may wait for a slot before it is turned away
+    queue_timeout_s: float = Field(10.0, gt=0.0, allow_inf_nan=False)
+    #: the largest answer taken, counted after decompression as it arrives; a larger one is an
+    #: upstream failure (the next model is tried), so no upstream can fill the gateway's memory
+    max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024**3)
 
     @field_validator("name")
     @classmethod
@@ -103,6 +111,11 @@ class GatewayConfig(_Strict):
     breaker_reset_s: float = Field(30.0, gt=0.0, allow_inf_nan=False)
     #: concurrent requests whose prompts are embedded in one batch, at most
     embed_batch: int = Field(32, ge=1, le=1024)
+    #: how deep a request body may nest (JSON arrays and objects); deeper is a 400
+    max_json_depth: int = Field(100, ge=8, le=900)
+    #: the longest ``x-session-id`` taken (characters); longer is a 400, so the session store's
+    #: memory stays within max_sessions × this
+    max_session_id_chars: int = Field(256, ge=8, le=4096)
     #: keep the text each call was routed on (the last user turn) in the log, for
     #: ``tinydancer label --from-db``; off by default: prompts can hold what users would not share
     log_prompts: bool = False

@@ -1,16 +1,20 @@
 """Forwarding one chat call: try the planned upstreams in order, answer, and log every attempt.
 
-A 429, a 5xx, a timeout, a refused connection, or a stream that breaks before its first chunk
-moves the call to the next upstream of the plan (at most ``max_attempts``), skipping upstreams
-whose circuit breaker is open.  Once bytes have reached the client there is no going back: a
-stream that breaks then ends with an error event the OpenAI SDK raises, never a silent cut.
-A client that hangs up cancels the upstream call (the connection is closed under it).
+A 429, a 5xx, a timeout, a refused connection, an answer that is too large or is no answer
+(a 200 with HTML or an ``error`` object), or a stream that breaks before its first chunk moves
+the call to the next upstream of the plan (at most ``max_attempts``), skipping upstreams whose
+circuit breaker is open and those with no free slot (``busy``: no call made, nothing held against
+them).  Once bytes have reached the client there is no going back: a stream that breaks then ends
+with an error event the OpenAI SDK raises, never a silent cut.  A client that hangs up, streamed
+or not, before or after the first byte, cancels the upstream call (the connection is closed
+under it) and no fallback is bought for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -18,11 +22,13 @@ import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..server.storage import CallRecord
-from .sse import UsageTap, error_event, usage_of
+from .sse import ImpossibleUsage, UsageTap, error_event, first_event_problem, usage_of
 from .state import Gateway, Plan
 from .upstream import Upstream, UpstreamFailure
 
 __all__ = ["forward", "openai_error"]
+
+log = logging.getLogger("tinydancer.gateway")
 
 
 def openai_error(status: int, message: str, code: str, param: str | None = None, kind: str = "invalid_request_error",
@@ -42,17 +48,17 @@ class _Attempts:
         self.calls: list[CallRecord] = []
         self.last: UpstreamFailure | None = None
         self.skipped: list[str] = []
+        #: upstreams with no free slot: passed over, not attempted
+        self.busy: list[UpstreamFailure] = []
 
     def candidates(self) -> Iterator[Upstream]:
-        """The upstreams to try, in order, at most max_attempts, breakers permitting.  Lazily: a
+        """The upstreams to try, in order, at most max_attempts calls, breakers permitting.  Lazily: a
         half-open breaker's one probe is taken only when its upstream is really tried (taken and
         unused, it would keep that upstream shut)."""
-        tried = 0
         for up in self.plan.order:
-            if tried == self.gw.config.max_attempts:
+            if len(self.calls) >= self.gw.config.max_attempts:
                 return
             if up.breaker.allow():
-                tried += 1
                 yield up
             else:
                 self.skipped.append(up.name)
@@ -70,11 +76,20 @@ class _Attempts:
         return record
 
     def failed(self, up: Upstream, failure: UpstreamFailure, started: float) -> None:
+        if failure.kind == "busy":  # the call was never made: nothing to log or hold against the upstream
+            self.busy.append(failure)
+            self.gw.metrics.busy.labels(up.name).inc()
+            return
         self.last = failure
         self.add(up, failure.kind, started, http_status=failure.status)
-        if failure.retryable:
+        if failure.retryable and failure.its_fault:
             up.breaker.record_failure()
             self.gw.metrics.fallbacks.labels(up.name).inc()
+
+    def cancelled(self, up: Upstream, started: float) -> None:
+        """The client hung up during this attempt: logged, held against nobody."""
+        self.add(up, "client_cancelled", started)
+        self.gw.record(self.plan, self.calls, None)
 
     def headers(self, up: Upstream) -> dict[str, str]:
         h = {"x-tinydancer-model": up.name, "x-tinydancer-decision-id": self.plan.request_id,
@@ -98,6 +113,9 @@ class _Attempts:
     def give_up(self) -> JSONResponse:
         """All attempts failed (or none could be made): the last failure, scrubbed."""
         self.gw.record(self.plan, self.calls, None)
+        if self.last is None and self.busy:
+            return openai_error(503, str(self.busy[-1]), "upstream_busy", kind="server_error",
+                                headers={"Retry-After": "1", "x-tinydancer-decision-id": self.plan.request_id})
         if self.last is None:
             return openai_error(503, f"every candidate upstream's circuit breaker is open ({', '.join(self.skipped)}); "
                                 "retry later", "upstreams_unavailable", kind="server_error", headers={"Retry-After": "5"})
@@ -113,15 +131,15 @@ def _body_for(body: dict[str, Any], up: Upstream, stream: bool, client_usage: bo
     out["model"] = up.config.model
     if stream and not client_usage:  # the only way to learn a stream's cost
         out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    return json.dumps(out, separators=(",", ":")).encode()
+    # the body was checked at the door (request_body): finite numbers, bounded depth
+    return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
 
 
 async def forward(gw: Gateway, plan: Plan, body: dict[str, Any], stream: bool,
                   receive: Callable[[], Awaitable[dict]]) -> Response:
+    """Answer the call, cancelling it if the client hangs up before its answer starts."""
     attempts = _Attempts(gw, plan, stream)
-    if stream:
-        return await _open_stream(gw, attempts, body)
-    call = asyncio.ensure_future(_complete(gw, attempts, body))
+    call = asyncio.ensure_future(_open_stream(gw, attempts, body) if stream else _complete(gw, attempts, body))
     watch = asyncio.ensure_future(_cancel_on_disconnect(receive, call))
     try:
         return await call
@@ -130,6 +148,7 @@ async def forward(gw: Gateway, plan: Plan, body: dict[str, Any], stream: bool,
             raise  # not the caller leaving: the server is shutting down
         return Response(status_code=499)  # the caller left; nobody reads this
     finally:
+        # once a stream is answered, Starlette's StreamingResponse watches for the disconnect itself
         watch.cancel()
 
 
@@ -140,26 +159,35 @@ async def _cancel_on_disconnect(receive: Callable[[], Awaitable[dict]], call: as
     call.cancel()
 
 
+def _usage(gw: Gateway, up: Upstream, answer: dict[str, Any]) -> tuple[int, int] | None:
+    try:
+        return usage_of(answer)
+    except ImpossibleUsage as exc:
+        _impossible_usage(gw, up, str(exc))
+        return None
+
+
+def _impossible_usage(gw: Gateway, up: Upstream, why: str) -> None:
+    gw.metrics.unknown_usage.labels(up.name).inc()
+    log.warning("upstream %s reported impossible usage (%s): the call is logged with its cost unknown", up.name, why)
+
+
 async def _complete(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -> Response:
     for up in attempts.candidates():
         started = time.perf_counter()
         try:
-            resp, payload = await up.complete(_body_for(body, up, False, True))
+            resp, payload, answer = await up.answer(_body_for(body, up, False, True))
         except UpstreamFailure as f:
             attempts.failed(up, f, started)
             if not f.retryable:
                 return attempts.refused(up, f)
             continue
         except asyncio.CancelledError:
-            attempts.add(up, "client_cancelled", started)
-            gw.record(attempts.plan, attempts.calls, None)
+            attempts.cancelled(up, started)
             raise
         up.breaker.record_success()
-        try:
-            usage = usage_of(json.loads(payload))
-        except ValueError:
-            usage = None
-        served = attempts.add(up, "ok", started, http_status=resp.status, usage=usage, ttft=time.perf_counter())
+        served = attempts.add(up, "ok", started, http_status=resp.status, usage=_usage(gw, up, answer),
+                              ttft=time.perf_counter())
         gw.sessions.put(attempts.plan.session, up.name)
         gw.record(attempts.plan, attempts.calls, served)
         return Response(payload, status_code=resp.status, media_type=resp.headers.get("Content-Type", "application/json"),
@@ -178,37 +206,59 @@ async def _open_stream(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -
             if not f.retryable:
                 return attempts.refused(up, f)
             continue
+        except asyncio.CancelledError:
+            attempts.cancelled(up, started)
+            raise
+        chunks = up.body(resp)
         try:
-            first = await resp.content.readany()
+            first = await anext(chunks, b"")
             if not first:
-                raise aiohttp.ClientPayloadError("the stream ended before its first chunk")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            resp.close()
-            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "broken"
-            attempts.failed(up, UpstreamFailure(kind, f"upstream {up.name!r} broke off before its first chunk"), started)
+                raise UpstreamFailure("broken", f"upstream {up.name!r} ended the stream before its first chunk")
+            problem = first_event_problem(first)
+            if problem is not None:
+                raise UpstreamFailure("invalid_answer", f"upstream {up.name!r} answered {resp.status}, but {problem}",
+                                      status=resp.status)
+        except (UpstreamFailure, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            _let_go(up, resp, chunks)
+            f = exc if isinstance(exc, UpstreamFailure) else UpstreamFailure(
+                "timeout" if isinstance(exc, asyncio.TimeoutError) else "broken",
+                f"upstream {up.name!r} broke off before its first chunk")
+            attempts.failed(up, f, started)
             continue
         except asyncio.CancelledError:
-            resp.close()
-            attempts.add(up, "client_cancelled", started)
-            gw.record(attempts.plan, attempts.calls, None)
+            _let_go(up, resp, chunks)
+            attempts.cancelled(up, started)
             raise
         ttft = time.perf_counter()
         gw.sessions.put(attempts.plan.session, up.name)
-        return StreamingResponse(_relay(gw, attempts, up, resp, first, started, ttft, client_usage),
+        return StreamingResponse(_relay(gw, attempts, up, resp, chunks, first, started, ttft, client_usage),
                                  media_type="text/event-stream",
                                  headers={**attempts.headers(up), "Cache-Control": "no-cache"})
     return attempts.give_up()
 
 
-async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.ClientResponse, first: bytes,
-                 started: float, ttft: float, client_usage: bool) -> AsyncIterator[bytes]:
+def _let_go(up: Upstream, resp: aiohttp.ClientResponse, chunks: AsyncIterator[bytes], clean: bool = False) -> None:
+    """Close (or, read to its end, pool) the upstream connection and free the call's slot."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        asyncio.ensure_future(aclose())  # the generator holds nothing but the response, closed here
+    if clean:
+        resp.release()
+    else:
+        resp.close()
+    up.release()
+
+
+async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.ClientResponse,
+                 chunks: AsyncIterator[bytes], first: bytes, started: float, ttft: float,
+                 client_usage: bool) -> AsyncIterator[bytes]:
     tap = UsageTap(keep_usage_chunk=client_usage)
     status = "ok"
     try:
         out = tap.feed(first)
         if out:
             yield out
-        async for chunk in resp.content.iter_any():
+        async for chunk in chunks:
             out = tap.feed(chunk)
             if out:
                 yield out
@@ -218,6 +268,9 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
         if not tap.done:
             status = "broken"
             yield error_event(f"upstream {up.name!r} ended the stream without [DONE]; the answer may be cut short", "broken")
+    except UpstreamFailure as f:  # too large, or a corrupt compressed stream
+        status = f.kind
+        yield error_event(f"{f}; the answer is incomplete", f.kind)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         status = "timeout" if isinstance(exc, asyncio.TimeoutError) else "broken"
         yield error_event(f"upstream {up.name!r} broke off the stream ({type(exc).__name__}); the answer is incomplete",
@@ -225,14 +278,17 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
     except (asyncio.CancelledError, GeneratorExit):
         status = "client_cancelled"
         raise
+    except Exception:  # a bug of ours must not cut the stream without a word
+        status = "broken"
+        log.exception("relaying %s's stream failed", up.name)
+        yield error_event("the gateway failed while relaying the stream; the answer is incomplete", "gateway_error")
     finally:
-        if status == "ok":
-            resp.release()  # read to the end: the connection goes back to the pool
-        else:
-            resp.close()
+        _let_go(up, resp, chunks, clean=status == "ok")
         if status == "ok":
             up.breaker.record_success()
         elif status != "client_cancelled":
             up.breaker.record_failure()
+        if tap.impossible_usage:
+            _impossible_usage(gw, up, "in its stream")
         served = attempts.add(up, status, started, http_status=resp.status, usage=tap.usage, ttft=ttft)
         gw.record(attempts.plan, attempts.calls, served)

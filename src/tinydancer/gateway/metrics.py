@@ -20,6 +20,11 @@ class GatewayMetrics:
                              "Dollars saved against calling the priciest configured upstream with the same tokens", registry=r)
         self.fallbacks = Counter("tiny_dancer_gateway_fallbacks", "Calls moved on after an upstream failed",
                                  ["from_upstream"], registry=r)
+        self.busy = Counter("tiny_dancer_gateway_busy", "Calls turned away by an upstream with no free slot (no call made)",
+                            ["upstream"], registry=r)
+        self.unknown_usage = Counter("tiny_dancer_gateway_unknown_usage",
+                                     "Answers whose reported token counts were impossible (logged with cost unknown)",
+                                     ["upstream"], registry=r)
         self.breaker_state = Gauge("tiny_dancer_gateway_breaker_state", "Per-upstream breaker: 0 closed, 1 half-open, 2 open",
                                    ["upstream"], registry=r)
         self.embed_batches = Counter("tiny_dancer_gateway_embed_batches", "Embedding batches run for prompts", registry=r)

@@ -8,7 +8,6 @@ out.  Credentials were checked before the body was read (:mod:`tinydancer.server
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ from fastapi.responses import Response
 from starlette.routing import Route
 
 from .forwarding import forward, openai_error
+from .request_body import parse_body
 from .selection import CallOptions, RequestError, parse_model, prompt_text
 from .state import Gateway
 
@@ -41,22 +41,26 @@ async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     gw = gateway_of(request)
     try:
-        body = json.loads(await request.body())
-    except ValueError:
-        return openai_error(400, "the body is not valid JSON", "invalid_json")
-    if not isinstance(body, dict):
-        return openai_error(400, "the body must be a JSON object", "invalid_json")
-    try:
+        body = parse_body(await request.body(), gw.config.max_json_depth)
         spec = parse_model(body.get("model"), gw.config)
         options = CallOptions.parse(body.pop("tinydancer", None))
         text = prompt_text(body)
         stream = body.get("stream") is True
-        plan = await gw.plan(spec, options, body, text, request.headers.get("x-session-id"))
+        plan = await gw.plan(spec, options, body, text, session_of(request, gw.config.max_session_id_chars))
     except RequestError as exc:
         return openai_error(exc.status, str(exc), exc.code, exc.param)
     plan.overhead_s = time.perf_counter() - started
     gw.metrics.overhead.observe(plan.overhead_s, "routed" if plan.routed else "named")
     return await forward(gw, plan, body, stream, request.receive)
+
+
+def session_of(request: Request, limit: int) -> str | None:
+    """``x-session-id``, refused past ``limit`` characters: each one is kept for the session's TTL."""
+    session = request.headers.get("x-session-id")
+    if session is not None and len(session) > limit:
+        raise RequestError(400, f"x-session-id is over {limit} characters; send a short id (a UUID, or a hash of yours)",
+                           "invalid_session_id", "x-session-id")
+    return session
 
 
 @router.get("/v1/models", summary="The routed aliases and the upstreams")

@@ -46,20 +46,43 @@ class Scorer:
                 texts = [t for t, _ in batch]
                 try:
                     emb, out = await asyncio.to_thread(self._run, texts)
-                except Exception as exc:  # every waiter hears of it; the next batch tries again
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _settle(batch[0][1], exc)
+                    else:  # one text may have failed them all: each one alone, so only it hears of it
+                        await self._one_by_one(batch)
                     continue
                 if self.on_batch is not None:  # where the time goes: texts / batches is the mean batch
                     self.on_batch(len(texts))
                 for i, (_, f) in enumerate(batch):
-                    if not f.done():  # a waiter whose client went away was cancelled
-                        f.set_result((emb[i], out[i]))
+                    _settle(f, (emb[i], out[i]))
         finally:
             self._busy = False
+
+    async def _one_by_one(self, batch: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray]]]]) -> None:
+        for text, future in batch:
+            if future.done():
+                continue
+            try:
+                emb, out = await asyncio.to_thread(self._run, [text])
+            except Exception as exc:
+                _settle(future, exc)
+                continue
+            if self.on_batch is not None:
+                self.on_batch(1)
+            _settle(future, (emb[0], out[0]))
 
     def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         emb = self.embedder.embed(texts)
         out = self.router.remember(texts, self.router.estimate(emb))[0]
         return emb, out
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    """Hand a waiter its result or exception, unless its client went away (it was cancelled)."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -104,7 +104,6 @@ def _text(content: Any) -> str:
 
 
 def prompt_text(body: dict[str, Any]) -> str:
-    """The text the router reads: the last user turn (see the module's docstring)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list of {role, content}", "invalid_messages", "messages")

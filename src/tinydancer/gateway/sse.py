@@ -10,18 +10,41 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["UsageTap", "error_event", "usage_of"]
+__all__ = ["ImpossibleUsage", "UsageTap", "error_event", "first_event_problem", "usage_of"]
 
 DONE = b"data: [DONE]"
 
 
+#: more tokens than any call has: a count above it is not believed
+MAX_TOKENS = 10**9
+
+
+class ImpossibleUsage(ValueError):
+    """An upstream reported token counts no call can have (negative, not a number, astronomically large)."""
+
+
 def usage_of(payload: Any) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of a completion or chunk object, or None without usage."""
+    """(prompt, completion) tokens of a completion or chunk object, or None without usage.
+
+    Counts come from the upstream and are not trusted: anything but a whole number from 0 to
+    MAX_TOKENS raises ImpossibleUsage, and the caller logs the call with its usage unknown (a
+    negative count once made Prometheus refuse the increment; ``1e999`` overflowed ``int``)."""
     usage = payload.get("usage") if isinstance(payload, dict) else None
-    if not isinstance(usage, dict):
+    if usage is None:
         return None
-    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (int(p) if isinstance(p, (int, float)) else 0, int(c) if isinstance(c, (int, float)) else 0)
+    if not isinstance(usage, dict):
+        raise ImpossibleUsage(f"usage is {type(usage).__name__}, not an object")
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        raise ImpossibleUsage(f"a token count of {str(value)[:40]!r}")
+    return value
 
 
 class UsageTap:
@@ -31,6 +54,8 @@ class UsageTap:
     def __init__(self, keep_usage_chunk: bool) -> None:
         self.keep_usage_chunk = keep_usage_chunk
         self.usage: tuple[int, int] | None = None
+        #: the stream reported usage that cannot be true (see usage_of): its cost is unknown
+        self.impossible_usage = False
         self.done = False
         self._rest = b""
 
@@ -63,12 +88,14 @@ class UsageTap:
             payload = json.loads(data)
         except ValueError:
             return True
-        found = usage_of(payload)
-        if found is not None:
-            self.usage = found
-            if not self.keep_usage_chunk and not payload.get("choices"):
-                return False
-        return True
+        if not isinstance(payload, dict) or payload.get("usage") is None:
+            return True
+        try:
+            self.usage = usage_of(payload)
+        except ImpossibleUsage:
+            self.usage, self.impossible_usage = None, True
+        # the usage chunk the gateway asked for on the client's behalf is taken out
+        return self.keep_usage_chunk or bool(payload.get("choices"))
 
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its closing blank line)."""
@@ -80,3 +107,23 @@ def error_event(message: str, kind: str) -> bytes:
     """An SSE event the OpenAI SDK raises as ``APIError`` (it checks ``data.error``)."""
     body = {"error": {"message": message, "type": "upstream_error", "code": kind}}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def first_event_problem(first: bytes) -> str | None:
+    """Why the first bytes of a streamed answer are not a chat stream, or None if they may be.
+
+    A provider in trouble can answer 200 with an HTML page or an ``{"error": ...}`` object
+    instead of events; relayed, the client would get a broken stream and the log an ``ok``.
+    Only what has arrived is judged: a partial first event passes."""
+    head = first.lstrip()
+    if not head.startswith((b"data:", b":", b"event:", b"id:", b"retry:")):
+        return "its answer is not an event stream"
+    if head.startswith(b"data:"):
+        line = head[5:].split(b"\n", 1)[0].strip()
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            return None  # cut mid-event, or [DONE]
+        if not isinstance(payload, dict) or payload.get("error") is not None:
+            return "its stream carries an error instead of an answer"
+    return None

@@ -91,9 +91,11 @@ def create_app(settings: ServiceSettings | None = None, extra_routes: Sequence[B
                   routes=[*extra_routes, *(route for router in ROUTERS for route in router.routes)],
                   description="FastGRNN routing: which candidate or model should each request go to.")
     app.state.service = service
+    service.metrics.endpoints = frozenset(getattr(route, "path", "") for route in app.routes)
     _declare_raw_bodies(app)
     _add_error_handlers(app, service.metrics)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s,
+                       deadline_s=settings.body_deadline_s)
     # added last, so it runs first: credentials are checked before a body is read
     app.add_middleware(AccessGuard, admin_token=settings.auth_token, api_keys=settings.api_keys,
                        local_only=settings.insecure or is_loopback(settings.host), metrics=service.metrics)
@@ -119,18 +121,18 @@ def _add_error_handlers(app: FastAPI, m: Metrics) -> None:
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default echoes the offending input; a NaN there would make the error itself
         # unserializable (a 500).  Report where and why, not the value.
-        m.errors.labels(request.url.path, "validation").inc()
+        m.errors.labels(m.endpoint_label(request.url.path), "validation").inc()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # every answer is JSON, a failure too (Starlette's default is a plain-text 500)
-        m.errors.labels(request.url.path, "internal").inc()
+        m.errors.labels(m.endpoint_label(request.url.path), "internal").inc()
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"detail": "internal error; the service logged it"}, status_code=500)
 
     @app.exception_handler(ValidationError)
     async def _validation(request: Request, exc: ValidationError) -> JSONResponse:
-        m.errors.labels(request.url.path, "validation").inc()
+        m.errors.labels(m.endpoint_label(request.url.path), "validation").inc()
         return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]}, status_code=422)

@@ -58,7 +58,8 @@ class AccessGuard:
             problem = self._check(scope)
             if problem is not None:
                 status, detail = problem
-                self.metrics.errors.labels(scope.get("path", ""), "unauthorized" if status == 401 else "forbidden").inc()
+                self.metrics.errors.labels(self.metrics.endpoint_label(scope.get("path", "")),
+                                           "unauthorized" if status == 401 else "forbidden").inc()
                 headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
                 await reject(send, status, detail, headers)
                 return

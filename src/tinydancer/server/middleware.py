@@ -1,25 +1,28 @@
 """ASGI middleware: limits on request bodies.
 
 413 for a body over the size limit (declared or streamed), and 408 for a body that stops
-arriving: a client that sends headers and then trickles (or withholds) its body would otherwise
-hold a connection, and a worker's memory, for as long as it likes.
+arriving or is not complete by a whole-body deadline: a client that sends headers and then
+trickles (or withholds) its body would otherwise hold a connection, and a worker's memory, for as
+long as it likes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, Awaitable, Callable, Sequence
 
 
 class BodyLimit:
     """Pure ASGI middleware: 413 for bodies over ``limit`` bytes, 408 when the next part of a body
-    takes more than ``read_timeout_s`` to arrive."""
+    takes more than ``read_timeout_s`` to arrive or the whole body more than ``deadline_s``."""
 
-    def __init__(self, app: Any, limit: int, read_timeout_s: float = 10.0) -> None:
+    def __init__(self, app: Any, limit: int, read_timeout_s: float = 10.0, deadline_s: float = 30.0) -> None:
         self.app = app
         self.limit = limit
         self.read_timeout_s = read_timeout_s
+        self.deadline_s = deadline_s
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -36,13 +39,17 @@ class BodyLimit:
                     return
         seen = 0
         complete = False
+        deadline: float | None = None
 
         async def limited() -> dict:
-            nonlocal seen, complete
+            nonlocal seen, complete, deadline
             if complete:  # after the body, receive() waits for a disconnect: no deadline there
                 return await receive()
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.deadline_s
             try:
-                message = await _within(self.read_timeout_s, receive)
+                message = await _within(min(self.read_timeout_s, deadline - now), receive)
             except asyncio.TimeoutError:
                 raise _TooSlow() from None
             if message["type"] == "http.request":
@@ -57,7 +64,8 @@ class BodyLimit:
         except _TooLarge:
             await reject(send, 413, f"request body over {self.limit} bytes")
         except _TooSlow:
-            await reject(send, 408, f"the request body stopped arriving for {self.read_timeout_s:g} s")
+            await reject(send, 408, f"the request body stopped arriving for {self.read_timeout_s:g} s, or was not "
+                         f"complete within {self.deadline_s:g} s")
 
 
 async def _within(seconds: float, receive: Callable[[], Awaitable[dict]]) -> dict:

@@ -51,6 +51,9 @@ class ServiceSettings:
     max_pending_rows: int = 10_000
     #: a request body whose next part takes longer than this to arrive is answered 408
     body_read_timeout_s: float = 10.0
+    #: a request body not complete this long after it started is answered 408, however steadily it
+    #: trickles (a byte every 5 s kept 300 connections open under the per-read timeout alone)
+    body_deadline_s: float = 30.0
     confidence_threshold: float = 0.85
     max_uncertainty: float = 0.15
     enable_quantization: bool = True
@@ -78,3 +81,4 @@ class ServiceSettings:
         check_number("ServiceSettings", "retention_rows", self.retention_rows, low=1, integer=True, optional=True)
         check_number("ServiceSettings", "max_pending_rows", self.max_pending_rows, low=0, integer=True)
         check_number("ServiceSettings", "body_read_timeout_s", self.body_read_timeout_s, low=0.0, low_open=True)
+        check_number("ServiceSettings", "body_deadline_s", self.body_deadline_s, low=0.0, low_open=True)
