@@ -6,7 +6,10 @@ No provider is reachable from the machines this project runs on, so the demo, th
 on purpose: ``POST /_standin/mode {"mode": ...}`` switches it to answer 400, 401, 429 or 500, to hang until
 the caller goes away, or to break a stream after its first chunk.  ``GET /_standin/stats`` says
 how many calls it saw and how many callers hung up on it.  Asked to grade an answer in the forms
-``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.
+``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.  Its ``usage``
+counts a token per word by default; ``tokens="chars"`` counts one per character (as CJK text is
+often counted), and ``usage_json`` replaces the whole ``usage`` with any JSON text, bogus included
+(``1e999``, negative or string counts): what a hostile or broken provider may send.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class StandIn:
     delay_s: float = 0.0
     #: a fixed answer (None: the model's name and the start of the last user message)
     answer: str | None = None
+    #: how ``usage`` counts tokens: "words" or "chars" (one per character of every message and the answer)
+    tokens: str = "words"
+    #: the ``usage`` value verbatim as JSON text (None: the counted one), e.g. '{"prompt_tokens": 1e999}'
+    usage_json: str | None = None
     calls: int = 0
     cancelled: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
@@ -105,19 +112,23 @@ class StandIn:
         if self.delay_s and not body.get("stream"):
             await asyncio.sleep(self.delay_s)
         text = self.reply(body)
-        prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in body.get("messages", []))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                 "total_tokens": prompt_tokens + len(text.split())}
+        count = len if self.tokens == "chars" else (lambda t: len(t.split()))
+        prompt_tokens = sum(count(_content_text(m.get("content"))) for m in body.get("messages", []))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count(text),
+                 "total_tokens": prompt_tokens + count(text)}
         created = int(time.time())
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(self._chunks(text, usage if include_usage else None, created),
                                      media_type="text/event-stream")
-        return JSONResponse({
+        # json.dumps escapes what UTF-8 cannot carry (a lone surrogate in ``answer`` goes out as the escape \ud800)
+        payload = json.dumps({
             "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": created, "model": self.name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": usage,
+            "usage": "__USAGE__",
         })
+        usage_text = self.usage_json if self.usage_json is not None else json.dumps(usage)
+        return Response(payload.replace('"__USAGE__"', usage_text), media_type="application/json")
 
     async def _chunks(self, text: str, usage: dict[str, int] | None, created: int) -> AsyncIterator[bytes]:
         base = {"id": f"chatcmpl-{self.calls}", "object": "chat.completion.chunk", "created": created, "model": self.name}
