@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -506,8 +507,9 @@ def label(
     judge: Optional[str] = typer.Option(None, help="The upstream that grades answers (judge and pairwise graders)."),
     match: str = typer.Option("normalized", help="Reference grader: exact, normalized or contains."),
     models: Optional[str] = typer.Option(None, help="Comma-separated upstreams to label (default: all of them)."),
-    max_tokens: int = typer.Option(512, help="max_tokens of each call (and the completion length the estimate assumes)."),
-    max_dollars: Optional[float] = typer.Option(None, help="Stop starting calls once spending would pass this."),
+    max_tokens: int = typer.Option(512, help="max_tokens of each call: bounds each answer, hence each call's worst case."),
+    max_dollars: Optional[float] = typer.Option(None, help="A hard cap on this run's spending: each prompt's worst case "
+                                                "is reserved before its calls start."),
     concurrency: int = typer.Option(8, help="Calls in flight at once."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated cost and stop; nothing is called."),
     journal: Optional[Path] = typer.Option(None, help="The journal of paid calls (default: OUT.journal); a rerun reuses it."),
@@ -524,6 +526,8 @@ def label(
 
     if concurrency < 1 or max_tokens < 1:
         raise TinyDancerError("--concurrency and --max-tokens must be at least 1")
+    if max_dollars is not None and not (math.isfinite(max_dollars) and max_dollars >= 0):
+        raise TinyDancerError(f"--max-dollars must be a finite amount of at least 0, not {max_dollars}")
     if (prompts is None) == (from_db is None):
         raise TinyDancerError("give a prompts file or --from-db DATABASE (one of them)")
     cfg = load_config(config)
@@ -548,7 +552,8 @@ def label(
     total = sum(estimate.values())
     rows = [[name, f"${dollars:.4f}"] for name, dollars in estimate.items()] + [["total (at most)", f"${total:.4f}"]]
     _print_or_json({r[0]: r[1] for r in rows}, False,
-                   f"{len(plan.prompts)} prompts × {len(plan.models)} models, graded by {plan.grader}: estimated cost")
+                   f"{len(plan.prompts)} prompts × {len(plan.models)} models, graded by {plan.grader}: estimated cost, "
+                   "worst case (every answer max_tokens long; what --max-dollars reserves)")
     if dry_run:
         return
     n_calls = len(plan.prompts) * calls_per_prompt(plan)
@@ -561,7 +566,11 @@ def label(
     console.print(f"wrote {report.rows} rows to {out}: {report.cells} cells scored, {report.missing} missing "
                   f"({report.unparsed} judge replies without a rating, {report.failed_calls} failed calls, "
                   f"{report.skipped_for_budget} calls not made for the budget); {report.paid_calls} calls paid "
-                  f"${report.dollars:.4f}, {report.reused_calls} reused from the journal")
+                  f"${report.dollars:.4f}" + ("" if max_dollars is None else f" of the ${max_dollars:g} cap")
+                  + f", {report.reused_calls} reused from the journal")
+    if report.charged_worst_case:
+        err_console.print(f"[yellow]{report.charged_worst_case} calls were charged their worst case: usage missing or "
+                          "impossible (not a whole number, negative, above the worst case), or no readable answer[/]")
     for e in report.errors:
         err_console.print(f"[yellow]{e}[/]")
 

@@ -12,10 +12,18 @@ goes to each upstream of the gateway's config; each answer is graded by
   model's own cell is 1.
 The table's costs are the answers' real costs (``usage`` × the config's prices).
 
-Money: ``--dry-run`` prints the estimated cost and stops; ``--max-dollars`` stops starting calls
-once spending (with what running calls are estimated to cost) would pass it.  Every paid call is
-appended to a journal (fsynced) as soon as it returns, and a rerun reads the journal first, so a
-crash or Ctrl-C never pays for a finished call twice (only calls in flight at that moment, at most
+Money: ``--dry-run`` prints the worst case and stops; ``--max-dollars`` is a hard cap on what a
+run spends.  Before a prompt's calls start, the worst case of all of them (its answers and the
+judge's calls that grade them) is reserved: every prompt token at a bound no tokenizer passes (one
+per UTF-8 byte, see ``prompt_token_bound``), every answer ``max_tokens`` long.  Spent plus reserved
+never passes the cap, so calls in flight are covered; a prompt that does not fit waits for running
+prompts to settle (each call's real cost replaces its reservation) and is skipped once nothing runs
+and it still does not fit.  Reserving the judging with the answers means an answer is bought only
+when its grading is paid for too.  A ``usage`` that is missing or impossible (not a whole number,
+negative, above the worst case) is charged the worst case; so is a call that may have been billed
+without an answer (a timeout, a broken or unreadable reply).  Every paid call is appended to a
+journal (fsynced) as soon as it returns, and a rerun reads the journal first, so a crash or Ctrl-C
+never pays for a finished call twice (only calls in flight at that moment, at most
 ``--concurrency``, are repeated).
 """
 
@@ -24,10 +32,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import io
 import json
+import math
 import os
 import re
 import string
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,11 +47,16 @@ from .._io import atomic_write_text
 from ..circuit import CircuitBreaker
 from ..errors import ValidationError
 from .config import GatewayConfig, UpstreamConfig
-from .selection import estimate_cost
 from .upstream import Upstream, UpstreamFailure
 
-__all__ = ["Journal", "LabelPlan", "LabelReport", "grade_reference", "load_prompts", "parse_pairwise", "parse_rating",
-           "run_labelling"]
+__all__ = ["Budget", "Journal", "LabelPlan", "LabelReport", "grade_reference", "load_prompts", "parse_pairwise",
+           "parse_rating", "prompt_token_bound", "run_labelling"]
+
+#: tokens a chat template may add around one user message (BOS, role markers, the reply's header)
+TEMPLATE_TOKENS = 64
+#: bytes per token assumed for an answer not received yet, to reserve the judge call that reads it;
+#: once the answer is in, that call is checked against its exact bound (and topped up or skipped)
+ANSWER_BYTES_PER_TOKEN = 4
 
 JUDGE_PROMPT = """You are grading an AI assistant's answer to a user's question. Judge how helpful, correct, relevant \
 and complete the answer is. First explain your judgement in a few sentences. Then give a rating from 1 (useless) to \
@@ -70,6 +86,7 @@ verdict in exactly one of these forms: [[A]] if answer A is better, [[B]] if ans
 
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_rating(text: str) -> float | None:
@@ -107,10 +124,49 @@ def grade_reference(answer: str, reference: str, match: str = "normalized") -> f
     raise ValidationError(f"unknown match {match!r}: use exact, normalized or contains")
 
 
+def prompt_token_bound(text: str, extra_bytes: int = 0) -> int:
+    """Prompt tokens one user message of ``text`` (plus ``extra_bytes`` not known yet) cannot exceed.
+
+    Byte-level BPE (GPT's tiktoken, Llama 3) and SentencePiece with byte fallback (Llama 2, Mistral)
+    give every token at least one byte of the text, and a tokenizer counting characters gives fewer
+    (a character is 1 to 4 bytes), so the UTF-8 length bounds them all; SentencePiece's NFKC can
+    lengthen text first (one ligature becomes up to 18 characters), so the longer of the two counts,
+    plus ``TEMPLATE_TOKENS`` for the chat template.  Characters ÷ 4, the usual guess, is 4× low for
+    CJK text counted per character.
+    """
+    raw = len(text.encode("utf-8", "surrogatepass"))
+    nfkc = len(unicodedata.normalize("NFKC", text).encode("utf-8", "surrogatepass"))
+    return max(raw, nfkc) + extra_bytes + TEMPLATE_TOKENS
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates (valid in a JSON escape, not in UTF-8) as U+FFFD: writable anywhere."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _token_count(value: Any, bound: int) -> int | None:
+    """A reported token count if it is possible (a whole number in [0, bound]), else None: unknown."""
+    if isinstance(value, float) and value.is_integer():  # inf and NaN are not
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= bound:
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class Prompt:
     text: str
     reference: str | None = None
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; invalid UTF-8 is an error naming its line (a traceback names nothing useful)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValidationError(f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8") from None
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
@@ -118,24 +174,31 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if not path.is_file():
         raise ValidationError(f"no prompts file at {path}")
-    rows: list[dict[str, Any]] = []
+    text = _read_utf8(path)
+    rows: list[tuple[str, Any]] = []
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [(f"{path}:{reader.line_num}", row) for row in reader]
     else:
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        # "\n" only: str.splitlines would also cut at U+2028 or U+0085, which JSON strings may hold raw
+        for i, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((f"{path}:{i}", json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise ValidationError(f"{path}:{i}: invalid JSON ({exc.msg})") from None
     out = []
-    for i, row in enumerate(rows, start=1):
+    for where, row in rows:
         text = row.get("prompt", row.get("query")) if isinstance(row, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise ValidationError(f"{path} row {i}: needs a non-empty 'prompt' (or 'query')")
+            raise ValidationError(f"{where}: needs a non-empty 'prompt' (or 'query')")
         ref = row.get("reference")
-        out.append(Prompt(text, None if ref in (None, "") else str(ref)))
+        ref = None if ref in (None, "") else str(ref)
+        for value in (text, ref):
+            if value is not None and _utf8_safe(value) != value:
+                raise ValidationError(f"{where}: holds a lone surrogate (such as \\ud800), which is not text; "
+                                      "fix or drop that line")
+        out.append(Prompt(text, ref))
     if not out:
         raise ValidationError(f"{path} has no prompts")
     return out
@@ -147,16 +210,22 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
+        cut = False
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            text = path.read_bytes().decode("utf-8", "replace")  # a crash may cut a character in two
+            for line in text.split("\n"):  # "\n" only: an answer may hold U+2028, which splitlines cuts at
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # the line a crash cut short: that call is made again
-                self.entries[entry["key"]] = entry
+                if _is_entry(entry):
+                    self.entries[entry["key"]] = entry
+            cut = bool(text) and not text.endswith("\n")
         self.reused = len(self.entries)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh = path.open("a", encoding="utf-8")  # "a": a resumed run adds to what earlier runs paid for
+        if cut:  # end the cut line, or the next entry would be glued to it and lost to the run after
+            self._fh.write("\n")
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(key)
@@ -169,6 +238,72 @@ class Journal:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _is_entry(entry: Any) -> bool:
+    """A journal line a rerun can reuse: a key, an answer, and a real cost (no NaN, inf or negative)."""
+    return (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("text"), str)
+            and isinstance(entry.get("cost"), (int, float)) and math.isfinite(entry["cost"]) and entry["cost"] >= 0)
+
+
+class Budget:
+    """A hard cap on dollars: worst cases are reserved before calls start, real costs settle them.
+
+    Spent plus reserved never passes ``cap``.  A prompt reserves the worst case of its remaining
+    calls in one piece (``open``); each call draws its own worst case from it (``draw``) and settles
+    with its real cost (``settle``); what is left returns when the prompt ends (``close``).  Only
+    the asyncio loop's thread touches it, and nothing awaits between a check and its reservation.
+    """
+
+    def __init__(self, cap: float | None) -> None:
+        self.cap = cap
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.open_pots = 0
+        self._freed = asyncio.Event()
+
+    def fits(self, amount: float) -> bool:
+        return self.cap is None or self.spent + self.reserved + amount <= self.cap
+
+    async def open(self, amount: float) -> list[float] | None:
+        """Reserve ``amount`` (a one-item list: what is left of it), waiting while running prompts may
+        free room; None once nothing runs and it still does not fit (spending only grows)."""
+        while not self.fits(amount):
+            if self.open_pots == 0:
+                return None
+            await self._freed.wait()
+        self.reserved += amount
+        self.open_pots += 1
+        return [amount]
+
+    def draw(self, pot: list[float], amount: float) -> bool:
+        """Hold ``amount`` for one call from ``pot``, topping the pot up if it falls short; False if that does not fit."""
+        short = amount - pot[0]
+        if short > 0:
+            if not self.fits(short):
+                return False
+            self.reserved += short
+            pot[0] += short
+        pot[0] -= amount
+        return True
+
+    def settle(self, held: float, cost: float) -> None:
+        """A call is over: its hold goes, its real cost (at most the hold) is spent."""
+        self.reserved -= held
+        self.spent += cost
+        self._wake()
+
+    def close(self, pot: list[float]) -> None:
+        self.reserved -= pot[0]
+        pot[0] = 0.0
+        self.open_pots -= 1
+        if self.open_pots == 0:
+            self.reserved = 0.0  # nothing runs: no float residue may keep a waiting prompt from fitting
+        self._wake()
+
+    def _wake(self) -> None:
+        freed, self._freed = self._freed, asyncio.Event()
+        freed.set()
 
 
 def call_key(kind: str, upstream: UpstreamConfig, *parts: str) -> str:
@@ -191,19 +326,38 @@ class LabelPlan:
     def reference_model(self) -> UpstreamConfig:
         return max(self.models, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
 
+    def worst_case(self, up: UpstreamConfig, content: str, extra_bytes: int = 0) -> float:
+        """The most one call can cost: every prompt token at its bound, an answer ``max_tokens`` long."""
+        return up.cost(prompt_token_bound(content, extra_bytes), self.max_tokens)
+
+    def judged(self, u: UpstreamConfig) -> bool:
+        """Whether the judge is called on ``u``'s answer (the pairwise reference is 1 by definition)."""
+        return self.grader == "judge" or (self.grader == "pairwise" and u.name != self.reference_model.name)
+
+    def judge_call(self, prompt: Prompt, u: UpstreamConfig, answer: str, reference: str) -> tuple[str, str, tuple[str, ...]]:
+        """The judge call grading ``answer``: its kind, its message and its journal key's parts."""
+        if self.grader == "judge":
+            return "judge", JUDGE_PROMPT.format(question=prompt.text, answer=answer), (prompt.text, u.name, answer)
+        return ("pairwise", PAIRWISE_PROMPT.format(question=prompt.text, a=answer, b=reference),
+                (prompt.text, u.name, answer, reference))
+
+    def judge_worst_case(self, prompt: Prompt, u: UpstreamConfig) -> float:
+        """The judge call's worst case before the answers it reads exist (``ANSWER_BYTES_PER_TOKEN`` each token)."""
+        assert self.judge is not None
+        answers = 2 if self.grader == "pairwise" else 1
+        content = self.judge_call(prompt, u, "", "")[1]
+        return self.worst_case(self.judge, content, answers * self.max_tokens * ANSWER_BYTES_PER_TOKEN)
+
     def estimate(self) -> dict[str, float]:
-        """Estimated dollars per upstream (answers, and the judge's calls under its own name)."""
-        body = {"max_tokens": self.max_tokens}
+        """The worst case per upstream (answers, and the judge's calls under its own name): what
+        ``--max-dollars`` reserves, so real spending is usually far lower (answers are shorter)."""
         out: dict[str, float] = {}
         for p in self.prompts:
             for u in self.models:
-                out[u.name] = out.get(u.name, 0.0) + estimate_cost(body, len(p.text), u.input_per_million, u.output_per_million)
-                if self.judge is not None and not (self.grader == "pairwise" and u.name == self.reference_model.name):
-                    extra = 2 if self.grader == "pairwise" else 1  # the answers it reads, at most max_tokens each
-                    chars = len(p.text) + 4 * self.max_tokens * extra + len(JUDGE_PROMPT)
+                out[u.name] = out.get(u.name, 0.0) + self.worst_case(u, p.text)
+                if self.judge is not None and self.judged(u):
                     key = f"{self.judge.name} (judge)"
-                    out[key] = out.get(key, 0.0) + estimate_cost(body, chars, self.judge.input_per_million,
-                                                                  self.judge.output_per_million)
+                    out[key] = out.get(key, 0.0) + self.judge_worst_case(p, u)
         return out
 
 
@@ -217,6 +371,8 @@ class LabelReport:
     paid_calls: int = 0
     reused_calls: int = 0
     skipped_for_budget: int = 0
+    #: calls charged their worst case: usage missing or impossible, or possibly billed without an answer
+    charged_worst_case: int = 0
     dollars: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -227,56 +383,112 @@ class _Run:
         self.journal = journal
         self.tick = tick
         self.report = LabelReport(reused_calls=journal.reused)
-        self.sem = asyncio.Semaphore(plan.concurrency)
-        self.reserved = 0.0
+        self.sem = asyncio.Semaphore(plan.concurrency)  # calls in flight
+        self.slots = asyncio.Semaphore(plan.concurrency)  # prompts holding a reservation
+        self.budget = Budget(plan.max_dollars)
         names = {u.name for u in plan.models} | ({plan.judge.name} if plan.judge else set())
         configs = {u.name: u for u in plan.models}
         if plan.judge is not None:
             configs[plan.judge.name] = plan.judge
         self.upstreams = {n: Upstream(configs[n], CircuitBreaker(10**9)) for n in names}
 
-    async def call(self, kind: str, up: UpstreamConfig, content: str, key_parts: tuple[str, ...]) -> dict[str, Any] | None:
+    def unpaid(self, prompt: Prompt) -> tuple[float, int]:
+        """The worst case of the prompt's calls the journal lacks, and how many there are."""
+        plan, journal = self.plan, self.journal
+        answers = {u.name: journal.get(call_key("answer", u, prompt.text)) for u in plan.models}
+        reference = answers[plan.reference_model.name] if plan.grader == "pairwise" else None
+        total, calls = 0.0, 0
+        for u in plan.models:
+            answer = answers[u.name]
+            if answer is None:
+                total, calls = total + plan.worst_case(u, prompt.text), calls + 1
+            if plan.judge is None or not plan.judged(u):
+                continue
+            if answer is None or (plan.grader == "pairwise" and reference is None):
+                total, calls = total + plan.judge_worst_case(prompt, u), calls + 1
+                continue
+            kind, content, parts = plan.judge_call(prompt, u, answer["text"], reference["text"] if reference else "")
+            if journal.get(call_key(kind, plan.judge, *parts)) is None:
+                total, calls = total + plan.worst_case(plan.judge, content), calls + 1
+        return total, calls
+
+    async def call(self, kind: str, up: UpstreamConfig, content: str, key_parts: tuple[str, ...],
+                   pot: list[float]) -> dict[str, Any] | None:
         """One chat call through the journal and the budget; None when it failed or the budget stopped it."""
         key = call_key(kind, up, *key_parts)
         done = self.journal.get(key)
         if done is not None:
             self.tick()
             return done
-        estimate = estimate_cost({"max_tokens": self.plan.max_tokens}, len(content), up.input_per_million, up.output_per_million)
-        async with self.sem:
-            cap = self.plan.max_dollars
-            if cap is not None and self.report.dollars + self.reserved + estimate > cap:
-                self.report.skipped_for_budget += 1
-                self.tick()
-                return None
-            self.reserved += estimate
-            try:
+        worst = self.plan.worst_case(up, content)
+        if not self.budget.draw(pot, worst):
+            self.report.skipped_for_budget += 1
+            self.tick()
+            return None
+        charge = 0.0
+        try:
+            async with self.sem:
                 body = json.dumps({"model": up.model, "messages": [{"role": "user", "content": content}],
                                    "max_tokens": self.plan.max_tokens, "temperature": 0}).encode()
                 try:
                     _resp, payload = await self.upstreams[up.name].complete(body)
+                except UpstreamFailure as exc:
+                    if exc.kind in ("timeout", "broken"):  # the upstream may have done (and billed) the work
+                        charge = worst
+                        self.report.charged_worst_case += 1
+                    self._failed(up, exc)
+                    return None
+                charge = worst  # from here on it answered: billed, at most the worst case
+                try:
                     data = json.loads(payload)
                     text = data["choices"][0]["message"]["content"] or ""
-                    usage = data.get("usage") or {}
-                except (UpstreamFailure, ValueError, KeyError, IndexError, TypeError) as exc:
-                    self.report.failed_calls += 1
-                    if len(self.report.errors) < 5:
-                        self.report.errors.append(f"{up.name}: {exc}")
+                    if not isinstance(text, str):
+                        raise ValueError(f"its answer is a {type(text).__name__}, not text")
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    self.report.charged_worst_case += 1
+                    self._failed(up, ValueError(f"unreadable answer ({exc})"))
                     return None
-                p_tok, c_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                entry = {"key": key, "kind": kind, "upstream": up.name, "text": text, "prompt_tokens": p_tok,
-                         "completion_tokens": c_tok, "cost": up.cost(p_tok, c_tok)}
+                usage = data.get("usage") if isinstance(data, dict) else None
+                p_tok = c_tok = None
+                if isinstance(usage, dict):
+                    p_tok = _token_count(usage.get("prompt_tokens"), prompt_token_bound(content))
+                    c_tok = _token_count(usage.get("completion_tokens"), self.plan.max_tokens)
+                if p_tok is None or c_tok is None:
+                    self.report.charged_worst_case += 1
+                else:
+                    charge = up.cost(p_tok, c_tok)
+                entry = {"key": key, "kind": kind, "upstream": up.name, "text": _utf8_safe(text),
+                         "prompt_tokens": p_tok, "completion_tokens": c_tok, "cost": charge}
                 self.journal.put(entry)
                 self.report.paid_calls += 1
-                self.report.dollars += entry["cost"]
                 return entry
-            finally:
-                self.reserved -= estimate
-                self.tick()
+        finally:
+            self.budget.settle(worst, charge)
+            self.tick()
+
+    def _failed(self, up: UpstreamConfig, exc: Exception) -> None:
+        self.report.failed_calls += 1
+        if len(self.report.errors) < 5:
+            self.report.errors.append(f"{up.name}: {exc}")
 
     async def label(self, prompt: Prompt) -> dict[str, Any] | None:
+        """The prompt's row, its calls paid for from one reservation of their worst case (or none)."""
+        async with self.slots:
+            need, calls = self.unpaid(prompt)
+            pot = await self.budget.open(need)
+            if pot is None:
+                self.report.skipped_for_budget += calls
+                for _ in range(calls_per_prompt(self.plan)):
+                    self.tick()
+                return None
+            try:
+                return await self._label(prompt, pot)
+            finally:
+                self.budget.close(pot)
+
+    async def _label(self, prompt: Prompt, pot: list[float]) -> dict[str, Any] | None:
         plan = self.plan
-        answers = await asyncio.gather(*[self.call("answer", u, prompt.text, (prompt.text,)) for u in plan.models])
+        answers = await asyncio.gather(*[self.call("answer", u, prompt.text, (prompt.text,), pot) for u in plan.models])
         scores: dict[str, float] = {}
         costs: dict[str, float] = {}
         reference_answer = None
@@ -289,7 +501,7 @@ class _Run:
                 grades.append(None)
                 continue
             costs[u.name] = answer["cost"]
-            grades.append(self._grade(prompt, u, answer["text"], reference_answer))
+            grades.append(self._grade(prompt, u, answer["text"], reference_answer, pot))
         for u, grade in zip(plan.models, await asyncio.gather(*grades_or_none(grades))):
             if grade is not None:
                 scores[u.name] = grade
@@ -299,26 +511,21 @@ class _Run:
             return None
         return {"query": prompt.text, "scores": scores, "costs": {m: costs[m] for m in scores}}
 
-    async def _grade(self, prompt: Prompt, u: UpstreamConfig, answer: str, reference: dict[str, Any] | None) -> float | None:
+    async def _grade(self, prompt: Prompt, u: UpstreamConfig, answer: str, reference: dict[str, Any] | None,
+                     pot: list[float]) -> float | None:
         plan = self.plan
         if plan.grader == "reference":
             if prompt.reference is None:
                 return None
             return grade_reference(answer, prompt.reference, plan.match)
         assert plan.judge is not None
-        if plan.grader == "judge":
-            verdict = await self.call("judge", plan.judge, JUDGE_PROMPT.format(question=prompt.text, answer=answer),
-                                      (prompt.text, u.name, answer))
-            score = None if verdict is None else parse_rating(verdict["text"])
-        else:
-            if u.name == plan.reference_model.name:
-                return 1.0
-            if reference is None:
-                return None
-            verdict = await self.call("pairwise", plan.judge,
-                                      PAIRWISE_PROMPT.format(question=prompt.text, a=answer, b=reference["text"]),
-                                      (prompt.text, u.name, answer, reference["text"]))
-            score = None if verdict is None else parse_pairwise(verdict["text"])
+        if not plan.judged(u):
+            return 1.0  # the pairwise reference, against itself
+        if plan.grader == "pairwise" and reference is None:
+            return None
+        kind, content, parts = plan.judge_call(prompt, u, answer, reference["text"] if reference else "")
+        verdict = await self.call(kind, plan.judge, content, parts, pot)
+        score = None if verdict is None else (parse_rating if kind == "judge" else parse_pairwise)(verdict["text"])
         if verdict is not None and score is None:
             self.report.unparsed += 1
         return score
@@ -349,6 +556,7 @@ async def _run(plan: LabelPlan, journal: Journal, tick: Callable[[], None]) -> t
         await run.close()
     kept = [r for r in rows if r is not None]
     run.report.rows = len(kept)
+    run.report.dollars = run.budget.spent
     return kept, run.report
 
 

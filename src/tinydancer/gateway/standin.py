@@ -4,12 +4,15 @@ No provider is reachable from the machines this project runs on, so the demo, th
 ``benchmarks/gateway.py`` put these in front of the gateway as its upstreams.  A stand-in answers
 ``POST /v1/chat/completions`` (plain and streamed, with ``usage``) in OpenAI's shapes, and can fail
 on purpose: ``POST /_standin/mode {"mode": ...}`` switches it to answer 400, 401, 429 or 500, to hang until
-the caller goes away, or to break a stream after its first chunk.  It can also misbehave the way a
-broken or hostile provider would: ``"usage_json"`` replaces the token counts it reports with
-that JSON text, verbatim (a negative count, ``1e999``, a string), and mode ``raw`` answers whatever ``"raw"`` describes (a status, a
-body repeated ``repeat`` times, a gzip body of ``gzip_zeros`` zero bytes, a redirect).  ``GET /_standin/stats`` says
+the caller goes away, or to break a stream after its first chunk, and mode ``raw`` answers whatever
+``"raw"`` describes (a status, a body repeated ``repeat`` times, a gzip body of ``gzip_zeros`` zero
+bytes, a redirect), as a broken or hostile provider might.  ``GET /_standin/stats`` says
 how many calls it saw and how many callers hung up on it.  Asked to grade an answer in the forms
-``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.
+``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.  Its ``usage``
+counts a token per word by default; ``tokens="chars"`` counts one per character (as CJK text is
+often counted), and ``usage_json`` (a field, or sent to ``/_standin/mode``) replaces the whole
+``usage``, plain and streamed, with any JSON text, bogus included (``1e999``, negative or string
+counts): what a hostile or broken provider may send.
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ class StandIn:
     delay_s: float = 0.0
     #: a fixed answer (None: the model's name and the start of the last user message)
     answer: str | None = None
-    #: JSON text that replaces the ``usage`` the stand-in reports, verbatim (None: the real counts)
+    #: how ``usage`` counts tokens: "words" or "chars" (one per character of every message and the answer)
+    tokens: str = "words"
+    #: JSON text that replaces the ``usage`` the stand-in reports, verbatim (None: the counted one),
+    #: e.g. '{"prompt_tokens": 1e999}'
     usage_json: str | None = None
     #: what mode ``raw`` answers: status, body, content_type, repeat, gzip_zeros, location
     raw: dict[str, Any] = field(default_factory=dict)
@@ -85,8 +91,10 @@ class StandIn:
             return JSONResponse({"error": f"mode must be one of {MODES}"}, status_code=422)
         self.mode = body["mode"]
         self.delay_s = float(body.get("delay_s", self.delay_s))
-        self.usage_json = body.get("usage_json")
-        self.raw = dict(body.get("raw") or {})
+        if "usage_json" in body:
+            self.usage_json = body["usage_json"]
+        if "raw" in body:
+            self.raw = dict(body["raw"] or {})
         return JSONResponse({"mode": self.mode})
 
     async def _stats(self, _request: Request) -> Response:
@@ -116,9 +124,10 @@ class StandIn:
         if self.delay_s and not body.get("stream"):
             await asyncio.sleep(self.delay_s)
         text = self.reply(body)
-        prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in body.get("messages", []))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                 "total_tokens": prompt_tokens + len(text.split())}
+        count = len if self.tokens == "chars" else (lambda t: len(t.split()))
+        prompt_tokens = sum(count(_content_text(m.get("content"))) for m in body.get("messages", []))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count(text),
+                 "total_tokens": prompt_tokens + count(text)}
         if self.usage_json is not None:
             usage = _VERBATIM
         created = int(time.time())
@@ -126,6 +135,7 @@ class StandIn:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(self._chunks(text, usage if include_usage else None, created),
                                      media_type="text/event-stream")
+        # json.dumps escapes what UTF-8 cannot carry (a lone surrogate in ``answer`` goes out as the escape \ud800)
         return Response(self._json({
             "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": created, "model": self.name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
