@@ -24,7 +24,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from test_gateway import EMBEDDER, HARD_Q, KEY, Stack, config_dict, router_dir, stack  # noqa: F401 (fixtures)
 from tinydancer.gateway import create_gateway_app
 from tinydancer.gateway.config import parse_config
+from tinydancer.gateway.request_body import parse_body
 from tinydancer.gateway.scoring import Scorer
+from tinydancer.gateway.selection import RequestError
 from tinydancer.gateway.standin import StandIn, running
 from tinydancer.llm import QueryRouter
 from tinydancer.server import ServiceSettings
@@ -80,6 +82,17 @@ def test_a_deep_but_reasonable_body_still_passes(stack: Stack) -> None:
     r = post(stack, {"model": "weak", "messages": USER, "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]})
     assert r.status_code == 200
     assert stack.weak.last_body["tools"][0]["function"]["parameters"] == schema
+
+
+@pytest.mark.parametrize("depth", [2, 100, 101, 900, 5000])
+def test_the_depth_limit_counts_every_level_once(depth: int) -> None:
+    body = ('{"model": "x", "messages": [], "m": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}").encode()
+    if depth <= 100:
+        assert parse_body(body, 100)["model"] == "x"
+    else:
+        with pytest.raises(RequestError) as caught:
+            parse_body(body, 100)
+        assert caught.value.param == "m" and caught.value.status == 400
 
 
 # ---------------------------------------------------------------- 2. one bad prompt in a batch

@@ -219,14 +219,14 @@ async def _open_stream(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -
                 raise UpstreamFailure("invalid_answer", f"upstream {up.name!r} answered {resp.status}, but {problem}",
                                       status=resp.status)
         except (UpstreamFailure, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            _let_go(up, resp, chunks)
+            _let_go(up, resp)
             f = exc if isinstance(exc, UpstreamFailure) else UpstreamFailure(
                 "timeout" if isinstance(exc, asyncio.TimeoutError) else "broken",
                 f"upstream {up.name!r} broke off before its first chunk")
             attempts.failed(up, f, started)
             continue
         except asyncio.CancelledError:
-            _let_go(up, resp, chunks)
+            _let_go(up, resp)
             attempts.cancelled(up, started)
             raise
         ttft = time.perf_counter()
@@ -237,11 +237,9 @@ async def _open_stream(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -
     return attempts.give_up()
 
 
-def _let_go(up: Upstream, resp: aiohttp.ClientResponse, chunks: AsyncIterator[bytes], clean: bool = False) -> None:
-    """Close (or, read to its end, pool) the upstream connection and free the call's slot."""
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        asyncio.ensure_future(aclose())  # the generator holds nothing but the response, closed here
+def _let_go(up: Upstream, resp: aiohttp.ClientResponse, clean: bool = False) -> None:
+    """Close (or, read to its end, pool) the upstream connection and free the call's slot.  The body's
+    generator holds nothing else: closed under it, it is finalized by the loop."""
     if clean:
         resp.release()
     else:
@@ -283,7 +281,7 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
         log.exception("relaying %s's stream failed", up.name)
         yield error_event("the gateway failed while relaying the stream; the answer is incomplete", "gateway_error")
     finally:
-        _let_go(up, resp, chunks, clean=status == "ok")
+        _let_go(up, resp, clean=status == "ok")
         if status == "ok":
             up.breaker.record_success()
         elif status != "client_cancelled":

@@ -12,8 +12,8 @@ What is refused, and why:
   ``stream_options`` that is not an object, ``max_tokens`` / ``max_completion_tokens`` that is not
   a whole number of tokens in range (they feed the cost estimate).
 
-The common case costs two ``bytes.count`` calls and the decode itself: the depth is measured
-only when the body holds more brackets than the limit.
+The common case costs the decode and two ``bytes.count`` calls: the depth is walked only when
+the body holds more brackets than the limit.
 """
 
 from __future__ import annotations
@@ -23,36 +23,32 @@ import math
 import re
 from typing import Any, Callable
 
-import numpy as np
-
 from .selection import RequestError
 
-__all__ = ["MAX_TOKENS_LIMIT", "json_depth", "parse_body"]
+__all__ = ["MAX_TOKENS_LIMIT", "parse_body", "too_deep"]
 
 #: the largest max_tokens / max_completion_tokens taken (no model answers more in one call)
 MAX_TOKENS_LIMIT = 10_000_000
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def json_depth(raw: bytes) -> int:
-    """How deep the JSON text ``raw`` nests (an upper bound for text that is not JSON)."""
-    skeleton = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)  # brackets outside strings, in order
-    if not skeleton:
-        return 0
-    steps = np.where(np.isin(np.frombuffer(skeleton, np.uint8), (ord("["), ord("{"))), 1, -1)
-    return int(np.cumsum(steps).max())
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests deeper than ``limit`` arrays and objects; iterative,
+    so no depth can exhaust Python's stack.  Only containers are visited."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
     """The body as a dict, or RequestError (400, OpenAI's shape) naming what is wrong and where."""
-    if raw.count(b"[") + raw.count(b"{") > max_depth and json_depth(raw) > max_depth:
-        field = _deep_field(raw, max_depth)
-        where = f"'{field}'" if field else "the body"
-        raise RequestError(400, f"{where} nests deeper than {max_depth} levels; flatten it", "invalid_body", field)
     odd: list[str] = []
 
     def constant(name: str) -> float:
@@ -67,8 +63,15 @@ def parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
 
     try:
         body = json.loads(raw, parse_constant=constant, parse_float=number)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+    except RecursionError:  # nested past Python's own stack (~1,000 levels)
+        body = None
+    except ValueError:  # UnicodeDecodeError is a ValueError
         raise RequestError(400, "the body is not valid JSON (UTF-8)", "invalid_json") from None
+    # a body with fewer brackets than the limit cannot nest deeper: the walk is for the rare rest
+    if body is None or (raw.count(b"[") + raw.count(b"{") > max_depth and too_deep(body, max_depth)):
+        field = _deep_field(body, raw, max_depth)
+        where = f"'{field}'" if field else "the body"
+        raise RequestError(400, f"{where} nests deeper than {max_depth} levels; flatten it", "invalid_body", field)
     if not isinstance(body, dict):
         raise RequestError(400, "the body must be a JSON object", "invalid_json")
     if odd:
@@ -126,8 +129,11 @@ def _first(body: Any, bad: Callable[[Any], bool]) -> str | None:
     return None
 
 
-def _deep_field(raw: bytes, max_depth: int) -> str | None:
+def _deep_field(body: Any, raw: bytes, max_depth: int) -> str | None:
     """The top-level key whose value nests too deep (None when the body is not an object)."""
+    if isinstance(body, dict):
+        return next((str(k) for k, v in body.items() if isinstance(v, (dict, list)) and too_deep(v, max_depth - 1)), None)
+    # too deep to parse at all: find the key by decoding the top-level values one at a time
     text = raw.decode("utf-8", "replace")
     decoder = json.JSONDecoder()
     i = _skip(text, 0)
@@ -141,16 +147,12 @@ def _deep_field(raw: bytes, max_depth: int) -> str | None:
             i = _skip(text, i)
             if not text.startswith(":", i):
                 return None
-            start = _skip(text, i + 1)
-            try:
-                _, end = decoder.raw_decode(text, start)
-            except RecursionError:
-                return str(key)
-            if json_depth(text[start:end].encode()) > max_depth - 1:
-                return str(key)
+            _, i = decoder.raw_decode(text, _skip(text, i + 1))
+        except RecursionError:
+            return str(key)
         except ValueError:
             return None
-        i = _skip(text, end)
+        i = _skip(text, i)
         if not text.startswith(",", i):
             return None
         i += 1
