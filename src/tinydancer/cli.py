@@ -424,7 +424,11 @@ def serve(
     from .server import ServiceSettings, create_app
     from .server.guards import is_loopback
 
+    # a query-router-only service needs no candidate model: one is served if named, or if the
+    # default file exists, but readiness waits for it only when named (or when there is nothing else)
+    require_candidates = model_path is not None or query_router is None
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
+                               require_candidate_model=require_candidates,
                                database_url=database_url, query_router_path=query_router, watch_interval_s=watch_interval,
                                query_exploration=explore, host=host, insecure=insecure, body_read_timeout_s=body_timeout,
                                max_pending_rows=log_buffer_rows, retention_days=retention_days,
@@ -440,7 +444,7 @@ def serve(
     service = application.state.service
     if service.query_embedder_problem is not None:
         raise TinyDancerError(f"refusing to serve a query router that cannot embed text: {service.query_embedder_problem}")
-    if service.router is None:
+    if service.router is None and require_candidates:
         err_console.print(f"[yellow]starting without a model ({service.not_ready_reason}); /health/ready answers 503[/]")
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
