@@ -374,3 +374,26 @@ def test_no_body_a_client_can_send_gets_a_5xx(stack: Stack, body: dict[str, Any]
             assert r.json()["error"]["message"]
         else:
             r.read()
+
+
+# ---------------------------------------------------------------- issue 26 #7: what the gateway does not route
+def test_embeddings_completions_and_responses_pass_through_to_a_named_upstream(stack: Stack) -> None:
+    client = stack.client()
+    emb = client.embeddings.with_raw_response.create(model="weak", input="hello")
+    assert emb.headers["x-tinydancer-model"] == "weak" and emb.parse().data[0].embedding == [0.1, 0.2, 0.3]
+    assert stack.weak.last_body["model"] == "small-model"  # the upstream's own model id
+    done = client.completions.create(model="strong", prompt="hello")
+    assert done.choices[0].text == "[big-model]"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model="strong", prompt="hi", stream=True))
+    assert streamed == "[big-model]"
+    assert client.responses.create(model="weak", input="hello").output_text == "[small-model]"
+    with pytest.raises(openai.BadRequestError, match="passed through, not routed.*strong, weak"):
+        client.embeddings.create(model="tinydancer", input="hello")
+    with pytest.raises(openai.NotFoundError, match="upstream's name"):
+        client.completions.create(model="gpt-9", prompt="hello")
+    stack.set_mode("weak", "500")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.embeddings.create(model="weak", input="hello")
+    assert caught.value.status_code == 502 and "sk-provider" not in caught.value.response.text
+    metrics = httpx.get(f"{stack.base}/metrics").text
+    assert 'tiny_dancer_gateway_calls_total{status="ok",upstream="weak"} 2.0' in metrics

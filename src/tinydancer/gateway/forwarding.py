@@ -26,7 +26,7 @@ from .sse import ImpossibleUsage, UsageTap, error_event, first_event_problem, us
 from .state import Gateway, Plan
 from .upstream import Upstream, UpstreamFailure
 
-__all__ = ["forward", "openai_error"]
+__all__ = ["forward", "openai_error", "until_disconnect"]
 
 log = logging.getLogger("tinydancer.gateway")
 
@@ -139,7 +139,12 @@ async def forward(gw: Gateway, plan: Plan, body: dict[str, Any], stream: bool,
                   receive: Callable[[], Awaitable[dict]]) -> Response:
     """Answer the call, cancelling it if the client hangs up before its answer starts."""
     attempts = _Attempts(gw, plan, stream)
-    call = asyncio.ensure_future(_open_stream(gw, attempts, body) if stream else _complete(gw, attempts, body))
+    return await until_disconnect(_open_stream(gw, attempts, body) if stream else _complete(gw, attempts, body), receive)
+
+
+async def until_disconnect(work: Awaitable[Response], receive: Callable[[], Awaitable[dict]]) -> Response:
+    """``await work``, cancelled if the client hangs up before it returns (a 499 nobody reads)."""
+    call = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_cancel_on_disconnect(receive, call))
     try:
         return await call

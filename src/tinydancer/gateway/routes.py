@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from starlette.routing import Route
 
 from .forwarding import forward, openai_error
+from .passthrough import PASSED_THROUGH, passthrough
 from .request_body import parse_body
 from .selection import CallOptions, RequestError, parse_model, prompt_text
 from .state import Gateway
@@ -73,4 +74,5 @@ async def models(request: Request) -> Any:
 # documents the body; the service's /openapi.json lists it through the stub below.
 router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=True,
                      summary="OpenAI chat completions, routed to an upstream LLM", openapi_extra=_CHAT_BODY)
-ROUTES = [Route("/v1/chat/completions", chat_completions, methods=["POST"]), *router.routes]
+ROUTES = [Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+          *(Route(f"/v1/{path}", passthrough, methods=["POST"]) for path in PASSED_THROUGH), *router.routes]

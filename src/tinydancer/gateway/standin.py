@@ -78,12 +78,42 @@ class StandIn:
         return Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/embeddings", self._other, methods=["POST"]),
+            Route("/v1/completions", self._other, methods=["POST"]),
+            Route("/v1/responses", self._other, methods=["POST"]),
             Route("/_standin/mode", self._set_mode, methods=["POST"]),
             Route("/_standin/stats", self._stats, methods=["GET"]),
         ])
 
     async def _models(self, _request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "owned_by": "stand-in"}]})
+
+    async def _other(self, request: Request) -> Response:
+        """The endpoints a gateway passes through: embeddings, (legacy) completions, responses; minimal
+        answers in OpenAI's shapes, streamed for completions when asked."""
+        body = json.loads(await request.body())
+        self.calls += 1
+        self.last_body = body
+        if self.mode in ("400", "429", "500"):
+            return JSONResponse({"error": {"message": f"stand-in {self.name} answers {self.mode} on purpose"}},
+                                status_code=int(self.mode))
+        kind = request.url.path.rsplit("/", 1)[1]
+        usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+        if kind == "embeddings":
+            return JSONResponse({"object": "list", "model": self.name, "usage": usage,
+                                 "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]})
+        if kind == "completions" and body.get("stream"):
+            events = [_event({"id": "cmpl-1", "object": "text_completion", "model": self.name,
+                              "choices": [{"index": 0, "text": w, "finish_reason": None}]}) for w in ("[", self.name, "]")]
+            return StreamingResponse(iter([*events, b"data: [DONE]\n\n"]), media_type="text/event-stream")
+        if kind == "completions":
+            return JSONResponse({"id": "cmpl-1", "object": "text_completion", "model": self.name, "usage": usage,
+                                 "choices": [{"index": 0, "text": f"[{self.name}]", "finish_reason": "stop"}]})
+        return JSONResponse({"id": "resp-1", "object": "response", "created_at": int(time.time()), "model": self.name,
+                             "status": "completed", "output": [{"type": "message", "id": "msg-1", "role": "assistant",
+                                                                "status": "completed", "content": [
+                                                                    {"type": "output_text", "text": f"[{self.name}]",
+                                                                     "annotations": []}]}]})
 
     async def _set_mode(self, request: Request) -> Response:
         body = await request.json()

@@ -76,6 +76,7 @@ class Upstream:
         self.config = config
         self.breaker = breaker
         self.url = f"{config.base_url}/chat/completions"
+        self.base_url = config.base_url
         self._session: aiohttp.ClientSession | None = None
         key = config.api_key()
         self._secrets = (key,) if key else ()
@@ -138,19 +139,19 @@ class Upstream:
         self._slots.release()
 
     # ------------------------------------------------------------------ calls
-    async def open(self, body: bytes, stream: bool) -> aiohttp.ClientResponse:
+    async def open(self, body: bytes, stream: bool, path: str | None = None) -> aiohttp.ClientResponse:
         """Send the call in a slot; return the response once its status is a success, holding the
         slot (give it back with ``release``), else raise UpstreamFailure with the slot given back."""
         await self.acquire()
         try:
-            return await self._post(body, stream)
+            return await self._post(body, stream, self.url if path is None else f"{self.base_url}/{path}")
         except BaseException:
             self.release()
             raise
 
-    async def _post(self, body: bytes, stream: bool) -> aiohttp.ClientResponse:
+    async def _post(self, body: bytes, stream: bool, url: str) -> aiohttp.ClientResponse:
         try:
-            resp = await self.session().post(self.url, data=body, headers=self._headers, timeout=self.timeout(stream),
+            resp = await self.session().post(url, data=body, headers=self._headers, timeout=self.timeout(stream),
                                              allow_redirects=False)
         except asyncio.TimeoutError:
             raise UpstreamFailure("timeout", f"upstream {self.name!r} did not answer in time") from None
@@ -200,6 +201,10 @@ class Upstream:
             raise UpstreamFailure("invalid_answer", f"upstream {self.name!r} answered {resp.status} with something that "
                                   "is not a chat completion", status=resp.status)
         return resp, payload, answer
+
+    async def read(self, resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+        """The whole answer, at most ``limit`` bytes (default ``max_response_bytes``; see ``body``)."""
+        return await self._read(resp, self.config.max_response_bytes if limit is None else limit)
 
     async def _read(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
         out = bytearray()
