@@ -21,7 +21,8 @@ from .nn import FastGRNN, FastGRNNConfig, Trainer, TrainingConfig, evaluate_mode
 from .nn.datafiles import read_table
 from .progress import EpochProgress, err_console, item_progress
 
-app = typer.Typer(help="Tiny Dancer: train, evaluate and serve FastGRNN routers.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Tiny Dancer: train, evaluate and serve FastGRNN routers.", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode="markdown")
 console = Console()
 
 
@@ -181,7 +182,8 @@ def demo(
 
 
 # ---------------------------------------------------------------------- query routing
-router_app = typer.Typer(help="Model-tier routing: train, evaluate and use query routers.", no_args_is_help=True)
+router_app = typer.Typer(help="Model-tier routing: train, evaluate and use query routers.", no_args_is_help=True,
+                          rich_markup_mode="markdown")
 app.add_typer(router_app, name="router")
 
 
@@ -354,7 +356,7 @@ def calibrate(
     from .server.storage import open_storage
 
     router = QueryRouter.load(router_dir)
-    queries = open_storage(database_path).logged_inputs("query", since)
+    queries = open_storage(existing_log(database_path)).logged_inputs("query", since)
     report = router.calibrate_on_traffic(queries, strong_share=strong_share, budget=budget)
     report["written"] = not dry_run
     if not dry_run:
@@ -444,6 +446,7 @@ def serve(
     service = application.state.service
     if service.query_embedder_problem is not None:
         raise TinyDancerError(f"refusing to serve a query router that cannot embed text: {service.query_embedder_problem}")
+    _check_port_free(host, port)
     if service.router is None and require_candidates:
         err_console.print(f"[yellow]starting without a model ({service.not_ready_reason}); /health/ready answers 503[/]")
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
@@ -485,8 +488,10 @@ def gateway(
             "TINY_DANCER_API_KEYS (comma-separated) or TINY_DANCER_API_KEYS_FILE, and TINY_DANCER_AUTH_TOKEN for the "
             "admin routes; or listen on 127.0.0.1")
     missing = cfg.missing_keys()
-    if missing:
-        err_console.print(f"[yellow]not set: {', '.join(missing)} (api_key_env of some upstreams): they get no key[/]")
+    if missing:  # each would answer 401 to every call: say so now, not after the first user's call
+        raise TinyDancerError(f"not set: {', '.join(missing)} (the api_key_env of some upstreams). Export them, or remove "
+                              "api_key_env from an upstream that needs no key (a local vLLM or Ollama, say)")
+    _check_port_free(host, port)
     application = create_gateway_app(cfg, settings)
     gw = application.state.gateway
     routed = [m for m, up in zip(gw.router.models, gw.player) if up is not None]
@@ -538,7 +543,7 @@ def label(
     if from_db is not None:
         from .server.storage import open_storage
 
-        texts = open_storage(from_db).prompt_texts(since)
+        texts = open_storage(existing_log(from_db)).prompt_texts(since)
         if not texts:
             raise TinyDancerError(f"{from_db} holds no prompts: set log_prompts: true in the gateway's config, "
                                   "and let it serve some traffic first")
@@ -579,7 +584,8 @@ def label(
         err_console.print(f"[yellow]{e}[/]")
 
 
-storage_app = typer.Typer(help="The decision log's storage.", no_args_is_help=True)
+storage_app = typer.Typer(help="The decision log's storage.", no_args_is_help=True,
+                           rich_markup_mode="markdown")
 app.add_typer(storage_app, name="storage")
 
 
@@ -605,8 +611,7 @@ def storage_copy(
 
     if source == target:
         raise TinyDancerError("--from and --to name the same log")
-    if not source.startswith(("postgres://", "postgresql://")) and not Path(source).is_file():
-        raise TinyDancerError(f"no database at {source}")
+    existing_log(source)
     if registry is not None and not (registry / "versions").is_dir():
         raise TinyDancerError(f"{registry} is not a registry folder (no versions/ in it)")
     src, dst = open_storage(source), open_storage(target)
@@ -625,7 +630,34 @@ def storage_copy(
                   + ("" if versions is None else f", {versions} registry versions"))
 
 
-registry_app = typer.Typer(help="Model versions kept in the shared PostgreSQL registry.", no_args_is_help=True)
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before the banner (and before uvicorn's Errno 98 traceback-like line) when the port is taken."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise TinyDancerError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server there? "
+                                  "pick another --port)") from None
+
+
+def existing_log(where: str | Path) -> str | Path:
+    """``where`` if it names a PostgreSQL log or an existing SQLite file: opening a misspelt path
+    would create an empty log (and a registry folder beside it) and then report 'no data'."""
+    if isinstance(where, str) and where.startswith(("postgres://", "postgresql://")):
+        return where
+    if not Path(where).is_file():
+        raise TinyDancerError(f"no decision log at {where}: name the SQLite file `serve` or `gateway` writes "
+                              "(--database-path), or a postgresql:// URL (--database-url)")
+    return where
+
+
+registry_app = typer.Typer(help="Model versions: the registry folder beside a SQLite log, or PostgreSQL's.",
+                            no_args_is_help=True,
+                            rich_markup_mode="markdown")
 app.add_typer(registry_app, name="registry")
 
 
@@ -645,18 +677,28 @@ def _database_registry(database_url: str, kind: str) -> Any:
 @registry_app.command("list")
 @friendly_errors
 def registry_list(
-    database_url: str = typer.Option(..., "--database-url", envvar="TINY_DANCER_DATABASE_URL"),
-    kind: str = typer.Option("model", help="model (candidate scoring) or query_router."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", envvar="TINY_DANCER_DATABASE_URL",
+                                               help="A PostgreSQL registry; without it, the folder --registry."),
+    registry: Path = typer.Option(Path("models/registry"), help="The registry folder kept beside a SQLite log."),
+    kind: str = typer.Option("model", help="With --database-url: model (candidate scoring) or query_router."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Every version of a kind, oldest first; the current one is marked."""
+    """Every version, oldest first; the current one is marked."""
     from dataclasses import asdict
 
-    reg = _database_registry(database_url, kind)
-    try:
-        versions = reg.versions()
-    finally:
-        reg.storage.close()
+    from .server.registry import ModelRegistry
+
+    if database_url is None:
+        if not (registry / "versions").is_dir():
+            raise TinyDancerError(f"no registry folder at {registry} (retrain writes one beside a SQLite log); "
+                                  "name it with --registry, or a PostgreSQL registry with --database-url")
+        versions = ModelRegistry(registry).versions()
+    else:
+        reg = _database_registry(database_url, kind)
+        try:
+            versions = reg.versions()
+        finally:
+            reg.storage.close()
     if as_json:
         typer.echo(json.dumps([asdict(v) for v in versions]))
         return
@@ -725,7 +767,7 @@ def retrain(
                            max_mix_shift=max_mix_shift, allow_mix_shift=allow_mix_shift, reference=reference,
                            promoted_by=f"{who()} (tinydancer retrain)")
     say = None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    storage = open_storage(database_url or database_path)
+    storage = open_storage(existing_log(database_url or database_path))
     try:
         if query_router is not None:
             report: Any = retrain_query_router(storage, query_router, registry_for(storage, registry, "query_router"),

@@ -161,10 +161,15 @@ class MiniLMEmbedder:
 
     # -- onnx
     def _onnx_path(self) -> Path:
+        """The graph's cache file, keyed by the weights' content (their size, first and last MiB), not
+        their path: each virtual environment once built a 90 MB copy of its own."""
         weights = self._model_dir / "model.safetensors"
-        stat = weights.stat()
-        key = hashlib.sha256(f"{weights}|{stat.st_size}|{int(stat.st_mtime)}|graph-v1".encode()).hexdigest()[:16]
-        return self.cache_dir / f"minilm-l6-v2-{key}.onnx"
+        digest = hashlib.sha256(f"{weights.stat().st_size}|graph-v1".encode())
+        with weights.open("rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(-min(1 << 20, weights.stat().st_size), os.SEEK_END)
+            digest.update(fh.read())
+        return self.cache_dir / f"minilm-l6-v2-{digest.hexdigest()[:16]}.onnx"
 
     def _ensure_onnx(self) -> None:
         if self._session is not None:
@@ -177,6 +182,9 @@ class MiniLMEmbedder:
             from ._minilm_onnx import build_minilm_onnx
 
             build_minilm_onnx(self._model_dir / "model.safetensors", path)
+            for stale in path.parent.glob("minilm-l6-v2-*.onnx"):  # graphs of other weights or graph versions
+                if stale != path:
+                    stale.unlink(missing_ok=True)
         options = ort.SessionOptions()
         if self.threads is not None:
             options.intra_op_num_threads = self.threads

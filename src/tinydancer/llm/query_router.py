@@ -705,6 +705,9 @@ class QueryRouter:
         """Load from a folder written by :meth:`save` (or the ``router.safetensors`` in it)."""
         path = Path(path)
         file = path / ROUTER_FILE if path.is_dir() else path
+        if not file.exists():  # FastGRNN's own message would advise the candidate model's `tinydancer train`
+            raise ModelFileError(f"no query router at {path}: train one with `tinydancer router train TABLE --out DIR`, "
+                                 "or name the folder such a run wrote")
         return cls.from_network(FastGRNN.load(file), str(file))
 
     @classmethod
