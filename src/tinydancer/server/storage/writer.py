@@ -222,7 +222,13 @@ class DecisionWriter:
         assert self._executor is not None
         future = self._executor.submit(self._write, parts)
         self._inflight, self._inflight_parts = future, parts
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._written, f))
+        future.add_done_callback(lambda f: self._hand_back(loop, f))
+
+    def _hand_back(self, loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[_Written]) -> None:
+        try:
+            loop.call_soon_threadsafe(self._written, future)
+        except RuntimeError:  # the loop is gone (a commit cut at shutdown): nobody waits for it
+            pass
 
     def _written(self, future: concurrent.futures.Future[_Written]) -> None:
         if future is not self._inflight:
@@ -234,20 +240,35 @@ class DecisionWriter:
             self._timer = asyncio.get_running_loop().call_later(self.retry_s if written.failure else self.max_delay_s,
                                                                 self._commit)
 
-    def _drain(self) -> None:
-        """Wait for the commit in flight (at shutdown) and account for it."""
+    def _drain(self) -> BaseException | None:
+        """Wait for the commit in flight (at shutdown) and account for it; what failed, or None.  A
+        database over the network is given its ``timeout_s``, then the commit is left to its own
+        deadline (its rows count as pending) so that a silent database cannot hold a shutdown."""
         future = self._inflight
-        if future is not None:
-            self._inflight = None
-            self._settle(future.result())
+        if future is None:
+            return None
+        try:
+            written = future.result(timeout=getattr(self.storage, "timeout_s", None))
+        except concurrent.futures.TimeoutError:
+            self.error = StorageUnavailable("the database did not confirm the last commit in time")
+            return self.error
+        self._inflight = None
+        self._settle(written)
+        return written.failure
 
     def flush(self) -> None:
         """Commit what is pending now; raise if the decision log cannot be written."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._drain()
-        if self._has_rows():
+        # a database over the network known to be unreachable, or that just failed the commit in
+        # flight, is not tried again now (at shutdown, say): what waits counts as pending
+        down = self.storage.problem() if self._executor is not None else None
+        failed = self._drain() if down is None else None
+        if self._executor is not None and (down is not None or failed is not None):
+            if self._has_rows() or self._inflight is not None:
+                self.error = StorageUnavailable(down) if down is not None else failed
+        elif self._has_rows():
             self._settle(self._write(self._take()))
         if self.error is not None:
             raise StorageUnavailable(f"decision log writer failed: {self.error}")
@@ -282,4 +303,4 @@ class DecisionWriter:
         finally:
             self._closed = True
             if self._executor is not None:
-                self._executor.shutdown(wait=True)
+                self._executor.shutdown(wait=self._inflight is None)
