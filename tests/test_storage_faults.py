@@ -8,6 +8,7 @@ Real SQLite and PostgreSQL (``tests/pg.py``: a schema per test, skipped when no 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pg import fresh_schema, schema_url
+from test_gateway import EMBEDDER, KEY, config_dict, router_dir  # noqa: F401 (router_dir: a fixture)
 from tinydancer.demo import train_default_router_model
 from tinydancer.server import ServiceSettings, create_app
 from tinydancer.server.storage import CallRecord, DecisionWriter, SQLiteStorage, decision_record, new_request_id
@@ -126,3 +128,63 @@ def test_a_poisoned_commit_leaves_the_service_ready_and_taking_feedback(served: 
         assert client.get("/health/ready").status_code == 200
         assert client.post("/v1/feedback", json={"request_id": rid, "success": True}).status_code == 200
         assert client.post("/v1/feedback", json={"request_id": bad, "success": False}).status_code == 200
+
+
+def liar_app() -> Any:
+    """An upstream that answers every chat call, claiming usage of 10^30 tokens when the prompt
+    says "poison" (beyond SQLite's INTEGER and PostgreSQL's BIGINT)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        tokens = 10**30 if "poison" in json.dumps(body["messages"]) else 3
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": tokens, "completion_tokens": tokens, "total_tokens": tokens}})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def test_a_gateway_call_with_impossible_usage_loses_no_other_callers_row(router_dir: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finding as reported: 200 concurrent callers through the gateway, one upstream answer
+    with usage 10^30.  Before: 24 of the 200 decisions were lost with the poisoned group commit."""
+    import openai
+
+    from tinydancer.gateway import create_gateway_app
+    from tinydancer.gateway.config import parse_config
+    from tinydancer.gateway.standin import running
+
+    monkeypatch.setenv("TD_TEST_PROVIDER_KEY", "sk-provider-secret-123456")
+    db = tmp_path / "gw.db"
+    with running(liar_app()) as up:
+        cfg = parse_config(config_dict(router_dir, {"strong": up, "weak": up}))
+        app = create_gateway_app(cfg, ServiceSettings(database_path=db, api_keys=(KEY,), watch_interval_s=0),
+                                 embedder=EMBEDDER)
+        with running(app) as base:
+            async def calls() -> list[str]:
+                client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+                prompts = [f"question {i} about {'poison' if i == 100 else 'bananas'}" for i in range(200)]
+                answers = await asyncio.gather(*(client.chat.completions.with_raw_response.create(
+                    model="tinydancer", messages=[{"role": "user", "content": p}]) for p in prompts))
+                await client.close()
+                return [a.headers["x-tinydancer-decision-id"] for a in answers]
+
+            ids = asyncio.run(calls())
+            storage = SQLiteStorage(db)
+            deadline = time.monotonic() + 20
+            while storage.count("decisions") < 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert storage.count("decisions") == 200 and storage.count("calls") == 200
+            assert storage.calls(ids[100])[0]["prompt_tokens"] is None  # logged as unknown
+            import httpx
+
+            assert httpx.get(f"{base}/health/ready").status_code == 200
+            auth = {"Authorization": f"Bearer {KEY}"}
+            assert httpx.post(f"{base}/v1/feedback", json={"request_id": ids[7], "success": True},
+                              headers=auth).status_code == 200
+            storage.close()
