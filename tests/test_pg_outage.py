@@ -189,3 +189,26 @@ def test_a_replica_told_to_stop_while_the_database_is_silent_stops_promptly(serv
     finally:
         relay.close()
         within(30, "shutdown", replica.stop)
+
+
+def test_the_timeouts_reach_libpq_and_the_server_and_the_url_wins(outage: tuple[Relay, str]) -> None:
+    """The settings TCP and the server enforce (the relay above cannot exercise them: its kernel
+    acknowledges every byte), on a real connection; a parameter the URL sets is kept."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tinydancer.server.storage.postgres import PostgresStorage
+
+    _, schema = outage
+    storage = PostgresStorage(schema_url(schema) + "&connect_timeout=9", timeout_s=3.0, statement_timeout_s=3.0)
+    try:
+        params = conninfo_to_dict(storage.conninfo)
+        assert params["connect_timeout"] == "9"  # the URL's own
+        assert (params["keepalives"], params["keepalives_idle"], params["keepalives_interval"],
+                params["keepalives_count"], params["tcp_user_timeout"]) == ("1", "1", "1", "2", "3000")
+        with storage._pool.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "3s"
+            assert conn.execute("SELECT current_schema()").fetchone()[0] == schema  # the URL's options kept
+            assert conn.info.get_parameters()["tcp_user_timeout"] == "3000"
+        assert storage.statistics()["total_requests"] == 0  # a scan lifts the statement timeout for itself
+    finally:
+        storage.close()
