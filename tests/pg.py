@@ -51,14 +51,23 @@ def fresh_schema() -> Iterator[str]:
 
 class Relay:
     """A TCP relay on 127.0.0.1 to the PostgreSQL server; :meth:`cut` drops every connection and
-    refuses new ones (the database "goes away"), :meth:`restore` lets them through again."""
+    refuses new ones (the database "goes away"), :meth:`restore` lets them through again.
+
+    :meth:`blackhole` is the silent outage (packets dropped, nothing refused): no byte passes, no
+    socket is closed, new connections are accepted and never answered.  The connections open
+    then stay dead after :meth:`restore` (as behind a firewall or NAT that forgot them): only new
+    ones work again.  The relay's kernel still acknowledges every segment, so TCP keepalives and
+    ``tcp_user_timeout`` cannot see this outage: only the application's own deadlines can."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5432) -> None:
         self.target = (host, port)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.open = True
+        self.silent = False
         self.sockets: list[socket.socket] = []
+        self.held: list[socket.socket] = []  # accepted during a blackhole, never answered
+        self.dead: set[socket.socket] = set()  # open when the blackhole began: never forwarded again
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -74,19 +83,26 @@ class Relay:
             if not self.open:
                 client.close()
                 continue
+            if self.silent:
+                with self.lock:
+                    self.held.append(client)
+                continue
             upstream = socket.create_connection(self.target)
             with self.lock:
                 self.sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         try:
             while data := a.recv(65536):
+                if a in self.dead or b in self.dead:
+                    continue  # swallowed: the peer never hears of it
                 b.sendall(data)
         except OSError:
             pass
+        if a in self.dead or b in self.dead:
+            return  # a dead connection is not closed either: nobody tells the peer
         for s in (a, b):
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -106,7 +122,21 @@ class Relay:
 
     def restore(self) -> None:
         self.open = True
+        self.silent = False
+        with self.lock:
+            for s in self.held:
+                s.close()
+            self.held.clear()
+
+    def blackhole(self) -> None:
+        """Drop every byte from now on, on every open connection (for good) and on new ones (until
+        :meth:`restore`), without closing anything."""
+        with self.lock:
+            self.silent = True
+            self.dead.update(self.sockets)
 
     def close(self) -> None:
+        self.dead.clear()
         self.cut()
+        self.restore()
         self.server.close()

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import TinyDancerError, ValidationError
 from ..llm import QueryRouter, query_key
 from ..server.storage import CallRecord, SQLiteStorage, decision_record, new_request_id, open_storage
+from ..server.storage.base import clean_log
 
 try:
     from litellm.integrations.custom_logger import CustomLogger
@@ -351,4 +352,8 @@ class TinyDancerLogger(CustomLogger):
         row = decision_record(decision_id, "query", "litellm", [model], vec[None, :], np.array([quality.get(model, np.nan)],
                               np.float32), None, np.array([model != strong], np.uint8), 0.0, query_key(text) if text else None)
         outcomes = [] if ok else [call.failure_outcome(0)]
-        self.storage.insert_log([row], [call.row()], outcomes)
+        # LiteLLM's token counts and cost are an upstream's word: an impossible one is logged as unknown
+        (rows, calls, outcomes, _), refused = clean_log([row], [call.row()], outcomes)
+        if refused:
+            log.warning("tinydancer: log rows of %s refused: %s", decision_id, "; ".join(refused))
+        self.storage.insert_log(rows, calls, outcomes)

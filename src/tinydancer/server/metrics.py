@@ -110,8 +110,8 @@ class Metrics:
         self.explorations = Counter("tiny_dancer_query_explorations", "Queries sent to a random model", registry=r)
         self.storage_ok = Gauge("tiny_dancer_storage_ok", "1 while the decision log can be written, 0 while it fails", registry=r)
         self.log_pending = Gauge("tiny_dancer_decision_log_pending_rows", "Decision rows waiting to be written", registry=r)
-        self.log_dropped = Counter("tiny_dancer_decision_log_dropped_rows", "Decision rows dropped because storage failed "
-                                   "and the buffer was full", registry=r)
+        self.log_dropped = Counter("tiny_dancer_decision_log_dropped_rows", "Log rows dropped: storage failed and the buffer "
+                                   "was full, or a row no database could store was refused alone", registry=r)
         self._routes: list[tuple[int, int, bool, float, float, np.ndarray, np.ndarray | None]] = []
 
     def route_done(self, n: int, n_light: int, fallback: bool, inference_s: float, latency_s: float,

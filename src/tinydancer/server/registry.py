@@ -247,7 +247,7 @@ class RegistryFollower:
         """Bring every followed file to its current version; the kinds that changed."""
         changed = []
         for kind, path in self.paths.items():
-            found = self.storage.registry_current(kind)
+            found = self.storage.registry_current(kind, stop=self._stop)
             if found is None:
                 continue
             version, sha = found
@@ -258,7 +258,7 @@ class RegistryFollower:
             except OSError:
                 local = None
             if local != sha:
-                data = self.storage.registry_data(version)
+                data = self.storage.registry_data(version, stop=self._stop)
                 if hashlib.sha256(data).hexdigest() != sha:
                     log.error("registry version %s does not match its sha256; not served", version)
                     continue

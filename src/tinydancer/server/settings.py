@@ -30,6 +30,11 @@ class ServiceSettings:
     database_path: Path = Path("tinydancer.db")
     #: a ``postgresql://`` URL (several replicas, one log): replaces database_path when set
     database_url: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_DATABASE_URL") or None)
+    #: PostgreSQL: a database silent this long is unreachable (readiness 503, feedback refused, the
+    #: registry follower reconnects): libpq's connect and TCP timeouts, the server's statement_timeout
+    #: and each call's deadline derive from it (parameters set in the URL win; see postgres.with_timeouts)
+    database_timeout_s: float = field(default_factory=lambda: float(os.environ.get("TINY_DANCER_DATABASE_TIMEOUT_S")
+                                                                    or 3.0))
     query_router_path: Path | None = None
     #: the admin token (admin and operator routes); see tinydancer.server.guards
     auth_token: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_AUTH_TOKEN") or None)
@@ -82,3 +87,4 @@ class ServiceSettings:
         check_number("ServiceSettings", "max_pending_rows", self.max_pending_rows, low=0, integer=True)
         check_number("ServiceSettings", "body_read_timeout_s", self.body_read_timeout_s, low=0.0, low_open=True)
         check_number("ServiceSettings", "body_deadline_s", self.body_deadline_s, low=0.0, low_open=True)
+        check_number("ServiceSettings", "database_timeout_s", self.database_timeout_s, low=0.0, low_open=True)

@@ -33,7 +33,9 @@ class Service:
         self.metrics = Metrics()
         self.storage: SQLiteStorage = open_storage(settings.database_url or settings.database_path, checkpoint_interval_s=1.0,
                                                    retention_days=settings.retention_days,
-                                                   retention_rows=settings.retention_rows)
+                                                   retention_rows=settings.retention_rows,
+                                                   timeout_s=settings.database_timeout_s,
+                                                   statement_timeout_s=settings.database_timeout_s)
         self.writer = self.new_writer()  # replaced at each lifespan start if it was closed
         self.router: Router | None = None
         self.not_ready_reason = "no model loaded yet"

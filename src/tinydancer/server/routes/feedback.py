@@ -27,14 +27,25 @@ async def feedback(body: FeedbackIn, request: Request) -> Any:
         # now would block the loop on SQLite's lock, and keep the WAL growing under load)
         await asyncio.sleep(0.002)
     storage = service.storage
+    remote = getattr(storage, "remote", False)
+    # a database over the network gets timeout_s to answer: one gone silent (packets dropped) is
+    # refused in seconds, not after TCP gives up (44 s measured); 503 is no acknowledgement
+    deadline = getattr(storage, "timeout_s", None) if remote else None
+
+    async def record() -> str:
+        await service.writer.aflush()  # the decision may still be in the group commit
+        write = functools.partial(storage.record_outcome, body.request_id, body.candidate_id, body.success, body.quality,
+                                  body.cost, correction=body.correction, by=getattr(request.state, "client", None))
+        # waited for off the loop; SQLite's commit is quicker than the handoff
+        return await asyncio.to_thread(write) if remote else write()
+
     try:
         if (down := storage.problem()) is not None:
             raise StorageUnavailable(down)  # refused at once, not after a connection timeout
-        await service.writer.aflush()  # the decision may still be in the group commit
-        record = functools.partial(storage.record_outcome, body.request_id, body.candidate_id, body.success, body.quality,
-                                   body.cost, correction=body.correction, by=getattr(request.state, "client", None))
-        # a database over the network is waited for off the loop; SQLite's commit is quicker than the handoff
-        target = await asyncio.to_thread(record) if getattr(storage, "remote", False) else record()
+        try:
+            target = await asyncio.wait_for(record(), deadline)
+        except TimeoutError:
+            raise StorageUnavailable(f"the database did not answer within {deadline:g} s") from None
     except (*getattr(service.storage, "errors", (sqlite3.Error,)), OSError, StorageUnavailable) as exc:
         # never acknowledge what was not committed: the client keeps it and retries
         service.metrics.errors.labels("/v1/feedback", "storage").inc()

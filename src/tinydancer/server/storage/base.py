@@ -9,6 +9,7 @@ it by request id and target.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -129,14 +130,150 @@ class SharedRegistryStorage(Storage, Protocol):
 
     def registry_versions(self, kind: str) -> list[dict[str, Any]]: ...
 
-    def registry_current(self, kind: str) -> tuple[str, str] | None: ...
+    def registry_current(self, kind: str, stop: Any = None) -> tuple[str, str] | None: ...
 
-    def registry_data(self, version: str) -> bytes: ...
+    def registry_data(self, version: str, stop: Any = None) -> bytes: ...
 
     def registry_promote(self, kind: str, version: str, by: str | None, expected: str | None,
                          check: bool = True) -> str | None: ...
 
     def registry_notifications(self, stop: Any, timeout_s: float = 5.0) -> Iterable[tuple[str, str] | None]: ...
+
+
+class BadRow(TinyDancerError, ValueError):
+    """A log row that no database could store (a required value missing or impossible); it is
+    refused alone, before it joins a group commit, so it cannot fail the rows committed with it."""
+
+
+#: the columns of each table the service writes, in order: (name, kind, nullable).  Kinds: i32 and
+#: i64 (PostgreSQL INTEGER and BIGINT; SQLite's INTEGER holds 64 bits), real, text, blob.
+LOG_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "decisions": (("request_id", "text", False), ("kind", "text", False), ("model_version", "text", False),
+                  ("targets", "text", False), ("n", "i32", False), ("inputs", "blob", False),
+                  ("confidence", "blob", False), ("uncertainty", "blob", True), ("lightweight", "blob", False),
+                  ("n_lightweight", "i32", False), ("confidence_sum", "real", True), ("uncertainty_sum", "real", True),
+                  ("latency_us", "real", False), ("created_at", "real", False), ("query_key", "text", True)),
+    "calls": (("request_id", "text", False), ("attempt", "i32", False), ("upstream", "text", False),
+              ("target", "text", False), ("status", "text", False), ("http_status", "i32", True), ("stream", "i32", False),
+              ("prompt_tokens", "i64", True), ("completion_tokens", "i64", True), ("cost", "real", True),
+              ("ttft_ms", "real", True), ("total_ms", "real", False), ("created_at", "real", False)),
+    "outcomes": (("request_id", "text", False), ("target", "text", False), ("rank", "i32", False),
+                 ("success", "i32", False), ("quality", "real", True), ("cost", "real", True),
+                 ("created_at", "real", False)),
+    "prompts": (("request_id", "text", False), ("text", "text", False), ("created_at", "real", False)),
+}
+_INT_RANGE = {"i32": (-(2**31), 2**31 - 1), "i64": (-(2**63), 2**63 - 1)}
+_MISSING = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_value(value: Any, kind: str) -> Any:
+    """The value as its column's kind can store it, or ``_MISSING`` when it cannot be stored."""
+    if kind == "text":
+        if not isinstance(value, str):
+            return _MISSING
+        if not value.isascii():  # a lone surrogate cannot be encoded; every database refuses it
+            value = _SURROGATE.sub("\ufffd", value)
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value  # PostgreSQL text holds no NUL
+    if kind == "blob":
+        return value if isinstance(value, (bytes, bytearray, memoryview)) else _MISSING
+    if isinstance(value, bool):
+        value = int(value)
+    if kind == "real":
+        if not isinstance(value, (int, float, np.integer, np.floating)):
+            return _MISSING
+        try:
+            value = float(value)
+        except OverflowError:  # an int past 1e308
+            return _MISSING
+        return value if math.isfinite(value) else _MISSING  # SQLite stores NaN as NULL: a NOT NULL column fails
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    if not isinstance(value, (int, np.integer)):
+        return _MISSING
+    low, high = _INT_RANGE[kind]
+    return int(value) if low <= value <= high else _MISSING
+
+
+def clean_row(table: str, row: Sequence[Any]) -> tuple[Any, ...]:
+    """``row`` of ``table`` (see :data:`LOG_COLUMNS`) with every value one the database can store.
+
+    An impossible value in a column that may be NULL becomes NULL (unknown): an upstream's
+    ``usage`` of 10^30 tokens is logged as an unknown count, not as a SQLite "Python int too
+    large" that fails the whole group commit.  In a required column it raises :class:`BadRow`,
+    and the caller drops that row alone.  Text is made encodable (a lone surrogate becomes U+FFFD).
+    """
+    columns = LOG_COLUMNS[table]
+    if len(row) != len(columns):
+        raise BadRow(f"a {table} row has {len(row)} values, not {len(columns)}")
+    if _fits(row, _BY_KIND[table], _REQUIRED[table]):  # the usual case (~1 µs a row): the row is used as it is
+        return tuple(row)
+    out = list(row)
+    for i, (name, kind, nullable) in enumerate(columns):
+        value = out[i]
+        if value is None:
+            if not nullable:
+                raise BadRow(f"{table}.{name} is required (request {str(row[0])[:64]!r})")
+            continue
+        cleaned = _clean_value(value, kind)
+        if cleaned is _MISSING:
+            if not nullable:
+                raise BadRow(f"{table}.{name} cannot be stored: {str(value)[:64]!r} (request {str(row[0])[:64]!r})")
+            cleaned = None
+        out[i] = cleaned
+    return tuple(out)
+
+
+#: per table, the positions of its columns of each kind, for :func:`_fits`
+_BY_KIND = {table: {kind: tuple(i for i, c in enumerate(cols) if c[1] == kind) for kind in ("text", "blob", "real", "i32", "i64")}
+            for table, cols in LOG_COLUMNS.items()}
+_REQUIRED = {table: tuple(i for i, c in enumerate(cols) if not c[2]) for table, cols in LOG_COLUMNS.items()}
+
+
+def _fits(row: Sequence[Any], at: dict[str, tuple[int, ...]], required: tuple[int, ...]) -> bool:
+    """Whether every value is of a plain type that fits its column as it is, and no required one is
+    None: the fast path of :func:`clean_row`, without a function call a value."""
+    if None in row:
+        for i in required:
+            if row[i] is None:
+                return False
+    for i in at["real"]:
+        v = row[i]
+        if v is not None and not (type(v) is float and v - v == 0.0):  # finite: inf - inf and NaN - NaN are NaN
+            return False
+    for i in at["text"]:
+        v = row[i]
+        if v is not None and not (type(v) is str and v.isascii() and "\x00" not in v):
+            return False
+    for i in at["blob"]:
+        v = row[i]
+        if v is not None and type(v) is not bytes:
+            return False
+    for i in at["i32"]:
+        v = row[i]
+        if v is not None and not (type(v) is int and -2147483648 <= v <= 2147483647):
+            return False
+    for i in at["i64"]:
+        v = row[i]
+        if v is not None and not (type(v) is int and -9223372036854775808 <= v <= 9223372036854775807):
+            return False
+    return True
+
+
+def clean_log(decisions: Sequence[Sequence[Any]], calls: Sequence[Sequence[Any]] = (),
+              outcomes: Sequence[Sequence[Any]] = (), prompts: Sequence[Sequence[Any]] = ()
+              ) -> tuple[tuple[list[tuple[Any, ...]], ...], list[str]]:
+    """:func:`clean_row` over a log write: the rows to write (decisions, calls, outcomes, prompts)
+    and why each refused row was refused."""
+    parts: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [])
+    refused = []
+    for table, rows, keep in zip(("decisions", "calls", "outcomes", "prompts"), (decisions, calls, outcomes, prompts), parts):
+        for row in rows:
+            try:
+                keep.append(clean_row(table, row))
+            except BadRow as exc:
+                refused.append(str(exc))
+    return parts, refused
 
 
 def safe_url(url: str) -> str:

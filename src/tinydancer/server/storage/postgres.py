@@ -11,14 +11,24 @@ if missing), for tests and for sharing a database.
 
 Selected by a ``postgresql://`` URL (``--database-url``, ``TINY_DANCER_DATABASE_URL``); libpq's
 ``options=-csearch_path%3D<schema>`` in the URL picks a schema.
+
+A database that stops answering without refusing (packets dropped by a network or a firewall) is
+noticed within ``timeout_s`` (3 s by default) rather than after TCP's minutes: every connection
+gets libpq's ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` (:func:`with_timeouts`;
+what the URL sets itself wins), the service's connections a server-side ``statement_timeout``,
+and each call on the service's path a client-side deadline (:class:`_Deadlines`) that catches
+what TCP cannot see (a peer that takes bytes and never answers).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import socket
 import threading
 import time
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -29,6 +39,7 @@ from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, L
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("PostgreSQL storage needs psycopg 3: pip install 'tinydancer[postgres]'") from exc
@@ -102,6 +113,110 @@ def _q(n: int) -> str:
     return ",".join(["%s"] * n)
 
 
+def with_timeouts(url: str, timeout_s: float, statement_timeout_s: float | None = None) -> str:
+    """``url`` as a libpq conninfo that notices a silent outage within about ``timeout_s``.
+
+    ``connect_timeout`` bounds a connection attempt (libpq's least is 2 s); keepalives every second
+    find an idle connection whose peer is gone (``keepalives_idle`` + ``keepalives_count`` ×
+    ``keepalives_interval`` ≈ ``timeout_s``); ``tcp_user_timeout`` ends a connection whose sent
+    bytes go unacknowledged that long; ``statement_timeout`` (server-side, only when given: the
+    service's connections, not a retrain's long reads) cancels a statement stuck on a lock.  A
+    parameter the URL sets itself is left as it is, so each can be tuned in the URL.
+    """
+    params = conninfo_to_dict(url)
+    step = max(1, int(timeout_s // 3))
+    defaults = {"connect_timeout": str(max(2, math.ceil(timeout_s))), "keepalives": "1", "keepalives_idle": str(step),
+                "keepalives_interval": str(step), "keepalives_count": str(max(1, int(timeout_s // step) - 1)),
+                "tcp_user_timeout": str(int(timeout_s * 1000))}
+    for key, value in defaults.items():
+        params.setdefault(key, value)
+    options = str(params.get("options") or "")
+    if statement_timeout_s is not None and "statement_timeout" not in options:
+        params["options"] = f"{options} -c statement_timeout={int(statement_timeout_s * 1000)}".strip()
+    return make_conninfo("", **params)
+
+
+class _Deadlines:
+    """Client-side deadlines on calls over a connection.  A call still waiting for PostgreSQL past
+    its deadline has its socket shut down, so it fails at once with ``OperationalError`` (a
+    transient error: the writer keeps its rows, feedback answers 503) instead of waiting for TCP.
+    The libpq settings cannot do this alone: where a peer takes bytes but never answers (a hung
+    server, a proxy whose far side is gone) every keepalive is acknowledged and nothing times out.
+
+    A call guarded with a ``stop`` event is cut as soon as it is set too (a prompt shutdown).  One
+    thread checks every ``tick_s``; guarding a call costs two dictionary operations under a lock.
+    """
+
+    def __init__(self, tick_s: float = 0.1) -> None:
+        self.tick_s = tick_s
+        self._calls: dict[int, list[Any]] = {}  # id -> [deadline, connection, fired, stop]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def guard(self, conn: psycopg.Connection, seconds: float | None,
+              stop: threading.Event | None = None) -> Iterator[None]:
+        if seconds is None:
+            yield
+            return
+        entry = [time.monotonic() + seconds, conn, False, stop]
+        with self._lock:
+            self._calls[id(entry)] = entry
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._watch, name="tinydancer-pg-deadlines", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if entry[2]:
+                why = "stopped" if stop is not None and stop.is_set() else f"PostgreSQL did not answer within {seconds:g} s"
+                raise psycopg.OperationalError(why) from exc
+            raise
+        finally:
+            with self._lock:
+                self._calls.pop(id(entry), None)
+            if entry[2] and not conn.closed:
+                conn.close()  # its socket is shut: the pool must not hand it out again
+
+    def _watch(self) -> None:
+        while True:
+            stopping = self._stop.wait(self.tick_s)
+            now = time.monotonic()
+            with self._lock:  # held while shutting down: the guarded call cannot return its connection meanwhile
+                for entry in self._calls.values():
+                    if not entry[2] and (now > entry[0] or entry[3] is not None and entry[3].is_set()
+                                         or self._stop.is_set()):
+                        entry[2] = True
+                        _shut(entry[1])
+            if stopping:
+                return  # closed: every call still guarded was cut above
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _shut(conn: psycopg.Connection) -> None:
+    """Shut down a connection's socket under a call blocked on it (the call then fails at once)."""
+    try:
+        sock = socket.socket(fileno=socket.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return  # closed already
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _long(conn: psycopg.Connection) -> None:
+    """Lift the service's statement_timeout for this transaction: a scan of the whole log or a
+    migration may rightly take long (needs a transaction: the pool's connections open one)."""
+    conn.execute("SET LOCAL statement_timeout = 0")
+
+
 class PostgresStorage:
     """PostgreSQL behind the Storage contract; safe to share between threads (a connection pool)."""
 
@@ -116,13 +231,23 @@ class PostgresStorage:
 
     def __init__(self, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 8,
                  retention_days: float | None = None, retention_rows: int | None = None,
-                 maintenance_interval_s: float = 0.0, wait_s: float = 5.0) -> None:
+                 maintenance_interval_s: float = 0.0, wait_s: float = 5.0, timeout_s: float = 3.0,
+                 statement_timeout_s: float | None = None) -> None:
         """``maintenance_interval_s`` > 0 starts a thread that checks the database that often (what
         :meth:`problem` reports) and applies retention every :attr:`PRUNE_EVERY_S`; ``wait_s`` is how
-        long a caller waits for a connection before the call fails (an outage is reported, not queued)."""
+        long a caller waits for a connection before the call fails (an outage is reported, not queued).
+        ``timeout_s``: how long a silent database may take to be noticed (see :func:`with_timeouts`);
+        ``statement_timeout_s`` (the service sets it, batch jobs do not): the server cancels a
+        statement after that long, and a call of the service's path (a log commit, an outcome, a
+        registry read) gets a second more (for the server's answer) before it is cut client-side."""
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise TinyDancerError(f"schema {schema!r}: use lowercase letters, digits and _")
         self.url = url
+        self.timeout_s = timeout_s
+        #: the client-side deadline of a call on the service's path; None: calls are not cut
+        self.call_deadline_s = None if statement_timeout_s is None else statement_timeout_s + min(timeout_s, 1.0)
+        self.conninfo = with_timeouts(url, timeout_s, statement_timeout_s)
+        self._deadlines = _Deadlines()
         self.schema = schema
         self.retention_days = retention_days
         self.retention_rows = retention_rows
@@ -134,9 +259,9 @@ class PostgresStorage:
 
         try:
             if schema is not None:
-                with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, kwargs={"connect_timeout": 5},
+            self._pool = ConnectionPool(self.conninfo, min_size=min_size, max_size=max_size,
                                         configure=configure if schema is not None else None, open=True, timeout=wait_s)
             self.migrate()
             with self._pool.connection() as conn:
@@ -156,11 +281,23 @@ class PostgresStorage:
         """Why the database was unreachable at the last check of the maintenance thread, or None."""
         return self._problem
 
+    @contextmanager
+    def _connection(self, deadline_s: float | None = None,
+                    stop: threading.Event | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection whose use is cut after ``deadline_s`` (the service's calls), or when
+        ``stop`` is set, or at :meth:`close`."""
+        wait_s = None if deadline_s is None else self.timeout_s  # for a free connection (the pool may be reconnecting)
+        with self._pool.connection(timeout=wait_s) as conn, self._deadlines.guard(conn, deadline_s, stop or self._stop):
+            yield conn
+
     def _maintain(self, interval_s: float) -> None:
         last_prune = time.monotonic()
+        # a real round trip, bounded so that a database gone silent is reported within timeout_s
+        # of its last answer (the check's interval included)
+        probe_s = max(0.5, self.timeout_s - interval_s)
         while not self._stop.wait(interval_s):
             try:
-                with self._pool.connection() as conn:
+                with (self._pool.connection(timeout=probe_s) as conn, self._deadlines.guard(conn, probe_s, self._stop)):
                     conn.execute("SELECT 1")
                 self._problem = None
             except (psycopg.Error, PoolTimeout) as exc:
@@ -187,6 +324,7 @@ class PostgresStorage:
     def migrate(self) -> int:
         """Apply the migrations this database has not seen, under an advisory lock; return the version."""
         with self._pool.connection() as conn, conn.transaction():
+            _long(conn)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS tinydancer_schema (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM tinydancer_schema").fetchone()
@@ -226,7 +364,7 @@ class PostgresStorage:
                    outcomes: list[tuple[Any, ...]], prompts: Sequence[tuple[Any, ...]] = ()) -> None:
         """Decisions, calls, automatic outcomes and prompts in one transaction: the decisions by COPY
         (the bulk of the bytes: a request's inputs), the rest by pipelined inserts."""
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with self._connection(self.call_deadline_s) as conn, conn.transaction(), conn.cursor() as cur:
             if decisions:
                 with cur.copy("COPY decisions FROM STDIN") as copy:
                     for row in decisions:
@@ -242,7 +380,7 @@ class PostgresStorage:
                        cost: float | None, *, correction: bool = False, by: str | None = None) -> str:
         """As SQLite's: one outcome per decision and target; the decision row is locked, so two
         replicas taking feedback for the same request at once are serialized."""
-        with self._pool.connection() as conn, conn.transaction():
+        with self._connection(self.call_deadline_s) as conn, conn.transaction():
             row = conn.execute("SELECT targets FROM decisions WHERE request_id=%s FOR UPDATE", (request_id,)).fetchone()
             chosen, rank = outcome_target(request_id, target, None if row is None else row[0])
             now = time.time()
@@ -264,6 +402,7 @@ class PostgresStorage:
         now = time.time() if now is None else now
         removed = 0
         with self._pool.connection() as conn, conn.transaction():
+            _long(conn)
             cut: list[tuple[str, tuple[Any, ...]]] = []
             if self.retention_days is not None:
                 cut.append(("created_at < %s", (now - self.retention_days * 86400.0,)))
@@ -298,15 +437,16 @@ class PostgresStorage:
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
-    def registry_current(self, kind: str) -> tuple[str, str] | None:
-        """(version, sha256) of the promoted version of a kind, or None before the first promotion."""
-        with self._pool.connection() as conn:
+    def registry_current(self, kind: str, stop: threading.Event | None = None) -> tuple[str, str] | None:
+        """(version, sha256) of the promoted version of a kind, or None before the first promotion
+        (cut at once when ``stop`` is set: a follower told to stop does not wait for the database)."""
+        with self._connection(self.call_deadline_s, stop) as conn:
             row = conn.execute("SELECT c.version, v.sha256 FROM model_current c JOIN model_versions v "
                                "ON v.version = c.version WHERE c.kind = %s", (kind,)).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
-    def registry_data(self, version: str) -> bytes:
-        with self._pool.connection() as conn:
+    def registry_data(self, version: str, stop: threading.Event | None = None) -> bytes:
+        with self._connection(self.call_deadline_s, stop) as conn:
             row = conn.execute("SELECT data FROM model_versions WHERE version = %s", (version,)).fetchone()
         if row is None:
             raise TinyDancerError(f"no model version {version!r} in the registry")
@@ -343,9 +483,14 @@ class PostgresStorage:
         ``timeout_s`` without one (so the caller can look at ``stop`` and poll).  The first item,
         None, comes as soon as the connection listens: a promotion made before it was not
         announced here, so the caller reads the current versions then, never before.  Raises
-        ``psycopg.OperationalError`` when the connection is lost; the caller reconnects."""
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
+        ``psycopg.OperationalError`` when the connection is lost; the caller reconnects.
+
+        A listening connection only reads, so nothing tells it that its peer went silent: each
+        quiet ``timeout_s`` it sends a ping that must answer within :attr:`timeout_s`, and a
+        connection that does not is dropped (the caller reconnects and reads what it missed)."""
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            with self._deadlines.guard(conn, self.timeout_s, stop):
+                conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
             yield None
             while not stop.is_set():
                 got = False
@@ -355,6 +500,8 @@ class PostgresStorage:
                     if namespace == self.namespace:
                         yield kind, version
                 if not got:
+                    with self._deadlines.guard(conn, self.timeout_s, stop):
+                        conn.execute("SELECT 1")
                     yield None
 
     # ------------------------------------------------------------------ reads
@@ -365,6 +512,7 @@ class PostgresStorage:
             sql += " AND d.created_at >= %s"
             args.append(since)
         with self._pool.connection() as conn:
+            _long(conn)
             return labelled_from_rows(conn.execute(sql + " ORDER BY d.created_at, o.rank", args).fetchall())
 
     def corrections(self, after: float) -> list[tuple[Any, ...]]:
@@ -374,6 +522,7 @@ class PostgresStorage:
     def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
         sql = "SELECT inputs, n FROM decisions WHERE kind = %s" + (" AND created_at >= %s" if since is not None else "")
         with self._pool.connection() as conn:
+            _long(conn)
             return inputs_from_rows(conn.execute(sql + " ORDER BY created_at", (kind,) if since is None else (kind, since))
                                     .fetchall())
 
@@ -415,6 +564,7 @@ class PostgresStorage:
 
     def statistics(self) -> dict[str, Any]:
         with self._pool.connection() as conn:
+            _long(conn)
             totals = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(n_lightweight), 0), SUM(confidence_sum), "
                 "SUM(uncertainty_sum), SUM(CASE WHEN uncertainty_sum IS NULL THEN 0 ELSE n END) FROM decisions").fetchone()
@@ -423,15 +573,18 @@ class PostgresStorage:
         return statistics_from(totals, latencies, outcomes)
 
     def close(self) -> None:
+        """Stop the maintenance thread (its check in flight is cut) and close the pool: prompt even
+        while the database is silent (a pool worker still connecting is left to its connect_timeout)."""
         self._stop.set()
+        self._deadlines.close()
+        self._pool.close(timeout=0.2)
         if self._maintenance is not None:
             self._maintenance.join(timeout=10)
-        self._pool.close()
 
     def drop_schema(self) -> None:
         """Remove this storage's schema and everything in it (tests; never the default schema)."""
         if self.schema is None:
             raise TinyDancerError("refusing to drop the default schema")
         self.close()
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")

@@ -436,14 +436,17 @@ class _Transaction:
 
 
 def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0, *, retention_days: float | None = None,
-                 retention_rows: int | None = None) -> Any:
-    """The storage for a path (SQLite) or a ``postgresql://`` URL (PostgreSQL, the ``postgres`` extra)."""
+                 retention_rows: int | None = None, timeout_s: float = 3.0, statement_timeout_s: float | None = None) -> Any:
+    """The storage for a path (SQLite) or a ``postgresql://`` URL (PostgreSQL, the ``postgres`` extra);
+    ``timeout_s`` and ``statement_timeout_s``: how soon PostgreSQL's silence is noticed (see
+    :class:`~.postgres.PostgresStorage`; the service sets both, batch jobs only the first)."""
     text = str(path)
     if text.startswith(("postgres://", "postgresql://")):
         from .postgres import PostgresStorage
 
         return PostgresStorage(text, retention_days=retention_days, retention_rows=retention_rows,
-                               maintenance_interval_s=checkpoint_interval_s)
+                               maintenance_interval_s=checkpoint_interval_s, timeout_s=timeout_s,
+                               statement_timeout_s=statement_timeout_s)
     if text.startswith("sqlite:///"):
         path = text[len("sqlite:///"):]
     try:

@@ -6,12 +6,24 @@ import asyncio
 import concurrent.futures
 import logging
 import sqlite3
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ...errors import TinyDancerError
-from .base import Storage, StorageUnavailable
+from .base import Storage, StorageUnavailable, clean_log
 
 log = logging.getLogger("tinydancer.storage")
+
+#: the rows of one commit: decisions, calls, outcomes, prompts
+Parts = tuple[list[tuple[Any, ...]], ...]
+
+
+class _Written(NamedTuple):
+    """What a commit did: ``failure`` (the database failed, ``retry`` waits for the next commit),
+    and the rows refused alone because no database could store them (``refused``: why)."""
+
+    failure: BaseException | None
+    retry: Parts
+    refused: list[str]
 
 
 class DecisionWriter:
@@ -32,7 +44,15 @@ class DecisionWriter:
     When storage fails (a full disk, say), rows are kept for the next commit to retry, up to
     ``max_pending``; past that, new rows are dropped and counted (``dropped``, and ``on_drop``):
     routing goes on, its log is what is lost.  :attr:`error` says what failed until a commit
-    succeeds again.
+    succeeds again; a failed commit is retried every ``retry_s`` on its own, not only when the
+    next request is logged.
+
+    One bad row never fails the rows committed with it: every row is cleaned before it joins a
+    group (:func:`~.base.clean_row`: an impossible count becomes NULL, a row missing a required
+    value is refused alone), and a group the database still refuses for its data (a duplicate
+    request id, say) is written again row by row, so only the row at fault is lost.  Refused rows
+    are counted in ``dropped`` and logged; they are not a storage failure, so :attr:`error`, and
+    readiness, are not touched.
     """
 
     #: seconds before a failed commit is retried
@@ -45,8 +65,8 @@ class DecisionWriter:
         #: own, so that a slow or lost connection never stalls the event loop
         self._executor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tinydancer-log")
                           if getattr(storage, "remote", False) else None)
-        self._inflight: concurrent.futures.Future[BaseException | None] | None = None
-        self._inflight_parts: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [])
+        self._inflight: concurrent.futures.Future[_Written] | None = None
+        self._inflight_parts: Parts = ([], [], [], [])
         self.max_delay_s = max_delay_s
         self.max_pending = max_pending
         self.on_drop = on_drop
@@ -73,6 +93,9 @@ class DecisionWriter:
         """Queue decision rows (with, for a gateway call, its call rows, failure outcomes and prompt)."""
         if self._closed:
             raise TinyDancerError("the decision writer is closed")
+        (rows, calls, outcomes, prompts), refused = clean_log(rows, calls, outcomes, prompts)
+        if refused:
+            self._refuse(refused)
         if len(self._pending) + len(rows) > self.max_pending:
             self._commit(force=True)  # storage may be back: write what waits before giving up on these
             if len(self._pending) + len(rows) > self.max_pending:
@@ -92,9 +115,19 @@ class DecisionWriter:
                 return
             self._timer = loop.call_later(self.max_delay_s, self._commit)
 
+    def _refuse(self, reasons: list[str]) -> None:
+        """Count and log rows no database could store (each refused alone)."""
+        self.dropped += len(reasons)
+        if self.on_drop is not None:
+            self.on_drop(len(reasons))
+        log.error("decision log: %d row(s) refused, the rest written: %s", len(reasons), "; ".join(reasons[:5]))
+
+    def _has_rows(self) -> bool:
+        return bool(self._pending or self._calls or self._outcomes or self._prompts)
+
     def _commit(self, force: bool = False) -> None:
         self._timer = None
-        if not self._pending and not self._calls:
+        if not self._has_rows():
             return
         checkpointing = getattr(self.storage, "checkpointing", None)
         if not force and checkpointing is not None and checkpointing.is_set():
@@ -109,45 +142,68 @@ class DecisionWriter:
             if loop is not None:
                 self._commit_offloaded(loop)
                 return
-        parts = self._take()
-        self._settle(parts, self._write(parts))
+        self._settle(self._write(self._take()))
 
-    def _take(self) -> tuple[list[tuple[Any, ...]], ...]:
+    def _take(self) -> Parts:
         parts = (self._pending, self._calls, self._outcomes, self._prompts)
         self._pending, self._calls, self._outcomes, self._prompts = [], [], [], []
         return parts
 
-    def _write(self, parts: tuple[list[tuple[Any, ...]], ...]) -> BaseException | None:
-        """One transaction of the taken rows (on the loop, or on the writer thread); what failed, or None."""
+    def _insert(self, parts: Parts) -> None:
         batch, calls, outcomes, prompts = parts
-        try:
-            if calls or outcomes or prompts:
-                self.storage.insert_log(batch, calls, outcomes, prompts)
-            else:
-                self.storage.insert_decision_rows(batch)
-        except Exception as exc:
-            return exc
-        return None
+        if calls or outcomes or prompts:
+            self.storage.insert_log(batch, calls, outcomes, prompts)
+        else:
+            self.storage.insert_decision_rows(batch)
 
-    def _settle(self, parts: tuple[list[tuple[Any, ...]], ...], exc: BaseException | None) -> None:
-        """Account for a commit: clear the error, or keep the rows for a retry, or drop a bad batch."""
-        batch, calls, outcomes, prompts = parts
-        if exc is None:
+    def _transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, getattr(self.storage, "transient_errors", (sqlite3.OperationalError,)))
+
+    def _write(self, parts: Parts) -> _Written:
+        """One transaction of the taken rows (on the loop, or on the writer thread).  When the
+        database refuses the group for its data, the rows are written one by one: only those it
+        refuses alone are lost."""
+        try:
+            self._insert(parts)
+        except Exception as exc:
+            if self._transient(exc):
+                return _Written(exc, parts, [])
+            return self._write_singly(parts, exc)
+        return _Written(None, ([], [], [], []), [])
+
+    def _write_singly(self, parts: Parts, group_error: BaseException) -> _Written:
+        log.warning("decision log: a group of %d rows was refused (%s); writing them one by one",
+                    sum(map(len, parts)), str(group_error).strip()[:200])
+        refused: list[str] = []
+        for i, rows in enumerate(parts):
+            for j, row in enumerate(rows):
+                single: Parts = tuple([row] if k == i else [] for k in range(4))
+                try:
+                    self._insert(single)
+                except Exception as exc:
+                    if self._transient(exc):  # the database itself failed meanwhile: the rest waits
+                        retry = tuple(rows[j:] if k == i else (p if k > i else []) for k, p in enumerate(parts))
+                        return _Written(exc, retry, refused)
+                    refused.append(f"{str(row[0])[:64]!r}: {str(exc).strip()[:200]}")
+        return _Written(None, ([], [], [], []), refused)
+
+    def _settle(self, written: _Written) -> None:
+        """Account for a commit: clear the error, or keep the rows for a retry; count refused rows."""
+        if written.refused:
+            self._refuse(written.refused)
+        if written.failure is None:
             self.error = None
-        elif isinstance(exc, getattr(self.storage, "transient_errors", (sqlite3.OperationalError,))):
-            # disk full, locked, the database briefly gone: keep the rows, the next commit retries
-            self._pending[:0] = batch
-            self._calls[:0] = calls
-            self._outcomes[:0] = outcomes
-            self._prompts[:0] = prompts
-            self.error = exc
-            log.error("decision log commit failed, %d rows kept for retry: %s", len(batch), exc)
-        else:  # a batch that can never be written: drop it rather than block all logging
-            self.error = exc
-            self.dropped += len(batch)
-            if self.on_drop is not None:
-                self.on_drop(len(batch))
-            log.error("decision log commit failed, %d rows dropped: %s", len(batch), exc)
+            return
+        # disk full, locked, the database briefly gone: keep the rows, a retry comes in retry_s
+        for mine, kept in zip((self._pending, self._calls, self._outcomes, self._prompts), written.retry):
+            mine[:0] = kept
+        self.error = written.failure
+        log.error("decision log commit failed, %d rows kept for retry: %s", len(written.retry[0]), written.failure)
+        if self._executor is None and self._timer is None and not self._closed:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self.retry_s, self._commit)
+            except RuntimeError:
+                pass  # outside a loop: the next submit or flush retries
 
     # ------------------------------------------------------------------ a database over the network
     def _commit_offloaded(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -166,33 +222,54 @@ class DecisionWriter:
         assert self._executor is not None
         future = self._executor.submit(self._write, parts)
         self._inflight, self._inflight_parts = future, parts
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._written, f))
+        future.add_done_callback(lambda f: self._hand_back(loop, f))
 
-    def _written(self, future: concurrent.futures.Future[BaseException | None]) -> None:
+    def _hand_back(self, loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[_Written]) -> None:
+        try:
+            loop.call_soon_threadsafe(self._written, future)
+        except RuntimeError:  # the loop is gone (a commit cut at shutdown): nobody waits for it
+            pass
+
+    def _written(self, future: concurrent.futures.Future[_Written]) -> None:
         if future is not self._inflight:
             return  # close() settled it already
         self._inflight = None
-        failure = future.result()
-        self._settle(self._inflight_parts, failure)
-        if (self._pending or self._calls) and self._timer is None and not self._closed:
-            self._timer = asyncio.get_running_loop().call_later(self.retry_s if failure else self.max_delay_s, self._commit)
+        written = future.result()
+        self._settle(written)
+        if self._has_rows() and self._timer is None and not self._closed:
+            self._timer = asyncio.get_running_loop().call_later(self.retry_s if written.failure else self.max_delay_s,
+                                                                self._commit)
 
-    def _drain(self) -> None:
-        """Wait for the commit in flight (at shutdown) and account for it."""
+    def _drain(self) -> BaseException | None:
+        """Wait for the commit in flight (at shutdown) and account for it; what failed, or None.  A
+        database over the network is given its ``timeout_s``, then the commit is left to its own
+        deadline (its rows count as pending) so that a silent database cannot hold a shutdown."""
         future = self._inflight
-        if future is not None:
-            self._inflight = None
-            self._settle(self._inflight_parts, future.result())
+        if future is None:
+            return None
+        try:
+            written = future.result(timeout=getattr(self.storage, "timeout_s", None))
+        except concurrent.futures.TimeoutError:
+            self.error = StorageUnavailable("the database did not confirm the last commit in time")
+            return self.error
+        self._inflight = None
+        self._settle(written)
+        return written.failure
 
     def flush(self) -> None:
         """Commit what is pending now; raise if the decision log cannot be written."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._drain()
-        parts = self._take()
-        if parts[0] or parts[1]:
-            self._settle(parts, self._write(parts))
+        # a database over the network known to be unreachable, or that just failed the commit in
+        # flight, is not tried again now (at shutdown, say): what waits counts as pending
+        down = self.storage.problem() if self._executor is not None else None
+        failed = self._drain() if down is None else None
+        if self._executor is not None and (down is not None or failed is not None):
+            if self._has_rows() or self._inflight is not None:
+                self.error = StorageUnavailable(down) if down is not None else failed
+        elif self._has_rows():
+            self._settle(self._write(self._take()))
         if self.error is not None:
             raise StorageUnavailable(f"decision log writer failed: {self.error}")
 
@@ -211,7 +288,7 @@ class DecisionWriter:
                 await asyncio.wrap_future(future)
                 if self._inflight is future:
                     self._written(future)
-            if not (self._pending or self._calls):
+            if not self._has_rows():
                 break
             self._commit(force=True)
             if self._inflight is None:
@@ -226,4 +303,4 @@ class DecisionWriter:
         finally:
             self._closed = True
             if self._executor is not None:
-                self._executor.shutdown(wait=True)
+                self._executor.shutdown(wait=self._inflight is None)
