@@ -18,7 +18,7 @@ _SERVICE_WORDS = ("postgresql", "psycopg", "redis")
 
 
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
-    """Where the services are required (``TINYDANCER_REQUIRE_SERVICES=1``, set by ``.ci/run``), a
+    """Where the services are required (``TINY_DANCER_REQUIRE_SERVICES=1``, set by ``.ci/run``), a
     test that skips because a service is missing fails instead, whichever helper it skipped
     through (``tests/pg.py``'s already fails; this catches any other)."""
     from pg import REQUIRE_SERVICES, services_required

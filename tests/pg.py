@@ -1,7 +1,7 @@
 """PostgreSQL for the tests: the server on 127.0.0.1:5432 (``TINY_DANCER_TEST_PG`` overrides the URL),
 a fresh schema per test, dropped afterwards, and a TCP relay a test can cut to make the database
 unreachable for a while.  Tests skip, saying why, when no server answers or psycopg is missing;
-with ``TINYDANCER_REQUIRE_SERVICES=1`` (set by ``.ci/run`` on machines that run the services) they
+with ``TINY_DANCER_REQUIRE_SERVICES=1`` (set by ``.ci/run`` on machines that run the services) they
 fail instead, so a CI run cannot pass with the PostgreSQL code untested."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 PG_URL = os.environ.get("TINY_DANCER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 #: set to 1 where the services must be there (CI on a machine that runs them): a missing one fails the test
-REQUIRE_SERVICES = "TINYDANCER_REQUIRE_SERVICES"
+REQUIRE_SERVICES = "TINY_DANCER_REQUIRE_SERVICES"
 
 
 def services_required() -> bool:
