@@ -17,20 +17,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # lets test modules share helper
 _SERVICE_WORDS = ("postgresql", "psycopg", "redis")
 
 
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     """Where the services are required (``TINY_DANCER_REQUIRE_SERVICES=1``, set by ``.ci/run``), a
     test that skips because a service is missing fails instead, whichever helper it skipped
     through (``tests/pg.py``'s already fails; this catches any other)."""
     from pg import REQUIRE_SERVICES, services_required
 
-    if call.excinfo is None or not call.excinfo.errisinstance(pytest.skip.Exception) or not services_required():
-        return None
-    reason = str(call.excinfo.value)
-    if not any(word in reason.lower() for word in _SERVICE_WORDS):
-        return None
-    from _pytest.reports import TestReport
-
-    report = TestReport.from_item_and_call(item, call)
-    report.outcome = "failed"
-    report.longrepr = f"skipped for a missing service where {REQUIRE_SERVICES}=1 requires it: {reason}"
-    return report
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or not services_required():
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if any(word in reason.lower() for word in _SERVICE_WORDS):
+        report.outcome = "failed"
+        report.longrepr = f"skipped for a missing service where {REQUIRE_SERVICES}=1 requires it: {reason}"
