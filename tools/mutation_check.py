@@ -428,7 +428,9 @@ def run_mutant(m: Mutant, timeout_s: float, worker: Worker | None) -> dict[str, 
     seconds = time.monotonic() - started
     if rc is None:
         return {"result": "TIMEOUT", "by": f"no answer in {timeout_s:.0f} s", "seconds": seconds}
-    failed = [line.split(" ", 1)[1].split(" - ")[0] for line in out.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    # the short summary's lines (-rfE), not captured log lines that start with a level name
+    failed = [line.split(" ", 1)[1].split(" - ")[0] for line in out.splitlines()
+              if line.startswith(("FAILED tests/", "ERROR tests/"))]
     if rc == 1 and failed:
         result, by = "caught", ", ".join(f.replace("tests/", "") for f in failed)
     elif rc == 0:
