@@ -13,9 +13,8 @@ Upstreams are real servers on loopback; storage is real SQLite and PostgreSQL (`
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import numpy as np
 import openai
@@ -35,7 +34,7 @@ from tinydancer.candidates import ConformalCalibrator
 from tinydancer.demo import train_default_router_model
 from tinydancer.gateway import create_gateway_app
 from tinydancer.gateway.config import parse_config
-from tinydancer.gateway.standin import StandIn, running
+from tinydancer.gateway.standin import running
 from tinydancer.llm import ROUTER_FILE
 from tinydancer.server import ServiceSettings
 from tinydancer.server.learning import RetrainConfig, retrain_query_router
@@ -67,7 +66,7 @@ class EchoingUpstream:
                                 status_code=self.status)
         return StreamingResponse(self._chunks(), media_type="text/event-stream")
 
-    async def _chunks(self) -> Iterator[bytes]:  # type: ignore[misc]
+    async def _chunks(self) -> AsyncIterator[bytes]:
         base = '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
         yield f'data: {base}"delta":{{"role":"assistant","content":"half"}},"finish_reason":null}}]}}\n\n'.encode()
         yield f'data: {base}"delta":{{"content":" an answer"}},"finish_reason":null}}]}}\n\n'.encode()
