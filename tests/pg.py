@@ -1,6 +1,8 @@
 """PostgreSQL for the tests: the server on 127.0.0.1:5432 (``TINY_DANCER_TEST_PG`` overrides the URL),
 a fresh schema per test, dropped afterwards, and a TCP relay a test can cut to make the database
-unreachable for a while.  Tests skip, saying why, when no server answers or psycopg is missing."""
+unreachable for a while.  Tests skip, saying why, when no server answers or psycopg is missing;
+with ``TINY_DANCER_REQUIRE_SERVICES=1`` (set by ``.ci/run`` on machines that run the services) they
+fail instead, so a CI run cannot pass with the PostgreSQL code untested."""
 
 from __future__ import annotations
 
@@ -16,14 +18,34 @@ import pytest
 
 PG_URL = os.environ.get("TINY_DANCER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
+#: set to 1 where the services must be there (CI on a machine that runs them): a missing one fails the test
+REQUIRE_SERVICES = "TINY_DANCER_REQUIRE_SERVICES"
+
+
+def services_required() -> bool:
+    return os.environ.get(REQUIRE_SERVICES, "").strip().lower() in ("1", "true", "yes")
+
+
+def service_unavailable(reason: str) -> None:
+    """Skip the test, saying why, or fail it when the services are required."""
+    if services_required():
+        pytest.fail(f"{reason} ({REQUIRE_SERVICES}=1: a service test must not skip here)", pytrace=False)
+    pytest.skip(reason)
+
 
 def require_postgres() -> Any:
-    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg 3 (pip install 'psycopg[binary,pool]')")
+    try:
+        import psycopg
+    except ImportError:
+        psycopg = None
+    if psycopg is None:
+        service_unavailable("PostgreSQL tests need psycopg 3 (pip install 'psycopg[binary,pool]')")
     try:
         psycopg.connect(PG_URL, connect_timeout=3).close()
+        return psycopg
     except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL server answers at {PG_URL}: {exc}")
-    return psycopg
+        problem = f"no PostgreSQL server answers at {PG_URL}: {str(exc).strip()}"
+    service_unavailable(problem)  # outside the except: the report is the reason, not a chained traceback
 
 
 def new_schema() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -536,14 +535,12 @@ def test_the_gateway_logs_to_postgresql_when_given_a_url(router_dir: Path, tmp_p
     """--database-url: decisions, calls and feedback go to PostgreSQL (a schema of this test's own)."""
     import uuid
 
-    psycopg = pytest.importorskip("psycopg", reason="needs psycopg 3 (the postgres extra)")
-    base_url = os.environ.get("TINY_DANCER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    from pg import PG_URL as base_url, require_postgres
+
+    psycopg = require_postgres()  # skips, saying why, or fails where the services are required
     schema = f"td_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(base_url, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-    except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL server answers at {base_url}: {exc}")
+    with psycopg.connect(base_url, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
     url = f"{base_url}?options=-csearch_path%3D{schema}"
     try:
         strong, weak = StandIn("big-model"), StandIn("small-model")

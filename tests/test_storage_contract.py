@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from pg import require_postgres
 from tinydancer.server.storage import (CallRecord, DecisionRow, OutcomeExistsError, SQLiteStorage, UnknownRequestError,
                                        decision_record)
 
@@ -24,11 +25,7 @@ PG_URL = os.environ.get("TINY_DANCER_TEST_PG", "postgresql://postgres@127.0.0.1:
 
 
 def _postgres(schema: str) -> Any:
-    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg 3 (pip install 'psycopg[binary,pool]')")
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL server answers at {PG_URL}: {exc}")
+    require_postgres()  # skips, saying why, or fails where the services are required
     from tinydancer.server.storage.postgres import PostgresStorage
 
     return PostgresStorage(PG_URL, schema=schema, retention_rows=3)
