@@ -1,0 +1,129 @@
+"""Never worse than LiteLLM alone: the strategy inside the real ``litellm.Router`` when a deployment
+is dead, a Tiny Dancer service hangs, or a call is retried or falls back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: before litellm is imported
+
+litellm = pytest.importorskip("litellm", reason="the LiteLLM integration's tests need litellm (the dev extra)")
+
+from litellm_helpers import EMBEDDER, MAPPING, deployment, easy_questions, fit_query_router  # noqa: E402
+
+from tinydancer.gateway.standin import StandIn, running  # noqa: E402
+from tinydancer.integrations.litellm import TinyDancerRoutingStrategy  # noqa: E402
+from tinydancer.llm import QueryRouter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def query_router() -> QueryRouter:
+    return fit_query_router()
+
+
+@pytest.fixture()
+def stand_ins() -> Iterator[dict[str, Any]]:
+    strong, weak = StandIn("big-model"), StandIn("small-model")
+    with running(strong.app()) as su, running(weak.app()) as wu:
+        yield {"strong": strong, "weak": weak, "su": su, "wu": wu}
+
+
+def two_deployments(s: dict[str, Any], **router_kw: Any) -> Any:
+    return litellm.Router(model_list=[deployment("big-model", s["su"]), deployment("small-model", s["wu"])], **router_kw)
+
+
+async def served(router: Any, texts: list[str]) -> int:
+    """How many of the calls came back with an answer (LiteLLM's retries included)."""
+    ok = 0
+    for text in texts:
+        try:
+            await router.acompletion(model="auto", messages=[{"role": "user", "content": text}])
+            ok += 1
+        except Exception:  # noqa: BLE001 - a failed call is what is counted
+            pass
+    return ok
+
+
+def test_a_dead_weak_deployment_serves_as_many_calls_as_plain_litellm(stand_ins: dict[str, Any],
+                                                                      query_router: QueryRouter) -> None:
+    """The issue's run: plain LiteLLM served 8/8 with the weak deployment dead, the strategy 0/8."""
+    stand_ins["weak"].mode = "500"
+    texts = easy_questions(8)  # every one of them is routed to the (dead) weak model
+    plain = two_deployments(stand_ins)
+    ours = two_deployments(stand_ins)
+    strategy = TinyDancerRoutingStrategy(ours, MAPPING, query_router=query_router, embedder=EMBEDDER).install()
+    plain_served = asyncio.run(served(plain, texts))
+    ours_served = asyncio.run(served(ours, texts))
+    assert ours_served >= plain_served
+    assert ours_served == len(texts)  # a retry never goes back to the deployment that just failed
+    assert strategy.routed == len(texts)  # one decision per call, not one per attempt
+
+
+def test_retries_and_a_fallback_are_attempts_of_one_decision(stand_ins: dict[str, Any], query_router: QueryRouter,
+                                                             tmp_path: Any) -> None:
+    """Group 'auto' is all dead, LiteLLM retries in it and then falls back to 'backup': one
+    decision, one call row per attempt, an outcome for each model that failed."""
+    from tinydancer.integrations.litellm import TinyDancerLogger
+    from tinydancer.server.storage import SQLiteStorage
+
+    stand_ins["weak"].mode = "500"
+    dead, alive = stand_ins["wu"], stand_ins["su"]
+    router = litellm.Router(model_list=[deployment("small-model", dead), deployment("big-model", dead),
+                                        deployment("small-model", alive, group="backup"),
+                                        deployment("big-model", alive, group="backup")],
+                            num_retries=1, fallbacks=[{"auto": ["backup"]}])
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER,
+                                         groups=["auto", "backup"]).install()
+    logger = TinyDancerLogger(tmp_path / "td.db", strategy)
+    litellm.callbacks = [logger]
+
+    async def go() -> Any:
+        r = await router.acompletion(model="auto", messages=[{"role": "user", "content": "question 9000 about bananas"}])
+        deadline = asyncio.get_running_loop().time() + 20
+        while logger.received < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return r
+
+    try:
+        response = asyncio.run(go())
+        logger.flush()
+    finally:
+        litellm.callbacks = []
+        logger.close()
+    assert response.choices[0].message.content.startswith("[big-model]")  # the alive stand-in answers as big-model
+    assert strategy.routed == 1 and strategy.fallbacks == 0
+    storage = SQLiteStorage(tmp_path / "td.db")
+    assert storage.count("decisions") == 1
+    calls = storage.calls()
+    assert [(c["attempt"], c["target"], c["status"]) for c in calls] == [(0, "weak", "failed"), (1, "strong", "failed"),
+                                                                         (2, "weak", "ok")]
+    logs = storage.labelled("query")
+    assert sorted(logs.targets) == ["strong", "weak"] and logs.labels.tolist() == [0.0, 0.0]
+    assert response._hidden_params["tinydancer_decision_id"] == calls[0]["request_id"]
+
+
+def test_only_the_named_groups_or_groups_with_a_choice_are_routed(stand_ins: dict[str, Any],
+                                                                  query_router: QueryRouter) -> None:
+    model_list = [deployment("big-model", stand_ins["su"]), deployment("small-model", stand_ins["wu"]),
+                  deployment("big-model", stand_ins["su"], group="solo")]
+    router = litellm.Router(model_list=model_list)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER).install()
+
+    async def ask(group: str) -> None:
+        await router.acompletion(model=group, messages=[{"role": "user", "content": "question 9000 about bananas"}])
+
+    asyncio.run(ask("solo"))  # one deployment: no choice to make, LiteLLM's alone
+    assert strategy.routed == 0
+    asyncio.run(ask("auto"))
+    assert strategy.routed == 1
+    named = litellm.Router(model_list=model_list)
+    only_other = TinyDancerRoutingStrategy(named, MAPPING, query_router=query_router, embedder=EMBEDDER,
+                                           groups=["other"]).install()
+    asyncio.run(named.acompletion(model="auto", messages=[{"role": "user", "content": "question 9000 about bananas"}]))
+    assert only_other.routed == 0 and only_other.fallbacks == 0
