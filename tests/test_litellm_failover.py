@@ -127,3 +127,74 @@ def test_only_the_named_groups_or_groups_with_a_choice_are_routed(stand_ins: dic
                                            groups=["other"]).install()
     asyncio.run(named.acompletion(model="auto", messages=[{"role": "user", "content": "question 9000 about bananas"}]))
     assert only_other.routed == 0 and only_other.fallbacks == 0
+
+
+def hanging_service() -> Any:
+    """A Tiny Dancer service stand-in that never answers /v1/route/query (until the client leaves)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def hang(request: Request) -> Response:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        return Response(status_code=499)
+
+    return Starlette(routes=[Route("/v1/route/query", hang, methods=["POST"])])
+
+
+def test_a_hanging_service_costs_a_call_at_most_the_budget_then_the_breaker_opens(
+        stand_ins: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """The issue measured 2.3 s added to every call and a blank warning ("could not route 'auto' ()")."""
+    with running(hanging_service()) as service:
+        router = two_deployments(stand_ins)
+        strategy = TinyDancerRoutingStrategy(router, MAPPING, service_url=service, budget_s=0.2,
+                                             breaker_threshold=3).install()
+
+        async def timed_calls(n: int) -> list[float]:
+            out = []
+            for text in easy_questions(n):
+                started = time.perf_counter()
+                r = await router.acompletion(model="auto", messages=[{"role": "user", "content": text}])
+                assert r.choices[0].message.content  # LiteLLM's own choice answered
+                out.append(time.perf_counter() - started)
+            return out
+
+        with caplog.at_level(logging.WARNING, logger="tinydancer.litellm"):
+            durations = asyncio.run(timed_calls(5))
+    assert max(durations) < 2.0, durations  # the service hangs for ever: each call waited the budget at most
+    assert strategy.fallback_causes == {"budget": 3, "breaker_open": 2} and strategy.routed == 0
+    assert strategy.stats()["breaker"]["state"] == "open"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("did not answer within the 200 ms budget" in m for m in messages), messages
+    assert any("circuit" in m or "failed 3 times in a row" in m for m in messages), messages
+    from tinydancer.integrations.litellm import _fallback_counter
+
+    assert _fallback_counter().labels("budget")._value.get() >= 3  # the Prometheus counter
+
+
+def test_a_slow_local_router_is_cut_off_at_its_budget(stand_ins: dict[str, Any], query_router: QueryRouter) -> None:
+    from tinydancer.llm.embeddings import HashingEmbedder
+
+    class SlowEmbedder(HashingEmbedder):
+        """The test embedder, 2 s late (a stuck model file, a starved CPU)."""
+
+        def embed(self, texts: Any) -> Any:
+            time.sleep(2.0)
+            return super().embed(texts)
+
+    router = two_deployments(stand_ins)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=SlowEmbedder(128),
+                                         budget_s=0.1).install()
+
+    async def one() -> float:
+        started = time.perf_counter()
+        await router.acompletion(model="auto", messages=[{"role": "user", "content": "question 9000 about bananas"}])
+        return time.perf_counter() - started
+
+    try:
+        assert asyncio.run(one()) < 1.5
+        assert strategy.fallback_causes == {"budget": 1}
+    finally:
+        strategy.router.embedder = EMBEDDER  # the fixture's router is shared by the module
