@@ -198,3 +198,92 @@ def test_a_slow_local_router_is_cut_off_at_its_budget(stand_ins: dict[str, Any],
         assert strategy.fallback_causes == {"budget": 1}
     finally:
         strategy.router.embedder = EMBEDDER  # the fixture's router is shared by the module
+
+
+def test_with_a_service_a_retried_call_is_one_decision_and_its_failure_is_feedback(
+        stand_ins: dict[str, Any], query_router: QueryRouter, tmp_path: Any) -> None:
+    """The issue: in service mode each failed call logged 3 decisions and 1 outcome."""
+    from tinydancer.integrations.litellm import TinyDancerLogger
+    from tinydancer.server import ServiceSettings, create_app
+    from tinydancer.server.storage import SQLiteStorage
+
+    folder = tmp_path / "router"
+    query_router.save(folder)
+    db = tmp_path / "service.db"
+    app = create_app(ServiceSettings(model_path=tmp_path / "none.safetensors", database_path=db,
+                                     query_router_path=folder, watch_interval_s=0))
+    app.state.service.query_router.embedder = EMBEDDER
+    stand_ins["weak"].mode = "500"
+    with running(app) as base:
+        router = two_deployments(stand_ins)
+        strategy = TinyDancerRoutingStrategy(router, MAPPING, service_url=base, budget_s=5.0).install()
+        logger = TinyDancerLogger(tmp_path / "local.db", strategy)
+        litellm.callbacks = [logger]
+
+        async def go() -> Any:
+            r = await router.acompletion(model="auto", messages=[{"role": "user", "content": "question 9000 about bananas"}])
+            deadline = asyncio.get_running_loop().time() + 20
+            while logger.received < 2 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            return r
+
+        try:
+            response = asyncio.run(go())
+            logger.flush()
+        finally:
+            litellm.callbacks = []
+            logger.close()
+        time.sleep(0.5)  # the service's log writer commits in the background
+        storage = SQLiteStorage(db)
+        assert storage.count("decisions") == 1
+        logs = storage.labelled("query")
+    assert response.choices[0].message.content.startswith("[big-model]")
+    assert strategy.routed == 1
+    assert logs.targets == ["weak"] and logs.labels.tolist() == [0.0]
+    assert logs.request_ids == [response._hidden_params["tinydancer_decision_id"]]
+
+
+def test_judged_successes_write_outcomes_and_a_broken_stream_is_a_failed_stream(
+        stand_ins: dict[str, Any], query_router: QueryRouter, tmp_path: Any) -> None:
+    from tinydancer.integrations.litellm import TinyDancerLogger
+    from tinydancer.server.storage import SQLiteStorage
+
+    graded: list[tuple[str, str, str]] = []
+
+    def judge(prompt: str, answer: str, model: str) -> float:
+        graded.append((prompt, answer, model))
+        return 0.75
+
+    router = two_deployments(stand_ins, num_retries=0)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER).install()
+    logger = TinyDancerLogger(tmp_path / "td.db", strategy, judge=judge, judge_rate=1.0)
+    litellm.callbacks = [logger]
+
+    async def go() -> list[str]:
+        ids = []
+        for text in ("question 9000 about bananas", "question 9001 about cohomology"):
+            r = await router.acompletion(model="auto", messages=[{"role": "user", "content": text}])
+            ids.append(r._hidden_params["tinydancer_decision_id"])
+        stand_ins["weak"].mode = "break"  # the stream breaks after its first chunks
+        with pytest.raises(Exception):
+            stream = await router.acompletion(model="auto", stream=True,
+                                              messages=[{"role": "user", "content": "question 9002 about bananas"}])
+            async for _ in stream:
+                pass
+        deadline = asyncio.get_running_loop().time() + 20
+        while logger.received < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return ids
+
+    try:
+        ids = asyncio.run(go())
+        logger.flush()
+    finally:
+        litellm.callbacks = []
+        logger.close()
+    storage = SQLiteStorage(tmp_path / "td.db")
+    logs = storage.labelled("query")
+    assert logs.request_ids[:2] == ids and logs.quality[:2].tolist() == [0.75, 0.75]  # the judge's grade
+    assert [g[2] for g in graded] == ["weak", "strong"] and graded[0][1].startswith("[small-model]")
+    broken = storage.calls()[-1]
+    assert (broken["target"], broken["status"], broken["stream"]) == ("weak", "failed", 1)
