@@ -453,6 +453,18 @@ def _answer_text(response_obj: Any) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def _tag_of(request: Any) -> dict[str, Any] | None:
+    """Our decision's tag in a request's metadata (LiteLLM uses ``metadata`` or ``litellm_metadata``)."""
+    if not isinstance(request, dict):
+        return None
+    for key in ("metadata", "litellm_metadata"):
+        metadata = request.get(key)
+        tag = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+        if isinstance(tag, dict) and tag.get("decision_id"):
+            return tag
+    return None
+
+
 class TinyDancerLogger(CustomLogger):
     """LiteLLM calls into Tiny Dancer's log: one decision per call, one call row per attempt
     (tokens, LiteLLM's cost, latency, status), an outcome per failed attempt and, for the
@@ -516,8 +528,7 @@ class TinyDancerLogger(CustomLogger):
         """The decision id onto the response, where the caller can read it: ``_hidden_params
         ["tinydancer_decision_id"]`` (SDK) and ``additional_headers``, which LiteLLM's proxy sends
         as response headers (``x-tinydancer-decision-id``)."""
-        metadata = request_data.get("litellm_metadata") or request_data.get("metadata")
-        tag = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+        tag = _tag_of(request_data)
         hidden = getattr(response, "_hidden_params", None)
         if isinstance(tag, dict) and isinstance(hidden, dict) and tag.get("decision_id"):
             hidden["tinydancer_decision_id"] = str(tag["decision_id"])
@@ -526,6 +537,18 @@ class TinyDancerLogger(CustomLogger):
                 headers = hidden["additional_headers"] = {}
             headers[DECISION_HEADER] = str(tag["decision_id"])
         return None  # the response itself is unchanged
+
+    async def async_post_call_response_headers_hook(self, data: dict, user_api_key_dict: Any, response: Any,
+                                                    request_headers: dict[str, str] | None = None,
+                                                    litellm_call_info: dict[str, object] | None = None) -> dict[str, str] | None:
+        """The proxy's own hook for response headers: the decision id, when the call was routed."""
+        tag = _tag_of(data)
+        if tag is None:
+            hidden = getattr(response, "_hidden_params", None)
+            decision_id = hidden.get("tinydancer_decision_id") if isinstance(hidden, dict) else None
+        else:
+            decision_id = tag.get("decision_id")
+        return {DECISION_HEADER: str(decision_id)} if decision_id else None
 
     # ------------------------------------------------------------------ the writer thread
     def _drain(self) -> None:
