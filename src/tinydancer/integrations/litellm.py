@@ -197,10 +197,20 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         self._default_sync = llm_router.get_available_deployment
         self._http: Any = None
 
-    def install(self) -> "TinyDancerRoutingStrategy":
-        """Put this strategy on the router (LiteLLM's ``set_custom_routing_strategy``)."""
+    def install(self, warm: bool = True) -> "TinyDancerRoutingStrategy":
+        """Put this strategy on the router (LiteLLM's ``set_custom_routing_strategy``).
+
+        ``warm`` loads the local router's embedder first (MiniLM takes seconds to load, far past
+        any call's budget: unwarmed, the first calls would get LiteLLM's choice)."""
+        if warm:
+            self.warm()
         self.llm_router.set_custom_routing_strategy(self)
         return self
+
+    def warm(self) -> None:
+        """Load the local router's embedder now (nothing to do for a service)."""
+        if self.router is not None:
+            self.router.embedder.embed(["warm up"])
 
     def stats(self) -> dict[str, Any]:
         """Decisions made, calls left to LiteLLM by cause, and the service breaker's state."""
@@ -227,13 +237,19 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         assert self.router is not None
         hit = self._cache.get(text)
         if hit is not None:
-            self._cache.move_to_end(text)
+            try:
+                self._cache.move_to_end(text)
+            except KeyError:  # evicted by another thread meanwhile
+                pass
             return hit
         emb = self.router.embedder.embed([text])[0]
         out = self.router.outputs_for(emb, text)
         self._cache[text] = (emb, out)
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        while len(self._cache) > self.cache_size:
+            try:
+                self._cache.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                break
         return emb, out
 
     def _rank_local(self, emb: np.ndarray, out: np.ndarray) -> tuple[list[str], dict[str, float]]:
@@ -255,7 +271,10 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             except Exception as exc:
                 raise _LeaveToLiteLLM("router_error", f"the query router failed ({_describe(exc)})") from exc
         else:
-            self._cache.move_to_end(text)
+            try:
+                self._cache.move_to_end(text)
+            except KeyError:  # a router thread evicted it meanwhile: the entry we hold is still good
+                pass
         emb, out = hit
         ranking, quality = self._rank_local(emb, out)
         return ranking, emb, quality

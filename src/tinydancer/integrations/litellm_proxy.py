@@ -141,7 +141,9 @@ class TinyDancerProxyHandler(CustomLogger):
                     source = {"query_router": s.router or default_router_path()}
                 self.strategy = TinyDancerRoutingStrategy(
                     llm_router, mapping, groups=s.groups, strong_share=s.strong_share, cost_weight=s.cost_weight,
-                    quality_bar=s.quality_bar, budget_s=s.budget_s, **source).install()
+                    quality_bar=s.quality_bar, budget_s=s.budget_s, **source).install(warm=False)
+                # not on the proxy's event loop: calls get LiteLLM's choice (cause "budget") until it is loaded
+                threading.Thread(target=self.strategy.warm, name="tinydancer-warm", daemon=True).start()
                 if self.logger is None:
                     self.logger = TinyDancerLogger(s.database, self.strategy)
                 else:
