@@ -287,3 +287,18 @@ def test_judged_successes_write_outcomes_and_a_broken_stream_is_a_failed_stream(
     assert [g[2] for g in graded] == ["weak", "strong"] and graded[0][1].startswith("[small-model]")
     broken = storage.calls()[-1]
     assert (broken["target"], broken["status"], broken["stream"]) == ("weak", "failed", 1)
+
+
+def test_a_tag_the_strategy_did_not_issue_is_ignored(stand_ins: dict[str, Any], query_router: QueryRouter) -> None:
+    """A proxy client controls request metadata: a forged tag must neither steer nor be logged."""
+    router = two_deployments(stand_ins)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER).install()
+    forged = {"tinydancer": {"decision_id": "forged", "ranking": ["weak"], "tried": []}}
+
+    async def go() -> Any:
+        return await router.acompletion(model="auto", metadata=forged,
+                                        messages=[{"role": "user", "content": "question 9999 about cohomology"}])
+
+    r = asyncio.run(go())
+    assert r.choices[0].message.content.startswith("[big-model]")  # our decision, not the forged ranking
+    assert strategy.routed == 1 and r._hidden_params.get("tinydancer_decision_id") != "forged"

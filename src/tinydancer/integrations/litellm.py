@@ -2,21 +2,30 @@
 
 Read from the installed ``litellm`` (1.108.7): ``Router.set_custom_routing_strategy`` replaces the
 router's ``get_available_deployment`` / ``async_get_available_deployment`` with a
-``CustomRoutingStrategyBase``'s, which must return one element of ``Router.model_list``; a
-``CustomLogger`` receives ``async_log_success_event`` / ``async_log_failure_event`` with the call's
-kwargs, whose ``standard_logging_object`` carries LiteLLM's cost, tokens and status.
+``CustomRoutingStrategyBase``'s, which must return one element of ``Router.model_list``.  The
+replaced method is the whole of LiteLLM's choice, cooldowns included, so the strategy asks
+``Router.async_get_healthy_deployments`` (cooldowns, blocked deployments, tags, order, retry
+skips) before it chooses.  LiteLLM retries a call by calling the chosen function again with the
+same request ``metadata`` dict (``Router.log_retry`` appends ``previous_models``), and a fallback
+copies that dict into the next group's call: the decision rides there, so every attempt of a call
+is one decision.  A ``CustomLogger`` receives ``async_log_success_event`` /
+``async_log_failure_event`` once per attempt, with the call's kwargs, whose
+``standard_logging_object`` carries LiteLLM's cost, tokens, status and the attempt's deployment
+id; ``async_post_call_success_deployment_hook`` sees each response before the caller does (its
+``_hidden_params["additional_headers"]`` become response headers in the proxy).
 
 - :class:`TinyDancerRoutingStrategy` reads the request's last user turn, asks a
   :class:`~tinydancer.llm.QueryRouter` (a local file, or a running Tiny Dancer service's
-  ``/v1/route/query``) which of the model group's deployments to use, and tags the request with
-  its decision.  Anything going wrong on our side (the embedder, the service, an unmapped
-  deployment) falls back to LiteLLM's own choice, logged and counted: a user's call never fails
-  because of us.
-- :class:`TinyDancerLogger` records each call's decision, deployment, tokens, LiteLLM's cost
-  figure, latency and failures in Tiny Dancer's storage (for decisions a service made, failures go
-  to the service's ``/v1/feedback``), so ``tinydancer retrain --query-router`` learns from
-  LiteLLM traffic.  It never blocks the call: records go to a bounded queue that a
-  background thread writes; when the queue is full, records are dropped and counted.
+  ``/v1/route/query``) which of the model group's healthy deployments to use, within a latency
+  budget, and tags the request with its decision.  Anything going wrong on our side (the
+  embedder, the budget, the service, its breaker, an unmapped deployment) falls back to LiteLLM's
+  own choice, logged with its cause and counted: a user's call never fails because of us.
+- :class:`TinyDancerLogger` records each call's decision, each attempt's deployment, tokens,
+  LiteLLM's cost figure, latency and failures in Tiny Dancer's storage (for decisions a service
+  made, outcomes go to the service's ``/v1/feedback``), so ``tinydancer retrain --query-router``
+  learns from LiteLLM traffic, and hands the decision id to the caller.  It never blocks the call:
+  records go to a bounded queue that a background thread writes; when the queue is full, records
+  are dropped and counted.
 """
 
 from __future__ import annotations
@@ -189,6 +198,9 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         self.cache_size = cache_size
         #: decisions waiting for the logger: decision id → (embedding, predicted quality per model, text)
         self.decisions: OrderedDict[str, tuple[np.ndarray | None, dict[str, float], str]] = OrderedDict()
+        #: decision ids this strategy issued: a tag in request metadata is ours only if listed here
+        #: (a proxy client can send metadata; it must not steer a retry or forge a decision)
+        self._issued: OrderedDict[str, None] = OrderedDict()
         self.fallbacks = 0
         self.fallback_causes: CounterType[str] = CounterType()
         self.routed = 0
@@ -211,6 +223,21 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         """Load the local router's embedder now (nothing to do for a service)."""
         if self.router is not None:
             self.router.embedder.embed(["warm up"])
+
+    def issued(self, decision_id: Any) -> bool:
+        """Did this strategy make the decision ``decision_id``?"""
+        return isinstance(decision_id, str) and decision_id in self._issued
+
+    def _issue(self, decision_id: str) -> None:
+        self._issued[decision_id] = None
+        while len(self._issued) > max(self.cache_size, 1000):
+            self._issued.popitem(last=False)
+
+    def _tag_in(self, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        tag = metadata.get(METADATA_KEY) if metadata is not None else None
+        if isinstance(tag, dict) and isinstance(tag.get("ranking"), list) and self.issued(tag.get("decision_id")):
+            return tag
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Decisions made, calls left to LiteLLM by cause, and the service breaker's state."""
@@ -259,11 +286,21 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         quality = {m: float(q) for m, q in zip(self.router.models, values)}
         return [self.router.models[i] for i in order], quality
 
+    def _outputs_before(self, text: str, deadline: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`_outputs` in a worker thread, unless the call gave up before the thread started
+        (under overload, queued work past its budget would only take CPU from LiteLLM)."""
+        if time.monotonic() > deadline:
+            return None
+        return self._outputs(text)
+
     async def _decide_local(self, text: str) -> tuple[list[str], np.ndarray, dict[str, float]]:
         hit = self._cache.get(text)  # a cache hit costs microseconds: no thread, no budget
         if hit is None:
             try:
-                hit = await asyncio.wait_for(asyncio.to_thread(self._outputs, text), self.budget_s)
+                deadline = time.monotonic() + self.budget_s
+                hit = await asyncio.wait_for(asyncio.to_thread(self._outputs_before, text, deadline), self.budget_s)
+                if hit is None:
+                    raise asyncio.TimeoutError
             except asyncio.TimeoutError:
                 # the thread finishes and fills the cache: this prompt's next call (or retry) is routed
                 raise _LeaveToLiteLLM("budget", f"the query router took longer than its {self.budget_s * 1e3:.0f} ms "
@@ -349,8 +386,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         if isinstance(healthy, dict):
             return healthy
         metadata = _metadata_of(request_kwargs)
-        tag = metadata.get(METADATA_KEY) if metadata is not None else None
-        tag = tag if isinstance(tag, dict) and isinstance(tag.get("ranking"), list) else None
+        tag = self._tag_in(metadata)
         try:
             if tag is None:  # the call's first attempt: decide
                 if self.service_url is not None:
@@ -371,6 +407,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             return await litellms_choice()
         if fresh:
             self.routed += 1
+            self._issue(tag["decision_id"])
             if self.router is not None:
                 self._remember(tag["decision_id"], emb, quality, text)
         tag["router_model"] = self.plays(chosen)
@@ -397,8 +434,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         except Exception:
             return litellms_choice()
         metadata = _metadata_of(request_kwargs)
-        tag = metadata.get(METADATA_KEY) if metadata is not None else None
-        tag = tag if isinstance(tag, dict) and isinstance(tag.get("ranking"), list) else None
+        tag = self._tag_in(metadata)
         fresh = tag is None
         try:
             if tag is None:
@@ -414,6 +450,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             return litellms_choice()
         if fresh:
             self.routed += 1
+            self._issue(tag["decision_id"])
             self._remember(tag["decision_id"], emb, quality, text)
         tag["router_model"] = self.plays(chosen)
         if _deployment_id(chosen) is not None:
@@ -548,6 +585,8 @@ class TinyDancerLogger(CustomLogger):
         ["tinydancer_decision_id"]`` (SDK) and ``additional_headers``, which LiteLLM's proxy sends
         as response headers (``x-tinydancer-decision-id``)."""
         tag = _tag_of(request_data)
+        if tag is not None and self.strategy is not None and not self.strategy.issued(tag["decision_id"]):
+            tag = None
         hidden = getattr(response, "_hidden_params", None)
         if isinstance(tag, dict) and isinstance(hidden, dict) and tag.get("decision_id"):
             hidden["tinydancer_decision_id"] = str(tag["decision_id"])
@@ -562,6 +601,8 @@ class TinyDancerLogger(CustomLogger):
                                                     litellm_call_info: dict[str, object] | None = None) -> dict[str, str] | None:
         """The proxy's own hook for response headers: the decision id, when the call was routed."""
         tag = _tag_of(data)
+        if tag is not None and self.strategy is not None and not self.strategy.issued(tag["decision_id"]):
+            tag = None
         if tag is None:
             hidden = getattr(response, "_hidden_params", None)
             decision_id = hidden.get("tinydancer_decision_id") if isinstance(hidden, dict) else None
@@ -647,6 +688,8 @@ class TinyDancerLogger(CustomLogger):
         tag = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
         if not isinstance(tag, dict) or not isinstance(tag.get("ranking"), list) or not tag.get("decision_id"):
             return  # not a call our strategy routed: nothing to learn from
+        if self.strategy is not None and not self.strategy.issued(tag["decision_id"]):
+            return  # a tag our strategy did not make (a client's metadata): not ours to log
         slo = kwargs.get("standard_logging_object") or {}
         decision_id = str(tag["decision_id"])
         ranking = [str(m) for m in tag["ranking"]]
