@@ -41,3 +41,11 @@ def deployment(model: str, url: str, group: str = "auto", cost_in: float = 1e-6,
 def easy_questions(n: int) -> list[str]:
     """Distinct prompts the router sends to the weak model."""
     return [f"question {9000 + i} about bananas" for i in range(n)]
+
+
+def stand_in_judge(prompt: str, answer: str, model: str) -> float:
+    """A deterministic judge for stand-in answers: the big model is good at everything, the small
+    one only at fruit (what ``fit_query_router`` learned)."""
+    if answer.startswith("[big-model]"):
+        return 0.9
+    return 0.9 if ("apples" in prompt or "bananas" in prompt) else 0.1

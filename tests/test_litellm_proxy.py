@@ -53,7 +53,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         port = free_port()
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TINY_DANCER_LITELLM_ROUTER": str(tmp / "router"),
                "TINY_DANCER_LITELLM_GROUPS": "auto", "TINY_DANCER_LITELLM_DB": str(tmp / "td.db"),
-               "TINY_DANCER_LITELLM_BUDGET_MS": "2000"}  # the test machine is shared: no budget fallbacks here
+               "TINY_DANCER_LITELLM_BUDGET_MS": "2000",  # the test machine is shared: no budget fallbacks here
+               "TINY_DANCER_LITELLM_JUDGE": "litellm_helpers:stand_in_judge", "TINY_DANCER_LITELLM_JUDGE_RATE": "1.0",
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
         log_file = open(tmp / "proxy.log", "wb")
         proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(tmp / "config.yaml"),
                                  "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
@@ -73,7 +75,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     raise AssertionError("LiteLLM's proxy did not start:\n" + (tmp / "proxy.log").read_text()[-4000:])
                 time.sleep(0.5)
             client = openai.OpenAI(base_url=f"{base}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
-            yield {"client": client, "strong": strong, "weak": weak, "db": tmp / "td.db", "log": tmp / "proxy.log"}
+            yield {"client": client, "strong": strong, "weak": weak, "db": tmp / "td.db", "log": tmp / "proxy.log",
+                   "router": tmp / "router", "tmp": tmp}
         finally:
             proc.terminate()
             try:
@@ -120,6 +123,23 @@ def test_a_stream_through_the_proxy_is_routed_and_logged_as_a_stream(proxy: dict
     assert text.startswith("[small-model]")
     rows = db_rows(proxy["db"], "SELECT target, status FROM calls WHERE stream = 1", 1)
     assert ("weak", "ok") in rows
+
+
+def test_judged_proxy_traffic_gives_retraining_the_outcomes_it_needs(proxy: dict[str, Any]) -> None:
+    """The issue: retrain refused ("only 9 routed queries have feedback, need 200")."""
+    import json
+
+    for i in range(220):
+        topic = ("apples", "bananas", "topology", "cohomology")[i % 4]
+        ask(proxy["client"], "auto", f"question {20_000 + i} about {topic}")
+    rows = db_rows(proxy["db"], "SELECT quality FROM outcomes WHERE quality IS NOT NULL", 220, timeout_s=60)
+    assert len(rows) >= 220, len(rows)
+    out = subprocess.run([str(Path(sys.executable).parent / "tinydancer"), "retrain", "--database-path", str(proxy["db"]),
+                          "--query-router", str(proxy["router"]), "--registry", str(proxy["tmp"] / "registry"), "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=proxy["tmp"])
+    assert "have feedback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["samples"] >= 200 and isinstance(report["promoted"], bool) and report["reason"], report
 
 
 def test_through_the_proxy_a_dead_deployment_costs_no_more_calls_than_litellm_alone(proxy: dict[str, Any]) -> None:

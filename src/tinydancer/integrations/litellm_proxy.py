@@ -22,6 +22,8 @@ config's ``environment_variables:`` section can set:
 ``TINY_DANCER_LITELLM_DB``          the log (default ``tinydancer-litellm.db`` in the working dir)
 ``TINY_DANCER_LITELLM_STRONG_SHARE`` / ``_COST_WEIGHT`` / ``_QUALITY_BAR``   the operating point
 ``TINY_DANCER_LITELLM_BUDGET_MS``   the latency budget of a decision
+``TINY_DANCER_LITELLM_JUDGE``       ``module:function`` grading successes (prompt, answer, model) →
+                                    quality in [0, 1] (and ``_JUDGE_RATE``, the share graded)
 =================================  ===========================================================
 
 A configuration that cannot work (no deployment mapped, a router file that does not load) is
@@ -75,6 +77,8 @@ class ProxySettings:
     quality_bar: float | None
     budget_s: float | None
     deployments: dict[str, str]
+    judge: str | None = None
+    judge_rate: float = 1.0
 
     @classmethod
     def from_env(cls) -> "ProxySettings":
@@ -93,7 +97,24 @@ class ProxySettings:
                    database=os.environ.get(ENV + "DB") or "tinydancer-litellm.db",
                    strong_share=_env_float("STRONG_SHARE"), cost_weight=_env_float("COST_WEIGHT"),
                    quality_bar=_env_float("QUALITY_BAR"), budget_s=None if budget_ms is None else budget_ms / 1e3,
-                   deployments={str(k): str(v) for k, v in deployments.items()})
+                   deployments={str(k): str(v) for k, v in deployments.items()},
+                   judge=os.environ.get(ENV + "JUDGE") or None,
+                   judge_rate=1.0 if _env_float("JUDGE_RATE") is None else float(_env_float("JUDGE_RATE") or 0.0))
+
+
+def load_judge(spec: str) -> Any:
+    """``module:function`` (or ``module.function``) → the function."""
+    import importlib
+
+    module, sep, name = spec.partition(":")
+    if not sep:
+        module, _, name = spec.rpartition(".")
+    if not module or not name:
+        raise ValidationError(f"{ENV}JUDGE={spec!r}: give module:function")
+    fn = getattr(importlib.import_module(module), name, None)
+    if not callable(fn):
+        raise ValidationError(f"{ENV}JUDGE={spec!r}: {name} is not a function of {module}")
+    return fn
 
 
 def deployment_map(model_list: list[dict[str, Any]], extra: dict[str, str]) -> dict[str, str]:
@@ -145,7 +166,8 @@ class TinyDancerProxyHandler(CustomLogger):
                 # not on the proxy's event loop: calls get LiteLLM's choice (cause "budget") until it is loaded
                 threading.Thread(target=self.strategy.warm, name="tinydancer-warm", daemon=True).start()
                 if self.logger is None:
-                    self.logger = TinyDancerLogger(s.database, self.strategy)
+                    judge = load_judge(s.judge) if s.judge else None
+                    self.logger = TinyDancerLogger(s.database, self.strategy, judge=judge, judge_rate=s.judge_rate)
                 else:
                     self.logger.strategy = self.strategy
                 self.problem = None
