@@ -3,6 +3,7 @@ module, loopback stand-ins as deployments, driven by the official ``openai`` cli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -43,48 +44,55 @@ def config(su: str, wu: str) -> str:
             + f"general_settings:\n  master_key: {MASTER_KEY}\n")
 
 
+@contextlib.contextmanager
+def litellm_proxy(tmp: Path, su: str, wu: str, env_extra: dict[str, str]) -> Iterator[Any]:
+    """The ``litellm`` proxy process on a free port with :func:`config`; yields an ``openai`` client."""
+    (tmp / "config.yaml").write_text(config(su, wu))
+    port = free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TINY_DANCER_LITELLM_GROUPS": "auto",
+           "TINY_DANCER_LITELLM_DB": str(tmp / "td.db"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]), **env_extra}
+    log_file = open(tmp / "proxy.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(tmp / "config.yaml"),
+                             "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                            cwd=tmp, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health/liveliness", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("LiteLLM's proxy did not start:\n" + (tmp / "proxy.log").read_text()[-4000:])
+            time.sleep(0.5)
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log_file.close()
+
+
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("proxy")
     fit_query_router().save(tmp / "router")
     strong, weak = StandIn("big-model"), StandIn("small-model")
     with running(strong.app()) as su, running(weak.app()) as wu:
-        (tmp / "config.yaml").write_text(config(su, wu))
-        port = free_port()
-        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TINY_DANCER_LITELLM_ROUTER": str(tmp / "router"),
-               "TINY_DANCER_LITELLM_GROUPS": "auto", "TINY_DANCER_LITELLM_DB": str(tmp / "td.db"),
+        env = {"TINY_DANCER_LITELLM_ROUTER": str(tmp / "router"),
                "TINY_DANCER_LITELLM_BUDGET_MS": "2000",  # the test machine is shared: no budget fallbacks here
-               "TINY_DANCER_LITELLM_JUDGE": "litellm_helpers:stand_in_judge", "TINY_DANCER_LITELLM_JUDGE_RATE": "1.0",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-        log_file = open(tmp / "proxy.log", "wb")
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(tmp / "config.yaml"),
-                                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                                cwd=tmp, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            import httpx
-
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{base}/health/liveliness", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("LiteLLM's proxy did not start:\n" + (tmp / "proxy.log").read_text()[-4000:])
-                time.sleep(0.5)
-            client = openai.OpenAI(base_url=f"{base}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+               "TINY_DANCER_LITELLM_JUDGE": "litellm_helpers:stand_in_judge", "TINY_DANCER_LITELLM_JUDGE_RATE": "1.0"}
+        with litellm_proxy(tmp, su, wu, env) as client:
             yield {"client": client, "strong": strong, "weak": weak, "db": tmp / "td.db", "log": tmp / "proxy.log",
                    "router": tmp / "router", "tmp": tmp}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            log_file.close()
 
 
 def ask(client: Any, group: str, text: str) -> Any:
@@ -160,3 +168,34 @@ def test_through_the_proxy_a_dead_deployment_costs_no_more_calls_than_litellm_al
     finally:
         proxy["weak"].mode = "ok"
     assert served["auto"] >= served["plain"] and served["auto"] == 5, served
+
+
+def test_through_the_proxy_a_hanging_tiny_dancer_service_costs_at_most_its_budget(tmp_path: Path) -> None:
+    """A proxy whose strategy asks a Tiny Dancer service that never answers: every call is
+    answered by LiteLLM's own choice, none waits much past the 200 ms budget."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def hang(request: Request) -> Response:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        return Response(status_code=499)
+
+    service = Starlette(routes=[Route("/v1/route/query", hang, methods=["POST"])])
+    strong, weak = StandIn("big-model"), StandIn("small-model")
+    with running(strong.app()) as su, running(weak.app()) as wu, running(service) as hung:
+        env = {"TINY_DANCER_LITELLM_SERVICE_URL": hung, "TINY_DANCER_LITELLM_BUDGET_MS": "200"}
+        with litellm_proxy(tmp_path, su, wu, env) as client:
+            durations, headers = [], []
+            for i in range(4):
+                started = time.perf_counter()
+                r = ask(client, "auto", f"question {30_000 + i} about cohomology")
+                durations.append(time.perf_counter() - started)
+                assert r.parse().choices[0].message.content  # LiteLLM's own choice answered
+                headers.append(r.headers.get("x-tinydancer-decision-id"))
+            log = (tmp_path / "proxy.log").read_text()
+    assert max(durations) < 2.0, durations  # the service hangs for ever
+    assert headers == [None] * 4  # no decision was made, none is claimed
+    assert "did not answer within the 200 ms budget" in log, log[-3000:]
