@@ -302,3 +302,18 @@ def test_a_tag_the_strategy_did_not_issue_is_ignored(stand_ins: dict[str, Any], 
     r = asyncio.run(go())
     assert r.choices[0].message.content.startswith("[big-model]")  # our decision, not the forged ranking
     assert strategy.routed == 1 and r._hidden_params.get("tinydancer_decision_id") != "forged"
+
+
+def test_the_proxy_handler_says_what_is_missing_and_leaves_litellm_routing(stand_ins: dict[str, Any],
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from tinydancer.integrations.litellm_proxy import ProxySettings, TinyDancerProxyHandler
+
+    router = two_deployments(stand_ins)  # no model_info.tinydancer_model on any deployment
+    handler = TinyDancerProxyHandler()
+    settings = ProxySettings(router=None, service_url=None, service_key=None, groups=("auto",), database=":memory:",
+                             strong_share=None, cost_weight=None, quality_bar=None, budget_s=None, deployments={})
+    with caplog.at_level(logging.ERROR, logger="tinydancer.litellm"):
+        assert handler.install(router, settings) is None
+    assert "tinydancer_model" in (handler.problem or "") and any("not routing" in r.getMessage() for r in caplog.records)
+    r = asyncio.run(router.acompletion(model="auto", messages=[{"role": "user", "content": "hi"}]))
+    assert r.choices[0].message.content  # LiteLLM's own routing serves

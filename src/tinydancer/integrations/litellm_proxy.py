@@ -37,6 +37,8 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
@@ -117,6 +119,12 @@ def load_judge(spec: str) -> Any:
     return fn
 
 
+def packaged_router_path() -> Path:
+    """The packaged two-model router (``strong`` / ``weak``), located as package data: the
+    integrations layer does not import the gateway's code (tests/test_layout.py)."""
+    return Path(str(resources.files("tinydancer") / "gateway" / "default_router"))
+
+
 def deployment_map(model_list: list[dict[str, Any]], extra: dict[str, str]) -> dict[str, str]:
     """Router model per deployment id, from ``model_info.tinydancer_model`` (and ``extra`` by
     ``litellm_params.model``)."""
@@ -157,9 +165,7 @@ class TinyDancerProxyHandler(CustomLogger):
                 if s.service_url:
                     source = {"service_url": s.service_url, "api_key": s.service_key}
                 else:
-                    from ..gateway import default_router_path
-
-                    source = {"query_router": s.router or default_router_path()}
+                    source = {"query_router": s.router or packaged_router_path()}
                 self.strategy = TinyDancerRoutingStrategy(
                     llm_router, mapping, groups=s.groups, strong_share=s.strong_share, cost_weight=s.cost_weight,
                     quality_bar=s.quality_bar, budget_s=s.budget_s, **source).install(warm=False)
