@@ -317,3 +317,24 @@ def test_the_proxy_handler_says_what_is_missing_and_leaves_litellm_routing(stand
     assert "tinydancer_model" in (handler.problem or "") and any("not routing" in r.getMessage() for r in caplog.records)
     r = asyncio.run(router.acompletion(model="auto", messages=[{"role": "user", "content": "hi"}]))
     assert r.choices[0].message.content  # LiteLLM's own routing serves
+
+
+def test_an_embedder_that_fails_leaves_the_call_to_litellm(stand_ins: dict[str, Any], query_router: QueryRouter) -> None:
+    from tinydancer.llm.embeddings import HashingEmbedder
+
+    class WrongSize(HashingEmbedder):
+        """Claims the router's embedder id, returns vectors of another size (a swapped model file)."""
+
+        def embed(self, texts: Any) -> Any:
+            return HashingEmbedder(64).embed(texts)
+
+    router = two_deployments(stand_ins)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=WrongSize(128),
+                                         budget_s=5.0).install(warm=False)
+    try:
+        r = asyncio.run(router.acompletion(model="auto",
+                                           messages=[{"role": "user", "content": "question 9000 about bananas"}]))
+    finally:
+        strategy.router.embedder = EMBEDDER  # the fixture's router is shared by the module
+    assert r.choices[0].message.content and strategy.fallback_causes == {"router_error": 1}
+    assert strategy.routed == 0

@@ -373,7 +373,11 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
                                        specific_deployment=specific_deployment, request_kwargs=request_kwargs)
 
         text = _last_user_text(messages)
-        if specific_deployment or text is None or not self.routes(model):
+        try:
+            ours = not specific_deployment and text is not None and self.routes(model)
+        except Exception:  # an odd model_list entry: not a reason to fail the call
+            ours = False
+        if not ours or text is None:
             return await litellms_choice()
         kwargs = request_kwargs if request_kwargs is not None else {}
         saved = {k: kwargs[k] for k in _POPPED_KEYS if k in kwargs}
@@ -401,7 +405,8 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
                 fresh = False
             view = {**tag, "_previous": (metadata or {}).get("previous_models") or ()}
             chosen = self._pick(model, tag["ranking"], healthy, view)
-        except _LeaveToLiteLLM as leave:
+        except Exception as exc:  # never fail the user's call because of us
+            leave = exc if isinstance(exc, _LeaveToLiteLLM) else _LeaveToLiteLLM("router_error", f"routing failed ({_describe(exc)})")
             self._left_to_litellm(model, leave)
             kwargs.update(saved)
             return await litellms_choice()
@@ -445,7 +450,8 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
                 ranking, quality = self._rank_local(emb, out)
                 tag = {"decision_id": new_request_id(), "ranking": ranking, "remote": False, "tried": []}
             chosen = self._pick(model, tag["ranking"], healthy, {**tag, "_previous": (metadata or {}).get("previous_models") or ()})
-        except _LeaveToLiteLLM as leave:
+        except Exception as exc:  # never fail the user's call because of us
+            leave = exc if isinstance(exc, _LeaveToLiteLLM) else _LeaveToLiteLLM("router_error", f"routing failed ({_describe(exc)})")
             self._left_to_litellm(model, leave)
             return litellms_choice()
         if fresh:
