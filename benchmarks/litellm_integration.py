@@ -15,7 +15,12 @@ Then, in the same run (issue 31: never worse than LiteLLM alone):
 - a Tiny Dancer service that never answers: what it adds to a call at the default 50 ms budget
   (breaker off, so every call waits the budget), and with the breaker on.
 
-    .venv/bin/python benchmarks/litellm_integration.py [--calls 300] [--failure-calls 40]
+Finally (``--proxy-calls N``, 0 to skip), LiteLLM's proxy process with the shipped callbacks
+module: its own ``x-litellm-overhead-duration-ms`` header on a group we route and on the same
+deployments in a group LiteLLM routes alone, calls alternated, and calls served with the weak
+deployment dead.
+
+    .venv/bin/python benchmarks/litellm_integration.py [--calls 300] [--failure-calls 40] [--proxy-calls 200]
 """
 
 from __future__ import annotations
@@ -145,10 +150,99 @@ def failures(n: int) -> None:
                             ["setup", "call p50", "call p99", "added p50", "fallbacks by cause"], rows))
 
 
+def proxy_run(n: int) -> None:
+    """The proxy process (offline, a master key), the packaged router, stand-ins as deployments."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import httpx
+    import openai
+
+    from tinydancer.gateway.standin import free_port
+
+    big, small = StandIn("big"), StandIn("small")
+    with running(big.app()) as bu, running(small.app()) as su, tempfile.TemporaryDirectory() as tmp:
+        lines = ["model_list:"]
+        for group, mapped in (("auto", True), ("plain", False)):
+            for m, u, plays in (("big", bu, "strong"), ("small", su, "weak")):
+                lines.append(f"  - model_name: {group}\n    litellm_params: {{model: openai/{m}, api_base: '{u}/v1', api_key: x}}")
+                if mapped:
+                    lines.append(f"    model_info: {{tinydancer_model: {plays}}}")
+        lines += ["litellm_settings:\n  callbacks: tinydancer.integrations.litellm_proxy.proxy_handler",
+                  "router_settings:\n  num_retries: 2", "general_settings:\n  master_key: sk-bench"]
+        Path(tmp, "config.yaml").write_text("\n".join(lines) + "\n")
+        port = free_port()
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TINY_DANCER_LITELLM_GROUPS": "auto",
+               "TINY_DANCER_LITELLM_STRONG_SHARE": "0.3", "TINY_DANCER_LITELLM_DB": str(Path(tmp, "td.db"))}
+        log = open(Path(tmp, "proxy.log"), "wb")
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(Path(tmp, "config.yaml")),
+                                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"], cwd=tmp, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the proxy did not start:\n" + Path(tmp, "proxy.log").read_text()[-3000:])
+                time.sleep(0.5)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-bench", max_retries=0)
+            nonce = f"{time.time_ns() % 10**9:09d}"
+
+            def call(group: str, text: str) -> tuple[float, float | None]:
+                started = time.perf_counter()
+                r = client.chat.completions.with_raw_response.create(model=group, messages=[{"role": "user", "content": text}])
+                r.parse()
+                over = r.headers.get("x-litellm-overhead-duration-ms")
+                return time.perf_counter() - started, None if over in (None, "None") else float(over)
+
+            for i in range(10):  # warm both paths (MiniLM loads in the proxy's warm-up thread)
+                call("plain", f"warm {i}")
+                call("auto", f"warm {i}")
+            time.sleep(3)
+            out: dict[str, list[tuple[float, float | None]]] = {"plain": [], "auto distinct": [], "auto repeated": []}
+            for i, text in enumerate(prompts(n, True)):
+                out["plain"].append(call("plain", f"{text} ({nonce})"))
+                out["auto distinct"].append(call("auto", f"{text} ({nonce} {i})"))
+                out["auto repeated"].append(call("auto", prompts(1, False)[0]))
+            rows = []
+            for name, samples in out.items():
+                overheads = [o for _, o in samples if o is not None]
+                rows.append([name, f"{quantiles([t for t, _ in samples])[0]:.2f}",
+                             f"{statistics.median(overheads):.2f}" if overheads else "—",
+                             f"{quantiles([o / 1e3 for o in overheads])[1]:.2f}" if overheads else "—"])
+            console.print(table(f"LiteLLM's proxy, {n} calls a row, alternated (ms)",
+                                ["group", "client call p50", "x-litellm-overhead p50", "overhead p99"], rows))
+            small.mode = "500"
+            served = {"plain": 0, "auto": 0}
+            for group in ("plain", "auto"):
+                for i in range(20):
+                    try:
+                        call(group, f"dead {group} {i} {nonce}")
+                        served[group] += 1
+                    except openai.APIError:
+                        pass
+            console.print(f"weak deployment dead, 20 calls a group: served plain {served['plain']}/20, "
+                          f"auto {served['auto']}/20")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--failure-calls", type=int, default=40)
+    ap.add_argument("--proxy-calls", type=int, default=200)
     args = ap.parse_args()
     console.print(environment() + f", litellm {litellm.__version__ if hasattr(litellm, '__version__') else '1.108.7'}")
     n = args.calls
@@ -203,6 +297,8 @@ def main() -> None:
     console.print(f"fallbacks to LiteLLM's choice during the run: {strategy.fallbacks}; routed: {strategy.routed}")
     console.print("targets: ≤ 2 ms added p50 over LiteLLM's router (issue 31), ≤ 0.5 ms on a cache hit")
     failures(args.failure_calls)
+    if args.proxy_calls:
+        proxy_run(args.proxy_calls)
 
 
 if __name__ == "__main__":

@@ -338,3 +338,14 @@ def test_an_embedder_that_fails_leaves_the_call_to_litellm(stand_ins: dict[str, 
         strategy.router.embedder = EMBEDDER  # the fixture's router is shared by the module
     assert r.choices[0].message.content and strategy.fallback_causes == {"router_error": 1}
     assert strategy.routed == 0
+
+
+def test_the_synchronous_path_also_moves_away_from_a_dead_deployment(stand_ins: dict[str, Any],
+                                                                     query_router: QueryRouter) -> None:
+    """``Router.completion`` (sync) goes through the strategy's get_available_deployment."""
+    stand_ins["weak"].mode = "500"
+    router = two_deployments(stand_ins)
+    strategy = TinyDancerRoutingStrategy(router, MAPPING, query_router=query_router, embedder=EMBEDDER).install()
+    answers = [router.completion(model="auto", messages=[{"role": "user", "content": t}]).choices[0].message.content
+               for t in easy_questions(4)]
+    assert all(a.startswith("[big-model]") for a in answers) and strategy.routed == 4
