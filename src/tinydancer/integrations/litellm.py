@@ -473,9 +473,17 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         while len(self.decisions) > self.cache_size:
             self.decisions.popitem(last=False)
 
+    async def aclose(self) -> None:
+        """Close the connection pool to the service (it belongs to the event loop that opened it)."""
+        if self._http is not None and not self._http.closed:
+            await self._http.close()
+        self._http = None
+
     async def _ask_service(self, text: str) -> dict[str, Any]:
         import aiohttp
 
+        if self._http is not None and getattr(self._http, "_loop", None) is not asyncio.get_running_loop():
+            self._http = None  # opened on another (finished) event loop: unusable here
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(self.budget_s, 0.001)))
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
