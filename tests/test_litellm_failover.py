@@ -349,3 +349,22 @@ def test_the_synchronous_path_also_moves_away_from_a_dead_deployment(stand_ins: 
     answers = [router.completion(model="auto", messages=[{"role": "user", "content": t}]).choices[0].message.content
                for t in easy_questions(4)]
     assert all(a.startswith("[big-model]") for a in answers) and strategy.routed == 4
+
+
+def test_a_service_strategy_survives_one_event_loop_per_call(stand_ins: dict[str, Any], query_router: QueryRouter,
+                                                             tmp_path: Any) -> None:
+    """Scripts call ``asyncio.run`` per request: a pool left on a finished loop must not count as
+    the service failing (that would open the breaker on a healthy service)."""
+    from tinydancer.server import ServiceSettings, create_app
+
+    folder = tmp_path / "router"
+    query_router.save(folder)
+    app = create_app(ServiceSettings(model_path=tmp_path / "none.safetensors", database_path=tmp_path / "s.db",
+                                     query_router_path=folder, watch_interval_s=0))
+    app.state.service.query_router.embedder = EMBEDDER
+    with running(app) as base:
+        router = two_deployments(stand_ins)
+        strategy = TinyDancerRoutingStrategy(router, MAPPING, service_url=base, budget_s=5.0).install()
+        for text in easy_questions(3):
+            asyncio.run(router.acompletion(model="auto", messages=[{"role": "user", "content": text}]))
+    assert strategy.routed == 3 and strategy.fallbacks == 0, strategy.stats()
