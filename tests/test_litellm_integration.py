@@ -7,37 +7,23 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled cost map
 litellm = pytest.importorskip("litellm", reason="the LiteLLM integration's tests need litellm (the dev extra)")
 
+from litellm_helpers import EASY_Q, EMBEDDER, HARD_Q, MAPPING, fit_query_router  # noqa: E402
+
 from tinydancer.errors import ValidationError  # noqa: E402
 from tinydancer.gateway.standin import StandIn, running  # noqa: E402
 from tinydancer.integrations.litellm import TinyDancerLogger, TinyDancerRoutingStrategy  # noqa: E402
-from tinydancer.llm import QueryRouter, QueryRouterConfig, RoutingTable  # noqa: E402
-from tinydancer.llm.embeddings import HashingEmbedder  # noqa: E402
+from tinydancer.llm import QueryRouter  # noqa: E402
 from tinydancer.server.storage import SQLiteStorage  # noqa: E402
-
-EMBEDDER = HashingEmbedder(128)
-HARD_Q = "question 9999 about cohomology"
-EASY_Q = "question 9999 about bananas"
-MAPPING = {"openai/big-model": "strong", "openai/small-model": "weak"}
 
 
 @pytest.fixture(scope="module")
 def query_router() -> QueryRouter:
-    rng = np.random.default_rng(0)
-    queries, scores = [], []
-    for i in range(600):
-        hard = rng.random() < 0.5
-        queries.append(f"question {i} about {rng.choice(['topology', 'cohomology'] if hard else ['apples', 'bananas'])}")
-        scores.append([rng.random() < 0.9, rng.random() < (0.1 if hard else 0.9)])
-    table = RoutingTable(queries, ["strong", "weak"], np.array(scores, float), np.tile([10.0, 1.0], (600, 1)))
-    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(8,), epochs=20, memory=False), embedder=EMBEDDER)
-    router.calibrate(0.5)
-    return router
+    return fit_query_router()
 
 
 @pytest.fixture()

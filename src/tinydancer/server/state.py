@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -23,6 +24,10 @@ from .storage import DecisionWriter, SQLiteStorage, open_storage
 from .storage.base import keeps_registry
 
 log = logging.getLogger("tinydancer.service")
+
+
+#: how many recent /v1/systemone requests its tiers are cut from (the live score distribution)
+SYSTEMONE_WINDOW = 2048
 
 
 class Service:
@@ -49,6 +54,8 @@ class Service:
         #: and says what happened (see :meth:`check_files`)
         self.watchers: list[Callable[[], Awaitable[list[str]]]] = []
         self.rng = np.random.default_rng(settings.exploration_seed)  # exploration draws
+        #: /v1/systemone: the difficulty scores of recent requests, which its tiers are cut from
+        self.systemone_scores: deque[float] = deque(maxlen=SYSTEMONE_WINDOW)
         folders = settings.model_dirs if settings.model_dirs is not None else (settings.model_path.parent,)
         self.model_files = ModelFiles(tuple(Path(f) for f in folders), database_files(Path(settings.database_path)),
                                       settings.max_model_bytes)
