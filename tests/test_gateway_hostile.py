@@ -136,7 +136,7 @@ def test_a_prompt_with_a_lone_surrogate_is_refused_alone(stack: Stack) -> None:
                                    '{"prompt_tokens": 1e999, "completion_tokens": 5}',
                                    '{"prompt_tokens": "12", "completion_tokens": 5}',
                                    '{"prompt_tokens": 10, "completion_tokens": 1' + "0" * 30 + "}",
-                                   '"many"'])
+                                   '"many"', '{}', '{"total_tokens": 500}', '{"prompt_tokens": 10}'])
 @pytest.mark.parametrize("streamed", [False, True])
 def test_impossible_token_counts_are_logged_as_unknown_and_never_fail_the_client(stack: Stack, usage: str,
                                                                                  streamed: bool) -> None:
@@ -397,3 +397,97 @@ def test_embeddings_completions_and_responses_pass_through_to_a_named_upstream(s
     assert caught.value.status_code == 502 and "sk-provider" not in caught.value.response.text
     metrics = httpx.get(f"{stack.base}/metrics").text
     assert 'tiny_dancer_gateway_calls_total{status="ok",upstream="weak"} 2.0' in metrics
+
+
+# ---------------------------------------------------------------- found by attacking the hardened gateway
+def test_a_half_open_probe_without_a_verdict_is_given_back(router_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A probe that ends in a refused request (4xx) or a client that hung up says nothing about the
+    upstream: the next call must be able to probe, or a healthy upstream stays shut until restart."""
+    strong, weak = StandIn("big-model", mode="500"), StandIn("small-model")
+    with running(strong.app()) as su, running(weak.app()) as wu:
+        cfg = config_dict(router_dir, {"strong": su, "weak": wu}, breaker_failures=1, breaker_reset_s=0.3)
+        app = create_gateway_app(parse_config(cfg), ServiceSettings(database_path=tmp_path / "g.db", watch_interval_s=0),
+                                 embedder=EMBEDDER)
+        with running(app) as base:
+            def call() -> httpx.Response:
+                return httpx.post(f"{base}/v1/chat/completions", json={"model": "strong", "messages": USER}, timeout=30)
+
+            assert call().status_code == 502  # the breaker opens
+            strong.mode = "400"
+            time.sleep(0.6)  # past breaker_reset_s: half-open
+            assert call().status_code == 400  # the probe: a refused request, no verdict
+            strong.mode = "ok"
+            assert call().status_code == 200  # the next call probes, and closes the breaker
+            assert app.state.gateway.upstreams["strong"].breaker.is_closed()
+
+
+def test_the_circuit_breaker_gives_a_probe_back() -> None:
+    from tinydancer.circuit import BreakerState, CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker(1, reset_timeout_s=1.0, clock=lambda: now[0])
+    breaker.record_failure()
+    now[0] = 2.0
+    assert breaker.allow() and not breaker.allow()  # one probe at a time
+    breaker.release()
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+    breaker.record_success()
+    breaker.release()  # closed: nothing to give back
+    assert breaker.is_closed()
+
+
+def test_a_body_of_many_small_containers_is_refused_cheaply(stack: Stack) -> None:
+    body = b'{"model": "weak", "messages": [{"role": "user", "content": "hi"}], "m": [' + b",".join([b"[]"] * 50_000) + b"]}"
+    started = time.perf_counter()
+    r = post(stack, body)
+    assert r.status_code == 400 and "arrays and objects" in r.json()["error"]["message"]
+    assert stack.weak.calls == 0
+    text = {"model": "weak", "messages": [{"role": "user", "content": "[{" * 40_000}]}  # brackets inside a string
+    assert post(stack, text).status_code == 200
+    assert time.perf_counter() - started < 30
+
+
+def test_a_huge_prompt_is_routed_on_its_first_characters(router_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    strong, weak = StandIn("big-model"), StandIn("small-model")
+    with running(strong.app()) as su, running(weak.app()) as wu:
+        cfg = config_dict(router_dir, {"strong": su, "weak": wu}, log_prompts=True, max_routed_chars=1000)
+        db = tmp_path / "g.db"
+        app = create_gateway_app(parse_config(cfg), ServiceSettings(database_path=db, watch_interval_s=0), embedder=EMBEDDER)
+        with running(app) as base:
+            prompt = "question about cohomology " * 20_000
+            r = httpx.post(f"{base}/v1/chat/completions", timeout=30,
+                           json={"model": "tinydancer", "messages": [{"role": "user", "content": prompt}]})
+            assert r.status_code == 200
+            assert len(strong.last_body["messages"][0]["content"] if r.headers["x-tinydancer-model"] == "strong"
+                       else weak.last_body["messages"][0]["content"]) == len(prompt)  # the upstream gets it whole
+        deadline = time.monotonic() + 10
+        while not (texts := SQLiteStorage(db).prompt_texts()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [len(t) for t in texts] == [1000]  # what the router read, and the log keeps
+
+
+def test_an_upstream_content_type_the_gateway_cannot_encode_is_not_copied(stack: Stack) -> None:
+    raw_mode(stack, "strong", status=200, body=json.dumps({"choices": [{"message": {"content": "hi"}}]}),
+             content_type="application/json; charset=\xe9")
+    r = post(stack, {"model": "strong", "messages": USER})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+
+
+def test_a_stream_framed_with_crlf_is_a_whole_answer(stack: Stack) -> None:
+    events = [{"choices": [{"index": 0, "delta": {"content": w}}]} for w in ("cr", "lf")]
+    body = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events) + "data: [DONE]\r\n\r\n"
+    raw_mode(stack, "strong", status=200, body=body, content_type="text/event-stream")
+    with stack.client().chat.completions.with_streaming_response.create(model="strong", messages=USER, stream=True) as raw:
+        rid = raw.headers["x-tinydancer-decision-id"]
+        assert raw.headers["x-tinydancer-attempts"] == "1"
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "crlf"
+    (call,) = stack.calls(rid)
+    assert call["status"] == "ok"  # [DONE] was seen: not 'broken', and the breaker is not fed
+
+
+def test_a_key_straddling_the_error_texts_cut_is_still_scrubbed(stack: Stack) -> None:
+    raw_mode(stack, "strong", status=400, body="x" * 192 + " sk-provider-secret-123456 was refused", content_type="text/plain")
+    r = post(stack, {"model": "strong", "messages": USER})
+    assert r.status_code == 400
+    assert "sk-prov" not in r.text and "[redacted]" in r.text  # was: its first 7 characters

@@ -68,6 +68,7 @@ LL = "tests/test_litellm_integration.py::"
 LBB = "tests/test_label_budget.py::"
 H = "tests/test_gateway_hostile.py::"
 SF = "tests/test_storage_faults.py::"
+LF = "tests/test_litellm_failover.py::"
 
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ gateway: keys
@@ -268,10 +269,10 @@ MUTANTS: list[Mutant] = [
            "            self._slots = asyncio.Semaphore(10**6)\n",
            (H + "test_waiting_for_a_slot_is_not_upstream_time",)),
     Mutant("gateway-stream-cancel-ignored", "a streamed call whose client left before the first byte goes on",
-           "src/tinydancer/gateway/forwarding.py",
-           "    return await until_disconnect(_open_stream(gw, attempts, body) if stream else _complete(gw, attempts, body), receive)\n",
-           "    if stream:\n        return await _open_stream(gw, attempts, body)\n"
-           "    return await until_disconnect(_complete(gw, attempts, body), receive)\n",
+           "src/tinydancer/gateway/routes.py",
+           "    return await until_disconnect(_answer(gw, started, spec, options, body, text, session), request.receive)\n",
+           "    if body.get('stream') is True:\n        return await _answer(gw, started, spec, options, body, text, session)\n"
+           "    return await until_disconnect(_answer(gw, started, spec, options, body, text, session), request.receive)\n",
            (H + "test_a_streamed_call_whose_client_leaves_before_the_first_byte_is_cancelled",)),
     Mutant("gateway-session-unbounded", "an x-session-id of any length is kept", "src/tinydancer/gateway/routes.py",
            "    if session is not None and len(session) > limit:\n", "    if False:\n",
@@ -292,11 +293,17 @@ MUTANTS: list[Mutant] = [
            (SF + "test_an_impossible_token_count_is_logged_as_unknown_and_fails_no_other_row",)),
     # ------------------------------------------------------------------ the LiteLLM integration
     Mutant("litellm-choice-ignored", "the strategy picks the router's worst model", "src/tinydancer/integrations/litellm.py",
-           "        return self.router.models[order[0]], emb, quality\n", "        return self.router.models[order[-1]], emb, quality\n",
+           "        return [self.router.models[i] for i in order], quality\n",
+           "        return [self.router.models[i] for i in reversed(order)], quality\n",
            (LL + "test_calls_land_on_the_deployment_our_router_chose_and_outcomes_reach_storage",)),
+    Mutant("litellm-retry-same-deployment", "a retry goes back to the deployment that just failed",
+           "src/tinydancer/integrations/litellm.py",
+           "        untried = [d for d in healthy if _deployment_id(d) not in tried] or healthy\n",
+           "        untried = healthy\n",
+           (LF + "test_a_dead_weak_deployment_serves_as_many_calls_as_plain_litellm",)),
     Mutant("litellm-failure-not-an-outcome", "a failed LiteLLM call is not logged as an outcome",
            "src/tinydancer/integrations/litellm.py",
-           "        outcomes = [] if ok else [call.failure_outcome(0)]\n", "        outcomes = []\n",
+           "            outcomes.append(call.failure_outcome(rank))\n", "            pass\n",
            (LL + "test_calls_land_on_the_deployment_our_router_chose_and_outcomes_reach_storage",)),
     # ------------------------------------------------------------------ the conformal p-value
     Mutant("conformal-p-value-plus-one", "the conformal p-value without its +1", "src/tinydancer/candidates/uncertainty.py",

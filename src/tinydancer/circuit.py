@@ -80,6 +80,16 @@ class CircuitBreaker:
             if self._state is BreakerState.HALF_OPEN:
                 self._set(BreakerState.CLOSED)
 
+    def release(self) -> None:
+        """A call that was let through ended without a verdict on the protected side (its client
+        left, the request itself was refused, no slot was free): in half-open state its probe is
+        given back, so the next call probes.  Kept, it would hold the breaker half-open for good."""
+        if self._state is not BreakerState.HALF_OPEN:
+            return
+        with self._lock:
+            if self._state is BreakerState.HALF_OPEN:
+                self._probes = max(0, self._probes - 1)
+
     def record_failure(self) -> None:
         with self._lock:
             if self._state is BreakerState.HALF_OPEN:

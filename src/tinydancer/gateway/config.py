@@ -41,6 +41,9 @@ class UpstreamConfig(_Strict):
     input_per_million: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     output_per_million: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     timeout_s: float = Field(60.0, gt=0.0, allow_inf_nan=False)
+    #: a stream's whole life at most (``timeout_s`` bounds each wait for its next chunk): an upstream
+    #: that never ends its stream cannot hold a slot for ever
+    stream_timeout_s: float = Field(600.0, gt=0.0, allow_inf_nan=False)
     #: the time allowed to connect (a refused or unreachable upstream fails over this fast)
     connect_timeout_s: float = Field(5.0, gt=0.0, allow_inf_nan=False)
     #: calls in flight to this upstream at most; more wait for a slot (queue time is not upstream time)
@@ -113,6 +116,12 @@ class GatewayConfig(_Strict):
     embed_batch: int = Field(32, ge=1, le=1024)
     #: how deep a request body may nest (JSON arrays and objects); deeper is a 400
     max_json_depth: int = Field(100, ge=8, le=900)
+    #: how many arrays and objects a request body may hold: a 2 MB body of 690,000 empty arrays cost
+    #: seconds of the event loop to decode and walk; real bodies (long tool lists included) hold thousands
+    max_json_containers: int = Field(20_000, ge=100, le=1_000_000)
+    #: characters of the last user turn the router reads: MiniLM reads 256 tokens of it anyway, and a
+    #: 690,000-character prompt cost 2 s of tokenizing that every other routed call waited behind
+    max_routed_chars: int = Field(8192, ge=256, le=1_000_000)
     #: the longest ``x-session-id`` taken (characters); longer is a 400, so the session store's
     #: memory stays within max_sessions × this
     max_session_id_chars: int = Field(256, ge=8, le=4096)

@@ -79,21 +79,26 @@ class _Attempts:
         if failure.kind == "busy":  # the call was never made: nothing to log or hold against the upstream
             self.busy.append(failure)
             self.gw.metrics.busy.labels(up.name).inc()
+            up.breaker.release()
             return
         self.last = failure
         self.add(up, failure.kind, started, http_status=failure.status)
         if failure.retryable and failure.its_fault:
             up.breaker.record_failure()
             self.gw.metrics.fallbacks.labels(up.name).inc()
+        else:  # the request itself was refused: no verdict on the upstream
+            up.breaker.release()
 
     def cancelled(self, up: Upstream, started: float) -> None:
         """The client hung up during this attempt: logged, held against nobody."""
+        up.breaker.release()
         self.add(up, "client_cancelled", started)
         self.gw.record(self.plan, self.calls, None)
 
-    def headers(self, up: Upstream) -> dict[str, str]:
+    def headers(self, up: Upstream, streaming: bool = False) -> dict[str, str]:
+        """The answer's headers; a stream's are sent before its attempt is logged (it ends later)."""
         h = {"x-tinydancer-model": up.name, "x-tinydancer-decision-id": self.plan.request_id,
-             "x-tinydancer-attempts": str(len(self.calls))}
+             "x-tinydancer-attempts": str(len(self.calls) + streaming)}
         quality = self.plan.quality.get(up.config.plays)
         if quality is not None:
             h["x-tinydancer-predicted-quality"] = f"{quality:.4f}"
@@ -135,11 +140,10 @@ def _body_for(body: dict[str, Any], up: Upstream, stream: bool, client_usage: bo
     return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def forward(gw: Gateway, plan: Plan, body: dict[str, Any], stream: bool,
-                  receive: Callable[[], Awaitable[dict]]) -> Response:
-    """Answer the call, cancelling it if the client hangs up before its answer starts."""
+async def forward(gw: Gateway, plan: Plan, body: dict[str, Any], stream: bool) -> Response:
+    """Answer the call (run it under ``until_disconnect``: a client that hangs up cancels it)."""
     attempts = _Attempts(gw, plan, stream)
-    return await until_disconnect(_open_stream(gw, attempts, body) if stream else _complete(gw, attempts, body), receive)
+    return await (_open_stream(gw, attempts, body) if stream else _complete(gw, attempts, body))
 
 
 async def until_disconnect(work: Awaitable[Response], receive: Callable[[], Awaitable[dict]]) -> Response:
@@ -195,8 +199,9 @@ async def _complete(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -> R
                               ttft=time.perf_counter())
         gw.sessions.put(attempts.plan.session, up.name)
         gw.record(attempts.plan, attempts.calls, served)
-        return Response(payload, status_code=resp.status, media_type=resp.headers.get("Content-Type", "application/json"),
-                        headers=attempts.headers(up))
+        # a chat completion (checked): JSON; the upstream's own Content-Type is not copied (a byte
+        # Starlette cannot encode in it made a 500 of an answer already paid for)
+        return Response(payload, status_code=200, media_type="application/json", headers=attempts.headers(up))
     return attempts.give_up()
 
 
@@ -238,7 +243,7 @@ async def _open_stream(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -
         gw.sessions.put(attempts.plan.session, up.name)
         return StreamingResponse(_relay(gw, attempts, up, resp, chunks, first, started, ttft, client_usage),
                                  media_type="text/event-stream",
-                                 headers={**attempts.headers(up), "Cache-Control": "no-cache"})
+                                 headers={**attempts.headers(up, streaming=True), "Cache-Control": "no-cache"})
     return attempts.give_up()
 
 
@@ -252,11 +257,26 @@ def _let_go(up: Upstream, resp: aiohttp.ClientResponse, clean: bool = False) -> 
     up.release()
 
 
+async def _ends_soon(chunks: AsyncIterator[bytes], grace_s: float = 1.0) -> bool:
+    """Whether the upstream closes its stream within ``grace_s`` after [DONE] (it does at once, as a
+    rule: the connection then goes back to the pool); what it still sends is not relayed."""
+    async def drain() -> None:
+        async for _ in chunks:
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), grace_s)
+    except (asyncio.TimeoutError, aiohttp.ClientError, UpstreamFailure):
+        return False
+    return True
+
+
 async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.ClientResponse,
                  chunks: AsyncIterator[bytes], first: bytes, started: float, ttft: float,
                  client_usage: bool) -> AsyncIterator[bytes]:
     tap = UsageTap(keep_usage_chunk=client_usage)
     status = "ok"
+    held = False  # the upstream kept the connection open after [DONE]
     try:
         out = tap.feed(first)
         if out:
@@ -265,6 +285,9 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
             out = tap.feed(chunk)
             if out:
                 yield out
+            if tap.done:  # the answer is complete: its end is not left to an upstream that holds on
+                held = not await _ends_soon(chunks)
+                break
         rest = tap.tail()
         if rest:
             yield rest
@@ -286,10 +309,12 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
         log.exception("relaying %s's stream failed", up.name)
         yield error_event("the gateway failed while relaying the stream; the answer is incomplete", "gateway_error")
     finally:
-        _let_go(up, resp, clean=status == "ok")
+        _let_go(up, resp, clean=status == "ok" and not held)
         if status == "ok":
             up.breaker.record_success()
-        elif status != "client_cancelled":
+        elif status == "client_cancelled":
+            up.breaker.release()
+        else:
             up.breaker.record_failure()
         if tap.impossible_usage:
             _impossible_usage(gw, up, "in its stream")

@@ -34,7 +34,7 @@ async def passthrough(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     path = request.url.path.removeprefix("/v1/")
     try:
-        body = parse_body(await request.body(), gw.config.max_json_depth)
+        body = parse_body(await request.body(), gw.config.max_json_depth, gw.config.max_json_containers)
         up = _named(gw, body.get("model"), path)
     except RequestError as exc:
         return openai_error(exc.status, str(exc), exc.code, exc.param)
@@ -62,13 +62,16 @@ async def _call(gw: Gateway, up: Upstream, path: str, body: dict[str, Any]) -> R
         return _failed(gw, up, f)
     except asyncio.CancelledError:
         gw.metrics.calls.labels(up.name, "client_cancelled").inc()
+        up.breaker.release()
         raise
     if stream:
-        return StreamingResponse(_relay(gw, up, resp), status_code=resp.status,
-                                 media_type=resp.headers.get("Content-Type", "text/event-stream"),
+        return StreamingResponse(_relay(gw, up, resp), status_code=resp.status, media_type="text/event-stream",
                                  headers={"x-tinydancer-model": up.name, "Cache-Control": "no-cache"})
     try:
         payload = await up.read(resp)
+    except asyncio.CancelledError:
+        up.breaker.release()
+        raise
     except UpstreamFailure as f:
         return _failed(gw, up, f)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -79,14 +82,16 @@ async def _call(gw: Gateway, up: Upstream, path: str, body: dict[str, Any]) -> R
         up.release()
     up.breaker.record_success()
     gw.metrics.calls.labels(up.name, "ok").inc()
-    return Response(payload, status_code=resp.status, media_type=resp.headers.get("Content-Type", "application/json"),
-                    headers={"x-tinydancer-model": up.name})
+    # the upstream's own Content-Type is not copied: a byte Starlette cannot encode made a 500 of an answer
+    return Response(payload, status_code=resp.status, media_type="application/json", headers={"x-tinydancer-model": up.name})
 
 
 def _failed(gw: Gateway, up: Upstream, f: UpstreamFailure) -> Response:
     gw.metrics.calls.labels(up.name, f.kind).inc()
     if f.retryable and f.its_fault:
         up.breaker.record_failure()
+    else:
+        up.breaker.release()
     headers = {"x-tinydancer-model": up.name}
     if f.kind == "client_error" and f.status in (401, 403):
         return openai_error(502, f"upstream {up.name!r} refused the gateway's credentials ({f.status})", "upstream_auth",
@@ -120,7 +125,9 @@ async def _relay(gw: Gateway, up: Upstream, resp: aiohttp.ClientResponse) -> Asy
             up.breaker.record_success()
         else:
             resp.close()
-            if status != "client_cancelled":
+            if status == "client_cancelled":
+                up.breaker.release()
+            else:
                 up.breaker.record_failure()
         up.release()
         gw.metrics.calls.labels(up.name, status).inc()

@@ -47,8 +47,10 @@ def too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
+def parse_body(raw: bytes, max_depth: int, max_containers: int = 20_000) -> dict[str, Any]:
     """The body as a dict, or RequestError (400, OpenAI's shape) naming what is wrong and where."""
+    if raw.count(b"[") + raw.count(b"{") > max_containers and _containers(raw) > max_containers:
+        raise RequestError(400, f"the body holds more than {max_containers:,} arrays and objects", "invalid_body")
     odd: list[str] = []
 
     def constant(name: str) -> float:
@@ -64,11 +66,11 @@ def parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
     try:
         body = json.loads(raw, parse_constant=constant, parse_float=number)
     except RecursionError:  # nested past Python's own stack (~1,000 levels)
-        body = None
+        body = _TOO_DEEP
     except ValueError:  # UnicodeDecodeError is a ValueError
         raise RequestError(400, "the body is not valid JSON (UTF-8)", "invalid_json") from None
     # a body with fewer brackets than the limit cannot nest deeper: the walk is for the rare rest
-    if body is None or (raw.count(b"[") + raw.count(b"{") > max_depth and too_deep(body, max_depth)):
+    if body is _TOO_DEEP or (raw.count(b"[") + raw.count(b"{") > max_depth and too_deep(body, max_depth)):
         field = _deep_field(body, raw, max_depth)
         where = f"'{field}'" if field else "the body"
         raise RequestError(400, f"{where} nests deeper than {max_depth} levels; flatten it", "invalid_body", field)
@@ -76,13 +78,13 @@ def parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
         raise RequestError(400, "the body must be a JSON object", "invalid_json")
     if odd:
         path = _first(body, _non_finite)
-        raise RequestError(400, f"'{path}' holds {odd[0]}, which JSON cannot carry: send a finite number",
-                           "invalid_number", path)
+        raise RequestError(400, f"{_where(path)} holds {odd[0]}, which JSON cannot carry: send a finite number",
+                           "invalid_number", path or None)
     if _SURROGATE_ESCAPE.search(raw):  # rare: only an escape can carry a surrogate (emoji pairs are fine)
         path = _first(body, _lone_surrogate)
         if path is not None:
-            raise RequestError(400, f"'{path or 'a key'}' holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is "
-                               "not Unicode text: send the text as UTF-8", "invalid_text", path or None)
+            raise RequestError(400, f"{_where(path)} holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                               "Unicode text: send the text as UTF-8", "invalid_text", path or None)
     _check_fields(body)
     return body
 
@@ -104,6 +106,19 @@ def _check_fields(body: dict[str, Any]) -> None:
                                "invalid_max_tokens", name)
 
 
+_TOO_DEEP = object()
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+#: values looked at to name a bad one's field; past it the error names the body
+_WALK_BUDGET = 100_000
+
+
+def _containers(raw: bytes) -> int:
+    """Arrays and objects in the JSON text ``raw``: its brackets outside strings (the slow count,
+    ~20 ms a MB, for the rare body whose bracket count alone is over the limit)."""
+    skeleton = _STRING.sub(b"", raw)
+    return skeleton.count(b"[") + skeleton.count(b"{")
+
+
 def _non_finite(value: Any) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
 
@@ -113,25 +128,43 @@ def _lone_surrogate(value: Any) -> bool:
 
 
 def _first(body: Any, bad: Callable[[Any], bool]) -> str | None:
-    """The dotted path of the first value (or key: its parent's path) in ``body`` that is ``bad``, depth-first."""
+    """The dotted path of a value (or key: its parent's path) in ``body`` that is ``bad``: a
+    container's own values first, then its containers, depth-first.  None if there is none, ``""``
+    if one may lie past the walk's budget (a body of a million numbers is not walked to the end)."""
+    if bad(body):
+        return ""
+    budget = _WALK_BUDGET
     stack: list[tuple[str, Any]] = [("", body)]
     while stack:
         path, value = stack.pop()
-        if bad(value):
-            return path
         if isinstance(value, dict):
             if any(bad(k) for k in value):
                 return path
             items: Any = value.items()
         else:
-            items = enumerate(value) if isinstance(value, list) else ()
-        stack.extend(reversed([(f"{path}.{k}" if path else str(k), v) for k, v in items]))
+            items = enumerate(value)
+        inner = []
+        for key, child in items:
+            budget -= 1
+            if budget < 0:
+                return ""
+            if isinstance(child, (dict, list)):
+                inner.append((f"{path}.{key}" if path else str(key), child))
+            elif bad(child):
+                return f"{path}.{key}" if path else str(key)
+        stack.extend(reversed(inner))
     return None
+
+
+def _where(path: str | None) -> str:
+    return f"'{path}'" if path else "the body"
 
 
 def _deep_field(body: Any, raw: bytes, max_depth: int) -> str | None:
     """The top-level key whose value nests too deep (None when the body is not an object)."""
-    if isinstance(body, dict):
+    if body is not _TOO_DEEP:
+        if not isinstance(body, dict):
+            return None
         return next((str(k) for k, v in body.items() if isinstance(v, (dict, list)) and too_deep(v, max_depth - 1)), None)
     # too deep to parse at all: find the key by decoding the top-level values one at a time
     text = raw.decode("utf-8", "replace")

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.routing import Route
 
-from .forwarding import forward, openai_error
+from .forwarding import forward, openai_error, until_disconnect
 from .passthrough import PASSED_THROUGH, passthrough
 from .request_body import parse_body
-from .selection import CallOptions, RequestError, parse_model, prompt_text
+from .selection import CallOptions, ModelSpec, RequestError, parse_model, prompt_text
 from .state import Gateway
 
 router = APIRouter(tags=["gateway"])
@@ -42,17 +42,26 @@ async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     gw = gateway_of(request)
     try:
-        body = parse_body(await request.body(), gw.config.max_json_depth)
+        body = parse_body(await request.body(), gw.config.max_json_depth, gw.config.max_json_containers)
         spec = parse_model(body.get("model"), gw.config)
         options = CallOptions.parse(body.pop("tinydancer", None))
-        text = prompt_text(body)
-        stream = body.get("stream") is True
-        plan = await gw.plan(spec, options, body, text, session_of(request, gw.config.max_session_id_chars))
+        text = prompt_text(body)[: gw.config.max_routed_chars]
+        session = session_of(request, gw.config.max_session_id_chars)
+    except RequestError as exc:
+        return openai_error(exc.status, str(exc), exc.code, exc.param)
+    # a client that hangs up while its prompt waits to be embedded is gone before the upstream is called
+    return await until_disconnect(_answer(gw, started, spec, options, body, text, session), request.receive)
+
+
+async def _answer(gw: Gateway, started: float, spec: ModelSpec, options: CallOptions, body: dict[str, Any], text: str,
+                  session: str | None) -> Response:
+    try:
+        plan = await gw.plan(spec, options, body, text, session)
     except RequestError as exc:
         return openai_error(exc.status, str(exc), exc.code, exc.param)
     plan.overhead_s = time.perf_counter() - started
     gw.metrics.overhead.observe(plan.overhead_s, "routed" if plan.routed else "named")
-    return await forward(gw, plan, body, stream, request.receive)
+    return await forward(gw, plan, body, body.get("stream") is True)
 
 
 def session_of(request: Request, limit: int) -> str | None:

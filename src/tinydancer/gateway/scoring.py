@@ -43,6 +43,9 @@ class Scorer:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch:]
+                batch = [(t, f) for t, f in batch if not f.done()]  # a waiter whose client left is not embedded
+                if not batch:
+                    continue
                 texts = [t for t, _ in batch]
                 try:
                     emb, out = await asyncio.to_thread(self._run, texts)

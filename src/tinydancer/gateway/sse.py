@@ -38,8 +38,8 @@ def usage_of(payload: Any) -> tuple[int, int] | None:
 
 
 def _count(value: Any) -> int:
-    if value is None:
-        return 0
+    if value is None:  # `usage: {}` or a total alone: the cost is unknown, not $0
+        raise ImpossibleUsage("usage without prompt_tokens and completion_tokens")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
@@ -57,16 +57,28 @@ class UsageTap:
         #: the stream reported usage that cannot be true (see usage_of): its cost is unknown
         self.impossible_usage = False
         self.done = False
-        self._rest = b""
+        #: the start of an event still waiting for its end, in pieces (joined once it ends: joining on
+        #: every chunk made one long event cost quadratic time)
+        self._rest: list[bytes] = []
+        #: a chunk's last byte, if it was CR: it may be the first half of a CRLF the next chunk ends
+        self._cr = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        """The part of ``chunk`` to send on now (whole events only; a partial one waits)."""
-        data = self._rest + chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._rest = data
+        """The part of ``chunk`` to send on now (whole events only; a partial one waits).  Lines may
+        end in CRLF, CR or LF, as the SSE specification allows; they are passed on as LF."""
+        if self._cr or b"\r" in chunk:
+            chunk = self._cr + chunk
+            self._cr = b"\r" if chunk.endswith(b"\r") else b""
+            chunk = (chunk[:-1] if self._cr else chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        edge = self._rest[-1][-1:] + chunk[:1] if self._rest else b""  # an event end split across two chunks
+        cut = chunk.rfind(b"\n\n")
+        if cut < 0 and edge != b"\n\n":
+            if chunk:
+                self._rest.append(chunk)
             return b""
-        self._rest = data[cut + 2:]
+        data = b"".join(self._rest) + chunk
+        cut = data.rfind(b"\n\n")
+        self._rest = [data[cut + 2:]] if cut + 2 < len(data) else []
         events = data[: cut + 2]
         if b'"usage"' not in events and DONE not in events:
             return events  # the common case: content chunks, passed on as they came
@@ -99,7 +111,7 @@ class UsageTap:
 
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its closing blank line)."""
-        rest, self._rest = self._rest, b""
+        rest, self._rest, self._cr = b"".join(self._rest) + self._cr, [], b""
         return rest
 
 

@@ -37,7 +37,7 @@ NOT_ITS_FAULT = frozenset({"busy", "client_error"})
 #: bytes inflated per step: a compressed answer never costs the event loop more than this at once
 _INFLATE_STEP = 256 * 1024
 
-_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|key|tok|token|bearer)[-_][A-Za-z0-9_\-]{6,}", re.IGNORECASE)
+_KEYLIKE = re.compile(r"(?:sk|pk|rk|key|tok|token|bearer)[-_][A-Za-z0-9_\-]{6,}", re.IGNORECASE)
 _USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
 
 
@@ -106,7 +106,7 @@ class Upstream:
     def timeout(self, stream: bool) -> aiohttp.ClientTimeout:
         c = self.config
         if stream:  # a stream may run long: the limit is on the wait for each next chunk
-            return aiohttp.ClientTimeout(total=None, sock_connect=c.connect_timeout_s, sock_read=c.timeout_s)
+            return aiohttp.ClientTimeout(total=c.stream_timeout_s, sock_connect=c.connect_timeout_s, sock_read=c.timeout_s)
         return aiohttp.ClientTimeout(total=c.timeout_s, sock_connect=c.connect_timeout_s)
 
     def safe(self, text: str) -> str:
@@ -251,11 +251,13 @@ class Upstream:
 
 
 def _error_message(payload: bytes) -> str:
-    """The ``error.message`` of an OpenAI-style error body, else the start of the body."""
+    """The ``error.message`` of an OpenAI-style error body, else the start of the body.  Not cut
+    short here: ``scrub`` cuts after it has replaced the key (cut first, a key straddling the cut
+    escaped the replacement, and its first 20 characters reached the client)."""
     try:
         data: Any = json.loads(payload)
     except (ValueError, RecursionError):
-        return payload[:200].decode("utf-8", "replace").strip()
+        return payload[:4096].decode("utf-8", "replace").strip()
     if isinstance(data, dict):
         err = data.get("error", data.get("detail"))
         if isinstance(err, dict):
