@@ -491,3 +491,32 @@ def test_a_key_straddling_the_error_texts_cut_is_still_scrubbed(stack: Stack) ->
     r = post(stack, {"model": "strong", "messages": USER})
     assert r.status_code == 400
     assert "sk-prov" not in r.text and "[redacted]" in r.text  # was: its first 7 characters
+
+
+def test_another_process_holding_the_sqlite_write_lock_does_not_freeze_the_gateway(stack: Stack) -> None:
+    import sqlite3
+    import threading
+
+    assert post(stack, {"model": "weak", "messages": USER}).status_code == 200
+    holder = sqlite3.connect(stack.db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell with an open transaction, or a DB browser, would
+    answers: list[httpx.Response] = []
+    try:
+        calls = [threading.Thread(target=lambda: answers.append(post(stack, {"model": "weak", "messages": USER})))
+                 for _ in range(3)]
+        for t in calls:
+            t.start()
+        time.sleep(1.0)  # the group commit meets the lock meanwhile
+        started = time.perf_counter()
+        assert httpx.get(f"{stack.base}/health", timeout=30).status_code == 200
+        health_s = time.perf_counter() - started
+        time.sleep(2.0)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for t in calls:
+        t.join(30)
+    assert health_s < 1.5  # was the whole time the lock was held (30 s at most)
+    assert [a.status_code for a in answers] == [200] * 3
+    rids = [a.headers["x-tinydancer-decision-id"] for a in answers]
+    assert all(stack.calls(rid) for rid in rids)  # kept and written once the lock was gone: nothing lost

@@ -23,6 +23,7 @@ outcome never misses its decision.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -249,6 +250,11 @@ class SQLiteStorage:
         except OSError:
             return 0
 
+    #: how long a connection of an event loop's thread waits for another process's write lock: the
+    #: loop must not (a sqlite3 shell holding a transaction froze the gateway, /health included, for
+    #: as long as it held it).  The group commit keeps its rows and retries; feedback answers 503.
+    LOOP_BUSY_MS = 200
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -256,7 +262,7 @@ class SQLiteStorage:
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL: a commit survives the process dying; only a power cut can lose the last ones
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={self.LOOP_BUSY_MS if _on_event_loop() else 30000}")
             if self._checkpoint_interval_s > 0:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute("PRAGMA journal_size_limit=16777216")  # a reset WAL file is cut back to 16 MB
@@ -433,6 +439,14 @@ class _Transaction:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def open_storage(path: str | Path, checkpoint_interval_s: float = 0.0, *, retention_days: float | None = None,
