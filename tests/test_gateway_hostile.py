@@ -238,6 +238,7 @@ def test_a_streamed_call_whose_client_leaves_before_the_first_byte_is_cancelled(
     assert stack.weak.calls == 0  # nobody is left to answer: no fallback is bought
     calls = [(c["upstream"], c["status"]) for c in stack.storage().calls()]
     assert calls == [("strong", "client_cancelled")]
+    assert stack.app.state.gateway.upstreams["strong"].in_flight == 0  # its slot was given back
 
 
 # ---------------------------------------------------------------- 7. queueing is not upstream time
@@ -520,3 +521,22 @@ def test_another_process_holding_the_sqlite_write_lock_does_not_freeze_the_gatew
     assert [a.status_code for a in answers] == [200] * 3
     rids = [a.headers["x-tinydancer-decision-id"] for a in answers]
     assert all(stack.calls(rid) for rid in rids)  # kept and written once the lock was gone: nothing lost
+
+
+def test_the_operator_sees_and_resets_the_upstream_breakers(router_dir: Path, tmp_path: Path,  # noqa: F811
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    strong = StandIn("big-model", mode="500")
+    with running(strong.app()) as su:
+        cfg = config_dict(router_dir, {"strong": su, "weak": "http://127.0.0.1:9"}, breaker_failures=1)
+        settings_ = ServiceSettings(database_path=tmp_path / "g.db", watch_interval_s=0, auth_token="admin-token-for-tests")
+        app = create_gateway_app(parse_config(cfg), settings_, embedder=EMBEDDER)
+        with running(app) as base:
+            admin = {"Authorization": "Bearer admin-token-for-tests"}
+            assert httpx.post(f"{base}/v1/chat/completions", json={"model": "strong", "messages": USER}).status_code == 502
+            assert httpx.get(f"{base}/admin/upstreams").status_code == 401  # the admin token is set
+            seen = httpx.get(f"{base}/admin/upstreams", headers=admin).json()["upstreams"]["strong"]
+            assert seen["breaker"]["state"] == "open" and seen["in_flight"] == 0 and seen["waiting"] == 0
+            r = httpx.post(f"{base}/admin/upstreams/reset", headers={**admin, "Content-Type": "application/json"})
+            assert r.json()["upstreams"]["strong"]["breaker"]["state"] == "closed"
+            strong.mode = "ok"
+            assert httpx.post(f"{base}/v1/chat/completions", json={"model": "strong", "messages": USER}).status_code == 200

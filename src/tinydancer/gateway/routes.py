@@ -73,6 +73,19 @@ def session_of(request: Request, limit: int) -> str | None:
     return session
 
 
+@router.get("/admin/upstreams", summary="Each upstream's circuit breaker and slots")
+async def upstreams(request: Request) -> Any:
+    return gateway_of(request).upstream_status()
+
+
+@router.post("/admin/upstreams/reset", summary="Close every upstream's circuit breaker")
+async def upstreams_reset(request: Request) -> Any:
+    gw = gateway_of(request)
+    for up in gw.upstreams.values():
+        up.breaker.reset()
+    return gw.upstream_status()
+
+
 @router.get("/v1/models", summary="The routed aliases and the upstreams")
 async def models(request: Request) -> Any:
     return {"object": "list", "data": gateway_of(request).models()}

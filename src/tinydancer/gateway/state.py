@@ -152,6 +152,17 @@ class Gateway:
             return "every routed upstream's circuit breaker is open"
         return None
 
+    def upstream_status(self) -> dict[str, Any]:
+        """GET /admin/upstreams: each upstream's breaker, calls in flight and waiting (read now: the
+        breaker turns half-open lazily, so its gauge is refreshed here too)."""
+        out = {}
+        for name, up in self.upstreams.items():
+            status = up.breaker.status()
+            self.metrics.breaker_state.labels(name).set(STATE_CODE[up.breaker.state])
+            out[name] = {"breaker": status, "in_flight": up.in_flight, "waiting": up.waiting,
+                         "max_concurrency": up.config.max_concurrency, "max_queue": up.config.max_queue}
+        return {"upstreams": out}
+
     async def close(self) -> None:
         for up in self.upstreams.values():
             await up.close()

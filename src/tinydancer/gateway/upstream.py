@@ -84,6 +84,7 @@ class Upstream:
         self._headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip, deflate"}
         self._slots: asyncio.Semaphore | None = None
         self._waiting = 0
+        self._in_flight = 0
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
 
@@ -120,6 +121,7 @@ class Upstream:
             self._slots = asyncio.Semaphore(self.config.max_concurrency)
         if not self._slots.locked():
             await self._slots.acquire()
+            self._in_flight += 1
             return
         c = self.config
         if self._waiting >= c.max_queue:
@@ -133,10 +135,22 @@ class Upstream:
                                   "retry shortly") from None
         finally:
             self._waiting -= 1
+        self._in_flight += 1
 
     def release(self) -> None:
         assert self._slots is not None
+        self._in_flight -= 1
         self._slots.release()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot now."""
+        return self._waiting
 
     # ------------------------------------------------------------------ calls
     async def open(self, body: bytes, stream: bool, path: str | None = None) -> aiohttp.ClientResponse:
