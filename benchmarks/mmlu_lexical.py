@@ -24,6 +24,7 @@ from robustness import KNN_K, bootstrap_weights, resampled_aiq, tuned
 from tinydancer.llm.embeddings import make_embedder
 from tinydancer.llm.evaluation import router_aiq, sweep_choices
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.router_fit import problem_for
 from tinydancer.llm.selection import kfold, select
 from tinydancer.llm.tables import shared_data_dir, split_routellm, load_routellm_mmlu
 
@@ -46,7 +47,7 @@ def main(data: Path, resamples: int = 1000) -> None:
     emb = make_embedder("minilm")
     train, test = (t.with_embeddings(emb) for t in split_routellm(load_routellm_mmlu(data)))
     config = QueryRouterConfig()
-    problem, _models, _costs = QueryRouter._problem(train, config, emb.id, None, None)
+    problem, _models, _costs = problem_for(train, config, emb.id, None, None)
     pair = (problem.strong, problem.weak)
     network = select(problem).out_of_fold[:, 2]  # the chosen setting's advantage score, out of fold
     y = train.scores.astype(np.float64)

@@ -173,3 +173,25 @@ def test_readme_import_paths_resolve() -> None:
     assert (Candidate, Router, RouterConfig, RoutingRequest, Storage) == (C2, R2, RC2, RR2, S2)
     for name in tinydancer.__all__:
         assert getattr(tinydancer, name) is not None
+
+
+#: rooms that stay small (issue 26): past these a module holds more than one concern
+MAX_FILE_LINES, MAX_CLASS_LINES, MAX_FUNCTION_LINES = 650, 400, 100
+
+
+def test_no_file_class_or_function_outgrows_its_room() -> None:
+    """Files, classes and functions under src/tinydancer stay under their size limits (lines,
+    decorators and docstrings included): one concern each, readable in one sitting."""
+    over = []
+    for path in MODULES.values():
+        text = path.read_text(encoding="utf-8")
+        where = path.relative_to(SRC)
+        if (lines := len(text.splitlines())) > MAX_FILE_LINES:
+            over.append(f"{where}: {lines} lines (at most {MAX_FILE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                if (lines := node.end_lineno - start + 1) > limit:  # type: ignore[operator]
+                    over.append(f"{where}:{node.lineno} {node.name}: {lines} lines (at most {limit})")
+    assert not over, "split these by concern:\n" + "\n".join(over)

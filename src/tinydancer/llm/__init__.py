@@ -2,7 +2,8 @@
 
 Modules, bottom up: ``embeddings`` (MiniLM and a hashing embedder, with an on-disk cache),
 ``tables`` (routing tables and the shared datasets), ``memory`` (outcomes of seen queries),
-``evaluation`` (RouteLLM and RouterBench metrics), ``query_router``.
+``evaluation`` (RouteLLM and RouterBench metrics), ``query_router`` (routing; its training in
+``router_fit``, its file in ``router_file``, its measurement on a table in ``router_eval``).
 """
 
 from .memory import OutcomeMemory, query_key, query_keys

@@ -19,6 +19,11 @@ Which smoothing, which hidden size, and whether to blend the network's outputs w
 head (ridge on the same embedding) are chosen by k-fold cross-validation on the training table
 (:mod:`tinydancer.llm.selection`); the head, when kept, lives in the same router file.
 
+This module is the router at work: scoring, decisions, the operating point, evaluation.  Its
+training lives in :mod:`~tinydancer.llm.router_fit`, its file format in
+:mod:`~tinydancer.llm.router_file`, its measurement on a table in :mod:`~tinydancer.llm.router_eval`;
+``QueryRouter.fit`` / ``load`` / ``save`` / ``evaluate`` delegate to them.
+
 Queries routed *as text* also consult an :class:`~tinydancer.llm.memory.OutcomeMemory` of the
 training table's own outcomes: a query seen before, word for word, gets the posterior mean of
 the network's output and what was observed for it (see :mod:`tinydancer.llm.memory`).
@@ -32,8 +37,6 @@ Decisions
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -41,22 +44,18 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from .._validation import as_float_array, check_number
-from ..errors import ModelFileError, ValidationError
+from ..errors import ValidationError
 from ..nn import FastGRNN
-from .evaluation import (aiq, brier_score, expected_calibration_error, lambda_grid, routellm_curve, router_aiq, savings,
-                         sweep_choices, sweep_curve, sweep_points)
+from . import router_eval, router_file, router_fit
+from .evaluation import lambda_grid
 from .linear_head import LinearHead
 from .memory import OutcomeMemory
 from .router_config import QueryRouterConfig
-from .routing_problem import RoutingProblem, validation_split
-from .selection import Selection, select
+from .router_file import ROUTER_FILE
+from .routing_problem import validation_split
 from .tables import RoutingTable
 
-__all__ = ["QueryRouter", "QueryRouterConfig", "OperatingPoint", "RouteDecision", "validation_split"]
-
-ROUTER_FORMAT = "tinydancer.query_router"
-ROUTER_FORMAT_VERSION = 1
-ROUTER_FILE = "router.safetensors"
+__all__ = ["QueryRouter", "QueryRouterConfig", "OperatingPoint", "RouteDecision", "ROUTER_FILE", "validation_split"]
 
 
 class OperatingPoint(NamedTuple):
@@ -411,49 +410,12 @@ class QueryRouter:
         self.cost_weight, self.quality_bar = float(lam), None
         return {"queries": len(x), "cost_weight": self.cost_weight, "predicted_quality": q, "predicted_cost": c}
 
-    # ------------------------------------------------------------------ evaluation
+    # ------------------------------------------------------------------ evaluation (router_eval)
     def evaluate(self, table: RoutingTable, n_settings: int = 201) -> dict[str, Any]:
         """AIQ (and for two models APGR, CPT20/50/80 in % strong calls), Brier score and ECE on a table."""
-        if sorted(table.models) != sorted(self.models):
-            raise ValidationError(f"the table scores {table.models}, this router routes {self.models}")
-        table.require_complete("evaluation")
-        col = [table.models.index(m) for m in self.models]
-        scores, costs = table.scores[:, col], table.costs[:, col]
-        x = self._table_embeddings(table)
-        outputs, remembered = self.remember(table.queries, self.estimate(x))
-        mean_costs = costs.mean(axis=0)
-        result: dict[str, Any] = {"n_queries": len(table), "models": self.models, "remembered": int(remembered.sum())}
-        predicted = outputs[:, : len(self.models)]  # calibration of the per-model qualities against what was observed
-        result.update(brier=brier_score(predicted, scores), ece=expected_calibration_error(predicted, scores))
-        if self.is_pair:
-            s, w = scores[:, self.strong], scores[:, self.weak]
-            curve = routellm_curve(outputs[:, 2], s, w)
-            result.update(apgr=curve.apgr, cpt20=curve.cpt(0.2), cpt50=curve.cpt(0.5), cpt80=curve.cpt(0.8))
-        # every setting of the knob at once: thresholds for a pair, cost weights on the router's prices otherwise
-        choices = sweep_choices(outputs, costs, (self.strong, self.weak) if self.is_pair else None, n_settings,
-                                prices=None if self.is_pair else self.costs)
-        cost, quality = sweep_curve(choices, scores, costs)
-        result["aiq"] = aiq(cost, quality, float(mean_costs.min()), float(mean_costs.max()))
-        chosen = self.choose(outputs)
-        result["default_setting"] = dict(zip(("mean_cost", "mean_quality"), sweep_points(chosen, scores, costs)))
-        result["curve"] = {"mean_cost": cost.tolist(), "mean_quality": quality.tolist()}
-        best = int(np.argmax(scores.mean(axis=0)))
-        result["best_single_model"] = {"model": self.models[best], "mean_quality": float(scores[:, best].mean()),
-                                       "mean_cost": float(mean_costs[best])}
-        result["savings"] = savings(cost, quality, float(mean_costs[best]), float(scores[:, best].mean()))
-        return result
+        return router_eval.evaluate(self, table, n_settings)
 
-    def _table_embeddings(self, table: RoutingTable) -> np.ndarray:
-        if table.embeddings is not None:
-            if table.embeddings.shape[1] != self.model.config.input_dim:
-                raise ValidationError(
-                    f"the table's embeddings have {table.embeddings.shape[1]} values; this router needs "
-                    f"{self.model.config.input_dim} ({self.embedder_id}); drop them to embed the queries"
-                )
-            return table.embeddings
-        return self.embedder.embed(table.queries)
-
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ training (router_fit)
     @classmethod
     def fit(
         cls,
@@ -480,262 +442,29 @@ class QueryRouter:
         models, embedder, network, normalization, settings and linear head) instead of starting
         afresh; the table may score any subset of its models.
         """
-        config = config or QueryRouterConfig()
-        say = progress or (lambda _msg: None)
-        started = time.perf_counter()
-        if table.embeddings is None:
-            if embedder is None:
-                from .embeddings import make_embedder
+        return router_fit.fit(cls, table, config, embedder=embedder, teacher_logits=teacher_logits, progress=progress,
+                              init=init)
 
-                embedder = make_embedder("minilm")
-            say(f"embedding {len(table)} queries with {embedder.id}")
-            table = table.with_embeddings(embedder)
-            embedder_id = embedder.id
-        else:
-            embedder_id = table.meta.get("embedder_id") or (embedder.id if embedder is not None else "unknown")
-        problem, models, costs = cls._problem(table, config, embedder_id, teacher_logits, init)
-        n, m = problem.n, problem.m
-        if problem.partial and config.neighbours == 0:
-            raise ValidationError("a table with missing cells needs neighbour smoothing (neighbours > 0): a missing "
-                                  "cell's target is the mean outcome of the query's neighbours that have one")
-        min_rows = 20 * max(1, config.folds if init is None else 1)
-        if n < min_rows:
-            raise ValidationError(f"{n} queries are too few to train and validate a router with {config.folds} folds; "
-                                  f"give at least {min_rows}, or fewer folds")
-
-        selection: Selection | None = None
-        searched: tuple[FastGRNN, int] | None = None
-        if init is not None:  # fine-tuning keeps the router's architecture and settings
-            chosen = (init.info.get("selection") or {}).get("chosen", {})
-            k = config.neighbours if config.neighbours is not None else int(chosen.get("neighbours", 100))
-            hidden, weight = init.model.config.hidden_dim, init.network_weight
-            alpha = init.head.alpha if init.head is not None else config.ridge_alphas[0]
-            prior = init.memory.prior_weight if init.memory is not None else (config.memory_prior or 1.0)
-        elif config.folds >= 2:
-            selection = select(problem, say)
-            k, hidden, weight = selection.neighbours, selection.hidden_dim, selection.network_weight
-            alpha, prior = selection.ridge_alpha, selection.memory_prior
-        else:
-            k = 100 if config.neighbours is None else config.neighbours
-            weight, alpha, prior = 1.0, config.ridge_alphas[0], config.memory_prior or 1.0
-            hidden, searched = cls._hidden_on_one_slice(problem, k, say)
-
-        all_rows = np.arange(n)
-        if selection is None and init is None and searched is not None:
-            net, epochs = searched  # trained on the same rows the shipped network would be
-        else:
-            say(f"training the router's network (hidden {hidden}) on {n} queries")
-            net, epochs = problem.train_network(all_rows, hidden, k, init=None if init is None else init.model)
-        head = None
-        if weight < 1.0:
-            head = LinearHead.fit(problem.x, problem.head_targets(all_rows, k), alpha,
-                                  prior=None if init is None else init.head)
-        _fit_i, stop = validation_split(n, config.validation_fraction, config.seed)
-        info: dict[str, Any] = {
-            "trained_at": time.time(),
-            "train_queries": n - len(stop),
-            "validation_queries": len(stop),
-            "hidden_dim": int(hidden),
-            "neighbours": int(k),
-            "network_weight": float(weight),
-            "epochs": epochs,
-            "teacher": teacher_logits is not None,
-            "missing_cells": int(np.isnan(problem.targets[:, :m]).sum()),
-            "fine_tuned_from": None if init is None else init.model.extra_metadata.get("version") or init.info.get("trained_at"),
-            "config": {key: (list(v) if isinstance(v, tuple) else v) for key, v in asdict(config).items()},
-        }
-        if selection is not None:
-            info["selection"] = selection.to_info()
-            info["validation_metric"], info["validation_score"] = f"aiq ({config.folds}-fold cv)", info["selection"]["cv_aiq"]
-        elif init is not None and init.info.get("selection"):
-            info["selection"] = init.info["selection"]
-        memory = None
-        if config.memory:  # the observed outcomes only, added to the earlier router's when fine-tuning
-            base = init.memory if init is not None and init.memory is not None else OutcomeMemory.empty(0, prior)
-            observed = problem.targets.copy()
-            memory = base.merged(table.queries, observed, observed=~np.isnan(observed))
-        info["memory_entries"] = 0 if memory is None else len(memory)
-        router = cls(net, models, costs, embedder_id, info=info, memory=memory, strong=problem.strong if m == 2 else None,
-                     head=head, network_weight=weight)
-        if selection is None:  # the shipped network on the slice it was early-stopped on (optimistic, but on file)
-            info["validation_metric"] = "aiq (early-stopping slice)"
-            info["validation_score"] = router_aiq(router.estimate(problem.x[stop]),
-                                                  problem.filled(stop, np.setdiff1d(all_rows, stop), k)[:, :m],
-                                                  problem.costs[stop], problem.pair)
-        # the operating point comes from outputs on queries the deciding network did not train on:
-        # the folds' out-of-fold outputs when cross-validated, else the early-stopping slice
-        if selection is not None and selection.out_of_fold is not None:
-            rows, outputs = all_rows, selection.out_of_fold
-        else:
-            rows, outputs = stop, router.estimate(problem.x[stop])
-        if m == 2:
-            router.score_quantiles = np.quantile(outputs[:, 2], np.linspace(0, 1, 101))
-            router.calibrate(0.5)
-        else:
-            router.cost_weight = router._default_cost_weight(outputs, problem.filled(rows, all_rows)[:, :m], problem.costs[rows])
-        info["seconds"] = round(time.perf_counter() - started, 2)
-        if embedder is not None and embedder.id == embedder_id:
-            router._embedder = embedder
-        return router
-
-    @classmethod
-    def _problem(cls, table: RoutingTable, config: QueryRouterConfig, embedder_id: str, teacher_logits: np.ndarray | None,
-                 init: "QueryRouter | None") -> tuple[RoutingProblem, list[str], np.ndarray]:
-        """The table as a :class:`RoutingProblem` in the router's model order, its models and costs."""
-        x = table.embeddings
-        assert x is not None
-        n = len(table)
-        if n < 20:
-            raise ValidationError(f"{n} queries are too few to train and validate a router; give at least 20")
-        models, scores, cost_matrix = list(table.models), table.scores, table.costs
-        costs = table.mean_costs
-        if init is not None:
-            models, scores, cost_matrix, costs = cls._aligned(table, init, embedder_id)
-        m = len(models)
-        if m == 2 and init is not None:
-            strong, weak = init.strong, init.weak
-        elif m == 2:
-            # the strong model is the better one on these outcomes, whatever it costs: when the cheaper
-            # model is also the better, "strong calls" still means calls to the better model and APGR
-            # keeps its sense (price says nothing reliable about quality); ties go to the dearer one
-            quality = [float(np.nanmean(scores[:, j])) for j in range(2)]
-            strong = int(np.argmax(quality)) if quality[0] != quality[1] else int(np.argmax(costs))
-            weak = 1 - strong
-        else:
-            strong, weak = 0, 0
-        targets = scores.astype(np.float32)
-        if m == 2:  # NaN where either score is missing
-            targets = np.column_stack([targets, (1.0 + targets[:, strong] - targets[:, weak]) / 2.0]).astype(np.float32)
-        teacher = None
-        if teacher_logits is not None:
-            if m != 2:
-                raise ValidationError("teacher logits are supported for two-model tables")
-            teacher = as_float_array(teacher_logits, "teacher logits", ndim=1)
-            if teacher.shape[0] != n:
-                raise ValidationError(f"{teacher.shape[0]} teacher logits for {n} queries")
-        filled_costs = np.where(np.isnan(cost_matrix), costs[None, :], cost_matrix)
-        problem = RoutingProblem(np.asarray(x, dtype=np.float32), targets, filled_costs, list(table.queries), strong, weak,
-                                 config, teacher)
-        return problem, models, costs
-
-    @staticmethod
-    def _hidden_on_one_slice(problem: RoutingProblem, k: int,
-                             say: Callable[[str], None]) -> tuple[int, tuple[FastGRNN, int] | None]:
-        """Without cross-validation: the hidden size whose network routes best on the early-stopping
-        slice, and that network (trained on exactly the rows the shipped one would be), if trained."""
-        cfg = problem.config
-        if len(cfg.hidden_dims) == 1:
-            return cfg.hidden_dims[0], None
-        everything = np.arange(problem.n)
-        fit, val = validation_split(problem.n, cfg.validation_fraction, cfg.seed)
-        val_scores = problem.filled(val, fit, k)[:, : problem.m]
-        best: tuple[float, int, tuple[FastGRNN, int]] | None = None
-        for hidden in cfg.hidden_dims:
-            trained = problem.train_network(everything, hidden, k)
-            score = router_aiq(trained[0].predict(problem.x[val]), val_scores, problem.costs[val], problem.pair)
-            say(f"hidden {hidden}: validation AIQ {score:.4f}")
-            if best is None or score > best[0]:
-                best = (score, hidden, trained)
-        assert best is not None
-        return best[1], best[2]
-
-    @staticmethod
-    def _aligned(table: RoutingTable, init: "QueryRouter", embedder_id: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """The table's scores and costs in ``init``'s model order, with NaN for models it does not score."""
-        if embedder_id != init.embedder_id:
-            raise ValidationError(f"the router to fine-tune reads {init.embedder_id!r} embeddings; the table has "
-                                  f"{embedder_id!r} ones: embed it with the router's embedder")
-        unknown = [mod for mod in table.models if mod not in init.models]
-        if unknown:
-            raise ValidationError(f"the table scores {unknown}, which the router does not route ({init.models}); "
-                                  "train a new router for a new set of models")
-        col = {mod: i for i, mod in enumerate(table.models)}
-        n = len(table)
-        scores = np.full((n, len(init.models)), np.nan, np.float32)
-        cost_matrix = np.full((n, len(init.models)), np.nan)
-        for j, mod in enumerate(init.models):
-            if mod in col:
-                scores[:, j] = table.scores[:, col[mod]]
-                cost_matrix[:, j] = table.costs[:, col[mod]]
-        means = table.mean_costs
-        costs = np.array([means[col[mod]] if mod in col else init.costs[j] for j, mod in enumerate(init.models)])
-        return list(init.models), scores, cost_matrix, costs
-
-    def _default_cost_weight(self, outputs: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
-        """The cheapest knob setting that matches the best single model's validation quality."""
-        best_single = float(scores.mean(axis=0).max())
-        lambdas = lambda_grid(outputs[:, : len(self.models)], costs)
-        _cost, quality = sweep_curve(sweep_choices(outputs, costs, prices=self.costs, lambdas=lambdas), scores, costs)
-        good = lambdas[quality >= best_single]
-        return float(good.max()) if good.size else 0.0
-
-    # ------------------------------------------------------------------ files
+    # ------------------------------------------------------------------ files (router_file)
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/router.safetensors``: the network plus models, costs, embedder, knobs."""
-        return self.packed().save(Path(folder) / ROUTER_FILE)
+        return router_file.save(self, folder)
 
     def packed(self) -> FastGRNN:
         """A copy of the network carrying the router's metadata: saved, it is a router file."""
-        net = self.model.copy()
-        for key in [k for k in net.aux_tensors if k.startswith(("memory.", "head."))]:
-            del net.aux_tensors[key]
-        if self.memory is not None:
-            net.aux_tensors.update(self.memory.to_tensors())
-        if self.head is not None:
-            net.aux_tensors.update(self.head.to_tensors())
-        net.extra_metadata["query_router"] = json.dumps({
-            "format": ROUTER_FORMAT,
-            "format_version": ROUTER_FORMAT_VERSION,
-            "models": self.models,
-            "costs": self.costs.tolist(),
-            "embedder_id": self.embedder_id,
-            "threshold": self.threshold,
-            "cost_weight": self.cost_weight,
-            "quality_bar": self.quality_bar,
-            "score_quantiles": None if self.score_quantiles is None else self.score_quantiles.tolist(),
-            "memory_prior": None if self.memory is None else self.memory.prior_weight,
-            "info": self.info,
-            "strong": self.strong if self.is_pair else None,
-            "head": None if self.head is None else {"alpha": self.head.alpha, "network_weight": self.network_weight},
-        })
-        return net
+        return router_file.pack(self)
 
     @classmethod
     def load(cls, path: str | Path) -> "QueryRouter":
         """Load from a folder written by :meth:`save` (or the ``router.safetensors`` in it)."""
-        path = Path(path)
-        file = path / ROUTER_FILE if path.is_dir() else path
-        if not file.exists():  # FastGRNN's own message would advise the candidate model's `tinydancer train`
-            raise ModelFileError(f"no query router at {path}: train one with `tinydancer router train TABLE --out DIR`, "
-                                 "or name the folder such a run wrote")
-        return cls.from_network(FastGRNN.load(file), str(file))
+        return router_file.load(cls, path)
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "router bytes") -> "QueryRouter":
         """A router from the bytes of its file (a version kept in a database registry)."""
-        return cls.from_network(FastGRNN.from_bytes(data, source), source)
+        return router_file.from_bytes(cls, data, source)
 
     @classmethod
     def from_network(cls, net: FastGRNN, file: str) -> "QueryRouter":
         """The router a network with routing metadata describes (``file`` names it in errors)."""
-        raw = net.extra_metadata.get("query_router")
-        if raw is None:
-            raise ModelFileError(f"{file} is a FastGRNN model but not a query router (no routing metadata)")
-        try:
-            meta = json.loads(raw)
-            if meta.get("format") != ROUTER_FORMAT or meta.get("format_version") != ROUTER_FORMAT_VERSION:
-                raise ModelFileError(f"{file}: unsupported router format {meta.get('format')!r} v{meta.get('format_version')!r}")
-            memory = OutcomeMemory.from_tensors(net.aux_tensors, meta.get("memory_prior") or 1.0)
-            head_meta = meta.get("head")
-            outputs = len(meta["models"]) + (1 if len(meta["models"]) == 2 else 0)
-            head = None if head_meta is None else LinearHead.from_tensors(net.aux_tensors, head_meta["alpha"],
-                                                                           net.config.input_dim, outputs)
-            for key in [k for k in net.aux_tensors if k.startswith(("memory.", "head."))]:
-                del net.aux_tensors[key]  # the router holds them; packed() puts them back
-            return cls(net, meta["models"], meta["costs"], meta["embedder_id"], threshold=meta["threshold"],
-                       cost_weight=meta["cost_weight"], quality_bar=meta["quality_bar"],
-                       score_quantiles=meta["score_quantiles"], info=meta.get("info"), memory=memory,
-                       strong=meta.get("strong"), head=head,
-                       network_weight=1.0 if head_meta is None else float(head_meta["network_weight"]))
-        except (KeyError, TypeError, json.JSONDecodeError, ValidationError) as exc:
-            raise ModelFileError(f"{file} has an unreadable router part ({exc})") from None
+        return router_file.from_network(cls, net, file)

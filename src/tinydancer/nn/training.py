@@ -214,23 +214,7 @@ class Trainer:
         start_epoch: int,
     ) -> list[TrainingMetrics]:
         cfg = self.config
-        if self.model_config is not None and model.config != self.model_config:
-            raise ValidationError(
-                "the model's configuration differs from the Trainer's model_config; "
-                "build the Trainer with model.config"
-            )
-        _check_compatible(model, dataset, "training data")
-        if cfg.enable_distillation and dataset.soft_targets is None:
-            raise ValidationError(
-                "enable_distillation is set but the dataset has no soft targets; "
-                "call dataset.with_soft_targets(generate_teacher_predictions(teacher, features, T))"
-            )
-        if validation is None and cfg.validation_split > 0:
-            train_set, val_set = dataset.split(cfg.validation_split, seed=cfg.seed)
-        else:
-            train_set, val_set = dataset, validation
-        if val_set is not None:
-            _check_compatible(model, val_set, "validation data")
+        train_set, val_set = self._sets(model, dataset, validation)
         if cfg.sparse:
             return self._train_sparse(model, train_set, val_set, on_epoch_end)
 
@@ -239,7 +223,6 @@ class Trainer:
         sparse_mask = model.flat_mask()
         optimizer = Adam(model.num_params, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, dtype=model.dtype)
         batches = BatchIterator(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        act = model.config.output_activation or "sigmoid"
 
         self.metrics = []
         self.best_epoch = None
@@ -252,46 +235,14 @@ class Trainer:
         for epoch in range(start_epoch, start_epoch + cfg.epochs):
             t0 = time.perf_counter()
             lr = cfg.learning_rate * cfg.lr_decay ** (epoch // cfg.lr_decay_step)
-            loss_sum = 0.0
-            correct = 0.0
-            seen = 0
-            for batch in batches:
-                loss, grad, logits = self.loss_and_grad(model, batch, with_logits=True)
-                if not math.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"loss became {loss} at epoch {epoch}; lower the learning rate or check the data"
-                    )
-                clip_by_global_norm(grad, cfg.grad_clip)
-                if sparse_mask is not None:
-                    grad *= sparse_mask
-                optimizer.step(model.flat, grad, lr)
-                if sparse_mask is not None:
-                    model.flat[...] *= sparse_mask
-                step += 1
-                if hooks:
-                    masks_before = model.masks
-                    for hook in hooks:
-                        hook(model, step, epoch)
-                    if model.masks is not masks_before:  # a hook set a new support
-                        sparse_mask = model.flat_mask()
-                n = len(batch)
-                loss_sum += loss * n
-                correct += accuracy(output_probabilities(logits, act), batch.labels, act) * n
-                seen += n
-            model.refresh()
+            train_loss, train_acc, step, sparse_mask = self._epoch(model, batches, optimizer, lr, epoch, step,
+                                                                   sparse_mask, hooks)
             if val_set is not None:
                 val_loss, val_acc = evaluate_model(model, val_set)
             else:
                 val_loss, val_acc = math.nan, math.nan
-            record = TrainingMetrics(
-                epoch=epoch,
-                train_loss=loss_sum / seen,
-                val_loss=val_loss,
-                train_accuracy=correct / seen,
-                val_accuracy=val_acc,
-                learning_rate=lr,
-                epoch_time_s=time.perf_counter() - t0,
-            )
+            record = TrainingMetrics(epoch=epoch, train_loss=train_loss, val_loss=val_loss, train_accuracy=train_acc,
+                                     val_accuracy=val_acc, learning_rate=lr, epoch_time_s=time.perf_counter() - t0)
             self.metrics.append(record)
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -326,6 +277,65 @@ class Trainer:
             "training_config": cfg.to_dict(),
         }
         return self.metrics
+
+    def _sets(self, model: FastGRNN, dataset: TrainingDataset,
+              validation: TrainingDataset | None) -> tuple[TrainingDataset, TrainingDataset | None]:
+        """The training and validation sets, checked against the model before any work is done
+        (a mismatch found after an hour of training would be a waste of the hour)."""
+        cfg = self.config
+        if self.model_config is not None and model.config != self.model_config:
+            raise ValidationError(
+                "the model's configuration differs from the Trainer's model_config; "
+                "build the Trainer with model.config"
+            )
+        _check_compatible(model, dataset, "training data")
+        if cfg.enable_distillation and dataset.soft_targets is None:
+            raise ValidationError(
+                "enable_distillation is set but the dataset has no soft targets; "
+                "call dataset.with_soft_targets(generate_teacher_predictions(teacher, features, T))"
+            )
+        if validation is None and cfg.validation_split > 0:
+            train_set, val_set = dataset.split(cfg.validation_split, seed=cfg.seed)
+        else:
+            train_set, val_set = dataset, validation
+        if val_set is not None:
+            _check_compatible(model, val_set, "validation data")
+        return train_set, val_set
+
+    def _epoch(self, model: FastGRNN, batches: BatchIterator, optimizer: Adam, lr: float, epoch: int, step: int,
+               sparse_mask: np.ndarray | None, hooks: Sequence[StepHook]) -> tuple[float, float, int, np.ndarray | None]:
+        """One pass over the training batches: (mean loss, mean accuracy, the step count after it,
+        the sparsity mask, which a hook may have replaced)."""
+        cfg = self.config
+        act = model.config.output_activation or "sigmoid"
+        loss_sum = 0.0
+        correct = 0.0
+        seen = 0
+        for batch in batches:
+            loss, grad, logits = self.loss_and_grad(model, batch, with_logits=True)
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss became {loss} at epoch {epoch}; lower the learning rate or check the data"
+                )
+            clip_by_global_norm(grad, cfg.grad_clip)
+            if sparse_mask is not None:
+                grad *= sparse_mask
+            optimizer.step(model.flat, grad, lr)
+            if sparse_mask is not None:
+                model.flat[...] *= sparse_mask
+            step += 1
+            if hooks:
+                masks_before = model.masks
+                for hook in hooks:
+                    hook(model, step, epoch)
+                if model.masks is not masks_before:  # a hook set a new support
+                    sparse_mask = model.flat_mask()
+            n = len(batch)
+            loss_sum += loss * n
+            correct += accuracy(output_probabilities(logits, act), batch.labels, act) * n
+            seen += n
+        model.refresh()
+        return loss_sum / seen, correct / seen, step, sparse_mask
 
     def _train_sparse(
         self,

@@ -307,6 +307,26 @@ def _feedback(logs: Any, router: Any) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return usable, chosen, observed
 
 
+def _finetuned_network(current: QueryRouter, x: np.ndarray, targets: np.ndarray, cfg: RetrainConfig) -> FastGRNN:
+    """A copy of the router's network trained further on the logged targets (in the served
+    network's normalization, so the new one reads embeddings exactly as the old one did)."""
+    net = current.model.copy()
+    net.quantized = None
+    dataset = TrainingDataset(x, targets)
+    if net.normalizer is not None:
+        dataset.apply_normalization(net.normalizer)
+    else:
+        dataset.normalize()
+    Trainer(net.config, TrainingConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, seed=cfg.seed,
+                                       validation_split=0.0)).train(net, dataset)
+    return net
+
+
+def _routing_mix(router: QueryRouter, x: np.ndarray) -> np.ndarray:
+    """The share of the queries ``x`` the router sends to each of its models."""
+    return np.bincount(router.choose(router.predict(x)), minlength=len(router.models)) / max(len(x), 1)
+
+
 def retrain_query_router(
     storage: Storage,
     router_path: str | Path,
@@ -356,15 +376,7 @@ def retrain_query_router(
 
     pair = (current.strong, current.weak) if current.is_pair else None
     targets = bandit_targets(x[fit], chosen[fit], observed[fit], current.predict(x[fit]), cfg.neighbours, pair)
-    net = current.model.copy()
-    net.quantized = None
-    dataset = TrainingDataset(x[fit], targets)
-    if net.normalizer is not None:
-        dataset.apply_normalization(net.normalizer)
-    else:
-        dataset.normalize()
-    Trainer(net.config, TrainingConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, seed=cfg.seed,
-                                       validation_split=0.0)).train(net, dataset)
+    net = _finetuned_network(current, x[fit], targets, cfg)
     # a linear head, when the router blends one, moves with the new outcomes but is shrunk towards
     # the head it had, so a small log does not undo what the training table taught it
     head = None if current.head is None else LinearHead.fit(x[fit], targets, current.head.alpha, prior=current.head)
@@ -390,9 +402,7 @@ def retrain_query_router(
     old_m, new_m = errors(current), errors(new)
     # the promotion gate, as for candidate models: a bounded move of the routing mix (total variation
     # between the shares of queries each router sends to each model, on the held-out queries)
-    m = len(current.models)
-    mix_old = np.bincount(current.choose(current.predict(x[hold])), minlength=m) / max(len(hold), 1)
-    mix_new = np.bincount(new.choose(new.predict(x[hold])), minlength=m) / max(len(hold), 1)
+    mix_old, mix_new = _routing_mix(current, x[hold]), _routing_mix(new, x[hold])
     shift = float(0.5 * np.abs(mix_new - mix_old).sum())
     gate_ok = shift <= cfg.max_mix_shift or cfg.allow_mix_shift
     better = new_m["squared_error"] <= old_m["squared_error"] and gate_ok
