@@ -477,3 +477,15 @@ def test_calibrating_an_n_model_router_to_a_budget_on_traffic() -> None:
         router.calibrate_on_traffic(traffic, strong_share=0.3)
     with pytest.raises(ValidationError, match="under"):
         router.calibrate_on_traffic(traffic, budget=0.5)
+
+
+def test_costs_print_in_one_unit_dollars_per_call_and_per_1000_when_small() -> None:
+    """`router eval` and `calibrate` print costs as dollars a call; under a cent also per 1,000 calls
+    (four decimals printed a $0.00003 call as $0.0000)."""
+    from tinydancer.cli.common import dollars
+
+    assert dollars(24.7) == "$24.7 a call"
+    assert dollars(0.0) == "$0 a call"
+    assert dollars(0.00003) == "$0.00003 a call ($0.03 per 1,000 calls)"
+    assert dollars(1234.5678) == "$1235 a call"
+    assert dollars(0.0012) == "$0.0012 a call ($1.2 per 1,000 calls)"

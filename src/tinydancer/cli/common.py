@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -16,7 +17,7 @@ from ..errors import TinyDancerError
 from ..progress import err_console, item_progress
 
 __all__ = ["console", "err_console", "friendly_errors", "print_or_json", "load_table", "embed_with_progress",
-           "check_port_free", "existing_log"]
+           "check_port_free", "existing_log", "dollars"]
 
 console = Console()
 
@@ -84,3 +85,13 @@ def existing_log(where: str | Path) -> str | Path:
         raise TinyDancerError(f"no decision log at {where}: name the SQLite file `serve` or `gateway` writes "
                               "(--database-path), or a postgresql:// URL (--database-url)")
     return where
+
+
+def dollars(per_call: float) -> str:
+    """A cost in the command line's one unit, dollars per call; a small one per 1,000 calls too
+    (a $0.0003 call printed to four decimals read as $0.0003 or, rounded, as $0.0000)."""
+    def amount(x: float) -> str:  # four significant digits, never in exponent notation
+        return np.format_float_positional(x, precision=4, fractional=False, trim="-")
+
+    text = f"${amount(per_call)} a call"
+    return text if per_call == 0 or abs(per_call) >= 0.01 else f"{text} (${amount(per_call * 1000)} per 1,000 calls)"

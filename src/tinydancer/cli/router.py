@@ -12,7 +12,7 @@ import typer
 
 from ..errors import TinyDancerError
 from ..progress import err_console
-from .common import console, embed_with_progress, existing_log, friendly_errors, load_table, print_or_json
+from .common import console, dollars, embed_with_progress, existing_log, friendly_errors, load_table, print_or_json
 
 __all__ = ["router_app", "calibrate"]
 
@@ -23,10 +23,10 @@ router_app = typer.Typer(help="Model-tier routing: train, evaluate and use query
 @router_app.command("train")
 @friendly_errors
 def router_train(
-    table: Path = typer.Argument(..., help="Routing table (.jsonl): query, scores per model, costs (or --prices)."),
+    table: Path = typer.Argument(..., help="Routing table (.jsonl): query, scores per model, costs in dollars per call (or --prices)."),
     out: Path = typer.Option(..., "--out", help="Folder for router.safetensors."),
     embedder: str = typer.Option("minilm", help="Embedder for rows without embeddings: minilm, minilm-torch, hashing-DIM."),
-    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: $ per query} for rows without costs."),
+    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs."),
     teacher_logits: Optional[Path] = typer.Option(None, help="Two-model tables: .npy of a teacher's logits, one per row, to distil."),
     neighbours: Optional[int] = typer.Option(None, help="Neighbour smoothing of training targets (0 = raw outcomes); "
                                              "default: chosen by cross-validation."),
@@ -92,7 +92,7 @@ def router_eval(
     router_dir: Path = typer.Argument(..., help="Folder written by `router train`."),
     table: Path = typer.Argument(..., help="Routing table (.jsonl) to evaluate on."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    prices: Optional[Path] = typer.Option(None),
+    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs."),
     plot: Optional[Path] = typer.Option(None, help="Write the cost-quality curve as PNG."),
 ) -> None:
     """AIQ, and for two-model tables APGR and CPT(20/50/80 %), of a router on a table, and the money
@@ -113,17 +113,17 @@ def router_eval(
 
         col = [data.models.index(m) for m in router.models]
         singles = {m: (float(data.costs[:, c].mean()), float(data.scores[:, c].mean())) for m, c in zip(router.models, col)}
-        plot_lines({"router": (curve["mean_cost"], curve["mean_quality"])}, plot, xlabel="mean cost per query ($)",
+        plot_lines({"router": (curve["mean_cost"], curve["mean_quality"])}, plot, xlabel="mean cost per call ($)",
                    ylabel="mean quality", title=f"{router_dir.name} on {table.name}", points=singles)
     if as_json:
         typer.echo(json.dumps(result))
     else:
         flat = {k: v for k, v in result.items() if k not in ("models", "savings", "best_single_model")}
         best = result["best_single_model"]
-        flat["best single model"] = f"{best['model']}: quality {best['mean_quality']:.3f} at ${best['mean_cost']:.4g} a query"
+        flat["best single model"] = f"{best['model']}: quality {best['mean_quality']:.3f} at {dollars(best['mean_cost'])}"
         for level, point in result["savings"].items():
             flat[f"saved at {level} of its quality"] = ("not reached" if point is None else
-                                                        f"${point['saved_per_query']:.4g} a query ({point['saved_share']:.0%})")
+                                                        f"{dollars(point['saved_per_query'])} ({point['saved_share']:.0%})")
         print_or_json(flat, False, f"router {router_dir.name} on {table.name}")
 
 
@@ -133,10 +133,12 @@ def router_route(
     router_dir: Path = typer.Argument(..., help="Folder written by `router train`."),
     query: str = typer.Argument(..., help="The query text."),
     strong_share: Optional[float] = typer.Option(None, help="Two models: calibrate so this share of typical queries go strong."),
-    cost_weight: Optional[float] = typer.Option(None, help="N models: quality − cost_weight × cost."),
+    cost_weight: Optional[float] = typer.Option(None, help="N models: the model with the best predicted quality (0-1) − cost_weight × cost, cost in dollars per call: a weight of 100 pays up to $0.001 more a call for 0.1 more predicted quality."),
     quality_bar: Optional[float] = typer.Option(None, help="N models: cheapest model predicted to reach this quality."),
 ) -> None:
-    """Route one query and print the decision, and the operating point it was made at, as JSON."""
+    """Route one query and print the decision, and the operating point it was made at, as JSON.
+
+    Costs (`cost`, `runner_up_cost`) are dollars per call, as in the table the router was trained on."""
     from ..llm.query_router import QueryRouter
 
     router = QueryRouter.load(router_dir)
@@ -190,7 +192,7 @@ def calibrate(
     router_dir: Path = typer.Argument(..., help="The query router to calibrate (a folder from `router train`); rewritten."),
     database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's or gateway's log of routed queries."),
     strong_share: Optional[float] = typer.Option(None, help="Two models: this share of your traffic goes to the strong one."),
-    budget: Optional[float] = typer.Option(None, help="Dollars a query, predicted: the best point that stays under it."),
+    budget: Optional[float] = typer.Option(None, help="Dollars per call, predicted: the best point that stays under it."),
     since: Optional[float] = typer.Option(None, help="Only queries logged at or after this Unix time."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report the point; leave the router file as it is."),
     as_json: bool = typer.Option(False, "--json"),
@@ -208,4 +210,5 @@ def calibrate(
     report["written"] = not dry_run
     if not dry_run:
         router.save(router_dir if router_dir.is_dir() else router_dir.parent)
-    print_or_json(report, as_json, f"operating point of {router_dir} on {report['queries']} logged queries")
+    shown = report if as_json else {**report, "predicted_cost": dollars(report["predicted_cost"])}
+    print_or_json(shown, as_json, f"operating point of {router_dir} on {report['queries']} logged queries")
