@@ -6,6 +6,8 @@
   package ships no ONNX file) and cache on disk; ``"torch"`` runs sentence-transformers on the
   same folder.  Both give the same vectors (checked in the tests); ONNX Runtime is the default
   because it is faster per query and needs no PyTorch (see benchmarks/RESULTS.md).
+* :class:`~tinydancer.llm.static_embedder.StaticEmbedder` — static token vectors distilled from
+  the same MiniLM (the Model2Vec recipe), ~100× faster per prompt; ``make_embedder("static")``.
 * :class:`HashingEmbedder` — deterministic feature hashing of words and character trigrams, for
   tests and for environments without the model.
 * :class:`CachedEmbedder` — an SQLite cache keyed by embedder id and the SHA-256 of the text, so a
@@ -335,23 +337,48 @@ class CachedEmbedder:
 
 
 def make_embedder(name: str = "minilm", cache: bool = True, **kwargs: object) -> Embedder:
-    """``"minilm"`` (ONNX), ``"minilm-torch"`` or ``"hashing[-DIM]"``, optionally cached on disk."""
+    """``"minilm"`` (ONNX), ``"minilm-torch"``, ``"static[-DIM]"`` or ``"hashing[-DIM]"``.
+
+    MiniLM is wrapped in the on-disk cache when ``cache`` is true.  The static embedder never
+    is: a lookup (SHA-256 + SQLite) costs more than embedding the text again (tens of µs), and
+    its token table is itself cached on disk.
+    """
     if name == "minilm":
         inner: Embedder = MiniLMEmbedder("onnx", **kwargs)  # type: ignore[arg-type]
     elif name == "minilm-torch":
         inner = MiniLMEmbedder("torch", **kwargs)  # type: ignore[arg-type]
+    elif name == "static" or name.startswith("static-"):
+        from .static_embedder import DEFAULT_STATIC_DIM, StaticEmbedder
+
+        try:
+            dim = int(name.split("-", 1)[1]) if "-" in name else DEFAULT_STATIC_DIM
+        except ValueError:
+            raise ValidationError(f"unknown embedder {name!r}; the static one is 'static' or 'static-DIM'") from None
+        return StaticEmbedder(dim, **kwargs)  # type: ignore[arg-type]
     elif name.startswith("hashing"):
         dim = int(name.split("-", 1)[1]) if "-" in name else 256
         inner = HashingEmbedder(dim)
     else:
-        raise ValidationError(f"unknown embedder {name!r}; use 'minilm', 'minilm-torch' or 'hashing-DIM'")
+        raise ValidationError(f"unknown embedder {name!r}; use 'minilm', 'minilm-torch', 'static[-DIM]' or 'hashing-DIM'")
     return CachedEmbedder(inner) if cache else inner
 
 
 def embedder_for_id(embedder_id: str, cache: bool = True) -> Embedder:
-    """The embedder that produced vectors with this id (as saved with a router)."""
+    """The embedder that produced vectors with this id (as saved with a router).
+
+    A static id names its recipe's version: a router built on another version is refused rather
+    than fed vectors from a different table."""
+    from .static_embedder import STATIC_VERSION, parse_static_id
+
     if embedder_id == MINILM_ID:
         return make_embedder("minilm", cache=cache)
     if embedder_id.startswith("hashing-v1-"):
         return make_embedder(f"hashing-{embedder_id.rsplit('-', 1)[1]}", cache=cache)
+    static = parse_static_id(embedder_id)
+    if static is not None:
+        version, dim = static
+        if version != STATIC_VERSION:
+            raise ValidationError(f"the router reads {embedder_id!r} embeddings (static recipe v{version}); this "
+                                  f"install builds v{STATIC_VERSION}: retrain the router with --embedder static")
+        return make_embedder(f"static-{dim}", cache=cache)
     raise ValidationError(f"no embedder known for id {embedder_id!r}")
