@@ -83,6 +83,10 @@ def test_a_prompt_is_the_normalized_sum_of_its_pieces(tmp_path) -> None:
     assert got.dtype == np.float32 and got.shape == (5, DIM)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(emb.embed(texts[::-1]), got[::-1])  # batching does not mix rows
+    emb.chunk_size = 2  # chunked (long tables): the same rows, progress per chunk
+    ticks: list[int] = []
+    np.testing.assert_array_equal(emb.embed(texts, progress=ticks.append), got)
+    assert ticks == [2, 2, 1]
     assert emb.embed([]).shape == (0, DIM)
     with pytest.raises(ValidationError):
         emb.embed("one string")  # type: ignore[arg-type]
