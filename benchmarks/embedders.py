@@ -29,8 +29,7 @@ from typing import Callable
 import numpy as np
 from _common import console, environment, table, time_call
 
-from tinydancer.llm.embeddings import Embedder, MiniLMEmbedder
-from tinydancer.llm.static_embedder import StaticEmbedder
+from tinydancer.llm.embeddings import Embedder, MiniLMEmbedder, make_embedder
 from tinydancer.llm.tables import load_llmrouter, load_routellm_mmlu, shared_data_dir
 
 SHORT = "Which of the following best describes the function of the mitochondria in eukaryotic cells?"
@@ -66,11 +65,11 @@ def batched(embedder: Embedder, texts: list[str]) -> float:
 def static_vs_minilm(calls: int) -> None:
     data = shared_data_dir()
     chat, mmlu = prompts(data)
-    static = StaticEmbedder()
+    static = make_embedder("static")
     static.embed(["warm"])  # the table is read from the cache (or built) once, outside the timing
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        fresh = StaticEmbedder(cache_dir=Path(tmp))
+        fresh = make_embedder("static", cache_dir=Path(tmp))
         fresh.embed(["build"])
         build_s = time.perf_counter() - t0
         same = bool(np.array_equal(np.load(fresh.table_path()), np.load(static.table_path())))

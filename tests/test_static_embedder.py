@@ -14,7 +14,7 @@ import pytest
 from tinydancer.errors import ValidationError
 from tinydancer.llm.embeddings import HashingEmbedder, embedder_for_id, make_embedder
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
-from tinydancer.llm.static_embedder import StaticEmbedder, content_ranks, pca, sif_weights, static_id
+from tinydancer.llm.static_embedder import StaticEmbedder, StaticSource, content_ranks, pca, sif_weights, static_id
 from tinydancer.llm.tables import RoutingTable
 
 SPECIAL = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]"]
@@ -42,7 +42,8 @@ def stand_in(ids: np.ndarray) -> np.ndarray:
 
 
 def tiny(cache_dir, dim: int = DIM) -> StaticEmbedder:  # type: ignore[no-untyped-def]
-    return StaticEmbedder(dim, cache_dir=cache_dir, tokenizer=tiny_tokenizer(), encode=stand_in, source="tiny-test")
+    return StaticEmbedder(dim, StaticSource(key=lambda: "tiny-test", tokenizer=tiny_tokenizer, encoder=lambda: stand_in),
+                          cache_dir)
 
 
 def test_table_is_pca_of_the_pieces_times_their_sif_weights(tmp_path) -> None:

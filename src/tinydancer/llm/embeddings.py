@@ -24,11 +24,14 @@ import re
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..errors import TinyDancerError, ValidationError
+
+if TYPE_CHECKING:
+    from .static_embedder import StaticSource
 
 Progress = Callable[[int], None]
 
@@ -336,6 +339,32 @@ class CachedEmbedder:
         return out
 
 
+def minilm_static_source() -> "StaticSource":
+    """The packaged MiniLM as the source of a static table: its tokenizer, our ONNX graph of it
+    (built or read from the cache), and a digest of its weights for the table's file name."""
+    from .static_embedder import StaticSource, weights_digest
+
+    def tokenizer() -> object:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(minilm_model_dir() / "tokenizer.json"))
+
+    def encoder() -> Callable[[np.ndarray], np.ndarray]:
+        minilm = MiniLMEmbedder("onnx")
+        minilm._ensure_onnx()
+        session = minilm._session
+        assert session is not None
+
+        def encode(ids: np.ndarray) -> np.ndarray:
+            (out,) = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            return out
+
+        return encode
+
+    return StaticSource(key=lambda: weights_digest(minilm_model_dir() / "model.safetensors"), tokenizer=tokenizer,
+                        encoder=encoder)
+
+
 def make_embedder(name: str = "minilm", cache: bool = True, **kwargs: object) -> Embedder:
     """``"minilm"`` (ONNX), ``"minilm-torch"``, ``"static[-DIM]"`` or ``"hashing[-DIM]"``.
 
@@ -354,7 +383,8 @@ def make_embedder(name: str = "minilm", cache: bool = True, **kwargs: object) ->
             dim = int(name.split("-", 1)[1]) if "-" in name else DEFAULT_STATIC_DIM
         except ValueError:
             raise ValidationError(f"unknown embedder {name!r}; the static one is 'static' or 'static-DIM'") from None
-        return StaticEmbedder(dim, **kwargs)  # type: ignore[arg-type]
+        cache_dir = kwargs.get("cache_dir")
+        return StaticEmbedder(dim, minilm_static_source(), Path(cache_dir) if cache_dir else default_cache_dir())  # type: ignore[arg-type]
     elif name.startswith("hashing"):
         dim = int(name.split("-", 1)[1]) if "-" in name else 256
         inner = HashingEmbedder(dim)

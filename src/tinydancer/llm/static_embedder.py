@@ -42,6 +42,7 @@ import io
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -58,6 +59,22 @@ DEFAULT_STATIC_DIM = 256
 SIF_A = 1e-4
 
 Encoder = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class StaticSource:
+    """Where a table comes from, each part loaded only when a table must be built or read.
+
+    ``key`` names the weights in the cache file's name; ``tokenizer`` gives a ``tokenizers``
+    Tokenizer with ``[CLS]``/``[SEP]`` in its vocabulary; ``encoder`` gives the transformer
+    (``(B, 3)`` int64 ids to ``(B, D)`` vectors).  The packaged MiniLM's source is
+    :func:`tinydancer.llm.embeddings.minilm_static_source`; tests pass a tiny one.  Passing it in
+    keeps this module free of the MiniLM loader (no import cycle with ``embeddings``).
+    """
+
+    key: Callable[[], str]
+    tokenizer: Callable[[], Any]
+    encoder: Callable[[], Encoder]
 
 
 def static_id(dim: int, version: int = STATIC_VERSION) -> str:
@@ -135,6 +152,17 @@ def weights_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    """A list of strings (the Embedder contract, as ``embeddings`` checks it)."""
+    if isinstance(texts, str):
+        raise ValidationError("embed() takes a list of texts, not a single string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise ValidationError(f"text {i} is {type(t).__name__}, not a string")
+    return out
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -144,23 +172,17 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 class StaticEmbedder:
     """A prompt's vector = the SIF-weighted sum of its WordPieces' distilled vectors, L2-normalized.
 
-    ``tokenizer`` and ``encode`` are for tests (a tiny vocabulary and a stand-in transformer);
-    by default both come from the packaged MiniLM and the table is built on first use (about
-    half a minute on 2 cores; ``build_seconds`` says how long it took) and then read from
-    ``cache_dir``.
+    The table is built on first use from ``source`` (for the packaged MiniLM, 26-42 s on 2 cores;
+    ``build_seconds`` says how long it took) and then read from ``cache_dir``.
     """
 
-    def __init__(self, dim: int = DEFAULT_STATIC_DIM, cache_dir: Path | None = None, tokenizer: Any = None,
-                 encode: Encoder | None = None, source: str = "minilm") -> None:
+    def __init__(self, dim: int, source: StaticSource, cache_dir: Path) -> None:
         if dim < 1:
             raise ValidationError(f"the static embedder's dim must be positive, got {dim}")
-        from .embeddings import default_cache_dir
-
         self._dim = int(dim)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._tokenizer = tokenizer
-        self._encode = encode
-        self._source = source
+        self.source = source
+        self.cache_dir = Path(cache_dir)
+        self._tokenizer: Any = None
         self._table: np.ndarray | None = None
         self._lock = threading.Lock()
         self.build_seconds: float | None = None
@@ -176,39 +198,15 @@ class StaticEmbedder:
     # ------------------------------------------------------------------ building
     def _load_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            from .embeddings import minilm_model_dir
-
-            self._tokenizer = Tokenizer.from_file(str(minilm_model_dir() / "tokenizer.json"))
-        tok = self._tokenizer
-        tok.no_truncation()  # a static sum has no length limit; the gateway caps a prompt's characters
-        tok.no_padding()
-        return tok
+            tok = self.source.tokenizer()
+            tok.no_truncation()  # a static sum has no length limit; the gateway caps a prompt's characters
+            tok.no_padding()
+            self._tokenizer = tok
+        return self._tokenizer
 
     def table_path(self) -> Path:
-        """Where the table is cached: keyed by version, dim and the weights (or the test source)."""
-        if self._encode is None:
-            from .embeddings import minilm_model_dir
-
-            key = weights_digest(minilm_model_dir() / "model.safetensors")
-        else:
-            key = hashlib.sha256(self._source.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{self.id}-{key}.npy"
-
-    def _minilm_encoder(self) -> Encoder:
-        from .embeddings import MiniLMEmbedder
-
-        minilm = MiniLMEmbedder("onnx")
-        minilm._ensure_onnx()
-        session = minilm._session
-        assert session is not None
-
-        def encode(ids: np.ndarray) -> np.ndarray:
-            (out,) = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
-            return out
-
-        return encode
+        """Where the table is cached: keyed by version, dim and the source's weights."""
+        return self.cache_dir / f"{self.id}-{self.source.key()}.npy"
 
     def _ensure_table(self) -> np.ndarray:
         if self._table is not None:
@@ -230,8 +228,7 @@ class StaticEmbedder:
                 tokens = [""] * len(vocab)
                 for piece, i in vocab.items():
                     tokens[i] = piece
-                encode = self._encode if self._encode is not None else self._minilm_encoder()
-                table = build_table(encode, len(tokens), vocab["[CLS]"], vocab["[SEP]"], content_ranks(tokens), self._dim)
+                table = build_table(self.source.encoder(), len(tokens), vocab["[CLS]"], vocab["[SEP]"], content_ranks(tokens), self._dim)
                 if "[UNK]" in vocab:  # an unknown character says nothing about the query: it adds nothing
                     table[vocab["[UNK]"]] = 0.0
                 _save_npy(path, table)
@@ -266,8 +263,6 @@ class StaticEmbedder:
         return out
 
     def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        from .embeddings import _check_texts
-
         texts = _check_texts(texts)
         table = self._ensure_table()
         if len(texts) <= self.chunk_size:  # the routed path: one prompt, no copying
