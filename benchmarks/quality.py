@@ -24,6 +24,7 @@ are repeats — a second table that scores the repeated and the new test queries
     .venv/bin/python benchmarks/quality.py                  # all three datasets, ~10 min the first time
     .venv/bin/python benchmarks/quality.py --only mmlu      # one dataset
     .venv/bin/python benchmarks/quality.py --robustness     # stress tables with bootstrap intervals (robustness.py)
+    .venv/bin/python benchmarks/quality.py --robustness --embedders minilm,static   # the same tables, embedders compared
 """
 
 from __future__ import annotations
@@ -332,6 +333,8 @@ def main() -> None:
     parser.add_argument("--robustness", action="store_true", help="the stress tables with bootstrap intervals "
                                                                    "(benchmarks/robustness.py) instead")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, with --robustness")
+    parser.add_argument("--embedders", default=None, help="with --robustness: compare embedders (make_embedder names, "
+                        "the first is the reference), e.g. minilm,static")
     args = parser.parse_args()
     data = args.data_dir or shared_data_dir()
     if data is None:
@@ -339,7 +342,10 @@ def main() -> None:
     if args.robustness:
         import robustness
 
-        robustness.main(data, args.resamples)
+        if args.embedders:
+            robustness.compare_embedders(data, args.resamples, args.embedders.split(","))
+        else:
+            robustness.main(data, args.resamples)
         return
     console.print(environment())
     emb = make_embedder("minilm")

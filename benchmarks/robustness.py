@@ -106,8 +106,9 @@ def chosen_note(router: QueryRouter) -> str:
             f"prior {c['memory_prior']:g}; folds {lo:.3f}–{hi:.3f}")
 
 
-def route_all(train: RoutingTable, test: RoutingTable) -> dict[str, tuple[np.ndarray, str]]:
-    """Every router's (K, N) choices on test, with a note."""
+def route_all(train: RoutingTable, test: RoutingTable, baselines: tuple[str, ...] = ("ridge", "kNN", "logistic"),
+              ) -> dict[str, tuple[np.ndarray, str]]:
+    """Every router's (K, N) choices on test, with a note (``baselines``: which tuned ones to run)."""
     out: dict[str, tuple[np.ndarray, str]] = {}
     m = len(train.models)
     t0 = time.perf_counter()
@@ -123,6 +124,8 @@ def route_all(train: RoutingTable, test: RoutingTable) -> dict[str, tuple[np.nda
 
     for name, grid, fn in (("ridge", RIDGE_ALPHA, ridge_predict), ("kNN", KNN_K, knn),
                            ("logistic", LOGISTIC_C, logistic_predict)):
+        if name not in baselines:
+            continue
         knob, note = tuned(grid, fn, train)
         out[name] = (sweep_choices(fn(train.embeddings, train.scores, test.embeddings, knob), test.costs),
                      f"{'alpha' if name == 'ridge' else 'k' if name == 'kNN' else 'C'} = {note}")
@@ -210,3 +213,54 @@ def main(data: Path, resamples: int) -> None:
                         ["table", "train / test", "models", "best baseline", "ours − best", "95 % interval", "ours is"],
                         summary, key="robustness-summary"))
     console.print(output_pricing_note(data))
+
+
+# ---------------------------------------------------------------------- embedders compared
+def compare_embedders(data: Path, resamples: int, names: list[str]) -> None:
+    """Each router (ours, ridge, kNN) on each table with each embedder, scored on the same
+    bootstrap resamples of the test queries, so the difference between embedders is paired.
+
+    Verdict per row: the candidate (every embedder after the first) is "within" when its point AIQ
+    is at or above the lower end of the first embedder's 95 % interval for the same router, the
+    rule issue 29 sets for a default embedder.  The paired interval of the difference is shown
+    too: it is the tighter test.
+
+        .venv/bin/python benchmarks/quality.py --robustness --embedders minilm,static
+    """
+    console.print(environment())
+    embedders = {n: make_embedder(n) for n in names}
+    per_embedder = {n: tables(data, lambda t, e=e: t.with_embeddings(e)) for n, e in embedders.items()}
+    first, rest = names[0], names[1:]
+    rows, verdicts = [], []
+    started = time.perf_counter()
+    for i, (tname, _, test) in enumerate(per_embedder[first]):
+        weights = np.vstack([np.ones((1, len(test))), bootstrap_weights(len(test), resamples)])
+        values: dict[str, dict[str, np.ndarray]] = {}
+        notes: dict[str, dict[str, str]] = {}
+        for n in names:
+            _, train_n, test_n = per_embedder[n][i]
+            routed = route_all(train_n, test_n, baselines=("ridge", "kNN"))
+            values[n] = {r: resampled_aiq(c, test_n, weights) for r, (c, _) in routed.items() if r in ("ours", "ridge", "kNN")}
+            notes[n] = {r: note for r, (_, note) in routed.items()}
+        for r in ("ours", "ridge", "kNN"):
+            base = values[first][r]
+            a, b = np.percentile(base[1:], [2.5, 97.5])
+            row = [tname if r == "ours" else "", r, f"{base[0]:.3f} [{a:.3f}, {b:.3f}]"]
+            for n in rest:
+                v = values[n][r]
+                c, d = np.percentile(v[1:], [2.5, 97.5])
+                lo, hi = np.percentile(v[1:] - base[1:], [2.5, 97.5])
+                ok = v[0] >= a
+                row += [f"{v[0]:.3f} [{c:.3f}, {d:.3f}]", f"{v[0] - base[0]:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                        "within" if ok else "BELOW"]
+                if r == "ours":
+                    verdicts.append(ok)
+            rows.append(row)
+        console.print(f"{tname}: done ({time.perf_counter() - started:.0f} s); ours: "
+                      + ", ".join(f"{n} {notes[n]['ours']}" for n in names))
+    columns = ["table", "router", f"{first} AIQ [95 %]"]
+    for n in rest:
+        columns += [f"{embedders[n].id} AIQ [95 %]", f"− {first} (paired) [95 %]", f"vs {first}'s interval"]
+    console.print(table(f"AIQ by embedder, same routers, same {resamples} resamples of each test table",
+                        columns, rows, key="robustness-embedders"))
+    console.print(f"ours with {', '.join(rest)}: within {first}'s interval on {sum(verdicts)} of {len(verdicts)} tables")

@@ -25,7 +25,8 @@ router_app = typer.Typer(help="Model-tier routing: train, evaluate and use query
 def router_train(
     table: Path = typer.Argument(..., help="Routing table (.jsonl): query, scores per model, costs in dollars per call (or --prices)."),
     out: Path = typer.Option(..., "--out", help="Folder for router.safetensors."),
-    embedder: str = typer.Option("minilm", help="Embedder for rows without embeddings: minilm, minilm-torch, hashing-DIM."),
+    embedder: str = typer.Option("minilm", help="Embedder for rows without embeddings: minilm, minilm-torch, "
+                                 "static[-DIM] (static vectors distilled from MiniLM), hashing-DIM."),
     prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs."),
     teacher_logits: Optional[Path] = typer.Option(None, help="Two-model tables: .npy of a teacher's logits, one per row, to distil."),
     neighbours: Optional[int] = typer.Option(None, help="Neighbour smoothing of training targets (0 = raw outcomes); "

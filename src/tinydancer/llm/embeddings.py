@@ -6,6 +6,8 @@
   package ships no ONNX file) and cache on disk; ``"torch"`` runs sentence-transformers on the
   same folder.  Both give the same vectors (checked in the tests); ONNX Runtime is the default
   because it is faster per query and needs no PyTorch (see benchmarks/RESULTS.md).
+* :class:`~tinydancer.llm.static_embedder.StaticEmbedder` — static token vectors distilled from
+  the same MiniLM (the Model2Vec recipe), ~100× faster per prompt; ``make_embedder("static")``.
 * :class:`HashingEmbedder` — deterministic feature hashing of words and character trigrams, for
   tests and for environments without the model.
 * :class:`CachedEmbedder` — an SQLite cache keyed by embedder id and the SHA-256 of the text, so a
@@ -22,11 +24,14 @@ import re
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..errors import TinyDancerError, ValidationError
+
+if TYPE_CHECKING:
+    from .static_embedder import StaticSource
 
 Progress = Callable[[int], None]
 
@@ -334,24 +339,76 @@ class CachedEmbedder:
         return out
 
 
+def minilm_static_source() -> "StaticSource":
+    """The packaged MiniLM as the source of a static table: its tokenizer, our ONNX graph of it
+    (built or read from the cache), and a digest of its weights for the table's file name."""
+    from .static_embedder import StaticSource, weights_digest
+
+    def tokenizer() -> object:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(minilm_model_dir() / "tokenizer.json"))
+
+    def encoder() -> Callable[[np.ndarray], np.ndarray]:
+        minilm = MiniLMEmbedder("onnx")
+        minilm._ensure_onnx()
+        session = minilm._session
+        assert session is not None
+
+        def encode(ids: np.ndarray) -> np.ndarray:
+            (out,) = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            return out
+
+        return encode
+
+    return StaticSource(key=lambda: weights_digest(minilm_model_dir() / "model.safetensors"), tokenizer=tokenizer,
+                        encoder=encoder)
+
+
 def make_embedder(name: str = "minilm", cache: bool = True, **kwargs: object) -> Embedder:
-    """``"minilm"`` (ONNX), ``"minilm-torch"`` or ``"hashing[-DIM]"``, optionally cached on disk."""
+    """``"minilm"`` (ONNX), ``"minilm-torch"``, ``"static[-DIM]"`` or ``"hashing[-DIM]"``.
+
+    MiniLM is wrapped in the on-disk cache when ``cache`` is true.  The static embedder never
+    is: a lookup (SHA-256 + SQLite) costs more than embedding the text again (tens of µs), and
+    its token table is itself cached on disk.
+    """
     if name == "minilm":
         inner: Embedder = MiniLMEmbedder("onnx", **kwargs)  # type: ignore[arg-type]
     elif name == "minilm-torch":
         inner = MiniLMEmbedder("torch", **kwargs)  # type: ignore[arg-type]
+    elif name == "static" or name.startswith("static-"):
+        from .static_embedder import DEFAULT_STATIC_DIM, StaticEmbedder
+
+        try:
+            dim = int(name.split("-", 1)[1]) if "-" in name else DEFAULT_STATIC_DIM
+        except ValueError:
+            raise ValidationError(f"unknown embedder {name!r}; the static one is 'static' or 'static-DIM'") from None
+        cache_dir = kwargs.get("cache_dir")
+        return StaticEmbedder(dim, minilm_static_source(), Path(cache_dir) if cache_dir else default_cache_dir())  # type: ignore[arg-type]
     elif name.startswith("hashing"):
         dim = int(name.split("-", 1)[1]) if "-" in name else 256
         inner = HashingEmbedder(dim)
     else:
-        raise ValidationError(f"unknown embedder {name!r}; use 'minilm', 'minilm-torch' or 'hashing-DIM'")
+        raise ValidationError(f"unknown embedder {name!r}; use 'minilm', 'minilm-torch', 'static[-DIM]' or 'hashing-DIM'")
     return CachedEmbedder(inner) if cache else inner
 
 
 def embedder_for_id(embedder_id: str, cache: bool = True) -> Embedder:
-    """The embedder that produced vectors with this id (as saved with a router)."""
+    """The embedder that produced vectors with this id (as saved with a router).
+
+    A static id names its recipe's version: a router built on another version is refused rather
+    than fed vectors from a different table."""
+    from .static_embedder import STATIC_VERSION, parse_static_id
+
     if embedder_id == MINILM_ID:
         return make_embedder("minilm", cache=cache)
     if embedder_id.startswith("hashing-v1-"):
         return make_embedder(f"hashing-{embedder_id.rsplit('-', 1)[1]}", cache=cache)
+    static = parse_static_id(embedder_id)
+    if static is not None:
+        version, dim = static
+        if version != STATIC_VERSION:
+            raise ValidationError(f"the router reads {embedder_id!r} embeddings (static recipe v{version}); this "
+                                  f"install builds v{STATIC_VERSION}: retrain the router with --embedder static")
+        return make_embedder(f"static-{dim}", cache=cache)
     raise ValidationError(f"no embedder known for id {embedder_id!r}")
