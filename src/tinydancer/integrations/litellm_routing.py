@@ -365,11 +365,12 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             return healthy
         metadata = _metadata_of(request_kwargs)
         tag = self._tag_in(metadata)
+        emb: Any = None
+        quality: dict[str, float] = {}
         try:
             if tag is None:  # the call's first attempt: decide
                 if self.service_url is not None:
                     ranking, decision_id = await self._decide_remote(text)
-                    emb, quality = None, {}
                 else:
                     ranking, emb, quality = await self._decide_local(text)
                     decision_id = new_request_id()
@@ -384,17 +385,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             self._left_to_litellm(model, leave)
             kwargs.update(saved)
             return await litellms_choice()
-        if fresh:
-            self.routed += 1
-            self._issue(tag["decision_id"])
-            if self.router is not None:
-                self._remember(tag["decision_id"], emb, quality, text)
-        tag["router_model"] = self.plays(chosen)
-        if _deployment_id(chosen) is not None:
-            tag["tried"] = [*tag.get("tried", []), _deployment_id(chosen)]
-        if metadata is not None:
-            metadata[METADATA_KEY] = tag
-        return chosen
+        return self._note_choice(chosen, tag, metadata, (emb, quality, text) if fresh else None)
 
     def get_available_deployment(self, model: str, messages: list[dict[str, str]] | None = None,
                                  input: str | list | None = None, specific_deployment: bool | None = False,
@@ -415,6 +406,8 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         metadata = _metadata_of(request_kwargs)
         tag = self._tag_in(metadata)
         fresh = tag is None
+        emb: Any = None
+        quality: dict[str, float] = {}
         try:
             if tag is None:
                 try:
@@ -428,10 +421,17 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             leave = exc if isinstance(exc, _LeaveToLiteLLM) else _LeaveToLiteLLM("router_error", f"routing failed ({_describe(exc)})")
             self._left_to_litellm(model, leave)
             return litellms_choice()
-        if fresh:
+        return self._note_choice(chosen, tag, metadata, (emb, quality, text) if fresh else None)
+
+    def _note_choice(self, chosen: dict[str, Any], tag: dict[str, Any], metadata: dict[str, Any] | None,
+                     decided: tuple[Any, dict[str, float], str] | None) -> dict[str, Any]:
+        """Record the deployment chosen for this attempt in the call's tag, and ``decided`` (embedding,
+        qualities, text) when this attempt made the decision, so retries and fallbacks stay its attempts."""
+        if decided is not None:
             self.routed += 1
             self._issue(tag["decision_id"])
-            self._remember(tag["decision_id"], emb, quality, text)
+            if self.router is not None:
+                self._remember(tag["decision_id"], *decided)
         tag["router_model"] = self.plays(chosen)
         if _deployment_id(chosen) is not None:
             tag["tried"] = [*tag.get("tried", []), _deployment_id(chosen)]

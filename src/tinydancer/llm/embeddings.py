@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkabl
 import numpy as np
 
 from ..errors import TinyDancerError, ValidationError
+from .embedder_inputs import check_texts, weights_digest
 
 if TYPE_CHECKING:
     from .static_embedder import StaticSource
@@ -52,16 +53,6 @@ class Embedder(Protocol):
 def default_cache_dir() -> Path:
     """``$TINY_DANCER_CACHE`` or ``~/.cache/tinydancer``."""
     return Path(os.environ.get("TINY_DANCER_CACHE") or Path.home() / ".cache" / "tinydancer")
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise ValidationError("embed() takes a list of texts, not a single string")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise ValidationError(f"text {i} is {type(t).__name__}, not a string")
-    return out
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -101,7 +92,7 @@ class HashingEmbedder:
         return feats
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for feat in self._features(text):
@@ -166,15 +157,8 @@ class MiniLMEmbedder:
 
     # -- onnx
     def _onnx_path(self) -> Path:
-        """The graph's cache file, keyed by the weights' content (their size, first and last MiB), not
-        their path: each virtual environment once built a 90 MB copy of its own."""
-        weights = self._model_dir / "model.safetensors"
-        digest = hashlib.sha256(f"{weights.stat().st_size}|graph-v1".encode())
-        with weights.open("rb") as fh:
-            digest.update(fh.read(1 << 20))
-            fh.seek(-min(1 << 20, weights.stat().st_size), os.SEEK_END)
-            digest.update(fh.read())
-        return self.cache_dir / f"minilm-l6-v2-{digest.hexdigest()[:16]}.onnx"
+        """The graph's cache file, keyed by the weights' content (see weights_digest), not their path."""
+        return self.cache_dir / f"minilm-l6-v2-{weights_digest(self._model_dir / 'model.safetensors')}-graph-v1.onnx"
 
     def _ensure_onnx(self) -> None:
         if self._session is not None:
@@ -223,7 +207,7 @@ class MiniLMEmbedder:
         return self._st_model.encode(texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True)
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:  # the runtime sessions are shared; one batch at a time
@@ -308,7 +292,7 @@ class CachedEmbedder:
         return self.inner.dim
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         keys = [EmbeddingCache.key(self.id, t) for t in texts]
         found = self.cache.get_many(list(dict.fromkeys(keys)), self.dim)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -342,7 +326,7 @@ class CachedEmbedder:
 def minilm_static_source() -> "StaticSource":
     """The packaged MiniLM as the source of a static table: its tokenizer, our ONNX graph of it
     (built or read from the cache), and a digest of its weights for the table's file name."""
-    from .static_embedder import StaticSource, weights_digest
+    from .static_embedder import StaticSource
 
     def tokenizer() -> object:
         from tokenizers import Tokenizer

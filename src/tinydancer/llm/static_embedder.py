@@ -37,9 +37,7 @@ the version: a router trained on one version refuses another.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ import numpy as np
 
 from .._io import atomic_write_bytes
 from ..errors import ValidationError
+from .embedder_inputs import check_texts
 
 #: bump when anything in the recipe changes (inputs, pooling, PCA, weights): it is in the id
 STATIC_VERSION = 1
@@ -138,29 +137,6 @@ def build_table(encode: Encoder, vocab_size: int, cls_id: int, sep_id: int, rank
         rows.append(np.asarray(encode(batch), dtype=np.float32))
     reduced = pca(np.concatenate(rows), dim)
     return (reduced * sif_weights(ranks)[:, None]).astype(np.float32)
-
-
-def weights_digest(path: Path) -> str:
-    """A short digest of a weights file: its size, first and last MiB (hashing 90 MB each start
-    would cost more than loading the table)."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as fh:
-        digest.update(fh.read(1 << 20))
-        fh.seek(-min(1 << 20, size), os.SEEK_END)
-        digest.update(fh.read())
-    return digest.hexdigest()[:16]
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    """A list of strings (the Embedder contract, as ``embeddings`` checks it)."""
-    if isinstance(texts, str):
-        raise ValidationError("embed() takes a list of texts, not a single string")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise ValidationError(f"text {i} is {type(t).__name__}, not a string")
-    return out
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -263,7 +239,7 @@ class StaticEmbedder:
         return out
 
     def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         table = self._ensure_table()
         if len(texts) <= self.chunk_size:  # the routed path: one prompt, no copying
             out = self._embed_chunk(table, texts)
