@@ -103,6 +103,29 @@ def test_gateway_calls_failures_and_prompts_in_one_transaction(backend: tuple[st
     assert storage.record_outcome("g1", None, True, 0.9, None) == "weak"  # feedback goes to the model that answered
 
 
+def test_each_outcome_says_who_recorded_it_and_feedback_replaces_a_judges_grade(backend: tuple[str, Any]) -> None:
+    _, storage = backend
+    now = time.time()
+    failed = CallRecord("s1", 0, "up-strong", "strong", "http_5xx", 500, False, None, None, None, None, 3.0, now)
+    storage.insert_log([query_row("s1", ["weak", "strong"]), query_row("s2", ["weak"]), query_row("s3", ["weak"])],
+                       [failed.row()], [failed.failure_outcome(1), ("s1", "weak", 0, 1, 0.9, 0.001, now, "judge")])
+    storage.record_outcome("s2", None, True, None, None)
+    logs = storage.labelled("query")
+    assert dict(zip(zip(logs.request_ids, logs.targets), logs.sources)) == {
+        ("s1", "weak"): "judge", ("s1", "strong"): "failure", ("s2", "weak"): "feedback"}
+    # a person overrules the judge without saying "correction" (the grade replaced is audited) ...
+    assert storage.record_outcome("s1", "weak", False, 0.2, None) == "weak"
+    (audit,) = storage.corrections(now - 1.0)
+    assert audit[:4] == ("s1", "weak", 1, 0.9)
+    # ... but the judge never overrules a person, nor a person another person, unasked
+    storage.record_outcome("s3", None, True, None, None)
+    for source in ("judge", "feedback"):
+        with pytest.raises(OutcomeExistsError):
+            storage.record_outcome("s3", None, False, None, None, source=source)
+    logs = storage.labelled("query")
+    assert dict(zip(zip(logs.request_ids, logs.targets), logs.sources))[("s1", "weak")] == "feedback"
+
+
 def test_retention_keeps_the_newest_rows_with_their_outcomes(backend: tuple[str, Any]) -> None:
     _, storage = backend
     for i in range(6):

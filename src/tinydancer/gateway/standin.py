@@ -8,7 +8,13 @@ the caller goes away, or to break a stream after its first chunk, and mode ``raw
 ``"raw"`` describes (a status, a body repeated ``repeat`` times, a gzip body of ``gzip_zeros`` zero
 bytes, a redirect), as a broken or hostile provider might.  ``GET /_standin/stats`` says
 how many calls it saw and how many callers hung up on it.  Asked to grade an answer in the forms
-``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.  Its ``usage``
+``tinydancer label`` asks for, it answers with a well-formed but arbitrary verdict.  With a
+``skill`` (``weak`` or ``strong``) it is kind-aware (see :mod:`tinydancer.gateway.prompt_kinds`):
+its answers are right or wrong by the prompt's kind (``weak`` answers small talk, look-ups and
+arithmetic right and proofs, code reviews and multi-step problems wrong; ``strong`` answers all
+right), a right answer carrying the question's ``answer_key``; and as a judge it grades by that
+key, 9 for a right answer and 2 for a wrong one (pairwise: the right one wins), as a grader holding
+the reference answers would.  Its ``usage``
 counts a token per word by default; ``tokens="chars"`` counts one per character (as CJK text is
 often counted), and ``usage_json`` (a field, or sent to ``/_standin/mode``) replaces the whole
 ``usage``, plain and streamed, with any JSON text, bogus included (``1e999``, negative or string
@@ -21,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import socket
 import threading
 import time
@@ -32,9 +39,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .prompt_kinds import answer_key, classify, needs_strong
+
 __all__ = ["StandIn", "free_port", "running"]
 
 MODES = ("ok", "400", "401", "429", "500", "hang", "break", "garbage", "raw")
+SKILLS = (None, "weak", "strong")
 
 
 @dataclass
@@ -54,10 +64,16 @@ class StandIn:
     usage_json: str | None = None
     #: what mode ``raw`` answers: status, body, content_type, repeat, gzip_zeros, location
     raw: dict[str, Any] = field(default_factory=dict)
+    #: None: answers echo the prompt, grades are arbitrary; ``weak`` or ``strong``: kind-aware (see above)
+    skill: str | None = None
     calls: int = 0
     cancelled: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
     last_headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.skill not in SKILLS:
+            raise ValueError(f"skill must be one of {SKILLS}, not {self.skill!r}")
 
     def reply(self, body: dict[str, Any]) -> str:
         if self.mode == "garbage":
@@ -65,6 +81,8 @@ class StandIn:
         if self.answer is not None:
             return self.answer
         text = _last_user_text(body)
+        if self.skill is not None:
+            return kind_aware_reply(self.name, self.skill, text)
         # asked to grade (tinydancer label's rubrics): a verdict in the asked-for form, the same for
         # the same text every time, and meaningless: a stand-in cannot judge
         digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
@@ -197,6 +215,30 @@ class StandIn:
 
 _VERBATIM = "\x00usage\x00"
 
+_GRADED = re.compile(r"\[Question\]\n(?P<q>.*?)\n\n\[Answer(?: A)?\]\n(?P<a>.*?)\n\[End of answer(?: A)?\]"
+                     r"(?:\n\n\[Answer B\]\n(?P<b>.*?)\n\[End of answer B\])?", re.S)
+
+
+def kind_aware_reply(name: str, skill: str, text: str) -> str:
+    """A kind-aware stand-in's reply: an answer right or wrong by the prompt's kind, or, asked to
+    grade, a grade by whether the answer carries the question's key (see the module's docstring)."""
+    graded = _GRADED.search(text) if ("Rating: [[n]]" in text or "[[C]] for a tie" in text) else None
+    if graded is not None:
+        key = answer_key(graded["q"])
+        kind = classify(graded["q"])
+        right_a = key in graded["a"]
+        if "Rating: [[n]]" in text:
+            return f"A {kind.replace('_', ' ')} question; the answer is {'right' if right_a else 'wrong'}. " \
+                   f"Rating: [[{9 if right_a else 2}]]"
+        right_b = key in (graded["b"] or "")
+        verdict = "C" if right_a == right_b else "A" if right_a else "B"
+        return f"A {kind.replace('_', ' ')} question. [[{verdict}]]"
+    kind = classify(text)
+    if skill == "strong" or not needs_strong(kind):
+        return f"[{name}] Here is a careful answer to your {kind.replace('_', ' ')} request: {answer_key(text)}."
+    return f"[{name}] Here is a confident answer to your {kind.replace('_', ' ')} request: " \
+           f"{answer_key('wrong: ' + text)}."
+
 
 def _raw_answer(raw: dict[str, Any]) -> Response:
     """Mode ``raw``: an answer no well-behaved provider would give (see the module's docstring)."""
@@ -270,8 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", default="stand-in")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds before answering (streams: between chunks)")
+    ap.add_argument("--skill", choices=["weak", "strong"], default=None,
+                    help="kind-aware answers and grades (weak: right on easy kinds only; strong: right on all)")
     args = ap.parse_args(argv)
-    uvicorn.run(StandIn(args.name, delay_s=args.delay).app(), host="127.0.0.1", port=args.port, log_level="warning",
+    uvicorn.run(StandIn(args.name, delay_s=args.delay, skill=args.skill).app(), host="127.0.0.1", port=args.port, log_level="warning",
                 access_log=False)
 
 

@@ -62,6 +62,8 @@ class LabelledLogs:
     feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: the decision each outcome belongs to
     request_ids: list[str] = field(default_factory=list)
+    #: who said it (see ``OUTCOME_SOURCES``); None for outcomes recorded before sources were kept
+    sources: list[str | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class CallRecord:
 
     def failure_outcome(self, rank: int) -> tuple[Any, ...]:
         """The outcome row saying this attempt's model failed the call (success 0, no quality)."""
-        return (self.request_id, self.target, rank, 0, None, self.cost, self.created_at)
+        return (self.request_id, self.target, rank, 0, None, self.cost, self.created_at, "failure")
 
 
 class Storage(Protocol):
@@ -101,7 +103,8 @@ class Storage(Protocol):
                    outcomes: list[tuple[Any, ...]], prompts: Sequence[tuple[Any, ...]] = ()) -> None: ...
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
-                       cost: float | None, *, correction: bool = False, by: str | None = None) -> str: ...
+                       cost: float | None, *, correction: bool = False, by: str | None = None,
+                       source: str = "feedback") -> str: ...
 
     def labelled(self, kind: str = "candidate", since: float | None = None) -> LabelledLogs: ...
 
@@ -159,7 +162,7 @@ LOG_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
               ("ttft_ms", "real", True), ("total_ms", "real", False), ("created_at", "real", False)),
     "outcomes": (("request_id", "text", False), ("target", "text", False), ("rank", "i32", False),
                  ("success", "i32", False), ("quality", "real", True), ("cost", "real", True),
-                 ("created_at", "real", False)),
+                 ("created_at", "real", False), ("source", "text", True)),
     "prompts": (("request_id", "text", False), ("text", "text", False), ("created_at", "real", False)),
 }
 _INT_RANGE = {"i32": (-(2**31), 2**31 - 1), "i64": (-(2**63), 2**63 - 1)}
@@ -351,8 +354,12 @@ def outcome_target(request_id: str, target: str | None, targets_json: str | None
     return str(chosen), targets.index(chosen)
 
 
-def refuse_duplicate(request_id: str, target: str, existing: Any, correction: bool) -> None:
-    """One outcome per decision and target: a second one must say it is a correction."""
+def refuse_duplicate(request_id: str, target: str, existing: Any, correction: bool, source: str = "feedback",
+                     existing_source: str | None = None) -> None:
+    """One outcome per decision and target: a second one must say it is a correction, except that
+    a person's feedback replaces the judge's grade without asking (the replaced grade is audited)."""
+    if existing is not None and existing_source == "judge" and source != "judge":
+        return
     if existing is not None and not correction:
         raise OutcomeExistsError(f"an outcome for request {request_id!r} / {target!r} is already recorded; "
                                  'send "correction": true to replace it (corrections are kept and audited)')
@@ -360,7 +367,15 @@ def refuse_duplicate(request_id: str, target: str, existing: Any, correction: bo
 
 #: what :func:`labelled_from_rows` reads, in this order, from decisions d joined with outcomes o
 LABELLED_COLUMNS = ("d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target, d.query_key, "
-                    "o.created_at, o.request_id")
+                    "o.created_at, o.request_id, o.source")
+
+#: who recorded an outcome (the ``outcomes.source`` column): ``feedback`` (POST /v1/feedback or
+#: :meth:`Storage.record_outcome`), ``failure`` (the gateway: an attempt that failed), ``judge`` (the
+#: gateway's judge grading a sampled answer); NULL in outcomes recorded before the column existed
+OUTCOME_SOURCES = ("feedback", "failure", "judge")
+
+#: the outcomes table's columns, named in every insert (so a column added later cannot shift them)
+OUTCOME_INSERT = "outcomes (request_id, target, rank, success, quality, cost, created_at, source)"
 
 #: :meth:`Storage.corrections`: (request id, target, old success, old quality, old outcome's time,
 #: corrected at) of every correction made after a time, oldest first (``%s``: that time)
@@ -384,6 +399,7 @@ def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:
         query_keys=[None if r[8] is None else int(r[8], 16) for r in rows],
         feedback_at=np.array([r[9] for r in rows], dtype=np.float64),
         request_ids=[str(r[10]) for r in rows],
+        sources=[r[11] for r in rows],
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
 try:
@@ -99,6 +99,8 @@ PG_MIGRATIONS: list[str] = [
     """,
     # 5: when the replaced outcome had been recorded (SQLite's 7)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at DOUBLE PRECISION",
+    # 6 (issue 27): who recorded each outcome (SQLite's 8): 'feedback', 'failure' or 'judge'; NULL before
+    "ALTER TABLE outcomes ADD COLUMN source TEXT",
 ]
 
 #: the channel promotions are announced on; the payload is "<schema> <kind> <version>"
@@ -372,28 +374,29 @@ class PostgresStorage:
             if calls:
                 cur.executemany(f"INSERT INTO calls VALUES ({_q(13)})", calls)
             if outcomes:
-                cur.executemany(f"INSERT INTO outcomes VALUES ({_q(7)}) ON CONFLICT DO NOTHING", outcomes)
+                cur.executemany(f"INSERT INTO {OUTCOME_INSERT} VALUES ({_q(8)}) ON CONFLICT DO NOTHING", outcomes)
             if prompts:
                 cur.executemany(f"INSERT INTO prompts VALUES ({_q(3)}) ON CONFLICT DO NOTHING", prompts)
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
-                       cost: float | None, *, correction: bool = False, by: str | None = None) -> str:
+                       cost: float | None, *, correction: bool = False, by: str | None = None,
+                       source: str = "feedback") -> str:
         """As SQLite's: one outcome per decision and target; the decision row is locked, so two
         replicas taking feedback for the same request at once are serialized."""
         with self._connection(self.call_deadline_s) as conn, conn.transaction():
             row = conn.execute("SELECT targets FROM decisions WHERE request_id=%s FOR UPDATE", (request_id,)).fetchone()
             chosen, rank = outcome_target(request_id, target, None if row is None else row[0])
             now = time.time()
-            old = conn.execute("SELECT success, quality, cost, created_at FROM outcomes WHERE request_id=%s AND target=%s",
-                               (request_id, chosen)).fetchone()
-            refuse_duplicate(request_id, chosen, old, correction)
+            old = conn.execute("SELECT success, quality, cost, created_at, source FROM outcomes "
+                               "WHERE request_id=%s AND target=%s", (request_id, chosen)).fetchone()
+            refuse_duplicate(request_id, chosen, old, correction, source, None if old is None else old[4])
             if old is not None:
                 conn.execute(f"INSERT INTO outcome_corrections VALUES ({_q(11)})",
                              (request_id, chosen, *old[:3], int(bool(success)), quality, cost, now, by, old[3]))
-            conn.execute(f"INSERT INTO outcomes VALUES ({_q(7)}) ON CONFLICT (request_id, target) DO UPDATE SET "
+            conn.execute(f"INSERT INTO {OUTCOME_INSERT} VALUES ({_q(8)}) ON CONFLICT (request_id, target) DO UPDATE SET "
                          "rank=excluded.rank, success=excluded.success, quality=excluded.quality, cost=excluded.cost, "
-                         "created_at=excluded.created_at",
-                         (request_id, chosen, rank, int(bool(success)), quality, cost, now))
+                         "created_at=excluded.created_at, source=excluded.source",
+                         (request_id, chosen, rank, int(bool(success)), quality, cost, now, source))
             return str(chosen)
 
     def prune(self, now: float | None = None) -> int:

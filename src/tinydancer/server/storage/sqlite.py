@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
@@ -129,6 +129,9 @@ MIGRATIONS: list[str] = [
     # 7: when the replaced outcome had been recorded, so retraining knows whether its outcome
     #    memory already counted it (NULL in corrections made before this column)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at REAL",
+    # 8 (issue 27): who recorded each outcome: 'feedback', 'failure' (a failed gateway attempt) or
+    #    'judge' (the gateway's judge grading a sampled answer); NULL for outcomes recorded before
+    "ALTER TABLE outcomes ADD COLUMN source TEXT",
 ]
 
 
@@ -326,7 +329,7 @@ class SQLiteStorage:
             if calls:
                 conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             if outcomes:
-                conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?,?,?,?,?,?,?)", outcomes)
+                conn.executemany(f"INSERT OR IGNORE INTO {OUTCOME_INSERT} VALUES (?,?,?,?,?,?,?,?)", outcomes)
 
     def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
         """The inputs each logged decision was routed on (for query routing: the query embedding),
@@ -348,7 +351,8 @@ class SQLiteStorage:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def record_outcome(self, request_id: str, target: str | None, success: bool, quality: float | None,
-                       cost: float | None, *, correction: bool = False, by: str | None = None) -> str:
+                       cost: float | None, *, correction: bool = False, by: str | None = None,
+                       source: str = "feedback") -> str:
         """Attach feedback to a logged decision (the top-ranked target when ``target`` is None).
 
         One outcome per decision and target: a second one raises :class:`OutcomeExistsError`
@@ -359,14 +363,14 @@ class SQLiteStorage:
             row = conn.execute("SELECT targets FROM decisions WHERE request_id=?", (request_id,)).fetchone()
             chosen, rank = outcome_target(request_id, target, None if row is None else row[0])
             now = time.time()
-            old = conn.execute("SELECT success, quality, cost, created_at FROM outcomes WHERE request_id=? AND target=?",
-                               (request_id, chosen)).fetchone()
-            refuse_duplicate(request_id, chosen, old, correction)
+            old = conn.execute("SELECT success, quality, cost, created_at, source FROM outcomes "
+                               "WHERE request_id=? AND target=?", (request_id, chosen)).fetchone()
+            refuse_duplicate(request_id, chosen, old, correction, source, None if old is None else old[4])
             if old is not None:
                 conn.execute("INSERT INTO outcome_corrections VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                              (request_id, chosen, *old[:3], int(bool(success)), quality, cost, now, by, old[3]))
-            conn.execute("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)",
-                         (request_id, chosen, rank, int(bool(success)), quality, cost, now))
+            conn.execute(f"INSERT OR REPLACE INTO {OUTCOME_INSERT} VALUES (?,?,?,?,?,?,?,?)",
+                         (request_id, chosen, rank, int(bool(success)), quality, cost, now, source))
             return str(chosen)
 
     # ------------------------------------------------------------------ reads
