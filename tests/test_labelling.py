@@ -202,3 +202,33 @@ def test_a_prompt_given_twice_is_bought_once(tmp_path: Path, upstreams: dict[str
     label(str(write_prompts(tmp_path, rows)), "--config", str(cfg), "--out", str(out), "--models", "strong")
     assert upstreams["strong"].calls == 2
     assert [json.loads(line)["query"] for line in out.read_text().splitlines()] == [PROMPTS[0]["prompt"], PROMPTS[1]["prompt"]]
+
+
+def test_a_rubric_replaces_the_judges_instructions_and_kind_aware_stand_ins_are_graded_by_kind(
+        tmp_path: Path, upstreams: dict[str, Any]) -> None:
+    from tinydancer.gateway.labelling import JUDGE_INSTRUCTIONS
+    from tinydancer.gateway.prompt_kinds import generate
+
+    for name, skill in (("strong", "strong"), ("weak", "weak"), ("judge", "strong")):
+        upstreams[name].answer, upstreams[name].skill = None, skill
+    prompts = generate(8, seed=3, hard_share=0.5)
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Grade only correctness: a wrong answer is a 1, whatever its style.\n")
+    cfg = write_config(tmp_path, upstreams["urls"])
+    out = tmp_path / "rubric.jsonl"
+    label(str(write_prompts(tmp_path, [{"prompt": p.text} for p in prompts])), "--config", str(cfg), "--out", str(out),
+          "--models", "strong,weak", "--judge", "judge", "--rubric", str(rubric))
+    sent = upstreams["judge"].last_body["messages"][0]["content"]
+    assert sent.startswith("Grade only correctness") and JUDGE_INSTRUCTIONS not in sent and "Rating: [[n]]" in sent
+    table = RoutingTable.from_jsonl(out)
+    by_text = {p.text: p.needs_strong for p in prompts}
+    weak_col = table.models.index("weak")
+    for query, row in zip(table.queries, table.scores):
+        assert row[1 - weak_col] == pytest.approx(8 / 9)  # strong: right (9) on every kind
+        assert row[weak_col] == pytest.approx(1 / 9 if by_text[query] else 8 / 9)  # weak: wrong (2) on hard kinds
+    calls = upstreams["judge"].calls
+    # another rubric asks for new verdicts (the journal does not hand back the old rubric's)
+    rubric.write_text("Be strict.")
+    label(str(write_prompts(tmp_path, [{"prompt": p.text} for p in prompts])), "--config", str(cfg), "--out", str(out),
+          "--models", "strong,weak", "--judge", "judge", "--rubric", str(rubric))
+    assert upstreams["judge"].calls == calls + 16

@@ -30,6 +30,8 @@ def label(
     grader: Optional[str] = typer.Option(None, help="reference, judge or pairwise (default: reference when every prompt "
                                                     "has one, else judge)."),
     judge: Optional[str] = typer.Option(None, help="The upstream that grades answers (judge and pairwise graders)."),
+    rubric: Optional[Path] = typer.Option(None, help="A text file of grading instructions replacing the default ones "
+                                          "(judge and pairwise graders; the verdict's form is kept)."),
     match: str = typer.Option("normalized", help="Reference grader: exact, normalized or contains."),
     models: Optional[str] = typer.Option(None, help="Comma-separated upstreams to label (default: all of them)."),
     max_tokens: int = typer.Option(512, help="max_tokens of each call: bounds each answer, hence each call's worst case."),
@@ -47,7 +49,8 @@ def label(
     failed call) are left out of the table, never written as zeros; `router train` takes such a
     partial table."""
     from ..gateway import load_config
-    from ..gateway.labelling import Prompt, calls_per_prompt, load_prompts, plan_from_config, run_labelling
+    from ..gateway.labelling import (Prompt, calls_per_prompt, load_prompts, load_rubric, plan_from_config,
+                                     run_labelling)
 
     if concurrency < 1 or max_tokens < 1:
         raise TinyDancerError("--concurrency and --max-tokens must be at least 1")
@@ -72,7 +75,7 @@ def label(
         items = [items[i] for i in sorted(picked)]
     plan = plan_from_config(cfg, items, models=models.split(",") if models else None, grader=grader,
                             judge=judge, match=match, max_tokens=max_tokens, max_dollars=max_dollars,
-                            concurrency=concurrency)
+                            concurrency=concurrency, rubric=None if rubric is None else load_rubric(rubric))
     estimate = plan.estimate()
     total = sum(estimate.values())
     rows = [[name, f"${dollars:.4f}"] for name, dollars in estimate.items()] + [["total (at most)", f"${total:.4f}"]]

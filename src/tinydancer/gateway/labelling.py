@@ -49,8 +49,8 @@ from ..errors import ValidationError
 from .config import GatewayConfig, UpstreamConfig
 from .upstream import Upstream, UpstreamFailure
 
-__all__ = ["Budget", "Journal", "LabelPlan", "LabelReport", "grade_reference", "load_prompts", "parse_pairwise",
-           "parse_rating", "prompt_token_bound", "run_labelling"]
+__all__ = ["Budget", "Journal", "LabelPlan", "LabelReport", "grade_reference", "judge_prompt", "load_prompts",
+           "load_rubric", "pairwise_prompt", "parse_pairwise", "parse_rating", "prompt_token_bound", "run_labelling"]
 
 #: tokens a chat template may add around one user message (BOS, role markers, the reply's header)
 TEMPLATE_TOKENS = 64
@@ -58,9 +58,18 @@ TEMPLATE_TOKENS = 64
 #: once the answer is in, that call is checked against its exact bound (and topped up or skipped)
 ANSWER_BYTES_PER_TOKEN = 4
 
-JUDGE_PROMPT = """You are grading an AI assistant's answer to a user's question. Judge how helpful, correct, relevant \
-and complete the answer is. First explain your judgement in a few sentences. Then give a rating from 1 (useless) to \
-10 (excellent) in exactly this form: Rating: [[n]]
+#: the default instructions of a rating; a rubric file (``--rubric``, the gateway's ``judge.rubric``)
+#: replaces them, while the form the verdict must take (``RATING_FORM``) is always kept, or no reply could be read
+JUDGE_INSTRUCTIONS = ("You are grading an AI assistant's answer to a user's question. Judge how helpful, correct, "
+                      "relevant and complete the answer is. First explain your judgement in a few sentences.")
+RATING_FORM = "Then give a rating from 1 (useless) to 10 (excellent) in exactly this form: Rating: [[n]]"
+PAIRWISE_INSTRUCTIONS = ("You are comparing two AI assistants' answers to the same user question. Judge which answer is "
+                         "more helpful, correct, relevant and complete; ignore their order and length. First explain "
+                         "briefly.")
+PAIRWISE_FORM = ("Then give your verdict in exactly one of these forms: [[A]] if answer A is better, [[B]] if answer B "
+                 "is better, [[C]] for a tie.")
+
+JUDGE_BODY = """
 
 [Question]
 {question}
@@ -69,9 +78,7 @@ and complete the answer is. First explain your judgement in a few sentences. The
 {answer}
 [End of answer]"""
 
-PAIRWISE_PROMPT = """You are comparing two AI assistants' answers to the same user question. Judge which answer is \
-more helpful, correct, relevant and complete; ignore their order and length. First explain briefly. Then give your \
-verdict in exactly one of these forms: [[A]] if answer A is better, [[B]] if answer B is better, [[C]] for a tie.
+PAIRWISE_BODY = """
 
 [Question]
 {question}
@@ -83,6 +90,35 @@ verdict in exactly one of these forms: [[A]] if answer A is better, [[B]] if ans
 [Answer B]
 {b}
 [End of answer B]"""
+
+JUDGE_PROMPT = JUDGE_INSTRUCTIONS + " " + RATING_FORM + JUDGE_BODY
+PAIRWISE_PROMPT = PAIRWISE_INSTRUCTIONS + " " + PAIRWISE_FORM + PAIRWISE_BODY
+
+
+def judge_prompt(question: str, answer: str, rubric: str | None = None) -> str:
+    """The rating request for ``answer``: the rubric (or the default instructions), the form, the texts."""
+    head = JUDGE_INSTRUCTIONS if rubric is None else rubric.strip()
+    return head + " " + RATING_FORM + JUDGE_BODY.format(question=question, answer=answer)
+
+
+def pairwise_prompt(question: str, a: str, b: str, rubric: str | None = None) -> str:
+    """The comparison request of answers ``a`` and ``b``, as :func:`judge_prompt`."""
+    head = PAIRWISE_INSTRUCTIONS if rubric is None else rubric.strip()
+    return head + " " + PAIRWISE_FORM + PAIRWISE_BODY.format(question=question, a=a, b=b)
+
+
+def load_rubric(path: str | Path) -> str:
+    """A rubric file's text (UTF-8, not empty): the grading instructions that replace the default ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"no rubric file at {path}")
+    text = _read_utf8(path).strip()
+    if not text:
+        raise ValidationError(f"the rubric {path} is empty; write the grading instructions in it")
+    if len(text) > 20_000:
+        raise ValidationError(f"the rubric {path} is {len(text)} characters; keep it under 20,000 (it is sent with "
+                              "every grading call)")
+    return text
 
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
@@ -321,6 +357,8 @@ class LabelPlan:
     max_tokens: int = 512
     max_dollars: float | None = None
     concurrency: int = 8
+    #: grading instructions replacing the default ones (the verdict's form is kept)
+    rubric: str | None = None
 
     @property
     def reference_model(self) -> UpstreamConfig:
@@ -336,10 +374,12 @@ class LabelPlan:
 
     def judge_call(self, prompt: Prompt, u: UpstreamConfig, answer: str, reference: str) -> tuple[str, str, tuple[str, ...]]:
         """The judge call grading ``answer``: its kind, its message and its journal key's parts."""
+        # a rubric joins the journal key, so a rerun with another rubric pays for new verdicts
+        extra = () if self.rubric is None else (self.rubric,)
         if self.grader == "judge":
-            return "judge", JUDGE_PROMPT.format(question=prompt.text, answer=answer), (prompt.text, u.name, answer)
-        return ("pairwise", PAIRWISE_PROMPT.format(question=prompt.text, a=answer, b=reference),
-                (prompt.text, u.name, answer, reference))
+            return "judge", judge_prompt(prompt.text, answer, self.rubric), (prompt.text, u.name, answer, *extra)
+        return ("pairwise", pairwise_prompt(prompt.text, answer, reference, self.rubric),
+                (prompt.text, u.name, answer, reference, *extra))
 
     def judge_worst_case(self, prompt: Prompt, u: UpstreamConfig) -> float:
         """The judge call's worst case before the answers it reads exist (``ANSWER_BYTES_PER_TOKEN`` each token)."""
@@ -589,6 +629,8 @@ def plan_from_config(config: GatewayConfig, prompts: list[Prompt], *, models: li
         raise ValidationError(f"unknown grader {grader!r}: use reference, judge or pairwise")
     if grader in ("judge", "pairwise") and judge_cfg is None:
         raise ValidationError(f"the {grader} grader needs --judge NAME (an upstream of the config)")
+    if grader == "reference" and kw.get("rubric") is not None:
+        raise ValidationError("--rubric instructs a judge: use it with --grader judge or pairwise")
     if grader == "reference" and any(p.reference is None for p in prompts):
         raise ValidationError("the reference grader needs a 'reference' answer on every prompt; use --judge otherwise")
     # a prompt given twice would be bought twice in one run (both miss the journal): label it once
