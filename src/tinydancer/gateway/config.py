@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticEr
 
 from ..errors import ValidationError
 
-__all__ = ["GatewayConfig", "OperatingPointSpec", "UpstreamConfig", "load_config"]
+__all__ = ["GatewayConfig", "JudgeConfig", "OperatingPointSpec", "UpstreamConfig", "load_config"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -99,6 +99,25 @@ class OperatingPointSpec(_Strict):
         return self
 
 
+class JudgeConfig(_Strict):
+    """Judged samples: an upstream grades a share of answered routed calls (see gateway/judging.py)."""
+
+    #: the upstream that grades (one of ``upstreams``; usually one the router does not route to)
+    upstream: str
+    #: the share of answered routed calls sent for grading (their answers are kept until graded)
+    sample_share: float = Field(0.05, ge=0.0, le=1.0, allow_inf_nan=False)
+    #: dollars the judge may spend a UTC day (its usage × its prices); past them grading stops until the next day
+    daily_dollars: float = Field(5.0, ge=0.0, allow_inf_nan=False)
+    #: a text file of grading instructions replacing the default ones (as ``tinydancer label --rubric``)
+    rubric: Path | None = None
+    #: answers waiting for grading, at most: a sample that finds the queue full is not taken
+    max_pending: int = Field(1000, ge=1, le=1_000_000)
+    #: the judge's max_tokens (bounds each grading call's worst case, which is what the budget reserves)
+    max_tokens: int = Field(512, ge=16, le=100_000)
+    #: seeds the sampling, so a run can be replayed (None: a fresh seed each start)
+    seed: int | None = None
+
+
 class GatewayConfig(_Strict):
     #: a folder written by ``tinydancer router train`` (None: the packaged strong/weak router)
     router: Path | None = None
@@ -128,6 +147,8 @@ class GatewayConfig(_Strict):
     #: keep the text each call was routed on (the last user turn) in the log, for
     #: ``tinydancer label --from-db``; off by default: prompts can hold what users would not share
     log_prompts: bool = False
+    #: judged samples (None: no judging)
+    judge: JudgeConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> "GatewayConfig":
@@ -139,6 +160,8 @@ class GatewayConfig(_Strict):
         dup = sorted({n for n in plays if plays.count(n) > 1})
         if dup:
             raise ValueError(f"two upstreams play the same router model ({', '.join(dup)}); give each its own router_model")
+        if self.judge is not None and self.judge.upstream not in names:
+            raise ValueError(f"judge.upstream {self.judge.upstream!r} is not one of the upstreams ({', '.join(names)})")
         return self
 
     def upstream(self, name: str) -> UpstreamConfig | None:
@@ -184,4 +207,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     config = parse_config(data, str(path))
     if config.router is not None and not config.router.is_absolute():
         config = config.model_copy(update={"router": (path.parent / config.router).resolve()})
+    if config.judge is not None and config.judge.rubric is not None and not config.judge.rubric.is_absolute():
+        judge = config.judge.model_copy(update={"rubric": (path.parent / config.judge.rubric).resolve()})
+        config = config.model_copy(update={"judge": judge})
     return config

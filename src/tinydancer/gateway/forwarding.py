@@ -199,6 +199,8 @@ async def _complete(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -> R
                               ttft=time.perf_counter())
         gw.sessions.put(attempts.plan.session, up.name)
         gw.record(attempts.plan, attempts.calls, served)
+        if gw.judge is not None and attempts.plan.routed:  # judged samples: only a drawn answer is kept
+            gw.judge.offer(attempts.plan.request_id, served.target, attempts.plan.text, answer, served.cost)
         # a chat completion (checked): JSON; the upstream's own Content-Type is not copied (a byte
         # Starlette cannot encode in it made a 500 of an answer already paid for)
         return Response(payload, status_code=200, media_type="application/json", headers=attempts.headers(up))
@@ -275,15 +277,21 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
                  chunks: AsyncIterator[bytes], first: bytes, started: float, ttft: float,
                  client_usage: bool) -> AsyncIterator[bytes]:
     tap = UsageTap(keep_usage_chunk=client_usage)
+    # judged samples: the answer's text is gathered only when this call is drawn
+    gather = None if gw.judge is None else gw.judge.gatherer(attempts.plan.routed)
     status = "ok"
     held = False  # the upstream kept the connection open after [DONE]
     try:
         out = tap.feed(first)
         if out:
+            if gather is not None:
+                gather.feed(out)
             yield out
         async for chunk in chunks:
             out = tap.feed(chunk)
             if out:
+                if gather is not None:
+                    gather.feed(out)
                 yield out
             if tap.done:  # the answer is complete: its end is not left to an upstream that holds on
                 held = not await _ends_soon(chunks)
@@ -320,3 +328,5 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
             _impossible_usage(gw, up, "in its stream")
         served = attempts.add(up, status, started, http_status=resp.status, usage=tap.usage, ttft=ttft)
         gw.record(attempts.plan, attempts.calls, served)
+        if gather is not None and gw.judge is not None and status == "ok":
+            gw.judge.enqueue(attempts.plan.request_id, served.target, attempts.plan.text, gather.text, served.cost)

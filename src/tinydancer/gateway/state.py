@@ -19,6 +19,7 @@ from ..server.metrics import STATE_CODE
 from ..server.state import Service
 from ..server.storage import CallRecord, decision_record, new_request_id
 from .config import GatewayConfig
+from .judging import JudgeWorker
 from .metrics import GatewayMetrics
 from .scoring import Scorer
 from .selection import CallOptions, ModelSpec, RequestError, SessionStore, estimate_cost
@@ -90,6 +91,9 @@ class Gateway:
         self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done)
         priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
         self.reference = priciest
+        #: judged samples (gateway/judging.py), when the config asks for them
+        self.judge = None if config.judge is None else JudgeWorker(
+            config.judge, self.upstreams[config.judge.upstream], service.writer.submit, service.metrics.registry)
         service.readiness_check = self.readiness_problem
         service.watchers.append(self.check_router)
 
@@ -164,6 +168,8 @@ class Gateway:
         return {"upstreams": out}
 
     async def close(self) -> None:
+        if self.judge is not None:
+            await self.judge.close()
         for up in self.upstreams.values():
             await up.close()
 
