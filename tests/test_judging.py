@@ -181,3 +181,18 @@ def test_the_judge_config_is_checked() -> None:
         parse_config({"upstreams": ups, "judge": {"upstream": "nobody"}})
     with pytest.raises(ValidationError, match="judge.sample_share"):
         parse_config({"upstreams": ups, "judge": {"upstream": "strong", "sample_share": 1.5}})
+
+
+def test_prompt_kinds_are_seeded_and_recovered_from_the_text_alone() -> None:
+    from tinydancer.gateway.prompt_kinds import KINDS, classify, needs_strong
+    from tinydancer.gateway.standin import kind_aware_reply
+
+    prompts = generate(3000, seed=4, hard_share=0.3)
+    assert [p.text for p in prompts[:50]] == [p.text for p in generate(50, seed=4, hard_share=0.3)]
+    assert {p.kind for p in prompts} == set(KINDS) and 0.27 < np.mean([p.needs_strong for p in prompts]) < 0.33
+    assert all(classify(p.text) == p.kind for p in prompts)
+    assert len({p.text for p in prompts}) > 1500  # variety, not six strings
+    for p in prompts[:60]:
+        right = kind_aware_reply("s", "strong", p.text)
+        weak = kind_aware_reply("w", "weak", p.text)
+        assert (weak == right.replace("[s] Here is a careful", "[w] Here is a careful")) == (not needs_strong(p.kind))
