@@ -68,6 +68,7 @@ LL = "tests/test_litellm_integration.py::"
 LBB = "tests/test_label_budget.py::"
 H = "tests/test_gateway_hostile.py::"
 SF = "tests/test_storage_faults.py::"
+J = "tests/test_judging.py::"
 LF = "tests/test_litellm_failover.py::"
 
 MUTANTS: list[Mutant] = [
@@ -307,6 +308,15 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/integrations/litellm_logger.py",
            "            outcomes.append(call.failure_outcome(rank))\n", "            pass\n",
            (LL + "test_calls_land_on_the_deployment_our_router_chose_and_outcomes_reach_storage",)),
+    # ------------------------------------------------------------------ judged samples (issue 27)
+    Mutant("judge-keeps-unsampled-streams", "every routed stream's answer is gathered and judged, sampled or not",
+           "src/tinydancer/gateway/judging.py",
+           "        return AnswerGather() if routed and self.draw() else None\n",
+           "        return AnswerGather() if routed or self.draw() else None\n",
+           (J + "test_a_seeded_sample_is_graded_and_only_sampled_answers_are_kept",)),
+    Mutant("judge-budget-ignored", "the judge grades past its daily budget", "src/tinydancer/gateway/judging.py",
+           "        if not self.budget.draw([0.0], worst):\n", "        if False:\n",
+           (J + "test_the_judge_stops_at_the_daily_budget_and_resumes_the_next_utc_day",)),
     # ------------------------------------------------------------------ the conformal p-value
     Mutant("conformal-p-value-plus-one", "the conformal p-value without its +1", "src/tinydancer/candidates/uncertainty.py",
            "        return (self.n - below + 1.0) / (self.n + 1.0)\n", "        return (self.n - below) / (self.n + 1.0)\n",
