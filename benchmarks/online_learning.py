@@ -124,14 +124,20 @@ def retrain(gw: Any, db: Path, folder: Path, args: argparse.Namespace, graded: A
         storage.close()
     if report.promoted and not wait_for(lambda: gw.router_version == report.version, 30.0):
         return f"promoted {report.version}, but the gateway did not reload it"
-    return ("promoted " if report.promoted else "kept the router: ") + report.reason.split(";")[0][:60]
+    shift = report.registry_entry.get("metrics", {}).get("gate", {}).get("shift", float("nan"))
+    return (f"{'promoted' if report.promoted else 'kept the served router'} ({report.samples} outcomes; held-out "
+            f"squared error {report.old['squared_error']:.4f} → {report.new['squared_error']:.4f}; routing mix moved "
+            f"{shift:.3f})")
 
 
-def route_offline(gw: Any, texts: list[str]) -> list[str]:
-    """The served router's choices for ``texts`` at the gateway's operating point (no call made)."""
+def route_offline(gw: Any, texts: list[str], memory: bool = True) -> list[str]:
+    """The served router's choices for ``texts`` at the gateway's operating point (no call made);
+    ``memory=False``: the network alone, without the outcomes it remembers by text."""
     router = gw.router
     emb = gw.embedder.embed(texts)
-    out = router.remember(texts, router.estimate(emb))[0]
+    out = router.estimate(emb)
+    if memory:
+        out = router.remember(texts, out)[0]
     allowed = [up is not None for up in gw.player]
     return [router.models[router.ranking(row.tolist(), gw.point, allowed)[0]] for row in out]
 
@@ -180,17 +186,19 @@ def main() -> None:
             judge_spent = gw.judge.budget.spent
             heldout = generate(args.heldout, args.seed + 10_000, args.hard_share)
             final_choice = route_offline(gw, [p.text for p in heldout])
+            no_memory = route_offline(gw, [p.text for p in heldout], memory=False)
             n_judged = int(graded())
         explored_mask = explored(db, ids)
     elapsed = time.perf_counter() - started
-    report(args, share, traffic, served, costs, tokens, explored_mask, events, heldout, final_choice, judge_spent,
-           n_judged, elapsed)
+    report(args, share, traffic, served, costs, tokens, explored_mask, events, heldout, (final_choice, no_memory),
+           judge_spent, n_judged, elapsed)
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def report(args: argparse.Namespace, share: float, traffic: list[Any], served: list[str], costs: list[float],
            tokens: list[tuple[int, int]], explored_mask: np.ndarray | None, events: list[tuple[int, str]],
-           heldout: list[Any], final_choice: list[str], judge_spent: float, n_judged: int, elapsed: float) -> None:
+           heldout: list[Any], final: tuple[list[str], list[str]], judge_spent: float, n_judged: int,
+           elapsed: float) -> None:
     hard = np.array([p.needs_strong for p in traffic])
     strong = np.array([m == "strong" for m in served])
     quality = (strong | ~hard).astype(float)
@@ -217,13 +225,16 @@ def report(args: argparse.Namespace, share: float, traffic: list[Any], served: l
     last = slice(max(0, len(traffic) - 500), len(traffic))
     first = slice(0, min(500, len(traffic)))
     h_hard = np.array([p.needs_strong for p in heldout])
-    h_strong = np.array([m == "strong" for m in final_choice])
+
     summary = []
     for name, s in (("packaged router (first 500 calls)", first), ("after learning (last 500 calls)", last)):
         summary.append([name, f"{quality[s].mean():.3f}", f"{1e6 * cost[s].mean():.1f}", f"{100 * strong[s].mean():.1f}",
                         pct(~strong[s], ~hard[s]), pct(strong[s], hard[s])])
-    summary.append([f"final router, {len(heldout)} fresh prompts (offline)", f"{(h_strong | ~h_hard).mean():.3f}", "-",
-                    f"{100 * h_strong.mean():.1f}", pct(~h_strong, ~h_hard), pct(h_strong, h_hard)])
+    for name, choice in ((f"final router, {len(heldout)} fresh prompts (offline)", final[0]),
+                         ("  the same, network alone (no outcome memory)", final[1])):
+        h_strong = np.array([m == "strong" for m in choice])
+        summary.append([name, f"{(h_strong | ~h_hard).mean():.3f}", "-", f"{100 * h_strong.mean():.1f}",
+                        pct(~h_strong, ~h_hard), pct(h_strong, h_hard)])
     summary.append(["always strong (same tokens)", "1.000", f"{1e6 * always_strong.mean():.1f}", "100.0", "0.0", "100.0"])
     summary.append(["oracle (same tokens)", "1.000", f"{1e6 * oracle.mean():.1f}", f"{100 * hard.mean():.1f}", "100.0",
                     "100.0"])
