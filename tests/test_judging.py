@@ -183,8 +183,9 @@ def test_the_judge_config_is_checked() -> None:
         parse_config({"upstreams": ups, "judge": {"upstream": "strong", "sample_share": 1.5}})
 
 
-def test_prompt_kinds_are_seeded_and_recovered_from_the_text_alone() -> None:
-    from tinydancer.gateway.prompt_kinds import KINDS, classify, needs_strong
+def test_prompt_kinds_are_seeded_and_recovered_from_the_text_alone(tmp_path: Path) -> None:
+    from tinydancer.gateway.labelling import load_prompts
+    from tinydancer.gateway.prompt_kinds import KINDS, classify, main, needs_strong
     from tinydancer.gateway.standin import kind_aware_reply
 
     prompts = generate(3000, seed=4, hard_share=0.3)
@@ -196,3 +197,5 @@ def test_prompt_kinds_are_seeded_and_recovered_from_the_text_alone() -> None:
         right = kind_aware_reply("s", "strong", p.text)
         weak = kind_aware_reply("w", "weak", p.text)
         assert (weak == right.replace("[s] Here is a careful", "[w] Here is a careful")) == (not needs_strong(p.kind))
+    main(["--n", "40", "--seed", "4", "--out", str(tmp_path / "traffic.jsonl")])  # what a walk-through labels
+    assert [p.text for p in load_prompts(tmp_path / "traffic.jsonl")] == [p.text for p in prompts[:40]]

@@ -179,3 +179,26 @@ def answer_key(question: str) -> str:
     """The token a correct answer to ``question`` carries (a stand-in's "right answer"): the stand-in
     judge checks for it, as a grader checks a reference answer."""
     return hashlib.sha256(" ".join(question.split()).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m tinydancer.gateway.prompt_kinds --n 90 --seed 0 --out sample.jsonl``: seeded traffic
+    as JSONL (``prompt`` and ``kind``; ``tinydancer label`` reads the prompt and ignores the kind)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from .._io import atomic_write_text
+
+    ap = argparse.ArgumentParser(description="Seeded prompts of six kinds, for kind-aware stand-ins.")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hard-share", type=float, default=0.3, help="the share of needs-strong kinds")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    rows = generate(args.n, args.seed, args.hard_share)
+    atomic_write_text(args.out, "".join(json.dumps({"prompt": p.text, "kind": p.kind}) + "\n" for p in rows))
+
+
+if __name__ == "__main__":
+    main()
