@@ -149,7 +149,7 @@ MUTANTS: list[Mutant] = [
            '        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")\n', '        self.conn.execute("ROLLBACK")\n',
            (SC + "test_decisions_outcomes_and_their_rules[sqlite]",)),
     Mutant("storage-pg-calls-dropped", "PostgreSQL drops the gateway's call rows", "src/tinydancer/server/storage/postgres.py",
-           '                cur.executemany(f"INSERT INTO calls VALUES ({_q(13)})", calls)\n', "                pass\n",
+           '                cur.executemany(f"INSERT INTO calls VALUES ({_q(14)})", calls)\n', "                pass\n",
            (SC + "test_gateway_calls_failures_and_prompts_in_one_transaction[postgres]",)),
     Mutant("storage-duplicate-outcome", "a second outcome for one decision silently replaces the first",
            "src/tinydancer/server/storage/base.py",
