@@ -56,8 +56,8 @@ async def chat_completions(request: Request) -> Response:
         return over_budget(exc)
     trace_parent = gw.tracer.parent(request.headers) if gw.tracer is not None else None
     # a client that hangs up while its prompt waits to be embedded is gone before the upstream is called
-    return await until_disconnect(_answer(gw, started, spec, options, body, text, session, key_name, trace_parent),
-                                  request.receive)
+    work = _answer(gw, started, spec, options, body, text, session, key_name, trace_parent)
+    return await until_disconnect(work, request.receive)
 
 
 def over_budget(exc: BudgetExceeded) -> Response:

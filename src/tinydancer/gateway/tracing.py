@@ -88,7 +88,7 @@ class CallTracer:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        from .. import __version__
+        from .._version import __version__
 
         self._trace = trace
         self._propagator = TraceContextTextMapPropagator()
