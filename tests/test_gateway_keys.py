@@ -14,7 +14,7 @@ import pytest
 from test_gateway import EMBEDDER, HARD_Q, config_dict, router_dir, wait_calls  # noqa: F401 (fixtures)
 from tinydancer.errors import ValidationError
 from tinydancer.gateway import create_gateway_app
-from tinydancer.gateway.budgets import KeySpend, day_start
+from tinydancer.gateway.budgets import BudgetExceeded, KeySpend, day_start
 from tinydancer.gateway.config import parse_config
 from tinydancer.gateway.standin import StandIn, running
 from tinydancer.server import ServiceSettings
@@ -120,6 +120,9 @@ def test_a_budget_refuses_with_429_and_a_restart_keeps_todays_spend(router_dir: 
             ask(gw.client(ALICE))
         ask(gw.client(BOB))  # another key's budget is its own
         wait_calls(db, raw.headers["x-tinydancer-decision-id"])
+        status = httpx.get(f"{base}/admin/keys").json()
+    assert status["keys"]["alice"] == {"spent_today": pytest.approx(4 * STRONG_COST), "budget": budget, "held": 0.0}
+    assert status["keys"]["bob"]["budget"] == 1.0 and status["keys"][default_name(PLAIN)]["spent_today"] == 0.0
     message = refused.value.message
     assert f"'alice' has spent ${4 * STRONG_COST:.6f} of its daily budget of ${budget:g}" in message
     assert f"estimated at ${STRONG_ESTIMATE:.6f}" in message
@@ -142,7 +145,7 @@ def test_budgets_roll_over_at_utc_midnight_and_name_known_keys() -> None:
     spend = KeySpend({"alice": 1.0}, ("alice",), CollectorRegistry(), clock=lambda: now[0])
     spend.admit("r1", "alice", 0.5)
     spend.settle("r1", "alice", (0.9, "usage"))
-    with pytest.raises(Exception, match="in 0 h 0 min"):
+    with pytest.raises(BudgetExceeded, match="in 0 h 0 min"):
         spend.admit("r2", "alice", 0.5)
     now[0] += 2.0  # the next UTC day
     spend.admit("r3", "alice", 0.5)
@@ -151,6 +154,8 @@ def test_budgets_roll_over_at_utc_midnight_and_name_known_keys() -> None:
         KeySpend({"carol": 1.0}, ("alice",), CollectorRegistry())
     with pytest.raises(ValidationError, match="needs client keys"):
         KeySpend({"*": 1.0}, (), CollectorRegistry())
+    everyone = KeySpend({"*": 1.0, "bob": 2.0}, ("alice", "bob"), CollectorRegistry())
+    assert [everyone.budget_of(n) for n in ("alice", "bob", "admin", None)] == [1.0, 2.0, None, None]
 
 
 def test_every_answer_says_what_it_cost(router_dir: Path, upstreams: Any, tmp_path: Path) -> None:

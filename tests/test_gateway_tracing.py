@@ -178,3 +178,15 @@ def test_without_the_variables_nothing_is_traced(monkeypatch: pytest.MonkeyPatch
         provider_from_environment({"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(ValidationError, match="http/protobuf or grpc"):
         provider_from_environment({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+
+
+def test_asked_for_without_the_extra_the_gateway_serves_untraced(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import sys
+
+    from tinydancer.gateway.tracing import provider_from_environment
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if the otel extra were not installed
+    with caplog.at_level("WARNING", logger="tinydancer.gateway"):
+        assert provider_from_environment({"OTEL_TRACES_EXPORTER": "otlp"}) is None
+    assert "pip install 'tinydancer[otel]'" in caplog.text

@@ -5,12 +5,13 @@ log stores the name with every upstream attempt (``calls.key_name``), never the 
 name spent today (UTC) is kept in memory, raised by each served call's cost, and rebuilt from the
 log at start-up (the sum of today's known costs per name), so a restart does not reset it.
 
-A budget (``key_budgets`` in gateway.yaml: dollars per UTC day, ``"*"`` for every key not named)
-is checked before the upstream is called: a call whose estimate (:func:`estimate_cost` at the
-first upstream of its plan) would take the key past its budget, counting what the key's calls in
-flight are estimated at, gets 429 with the budget, what is spent and when it resets.  A call that
-comes back without usage is counted at its estimate (the log keeps its cost unknown, so a restart
-forgets it: budgets are a brake, not an invoice).
+A budget (``key_budgets`` in gateway.yaml: dollars per UTC day, ``"*"`` for every key not named
+there but the admin token, ``admin``) is checked before the upstream is called: a call whose
+estimate (:func:`estimate_cost` at the first upstream of its plan) would take the key past its
+budget, counting what the key's calls in flight are estimated at, gets 429 with the budget, what
+is spent and when it resets.  A call that comes back without usage is counted at its estimate (the
+log keeps its cost unknown, so a restart forgets it: budgets are a brake, not an invoice); a
+stream cut short without usage (the client left, the upstream broke off) is not counted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..errors import ValidationError
+from ..server.client_keys import ADMIN_NAME
 from .config import UpstreamConfig
 from .selection import estimate_cost, message_chars
 
@@ -68,11 +70,12 @@ class KeySpend:
         if budgets and not key_names:
             raise ValidationError("key_budgets needs client keys with names: set TINY_DANCER_API_KEYS_FILE (name:key "
                                   "lines) or TINY_DANCER_API_KEYS")
-        unknown = sorted(set(budgets) - set(key_names or ()) - {"*"})
+        unknown = sorted(set(budgets) - set(key_names or ()) - {"*", ADMIN_NAME})
         if unknown:
             raise ValidationError(f"key_budgets names {', '.join(unknown)}, which no client key is called: name keys "
                                   "as name:key in TINY_DANCER_API_KEYS_FILE (or TINY_DANCER_API_KEYS)")
         self.budgets = dict(budgets)
+        self.key_names = tuple(key_names or ())
         self.clock = clock
         #: a hold older than this belongs to a call that ended without settling (it cannot be in flight)
         self.hold_s = hold_s
@@ -89,9 +92,10 @@ class KeySpend:
                                "daily budget", ["key"], registry=registry)
 
     def budget_of(self, name: str | None) -> float | None:
+        """The key's budget: its own, else ``"*"``'s (which the admin token, the operator's, is not held to)."""
         if name is None:
             return None
-        return self.budgets.get(name, self.budgets.get("*"))
+        return self.budgets.get(name, None if name == ADMIN_NAME else self.budgets.get("*"))
 
     def load(self, storage: Any) -> None:
         """Today's spend per key from the log (at start-up): what was spent before a restart still counts."""
@@ -160,6 +164,14 @@ class KeySpend:
         return (f"the client key {name!r} has spent ${spent:.6f} of its daily budget of ${budget:g}{flight}{this}. "
                 f"The budget resets at {resets} (in {wait // 3600} h {wait % 3600 // 60} min); lower max_tokens, or ask "
                 "the operator to raise key_budgets")
+
+    def status(self) -> dict[str, Any]:
+        """GET /admin/keys: each key's spend today, budget and the estimates held for its calls in flight."""
+        self._roll()
+        names = list(dict.fromkeys([*self.key_names, *self.spent]))
+        resets = datetime.fromtimestamp(self.day + DAY_S, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"resets_at": resets, "keys": {n: {"spent_today": self.spent.get(n, 0.0), "budget": self.budget_of(n),
+                                                  "held": self._held.get(n, 0.0)} for n in names}}
 
     def settle(self, request_id: str, name: str | None, cost: tuple[float, str] | None) -> None:
         """The call ended: release its hold and count what it cost (None: nothing to count)."""

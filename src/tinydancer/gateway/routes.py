@@ -105,6 +105,11 @@ async def upstreams_reset(request: Request) -> Any:
     return gw.upstream_status()
 
 
+@router.get("/admin/keys", summary="Each client key's spend today (UTC) and daily budget, by name")
+async def keys(request: Request) -> Any:
+    return gateway_of(request).spend.status()
+
+
 @router.get("/v1/models", summary="The routed aliases and the upstreams")
 async def models(request: Request) -> Any:
     return {"object": "list", "data": gateway_of(request).models()}
