@@ -23,6 +23,7 @@ says ``log_prompts: true``, as for the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, Mapping, Sequence
@@ -104,10 +105,17 @@ class CallTracer:
         return carrier or None
 
     def emit(self, gw: Any, plan: Any, calls: Sequence[Any], served: Any) -> None:
-        """The spans of one finished call (never raises: tracing must not fail a call)."""
+        """The spans of one finished call, made after the answer has gone out: the SDK's spans cost
+        ~0.1 ms each here (4 for a routed call that fell back once), time the answer need not wait."""
+        try:
+            asyncio.get_running_loop().call_soon(self._safe_emit, gw, plan, calls, served)
+        except RuntimeError:  # no event loop (a test calling directly)
+            self._safe_emit(gw, plan, calls, served)
+
+    def _safe_emit(self, gw: Any, plan: Any, calls: Sequence[Any], served: Any) -> None:
         try:
             self._emit(gw, plan, calls, served)
-        except Exception:  # pragma: no cover - a bug here is logged, the call is not affected
+        except Exception:  # a bug here is logged; tracing must not fail a call
             log.exception("tracing call %s failed", plan.request_id)
 
     def _emit(self, gw: Any, plan: Any, calls: Sequence[Any], served: Any) -> None:
