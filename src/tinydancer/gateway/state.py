@@ -185,8 +185,8 @@ class Gateway:
     async def close(self) -> None:
         for up in self.upstreams.values():
             await up.close()
-        if self.tracer is not None:
-            self.tracer.shutdown()
+        if self.tracer is not None:  # its last export may wait on a slow collector: not on the event loop
+            await asyncio.to_thread(self.tracer.shutdown)
 
     def models(self) -> list[dict[str, Any]]:
         """GET /v1/models: the routed aliases, then the upstreams."""
