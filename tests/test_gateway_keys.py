@@ -190,3 +190,35 @@ def test_every_answer_says_what_it_cost(router_dir: Path, upstreams: Any, tmp_pa
                                                      messages=[{"role": "user", "content": HARD_Q}]))
         extra = chunks[-1].usage.model_extra
         assert extra["tinydancer_cost_source"] == "estimate" and extra["tinydancer_cost"] == pytest.approx(STRONG_ESTIMATE)
+
+
+def test_replicas_sharing_a_postgresql_log_see_each_others_spend(router_dir: Path, upstreams: Any) -> None:
+    from pg import fresh_schema, schema_url
+
+    strong, urls = upstreams
+    budget = 4 * STRONG_COST + STRONG_ESTIMATE - 1e-6  # as above: four of alice's calls fit, not five
+    cfg = parse_config(config_dict(router_dir, urls, key_budgets={"alice": budget}, key_budget_refresh_s=0.05))
+    with fresh_schema() as schema:
+        def replica() -> Any:
+            settings = ServiceSettings(database_url=schema_url(schema), api_keys=KEYS, watch_interval_s=0.05)
+            return running(create_gateway_app(cfg, settings, embedder=EMBEDDER))
+
+        with replica() as one, replica() as two:
+            for _ in range(4):
+                ask(Gateway(one, strong, Path()).client(ALICE))
+            # the other replica re-reads the shared log within a few refreshes
+            seen = wait_until(lambda: httpx.get(f"{two}/admin/keys").json()["keys"]["alice"]["spent_today"]
+                              >= 4 * STRONG_COST - 1e-12)
+            assert seen
+            with pytest.raises(openai.RateLimitError, match="budget"):
+                ask(Gateway(two, strong, Path()).client(ALICE))
+    assert strong.calls == 4
+
+
+def wait_until(condition: Any, deadline_s: float = 20.0) -> bool:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True

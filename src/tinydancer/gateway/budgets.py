@@ -12,10 +12,16 @@ budget, counting what the key's calls in flight are estimated at, gets 429 with 
 is spent and when it resets.  A call that comes back without usage is counted at its estimate (the
 log keeps its cost unknown, so a restart forgets it: budgets are a brake, not an invoice); a
 stream cut short without usage (the client left, the upstream broke off) is not counted.
+
+Replicas sharing one PostgreSQL log see each other's spend: every ``refresh_s`` each re-reads
+today's spend per name from the log (off the event loop) and adds what it served itself since
+that read began.  Between reads, a key may overspend by what the other replicas served in the
+meantime; a call of ours still in the writer's queue at a read is missed until the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -66,7 +72,7 @@ class KeySpend:
     """Today's spend per key name, the estimates of calls in flight, and the budgets."""
 
     def __init__(self, budgets: dict[str, float], key_names: tuple[str, ...] | None, registry: CollectorRegistry,
-                 hold_s: float = 3600.0, clock: Any = time.time) -> None:
+                 hold_s: float = 3600.0, refresh_s: float | None = None, clock: Any = time.time) -> None:
         if budgets and not key_names:
             raise ValidationError("key_budgets needs client keys with names: set TINY_DANCER_API_KEYS_FILE (name:key "
                                   "lines) or TINY_DANCER_API_KEYS")
@@ -81,6 +87,10 @@ class KeySpend:
         self.hold_s = hold_s
         self.day = day_start(clock())
         self.spent: dict[str, float] = {}
+        #: re-read the log this often (shared logs; None: never); what we served since the read began
+        self.refresh_s = refresh_s
+        self._next_refresh = clock() + (refresh_s or 0.0)
+        self._since_read: dict[str, float] = {}
         #: request id -> (key name, estimate, when admitted) of calls admitted and not yet settled, oldest first
         self.in_flight: dict[str, tuple[str, float, float]] = {}
         self._held: dict[str, float] = {}
@@ -111,6 +121,29 @@ class KeySpend:
             self.spent[name] = self.spent.get(name, 0.0) + dollars
             self._metrics(name)[1].set(self.spent[name])
 
+    async def refresh(self, storage: Any) -> list[str]:
+        """A watcher (run every watch interval): every ``refresh_s``, today's spend from the shared log
+        plus ours since the read began, so that other replicas' spend counts here too."""
+        now = self.clock()
+        if self.refresh_s is None or not self.budgets or now < self._next_refresh:
+            return []
+        self._next_refresh = now + self.refresh_s
+        self._roll()
+        day, before, self._since_read = self.day, self._since_read, {}
+        try:
+            found = await asyncio.to_thread(storage.spend_by_key, day)
+        except Exception as exc:  # the log is unreachable for now: keep counting locally
+            for name, dollars in before.items():
+                self._since_read[name] = self._since_read.get(name, 0.0) + dollars
+            log.warning("today's spend per client key could not be re-read from the log (%s)", exc)
+            return []
+        if day != self.day:  # midnight passed during the read: it is about yesterday
+            return []
+        for name in set(found) | set(self.spent):
+            self.spent[name] = found.get(name, 0.0) + self._since_read.get(name, 0.0)
+            self._metrics(name)[1].set(self.spent[name])
+        return []
+
     def _roll(self) -> None:
         """A new UTC day starts every key from zero."""
         day = day_start(self.clock())
@@ -119,6 +152,7 @@ class KeySpend:
             for name in self.spent:
                 self._metrics(name)[1].set(0.0)
             self.spent.clear()
+            self._since_read.clear()
 
     def check(self, name: str | None, estimate: float = 0.0) -> None:
         """Raise :class:`BudgetExceeded` if ``estimate`` more would take the key past its budget."""
@@ -182,6 +216,8 @@ class KeySpend:
             return
         self._roll()
         self.spent[name] = spent = self.spent.get(name, 0.0) + cost[0]
+        if self.refresh_s is not None:
+            self._since_read[name] = self._since_read.get(name, 0.0) + cost[0]
         total, today = self._metrics(name)
         total.inc(cost[0])
         today.set(spent)

@@ -131,6 +131,8 @@ class GatewayConfig(_Strict):
     #: dollars each client key (by name: ``name:key`` entries) may spend per UTC day; ``"*"`` sets
     #: it for every key not named (see tinydancer.gateway.budgets)
     key_budgets: dict[str, float] = Field(default_factory=dict)
+    #: with a shared PostgreSQL log, how often each replica re-reads today's spend per key from it
+    key_budget_refresh_s: float = Field(10.0, gt=0.0, allow_inf_nan=False)
 
     @field_validator("key_budgets")
     @classmethod

@@ -20,6 +20,7 @@ from ..server.client_keys import client_keys
 from ..server.metrics import STATE_CODE
 from ..server.state import Service
 from ..server.storage import CallRecord, decision_record, new_request_id
+from ..server.storage.base import keeps_registry
 from .budgets import KeySpend
 from .config import GatewayConfig
 from .metrics import GatewayMetrics
@@ -104,9 +105,13 @@ class Gateway:
         self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done)
         priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
         self.reference = priciest
+        # replicas that share a log (PostgreSQL) re-read each other's spend from it
+        shared = config.key_budget_refresh_s if keeps_registry(service.storage) else None
         self.spend = KeySpend(config.key_budgets, tuple(k.name for k in client_keys(service.settings.api_keys)),
-                              service.metrics.registry, hold_s=max(u.stream_timeout_s for u in config.upstreams) + 60.0)
+                              service.metrics.registry, hold_s=max(u.stream_timeout_s for u in config.upstreams) + 60.0,
+                              refresh_s=shared)
         self.spend.load(service.storage)
+        service.watchers.append(lambda: self.spend.refresh(service.storage))
         provider = tracer_provider if tracer_provider is not None else provider_from_environment()
         self.tracer = None if provider is None else CallTracer(provider, config.log_prompts, owned=tracer_provider is None)
         service.readiness_check = self.readiness_problem
