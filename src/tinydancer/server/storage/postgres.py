@@ -522,7 +522,8 @@ class PostgresStorage:
             return conn.execute(CORRECTIONS_SQL, (after,)).fetchall()
 
     def spend_by_key(self, since: float) -> dict[str, float]:
-        with self._pool.connection() as conn:
+        # the gateway's path (start-up, and every refresh): cut at the service's deadline
+        with self._connection(self.call_deadline_s) as conn:
             return {str(k): float(v) for k, v in conn.execute(SPEND_BY_KEY_SQL, (since,))}
 
     def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
