@@ -142,6 +142,17 @@ def route_offline(gw: Any, texts: list[str], memory: bool = True) -> list[str]:
     return [router.models[router.ranking(row.tolist(), gw.point, allowed)[0]] for row in out]
 
 
+def score_ties(gw: Any, texts: list[str]) -> str:
+    """How the final router's strong-advantage scores sit around its threshold (network alone): why a
+    configured strong share can or cannot be honoured."""
+    adv = gw.router.estimate(gw.embedder.embed(texts))[:, 2]
+    thr = gw.point.threshold
+    top = float(adv.max())
+    return (f"threshold {thr:.6f}; {100 * np.mean(adv >= thr):.1f} % of fresh prompts score at or above it, "
+            f"{100 * np.mean(adv == top):.1f} % at the maximum score {top:.6f}, {len(np.unique(adv))} distinct scores "
+            f"of {len(adv)}")
+
+
 def main() -> None:
     args = parse_args()
     import openai
@@ -187,11 +198,13 @@ def main() -> None:
             heldout = generate(args.heldout, args.seed + 10_000, args.hard_share)
             final_choice = route_offline(gw, [p.text for p in heldout])
             no_memory = route_offline(gw, [p.text for p in heldout], memory=False)
+            ties = score_ties(gw, [p.text for p in heldout])
             n_judged = int(graded())
         explored_mask = explored(db, ids)
     elapsed = time.perf_counter() - started
     report(args, share, traffic, served, costs, tokens, explored_mask, events, heldout, (final_choice, no_memory),
            judge_spent, n_judged, elapsed)
+    console.print(f"the final router's scores: {ties}")
     shutil.rmtree(folder, ignore_errors=True)
 
 
