@@ -49,7 +49,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 def query_row(request_id: str, targets: list[str], dim: int = 4, created_at: float | None = None) -> tuple[Any, ...]:
     row = decision_record(request_id, "query", "v1", targets, np.arange(len(targets) * dim, dtype=np.float32).reshape(-1, dim),
                           np.full(len(targets), 0.5, np.float32), None, np.ones(len(targets), np.uint8), 12.0, query_key=7)
-    return row if created_at is None else (*row[:13], created_at, row[14])
+    return row if created_at is None else (*row[:13], created_at, *row[14:])
 
 
 def test_the_schema_is_current_and_migrating_again_changes_nothing(backend: tuple[str, Any]) -> None:

@@ -99,6 +99,8 @@ PG_MIGRATIONS: list[str] = [
     """,
     # 5: when the replaced outcome had been recorded (SQLite's 7)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at DOUBLE PRECISION",
+    # 6: bounded exploration's propensity and flag (SQLite's 8)
+    "ALTER TABLE decisions ADD COLUMN propensity DOUBLE PRECISION; ALTER TABLE decisions ADD COLUMN explored INTEGER",
 ]
 
 #: the channel promotions are announced on; the payload is "<schema> <kind> <version>"

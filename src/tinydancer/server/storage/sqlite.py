@@ -129,6 +129,9 @@ MIGRATIONS: list[str] = [
     # 7: when the replaced outcome had been recorded, so retraining knows whether its outcome
     #    memory already counted it (NULL in corrections made before this column)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at REAL",
+    # 8: bounded exploration (gateway/exploration.py): the probability of the planned model under the
+    #    logging policy (NULL: deterministic) and whether it was explored, for off-policy estimates
+    "ALTER TABLE decisions ADD COLUMN propensity REAL; ALTER TABLE decisions ADD COLUMN explored INTEGER",
 ]
 
 
@@ -312,7 +315,7 @@ class SQLiteStorage:
     def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None:
         """Insert rows made by :func:`decision_tuples` in one transaction."""
         with self._tx() as conn:
-            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
+            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
     def insert_log(self, decisions: list[tuple[Any, ...]], calls: list[tuple[Any, ...]],
                    outcomes: list[tuple[Any, ...]], prompts: Sequence[tuple[Any, ...]] = ()) -> None:
@@ -322,7 +325,7 @@ class SQLiteStorage:
             if prompts:
                 conn.executemany("INSERT OR IGNORE INTO prompts VALUES (?,?,?)", prompts)
             if decisions:
-                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
             if calls:
                 conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             if outcomes:
