@@ -22,6 +22,7 @@ from .config import GatewayConfig
 from .exploration import Explorer
 from .metrics import GatewayMetrics
 from .operating import LiveOperatingPoint, LiveTally
+from .scheduled_learning import ScheduledLearning
 from .scoring import Scorer
 from .selection import CallOptions, ModelSpec, RequestError, SessionStore, estimate_cost
 from .upstream import Upstream
@@ -109,6 +110,9 @@ class Gateway:
         service.readiness_check = self.readiness_problem
         service.watchers.append(self.check_router)
         service.watchers.append(self.save_live)
+        self.learning = None if config.learning is None else ScheduledLearning(config, config.learning, service.storage)
+        if self.learning is not None:
+            service.watchers.append(self.learning.tick)
 
     # ------------------------------------------------------------------ the router file
     @staticmethod
@@ -239,7 +243,10 @@ class Gateway:
         """The ranking with an explored model first, when the draw says so (see gateway/exploration.py);
         the propensity of the model tried first goes on the plan."""
         eligible = [i for i in ranking if (up := self.player[i]) is not None and up.breaker.state is not BreakerState.OPEN]
-        draw = self.explorer.draw(ranking[0], eligible)
+        if not eligible:  # every breaker open: nothing to draw, the call fails over as it would
+            return ranking
+        # the router's pick when its breaker is open is the first model forwarding would try instead
+        draw = self.explorer.draw(eligible[0], eligible)
         plan.propensity, plan.explored = draw.propensity, draw.explored
         if draw.explored:
             self.metrics.explored.inc()
