@@ -212,10 +212,10 @@ def test_scheduled_learning_retrains_once_enough_outcomes_arrived(router_dir: Pa
         assert first["state"] == "skipped" and first["new_outcomes"] == 0
         ids = [(t, *send(c, t)) for t in texts]
         decisions(db, [rid for _t, _m, rid in ids])
-        for text, model, rid in ids:  # weak fails the hard questions
-            good = model == "strong" or any(w in text for w in EASY)
-            httpx.post(f"{base}/v1/feedback", json={"request_id": rid, "success": good},
-                       headers={"Authorization": f"Bearer {KEY}"}).raise_for_status()
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}) as http:
+            for text, model, rid in ids:  # weak fails the hard questions
+                good = model == "strong" or any(w in text for w in EASY)
+                http.post("/v1/feedback", json={"request_id": rid, "success": good}).raise_for_status()
         done = asyncio.run(gw.learning.run())
     assert done["state"] in ("promoted", "kept") and done["new_outcomes"] == len(texts)
     assert "offpolicy" in done["report"]["registry_entry"]["metrics"]
