@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,11 +16,11 @@ import numpy as np
 import openai
 import pytest
 
-from test_gateway import EASY, EMBEDDER, HARD, KEY, config_dict, pair_table
+from test_gateway import EASY, EMBEDDER, HARD, KEY, config_dict, router_dir  # noqa: F401 (router_dir: a fixture)
 from tinydancer.gateway import create_gateway_app
 from tinydancer.gateway.config import parse_config
 from tinydancer.gateway.standin import StandIn, running
-from tinydancer.llm import QueryRouter, QueryRouterConfig
+from tinydancer.llm import QueryRouter
 from tinydancer.server import ServiceSettings
 from tinydancer.server.storage import SQLiteStorage
 
@@ -39,15 +38,6 @@ def chat_mix(n: int, seed: int) -> list[str]:
         else:
             out.append(f"question {rng.integers(10**6)} about {rng.choice(HARD if rng.random() < 0.5 else EASY)}")
     return out
-
-
-@pytest.fixture(scope="module")
-def router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    router = QueryRouter.fit(pair_table(600), QueryRouterConfig(hidden_dims=(8,), epochs=20, memory=False), embedder=EMBEDDER)
-    router.calibrate(0.5)
-    folder = tmp_path_factory.mktemp("router")
-    router.save(folder)
-    return folder
 
 
 @pytest.fixture()
@@ -114,8 +104,8 @@ def test_the_live_strong_share_meets_the_configured_one_on_traffic_unlike_the_tr
         assert "tiny_dancer_gateway_live_spend_per_call_dollars" in metrics
         # a call's own strong_share is a threshold taken on the same live window
         assert gw.live.at_share(0.3).threshold == pytest.approx(gw.point.threshold, abs=1e-3)
-        per_call = Counter(send(c, text, strong_share=0.6)[0] for text in measured[:100])
-        assert abs(per_call["strong"] / 100 - 0.6) <= 0.1
+        per_call = [send(c, text, strong_share=0.6)[0] for text in measured[:100]]
+        assert abs(per_call.count("strong") / 100 - 0.6) <= 0.1
 
 
 def test_a_restart_keeps_the_live_distribution(router_dir: Path, upstreams: dict[str, str], tmp_path: Path) -> None:
@@ -219,3 +209,36 @@ def test_scheduled_learning_retrains_once_enough_outcomes_arrived(router_dir: Pa
         done = asyncio.run(gw.learning.run())
     assert done["state"] in ("promoted", "kept") and done["new_outcomes"] == len(texts)
     assert "offpolicy" in done["report"]["registry_entry"]["metrics"]
+
+
+# ---------------------------------------------------------------------- a budget, live
+def test_a_budget_is_held_on_the_live_window_for_two_and_for_three_models(router_dir: Path) -> None:
+    from test_query_router import multi_table
+
+    from tinydancer.gateway.config import OperatingPointSpec
+    from tinydancer.gateway.operating import MIN_LIVE, LiveOperatingPoint
+    from tinydancer.llm import QueryRouterConfig
+
+    pair = QueryRouter.load(router_dir)  # costs: strong 10, weak 1
+    live = LiveOperatingPoint(pair, "v1", OperatingPointSpec(budget=4.6, live_window=100), None)
+    outputs = pair.estimate(EMBEDDER.embed(chat_mix(100, seed=8)))
+    for row in outputs:
+        live.observe(row.tolist())
+    # 4.6 = 1 + share × (10 - 1): a share of 0.4 of this window goes strong
+    assert np.mean(outputs[:, 2] >= live.point.threshold) == pytest.approx(0.4, abs=0.011)
+
+    three = QueryRouter.fit(multi_table(300, 0), QueryRouterConfig(hidden_dims=(8,), epochs=10, memory=False, folds=1),
+                            embedder=EMBEDDER)
+    live = LiveOperatingPoint(three, "v1", OperatingPointSpec(budget=4.0, live_window=200), None)
+    before = live.point
+    texts = [f"item {i}: tell me about {(EASY + HARD)[i % 8]}" for i in range(200)]
+    quality = three.estimate(EMBEDDER.embed(texts))
+    for i, row in enumerate(quality):
+        live.observe(row.tolist())
+        if i + 1 < MIN_LIVE:
+            assert live.point == before  # too few calls in the window: the router's own point
+    choice = three.choose(quality, cost_weight=live.point.cost_weight, quality_bar=None)
+    spend = float(three.costs[choice].mean())
+    assert spend <= 4.0 and spend > 1.0  # within the budget, and not the cheapest model everywhere
+    with pytest.raises(Exception, match="below the cheapest"):
+        LiveOperatingPoint(three, "v1", OperatingPointSpec(budget=0.5), None)

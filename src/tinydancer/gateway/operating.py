@@ -65,7 +65,6 @@ class LiveOperatingPoint:
         self.spec = spec
         self.state_path = state_path
         self.size = spec.live_window
-        self.refresh = max(1, self.size // 200)
         self._dirty = False
         self._start(router, version, restore=True)
 
@@ -76,6 +75,12 @@ class LiveOperatingPoint:
         return self.spec.strong_share is not None or self.spec.budget is not None
 
     def _start(self, router: QueryRouter, version: str, restore: bool) -> None:
+        router.operating_point(**self.spec.knobs())  # a knob that does not fit this router is an error now
+        if self.spec.budget is not None and self.spec.budget < float(router.costs.min()):
+            raise ValidationError(f"a budget of ${self.spec.budget:g} a call is below the cheapest model's "
+                                  f"${float(router.costs.min()):g} (the router's per-model costs)")
+        # a more-model budget searches cost weights over the window (milliseconds): less often
+        self.refresh = max(1, self.size // (200 if router.is_pair else 20))
         self.router = router
         self.version = version
         width = 1 if router.is_pair else len(router.models)
