@@ -59,11 +59,16 @@ def client(base: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
 
 
+EXPLORED: set[str] = set()  # decision ids whose answer said x-tinydancer-explored
+
+
 def send(c: openai.OpenAI, text: str, model: str = "tinydancer", session: str | None = None, **options: Any) -> tuple[str, str]:
     """(the upstream that answered, the decision id)."""
     raw = c.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": text}], extra_body={"tinydancer": options} if options else None,
         extra_headers={"x-session-id": session} if session else None)
+    if raw.headers.get("x-tinydancer-explored") == "true":
+        EXPLORED.add(raw.headers["x-tinydancer-decision-id"])
     return raw.headers["x-tinydancer-model"], raw.headers["x-tinydancer-decision-id"]
 
 
@@ -142,6 +147,7 @@ def test_exploration_logs_propensities_and_keeps_to_its_share(router_dir: Path, 
     for (model, rid), pick_strong in zip(served, picks):
         _targets, propensity, flag = rows[rid]
         picked = "strong" if pick_strong else "weak"
+        assert bool(flag) == (rid in EXPLORED)  # the answer's header says what the log says
         if flag:
             explored += 1
             assert model != picked and propensity == pytest.approx(0.1)  # one other model: 0.1 / 1
