@@ -365,9 +365,12 @@ def retrain_query_router(
     """Fine-tune a query router from ``/v1/route/query`` decisions and their feedback.
 
     Each logged query has the embedding it was routed on, the model it went to and how well that
-    model did (``quality``, or ``success`` as 0/1).  Old and new routers are compared on the
-    same held-out queries by the squared error of the predicted quality of the model that
-    answered; the new one replaces ``router_path`` (atomically) only if it is not worse.  A
+    model did (``quality``, or ``success`` as 0/1).  Outcomes the gateway's exploration logged
+    with a propensity weigh ``min(1/p, ips_clip)`` in the targets (:func:`ips_weights`).  Old and
+    new routers are compared on the same held-out queries (:func:`_query_gate`): by an off-policy
+    estimate of their quality when enough of those carry a propensity, else by the squared error
+    of the predicted quality of the model that answered; the new one replaces ``router_path``
+    (atomically) only if it is not worse, and the evidence is kept in the registry.  A
     two-model router keeps its share of strong calls: the threshold is re-set on the new scores.
     Outcomes of queries sent as text also go into the new router's outcome memory
     (:func:`remembered_feedback`), so a query that failed is routed differently when it returns.
