@@ -103,6 +103,20 @@ def test_gateway_calls_failures_and_prompts_in_one_transaction(backend: tuple[st
     assert storage.record_outcome("g1", None, True, 0.9, None) == "weak"  # feedback goes to the model that answered
 
 
+def test_exploration_propensities_reach_retraining(backend: tuple[str, Any]) -> None:
+    """The gateway's exploration logs a propensity and flag per decision (NULL: deterministic)."""
+    _, storage = backend
+    for rid, p, explored in (("e1", 0.05, True), ("e2", 0.95, False), ("e3", None, None)):
+        row = decision_record(rid, "query", "v1", ["m"], np.ones((1, 4), np.float32), np.array([0.5], np.float32), None,
+                              np.ones(1, np.uint8), 1.0, propensity=p, explored=explored)
+        storage.insert_log([row], [], [])
+        storage.record_outcome(rid, None, True, None, None)
+    logs = storage.labelled("query")
+    assert logs.request_ids == ["e1", "e2", "e3"]
+    np.testing.assert_allclose(logs.propensity, [0.05, 0.95, np.nan])
+    assert logs.explored.tolist() == [True, False, False]
+
+
 def test_retention_keeps_the_newest_rows_with_their_outcomes(backend: tuple[str, Any]) -> None:
     _, storage = backend
     for i in range(6):
