@@ -193,3 +193,22 @@ def test_storage_copy_moves_a_sqlite_log_into_postgresql(tmp_path: Path) -> None
         moved.close()
     finally:
         target.drop_schema()
+
+
+def test_one_postgresql_replica_holds_the_learning_lock_at_a_time() -> None:
+    """The scheduled retrain runs on one replica at a time (gateway/scheduled_learning.py)."""
+    import uuid
+
+    schema = f"td_test_{uuid.uuid4().hex[:12]}"
+    a = _postgres(schema)
+    b = _postgres(schema)
+    other = _postgres(schema + "_x")  # another schema is another lock
+    try:
+        with a.exclusive("learning") as first:
+            with b.exclusive("learning") as second, other.exclusive("learning") as elsewhere:
+                assert first and not second and elsewhere
+        with b.exclusive("learning") as again:  # released when the holder's block ended
+            assert again
+    finally:
+        for s in (a, b, other):
+            s.drop_schema()

@@ -8,10 +8,11 @@ past the off-policy gate (server/offpolicy.py), the evidence kept in the registr
 router replaces the served file and the gateway hot-reloads it (with PostgreSQL, each replica's
 registry follower writes it).
 
-Replicas: with PostgreSQL every replica runs this schedule; promotion is a compare-and-set under
-the registry's advisory lock (``PROMOTION_LOCK``), so when two retrain from the same version
-only the first promotes and the other's version is kept, unserved, in the registry.  Run
-``learning`` on one replica to save the duplicate work.
+Replicas: with PostgreSQL a retrain runs under a session advisory lock of the schema
+(``PostgresStorage.exclusive("learning")``): a replica that finds it held skips its turn, so one
+replica retrains at a time.  Promotion stays a compare-and-set under the registry's own lock
+(``PROMOTION_LOCK``): a retrain that started from a version another has since replaced keeps its
+version, unserved, in the registry.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ class ScheduledLearning:
         return RetrainConfig(min_samples=min(200, self.spec.min_new_outcomes), strong_share=
                              self.config.operating_point.strong_share, promoted_by="tinydancer gateway (learning)")
 
+    def _retrain(self) -> RetrainReport | None:
+        """The retrain, under the database's lock where it has one (None: another replica holds it)."""
+        exclusive = getattr(self.storage, "exclusive", None)
+        if exclusive is None:
+            return retrain_query_router(self.storage, self.router_file, self.registry, self.retrain_config())
+        with exclusive("learning") as got:
+            if not got:
+                return None
+            return retrain_query_router(self.storage, self.router_file, self.registry, self.retrain_config())
+
     async def tick(self) -> list[str]:
         """The service's watcher: start a retrain when it is due and enough outcomes arrived."""
         if self.running is not None and not self.running.done():
@@ -82,11 +93,13 @@ class ScheduledLearning:
             self.last = {"state": "skipped", "new_outcomes": new, "needed": self.spec.min_new_outcomes}
             return self.last
         try:
-            report: RetrainReport = await asyncio.to_thread(retrain_query_router, self.storage, self.router_file,
-                                                            self.registry, self.retrain_config())
+            report = await asyncio.to_thread(self._retrain)
         except TinyDancerError as exc:
             log.warning("scheduled learning: %s", exc)
             self.last = {"state": "failed", "error": str(exc), "new_outcomes": new}
+            return self.last
+        if report is None:
+            self.last = {"state": "skipped", "new_outcomes": new, "why": "another replica is retraining"}
             return self.last
         self.last_count = count
         log.info("scheduled learning: %s: %s", report.version, report.reason)

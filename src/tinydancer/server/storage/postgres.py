@@ -22,6 +22,7 @@ what TCP cannot see (a peer that takes bytes and never answers).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -278,6 +279,20 @@ class PostgresStorage:
             self._maintenance = threading.Thread(target=self._maintain, args=(maintenance_interval_s,),
                                                  name="tinydancer-pg-maintenance", daemon=True)
             self._maintenance.start()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A session-level advisory lock named ``name`` in this schema, held while the block runs on
+        a connection of its own: True when this process got it, False when another holds it (the
+        scheduled retrain runs on one replica at a time; a process that dies lets it go)."""
+        key = int.from_bytes(hashlib.sha256(f"{self.namespace}:{name}".encode()).digest()[:8], "big", signed=True)
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+            try:
+                yield got
+            finally:
+                if got and not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def problem(self) -> str | None:
         """Why the database was unreachable at the last check of the maintenance thread, or None."""
