@@ -107,6 +107,9 @@ def test_the_live_strong_share_meets_the_configured_one_on_traffic_unlike_the_tr
                            if line.startswith("tiny_dancer_gateway_live_strong_share ")))
         assert live == pytest.approx(served[-250:].count("strong") / 250)  # the last live_window calls
         assert "tiny_dancer_gateway_live_spend_per_call_dollars" in metrics
+        status = httpx.get(f"{base}/admin/upstreams").json()
+        assert status["operating_point"]["routed_calls_in_window"] == 250 and status["operating_point"]["live"]
+        assert status["operating_point"]["point"]["threshold"] == pytest.approx(gw.point.threshold)
         # a call's own strong_share is a threshold taken on the same live window
         assert gw.live.at_share(0.3).threshold == pytest.approx(gw.point.threshold, abs=1e-3)
         per_call = [send(c, text, strong_share=0.6)[0] for text in measured[:100]]

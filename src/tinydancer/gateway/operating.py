@@ -74,11 +74,16 @@ class LiveOperatingPoint:
         """Whether the configured point moves with the traffic (strong_share or budget set)."""
         return self.spec.strong_share is not None or self.spec.budget is not None
 
-    def _start(self, router: QueryRouter, version: str, restore: bool) -> None:
-        router.operating_point(**self.spec.knobs())  # a knob that does not fit this router is an error now
+    def check(self, router: QueryRouter) -> None:
+        """Raise ValidationError when the configured knob does not fit ``router`` (at start, and for a
+        router about to be hot-reloaded, before anything changes)."""
+        router.operating_point(**self.spec.knobs())
         if self.spec.budget is not None and self.spec.budget < float(router.costs.min()):
             raise ValidationError(f"a budget of ${self.spec.budget:g} a call is below the cheapest model's "
                                   f"${float(router.costs.min()):g} (the router's per-model costs)")
+
+    def _start(self, router: QueryRouter, version: str, restore: bool) -> None:
+        self.check(router)
         # a more-model budget searches cost weights over the window (milliseconds): less often
         self.refresh = max(1, self.size // (200 if router.is_pair else 20))
         self.router = router
@@ -156,8 +161,9 @@ class LiveOperatingPoint:
         return self._compute(strong_share)
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.version, "window": self.size, "traffic": self.traffic,
-                "point": self.point.to_dict()}
+        """What ``GET /admin/upstreams`` shows: the router version, the window and the point in use."""
+        return {"router_version": self.version, "live": self.live, "window": self.size,
+                "routed_calls_in_window": min(self.traffic, self.size), "point": self.point.to_dict()}
 
     # ------------------------------------------------------------------ the file
     def snapshot(self) -> dict[str, Any] | None:

@@ -140,7 +140,7 @@ class Gateway:
             if new.models != self.router.models or new.embedder_id != self.router.embedder_id:
                 raise TinyDancerError(f"it routes {new.models} with {new.embedder_id!r}, the served one "
                                       f"{self.router.models} with {self.router.embedder_id!r}: restart the gateway to switch")
-            new.operating_point(**self.config.operating_point.knobs())  # the knob still fits it
+            self.live.check(new)  # the configured knob still fits it
         except (TinyDancerError, ValidationError) as exc:
             log.warning("gateway router %s changed but was not loaded: %s", self.router_path, exc)
             self.service.metrics.reloads.labels("failed").inc()
@@ -183,7 +183,9 @@ class Gateway:
             self.metrics.breaker_state.labels(name).set(STATE_CODE[up.breaker.state])
             out[name] = {"breaker": status, "in_flight": up.in_flight, "waiting": up.waiting,
                          "max_concurrency": up.config.max_concurrency, "max_queue": up.config.max_queue}
-        return {"upstreams": out}
+        return {"upstreams": out, "operating_point": self.live.describe(),
+                "live": {"strong_share": self.tally.strong_share(), "spend_per_call": self.tally.spend_per_call(),
+                         "exploration_share": self.explorer.share}}
 
     @property
     def point(self) -> Any:
