@@ -171,7 +171,7 @@ def test_exploration_never_breaks_max_cost_an_open_breaker_or_a_session(router_d
         # max_cost below the strong model's estimate: only weak is eligible, so nothing explores
         cheap = [send(c, t, max_cost=0.005) for t in texts[:40]]
         # sessions: each keeps the model its first call went to
-        sessions = {f"s{i}": [send(c, t, session=f"s{i}")[0] for t in texts[40 + 5 * i: 45 + 5 * i]] for i in range(8)}
+        sessions = {f"s{i}": [send(c, t, session=f"s{i}") for t in texts[40 + 5 * i: 45 + 5 * i]] for i in range(8)}
         # an open breaker: strong fails until its breaker opens, then no call explores to it
         httpx.post(f"{upstreams['strong']}/_standin/mode", json={"mode": "500"}).raise_for_status()
         for t in texts[:4]:
@@ -179,9 +179,12 @@ def test_exploration_never_breaks_max_cost_an_open_breaker_or_a_session(router_d
                 send(c, t, model="strong")
         assert gw.upstreams["strong"].breaker.state.value == "open"
         shut = [send(c, t) for t in texts[80:120]]
-    rows = decisions(db, [rid for _m, rid in cheap + shut])
+    later = [rid for calls in sessions.values() for _m, rid in calls[1:]]
+    rows = decisions(db, [rid for _m, rid in cheap + shut] + later)
     assert all(m == "weak" and rows[rid][1] == 1.0 and not rows[rid][2] for m, rid in cheap)
-    assert all(len(set(models)) == 1 for models in sessions.values())
+    assert all(len({m for m, _rid in calls}) == 1 for calls in sessions.values())
+    # a session's first call drew (and may have explored); its later calls follow it, with no propensity
+    assert all(rows[rid][1] is None for rid in later)
     assert all(m == "weak" and rows[rid][1] == 1.0 and not rows[rid][2] for m, rid in shut)
 
 
