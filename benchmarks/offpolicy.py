@@ -31,7 +31,7 @@ from _common import console, environment, table
 
 from tinydancer.llm import QueryRouter, QueryRouterConfig, RoutingTable
 from tinydancer.llm.embeddings import HashingEmbedder
-from tinydancer.server.offpolicy import LoggedExploration, bootstrap_interval, ips_terms, offpolicy_gate, policy_choices
+from tinydancer.server.offpolicy import bootstrap_interval, ips_terms, offpolicy_gate, policy_choices, simulated_log
 
 EMBEDDER = HashingEmbedder(128)
 EASY = ["apples", "bananas", "cherries", "grapes"]
@@ -63,11 +63,7 @@ def one_seed(seed: int, calls: int, explore: float) -> dict[str, float]:
     current, better, shuffled = router(60, rng), router(500, rng), router(500, rng, shuffle=True)
     texts, kind = prompts(calls, rng)
     x = EMBEDDER.embed(texts)
-    choice = policy_choices(current, x, SHARE)
-    explored = rng.random(calls) < explore
-    action = np.where(explored, 1 - choice, choice)
-    reward = (rng.random(calls) < TRUTH[kind, action]).astype(float)
-    data = LoggedExploration(x, action, reward, np.where(explored, explore, 1 - explore))
+    data = simulated_log(x, policy_choices(current, x, SHARE), TRUTH[kind], explore, rng)
     truth = {name: float(TRUTH[kind, policy_choices(r, x, SHARE)].mean())
              for name, r in (("current", current), ("better", better), ("shuffled", shuffled))}
     good = offpolicy_gate(current, better, data, strong_share=SHARE, seed=seed)

@@ -15,7 +15,8 @@ from test_gateway import EASY, EMBEDDER, HARD
 from tinydancer.cli import app
 from tinydancer.llm import QueryRouter, QueryRouterConfig, RoutingTable
 from tinydancer.server.learning import RetrainConfig, bandit_targets, ips_weights, retrain_query_router
-from tinydancer.server.offpolicy import LoggedExploration, bootstrap_interval, offpolicy_gate, policy_choices
+from tinydancer.server.offpolicy import (LoggedExploration, bootstrap_interval, offpolicy_gate, policy_choices,
+                                         simulated_log)
 from tinydancer.server.registry import ModelRegistry
 from tinydancer.server.storage import SQLiteStorage, decision_record
 
@@ -52,14 +53,10 @@ def routers() -> dict[str, QueryRouter]:
 
 def logged(router: QueryRouter, n: int, seed: int, share: float = 0.2) -> tuple[LoggedExploration, np.ndarray, list[str]]:
     """``router`` at SHARE with ``share`` exploration (two models: the other one at share / 1)."""
-    rng = np.random.default_rng(seed + 100)
     texts, kind = prompts(n, seed)
     x = EMBEDDER.embed(texts)
-    choice = policy_choices(router, x, SHARE)
-    explore = rng.random(n) < share
-    action = np.where(explore, 1 - choice, choice)
-    reward = (rng.random(n) < TRUTH[kind, action]).astype(float)
-    return LoggedExploration(x, action, reward, np.where(explore, share, 1 - share)), kind, texts
+    data = simulated_log(x, policy_choices(router, x, SHARE), TRUTH[kind], share, np.random.default_rng(seed + 100))
+    return data, kind, texts
 
 
 def truth(router: QueryRouter, x: np.ndarray, kind: np.ndarray) -> float:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LoggedExploration", "OffPolicyGate", "bootstrap_interval", "dr_terms", "ips_terms", "offpolicy_gate",
-           "policy_choices"]
+           "policy_choices", "simulated_log"]
 
 
 @dataclass
@@ -61,6 +61,20 @@ class LoggedExploration:
 
     def __len__(self) -> int:
         return len(self.action)
+
+
+def simulated_log(x: np.ndarray, choice: np.ndarray, success: np.ndarray, share: float,
+                  rng: np.random.Generator) -> LoggedExploration:
+    """What the gateway's exploration would log where the truth is known (benchmarks, tests): the
+    logging policy picks ``choice``; with probability ``share`` a call goes to one of the other
+    models instead, uniformly (gateway/exploration.py); the served model succeeds with probability
+    ``success[i, model]``."""
+    n, m = success.shape
+    explored = rng.random(n) < share
+    other = (choice + 1 + rng.integers(0, m - 1, n)) % m  # uniform among the m - 1 others
+    action = np.where(explored, other, choice)
+    reward = (rng.random(n) < success[np.arange(n), action]).astype(np.float64)
+    return LoggedExploration(x, action, reward, np.where(explored, share / (m - 1), 1.0 - share))
 
 
 def policy_choices(router: Any, x: np.ndarray, strong_share: float | None = None) -> np.ndarray:
