@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,9 +16,12 @@ import numpy as np
 from ..circuit import BreakerState, CircuitBreaker
 from ..errors import TinyDancerError, ValidationError
 from ..llm import ROUTER_FILE, QueryRouter, query_key
+from ..server.client_keys import client_keys
 from ..server.metrics import STATE_CODE
 from ..server.state import Service
 from ..server.storage import CallRecord, decision_record, new_request_id
+from ..server.storage.base import keeps_registry
+from .budgets import KeySpend
 from .config import GatewayConfig
 from .exploration import Explorer
 from .metrics import GatewayMetrics
@@ -25,6 +29,7 @@ from .operating import LiveOperatingPoint, LiveTally
 from .scheduled_learning import ScheduledLearning
 from .scoring import Scorer
 from .selection import CallOptions, ModelSpec, RequestError, SessionStore, estimate_cost
+from .tracing import CallTracer, provider_from_environment
 from .upstream import Upstream
 
 __all__ = ["Gateway", "Plan", "default_router_path"]
@@ -60,10 +65,20 @@ class Plan:
     #: (None: no exploration ran, the choice was deterministic) and whether it was an exploration
     propensity: float | None = None
     explored: bool | None = None
+    #: the name of the client key the call came with (logged, counted against its budget)
+    key_name: str | None = None
+    #: the ``model`` the client asked for
+    model: str = ""
+    #: (dollars, "usage" | "estimate") once an upstream served the call
+    cost: tuple[float, str] | None = None
+    #: for traces: when the call arrived and its embedding ran (Unix ns), the caller's trace context
+    started_ns: int | None = None
+    embed_ns: tuple[int, int] | None = None
+    trace_parent: dict[str, str] | None = None
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, service: Service, embedder: Any = None) -> None:
+    def __init__(self, config: GatewayConfig, service: Service, embedder: Any = None, tracer_provider: Any = None) -> None:
         self.config = config
         self.service = service
         path = config.router or default_router_path()
@@ -107,6 +122,15 @@ class Gateway:
         self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done)
         priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
         self.reference = priciest
+        # replicas that share a log (PostgreSQL) re-read each other's spend from it
+        shared = config.key_budget_refresh_s if keeps_registry(service.storage) else None
+        self.spend = KeySpend(config.key_budgets, tuple(k.name for k in client_keys(service.settings.api_keys)),
+                              service.metrics.registry, hold_s=max(u.stream_timeout_s for u in config.upstreams) + 60.0,
+                              refresh_s=shared)
+        self.spend.load(service.storage)
+        service.watchers.append(lambda: self.spend.refresh(service.storage))
+        provider = tracer_provider if tracer_provider is not None else provider_from_environment()
+        self.tracer = None if provider is None else CallTracer(provider, config.log_prompts, owned=tracer_provider is None)
         service.readiness_check = self.readiness_problem
         service.watchers.append(self.check_router)
         service.watchers.append(self.save_live)
@@ -203,6 +227,8 @@ class Gateway:
         self.live.save()
         for up in self.upstreams.values():
             await up.close()
+        if self.tracer is not None:  # its last export may wait on a slow collector: not on the event loop
+            await asyncio.to_thread(self.tracer.shutdown)
 
     def models(self) -> list[dict[str, Any]]:
         """GET /v1/models: the routed aliases, then the upstreams."""
@@ -223,7 +249,9 @@ class Gateway:
             return plan
         point = self._point(spec, options)
         allowed = self._allowed(options, body, len(text))
+        embed_start = time.time_ns()
         emb, out = await self.scorer.score(text)
+        plan.embed_ns = (embed_start, time.time_ns())
         values = out.tolist()
         plan.embedding = emb
         plan.quality = {m: float(q) for m, q in zip(self.router.models, values)}
@@ -311,6 +339,9 @@ class Gateway:
             self.tally.add(plan.order[0].config.plays == strong, None if served is None else served.cost)
             self.metrics.live_strong_share.set(self.tally.strong_share())
             self.metrics.live_spend.set(self.tally.spend_per_call())
+        self.spend.settle(plan.request_id, plan.key_name, plan.cost)
+        if self.tracer is not None:
+            self.tracer.emit(self, plan, calls, served)
         if calls:
             self._write(plan, calls, served)
 
