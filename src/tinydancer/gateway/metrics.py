@@ -28,6 +28,8 @@ class GatewayMetrics:
         self.breaker_state = Gauge("tiny_dancer_gateway_breaker_state", "Per-upstream breaker: 0 closed, 1 half-open, 2 open",
                                    ["upstream"], registry=r)
         self.embed_batches = Counter("tiny_dancer_gateway_embed_batches", "Embedding batches run for prompts", registry=r)
+        self.embed_rejected = Counter("tiny_dancer_gateway_embed_queue_full",
+                                      "Routed calls turned away because max_embed_queue prompts were waiting", registry=r)
         self.embed_texts = Counter("tiny_dancer_gateway_embedded_prompts", "Prompts embedded (÷ batches = mean batch)",
                                    registry=r)
         self.overhead = BatchHistogram("tiny_dancer_gateway_overhead_seconds",
