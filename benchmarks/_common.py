@@ -42,6 +42,22 @@ def time_call(fn: Callable[[], Any], *, min_time: float = 0.2, repeats: int = 7)
     return statistics.median(samples)
 
 
+def median_per_call(fn: Callable[[], Any], calls: int = 3000) -> float:
+    """Median seconds of single calls, each timed alone: the statistic a timer inside the call
+    reports (the Rust crate's ``inferenceTimeUs`` is a per-call median).  On a shared machine a batch
+    of calls timed together also carries the time the process spent descheduled; one call of tens
+    of µs rarely does."""
+    for _ in range(min(calls // 10, 200)):
+        fn()  # warm-up
+    clock = time.perf_counter
+    samples = [0.0] * calls
+    for i in range(calls):
+        t0 = clock()
+        fn()
+        samples[i] = clock() - t0
+    return statistics.median(samples)
+
+
 def environment() -> str:
     import numpy as np
 
