@@ -101,16 +101,18 @@ def test_a_full_embedding_queue_answers_503_at_once_and_named_calls_go_on(hashin
             client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
             gated.open.clear()
             gated.entered.clear()
-            held = asyncio.ensure_future(routed(client, "question 1 about apples"))  # its batch waits at the gate
-            await asyncio.to_thread(wait_for, gated.entered.is_set, "the first batch to reach the embedder")
-            queued = [asyncio.ensure_future(routed(client, f"question {i} about topology")) for i in (2, 3)]
-            await asyncio.to_thread(wait_for, lambda: scorer.waiting == 2, "two prompts in the queue")
-            with pytest.raises(openai.InternalServerError) as refused:
-                await routed(client, "question 4 about sheaves")
-            # the event loop is free while a batch is being embedded: a named call is served meanwhile
-            named = await client.chat.completions.create(model="weak", messages=[{"role": "user", "content": "hi"}])
-            assert named.choices[0].message.content.startswith("[small-model]")
-            gated.open.set()
+            try:
+                held = asyncio.ensure_future(routed(client, "question 1 about apples"))  # its batch waits at the gate
+                await asyncio.to_thread(wait_for, gated.entered.is_set, "the first batch to reach the embedder")
+                queued = [asyncio.ensure_future(routed(client, f"question {i} about topology")) for i in (2, 3)]
+                await asyncio.to_thread(wait_for, lambda: scorer.waiting == 2, "two prompts in the queue")
+                with pytest.raises(openai.InternalServerError) as refused:  # at once: a queued call would never return
+                    await asyncio.wait_for(routed(client, "question 4 about sheaves"), 30)
+                # the event loop is free while a batch is being embedded: a named call is served meanwhile
+                named = await client.chat.completions.create(model="weak", messages=[{"role": "user", "content": "hi"}])
+                assert named.choices[0].message.content.startswith("[small-model]")
+            finally:
+                gated.open.set()
             answers = await asyncio.gather(held, *queued)
             assert [a.headers["x-tinydancer-model"] in ("strong", "weak") for a in answers] == [True] * 3
             err = refused.value
