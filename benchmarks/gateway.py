@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--embedder", choices=("packaged", "static", "minilm"), default="packaged",
                     help="the routed calls' router: the packaged one, or one trained here on this embedder")
     ap.add_argument("--no-stream", action="store_true", help="non-streamed calls only (half the time)")
+    ap.add_argument("--router", type=Path, default=None, help="a router folder to route with (instead of --embedder)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -127,7 +128,10 @@ def main() -> None:
     url = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
     routed_by = "the packaged router"
     router = {}
-    if args.embedder != "packaged":
+    if args.router is not None:
+        routed_by = f"the router in {args.router}"
+        router = {"router": str(args.router.resolve())}
+    elif args.embedder != "packaged":
         routed_by = train_router(args.embedder, tmp / "router")
         router = {"router": str(tmp / "router")}
     (tmp / "gateway.yaml").write_text(json.dumps({**router, "operating_point": {"strong_share": 0.3}, "upstreams": [

@@ -34,6 +34,7 @@ import asyncio
 import os
 import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -252,10 +253,12 @@ def main() -> None:
     ap.add_argument("--proxy-calls", type=int, default=200)
     ap.add_argument("--embedder", choices=("packaged", "static", "minilm"), default="packaged",
                     help="the packaged router (MiniLM), or one trained here on this embedder")
+    ap.add_argument("--router", type=Path, default=None, help="a router folder to use (instead of --embedder)")
     args = ap.parse_args()
-    if args.embedder != "packaged":
+    if args.router is not None:
+        ROUTER.update(path=args.router, label=f"the router in {args.router}")
+    elif args.embedder != "packaged":
         import tempfile
-        from pathlib import Path
 
         folder = Path(tempfile.mkdtemp(prefix="td-litellm-router-"))
         ROUTER.update(path=folder, label=train_router(args.embedder, folder))
