@@ -72,6 +72,8 @@ LF = "tests/test_litellm_failover.py::"
 GL = "tests/test_gateway_learning.py::"
 K = "tests/test_gateway_keys.py::"
 T = "tests/test_gateway_tracing.py::"
+GE = "tests/test_gateway_embedding.py::"
+RT = "tests/test_routing.py::"
 
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ gateway: keys
@@ -325,6 +327,9 @@ MUTANTS: list[Mutant] = [
            "                        await self._one_by_one(batch)\n",
            "                        [_settle(f, exc) for _, f in batch]\n",
            (H + "test_one_bad_prompt_does_not_fail_the_batch_it_shares",)),
+    Mutant("gateway-embed-queue-unbounded", "routed prompts queue without bound instead of a 503 at max_embed_queue",
+           "src/tinydancer/gateway/scoring.py", "        if len(self._waiting) >= self.max_queue:\n", "        if False:\n",
+           (GE + "test_a_full_embedding_queue_answers_503_at_once_and_named_calls_go_on",)),
     Mutant("storage-bad-row-joins-batch", "a row with an impossible value joins the group commit",
            "src/tinydancer/server/storage/base.py",
            "    if _fits(row, _BY_KIND[table], _REQUIRED[table]):", "    if True:",
@@ -344,6 +349,10 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/integrations/litellm_logger.py",
            "            outcomes.append(call.failure_outcome(rank))\n", "            pass\n",
            (LL + "test_calls_land_on_the_deployment_our_router_chose_and_outcomes_reach_storage",)),
+    Mutant("litellm-budget-no-wake-up-slack", "the strategy waits to the deadline itself, so the event loop's late "
+           "wake-up comes on top of the budget", "src/tinydancer/integrations/litellm_routing.py",
+           "    return deadline - now - WAKE_UP_SLACK_S\n", "    return deadline - now\n",
+           (LF + "test_the_budget_counts_from_the_calls_start_and_leaves_room_for_the_wake_up",)),
     # ------------------------------------------------------------------ the conformal p-value
     Mutant("conformal-p-value-plus-one", "the conformal p-value without its +1", "src/tinydancer/candidates/uncertainty.py",
            "        return (self.n - below + 1.0) / (self.n + 1.0)\n", "        return (self.n - below) / (self.n + 1.0)\n",
@@ -383,6 +392,10 @@ MUTANTS: list[Mutant] = [
     Mutant("nn-cell-gate-sign", "the FastGRNN update adds the gate term instead of subtracting it", "src/tinydancer/nn/cell.py",
            "        h_new = (plan.alpha - plan.beta * t_gate) * cand\n", "        h_new = (plan.alpha + plan.beta * t_gate) * cand\n",
            ("tests/test_model.py::test_inference_matches_the_paper_equations",)),
+    Mutant("nn-one-step-gate-sign", "the router's one-step FastGRNN pass adds the gate term", "src/tinydancer/nn/cell.py",
+           "    np.subtract(np.float32(plan.alpha) if a.dtype == np.float32 else plan.alpha, h, out=h)\n",
+           "    np.add(np.float32(plan.alpha) if a.dtype == np.float32 else plan.alpha, h, out=h)\n",
+           (RT + "test_the_fast_features_and_scores_equal_plain_computations",)),
     Mutant("nn-backward-gate", "backpropagation through time forgets the gate on the carried state", "src/tinydancer/nn/cell.py",
            "        dh = dh * z\n", "        dh = dh\n",
            ("tests/test_model.py::test_every_gradient_matches_finite_differences",)),

@@ -157,6 +157,10 @@ class GatewayConfig(_Strict):
     breaker_reset_s: float = Field(30.0, gt=0.0, allow_inf_nan=False)
     #: concurrent requests whose prompts are embedded in one batch, at most
     embed_batch: int = Field(32, ge=1, le=1024)
+    #: routed prompts waiting to be embedded at most; past it a routed call is turned away at once
+    #: (503, Retry-After) instead of queuing behind a backlog (MiniLM embeds ~300 prompts/s here, so
+    #: 256 is under a second of waiting; the static embedder clears it in milliseconds)
+    max_embed_queue: int = Field(256, ge=1, le=1_000_000)
     #: how deep a request body may nest (JSON arrays and objects); deeper is a 400
     max_json_depth: int = Field(100, ge=8, le=900)
     #: how many arrays and objects a request body may hold: a 2 MB body of 690,000 empty arrays cost

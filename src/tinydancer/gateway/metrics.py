@@ -34,6 +34,8 @@ class GatewayMetrics:
         self.explored = Counter("tiny_dancer_gateway_explored_calls",
                                 "Routed calls sent to a model the router did not pick (exploration)", registry=r)
         self.embed_batches = Counter("tiny_dancer_gateway_embed_batches", "Embedding batches run for prompts", registry=r)
+        self.embed_rejected = Counter("tiny_dancer_gateway_embed_queue_full",
+                                      "Routed calls turned away because max_embed_queue prompts were waiting", registry=r)
         self.embed_texts = Counter("tiny_dancer_gateway_embedded_prompts", "Prompts embedded (÷ batches = mean batch)",
                                    registry=r)
         self.overhead = BatchHistogram("tiny_dancer_gateway_overhead_seconds",

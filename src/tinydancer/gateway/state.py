@@ -119,7 +119,8 @@ class Gateway:
         for up in self.upstreams.values():
             self._watch_breaker(up)
         self.sessions = SessionStore(config.session_ttl_s, config.max_sessions)
-        self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done)
+        self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done,
+                             max_queue=config.max_embed_queue)
         priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
         self.reference = priciest
         # replicas that share a log (PostgreSQL) re-read each other's spend from it
