@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,8 +23,8 @@ import yaml
 from typer.testing import CliRunner
 
 from browser import Browser, chromium_path
-from pg import require_postgres
 from test_gateway import EMBEDDER, KEY, config_dict, router_dir  # noqa: F401 (fixture)
+from test_storage_faults import storage  # noqa: F401 (fixture: SQLite and PostgreSQL)
 from tinydancer.cli import app as cli
 from tinydancer.gateway import create_gateway_app
 from tinydancer.gateway.config import parse_config
@@ -77,41 +77,21 @@ def sql_totals(storage: Any, since: float | None) -> dict[str, float]:
     return {"calls": calls, "spend": spend, "at_dearest": PRICES[0].cost(pt, ct)}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "sqlite":
-        storage = SQLiteStorage(tmp_path / "log.db")
-        yield storage
-        storage.close()
-        return
-    require_postgres()
-    import uuid
-
-    from pg import PG_URL
-    from tinydancer.server.storage.postgres import PostgresStorage
-
-    storage = PostgresStorage(PG_URL, schema=f"td_test_{uuid.uuid4().hex[:12]}")
-    try:
-        yield storage
-    finally:
-        storage.drop_schema()
-
-
-def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes(log: Any) -> None:
+def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes(storage: Any) -> None:  # noqa: F811
     now = time.time()
-    seed(log, now)
-    _delete_before(log, now - 2.5 * 86400)  # as retention does: the rollups' triggers take the rows away too
+    seed(storage, now)
+    _delete_before(storage, now - 2.5 * 86400)  # as retention does: the rollups' triggers take the rows away too
     for window, seconds in (("hour", 3600.0), ("5h", 5 * 3600.0), ("day", 86400.0), ("all", None)):
-        r = build_report(log, window=window, prices=PRICES, reference="weak", now=now)
-        want = sql_totals(log, None if seconds is None else now - seconds)
+        r = build_report(storage, window=window, prices=PRICES, reference="weak", now=now)
+        want = sql_totals(storage, None if seconds is None else now - seconds)
         assert r["totals"]["calls"] == want["calls"], window
         assert r["totals"]["spend"] == pytest.approx(want["spend"], rel=1e-9, abs=1e-12), window
         dearest = r["counterfactuals"][0]
         assert dearest["model"] == "strong" and dearest["at_reference"] == pytest.approx(want["at_dearest"], rel=1e-9, abs=1e-12)
         assert dearest["saved"] == pytest.approx(want["at_dearest"] - r["totals"]["usage_spend"], rel=1e-9, abs=1e-12)
         assert [c["role"] for c in r["counterfactuals"]] == ["dearest upstream", "reference"]
-    full = build_report(log, window="all", prices=PRICES, now=now)
-    assert full["totals"]["fallback_attempts"] == log.query("SELECT COUNT(*) FROM calls WHERE attempt > 0")[1][0][0] > 0
+    full = build_report(storage, window="all", prices=PRICES, now=now)
+    assert full["totals"]["fallback_attempts"] == storage.query("SELECT COUNT(*) FROM calls WHERE attempt > 0")[1][0][0] > 0
     assert full["upstreams"]["strong"]["errors"]["timeout"] > 0 and full["totals"]["failed_calls"] > 0
     # coverage: decisions with a rank-0 outcome over calls
     cov = full["coverage"]
@@ -129,11 +109,11 @@ def _delete_before(storage: Any, cut: float) -> None:
             conn.execute("DELETE FROM calls WHERE created_at < %s", (cut,))
 
 
-def test_latency_bins_agree_between_python_and_the_database_and_percentiles_are_within_a_bin(log: Any) -> None:
+def test_latency_bins_agree_between_python_and_the_database_and_percentiles_are_within_a_bin(storage: Any) -> None:  # noqa: F811
     values = [0.0, 0.004, 0.5, 9.99, 10.0, 12.345, 99.5, 100.0, 1234.5, 98765.4]
     rows = [CallRecord(f"b{i}", 0, "up", "up", "ok", 200, False, 1, 1, 0.0, v, v, 1000.0 + i).row() for i, v in enumerate(values)]
-    log.insert_log([], rows, [])
-    got = dict(log.query("SELECT bin, SUM(n) FROM call_latency WHERE metric = 0 GROUP BY bin")[1])
+    storage.insert_log([], rows, [])
+    got = dict(storage.query("SELECT bin, SUM(n) FROM call_latency WHERE metric = 0 GROUP BY bin")[1])
     want: dict[int, int] = {}
     for v in values:
         want[latency_bin(v)] = want.get(latency_bin(v), 0) + 1

@@ -191,7 +191,7 @@ def _router(r: dict[str, Any]) -> str:
         parts.append(f'<p>Serving <code>{_e(live["router_version"] or "the packaged router")}</code></p>')
     seen = r["router"]["versions_in_window"]
     if seen:
-        parts.append("<p>Versions that routed this window: " + ", ".join(
+        parts.append("<p>Versions that routed the window's latest calls: " + ", ".join(
             f'<code>{_e(v["version"] or "(unversioned)")}</code> ({v["decisions"]:,} calls, last {_when(v["last"])})' for v in seen)
             + "</p>")
     reg = r["router"]["registry"]

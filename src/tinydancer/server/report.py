@@ -14,8 +14,8 @@ coverage next to every saving, and says so (:data:`QUALITY_NOTE`).
 Fast on a large log: per-hour rollups (``call_hours``, ``call_latency``, kept by triggers; see the
 storage migrations) answer whole hours; the raw ``calls`` rows answer the partial hour at the
 window's start, so totals are exact.  Latency percentiles come from the rollup's histogram bins
-(two significant digits: each within 10 %, the bin's midpoint reported).  The router's predicted
-quality is the mean over the latest :data:`PREDICTED_SAMPLE` decisions of the window.
+(35 a decade, each at most 10 % wide: the bin's midpoint is reported).  The router's predicted
+quality, and the router versions listed, come from the latest :data:`PREDICTED_SAMPLE` decisions of the window.
 """
 
 from __future__ import annotations
@@ -83,18 +83,23 @@ def dearest(prices: Sequence[Price]) -> Price | None:
 
 
 # ---------------------------------------------------------------------------------------------- latency bins
+def _step(lead: int) -> int:
+    return 5 if lead >= 50 else 2 if lead >= 20 else 1
+
+
 def latency_bin(ms: float) -> int:
     """The rollup's bin of a time in ms, as the storage triggers compute it: 100 × the number of
-    digits of the time in 0.01 ms, plus its leading two digits."""
+    digits of the time in 0.01 ms, plus its leading two digits rounded down to their step."""
     digits = str(int(max(ms, 0.0) * 100))
-    return len(digits) * 100 + int(digits[:2])
+    lead = int(digits[:2])
+    return len(digits) * 100 + lead - lead % _step(lead)
 
 
 def bin_range(b: int) -> tuple[float, float]:
     """A bin's lower edge and width, in ms."""
     length, lead = divmod(b, 100)
-    width = 10.0 ** (length - len(str(lead))) / 100
-    return lead * width, width
+    unit = 10.0 ** (length - len(str(lead))) / 100
+    return lead * unit, _step(lead) * unit
 
 
 def percentiles(hist: dict[int, int], qs: Sequence[float] = (0.5, 0.99)) -> list[float | None]:
@@ -274,32 +279,40 @@ def _latency(hist: dict[tuple[str, int], Counter]) -> dict[str, dict[str, Any]]:
 
 
 def _quality(log: _Log, since: float | None, calls: int) -> dict[str, Any]:
-    """Outcomes per model, the router's predicted quality per model, and how much traffic has an outcome."""
+    """Outcomes per model, the router's predicted quality per model, and how much traffic has an outcome.
+
+    Coverage counts the rank-0 outcomes recorded in the window (one a call at most: the outcome of
+    the answer served, or of the first model tried when none answered) against the window's calls;
+    an outcome sent after the window ends is counted in the window it arrived in."""
     cut, args = (" WHERE created_at >= ?", (since,)) if since is not None else ("", ())
     models: dict[str, dict[str, Any]] = {}
-    for target, n, ok, qn, qmean in log.rows("SELECT target, COUNT(*), SUM(success), COUNT(quality), AVG(quality) "
-                                              f"FROM outcomes{cut} GROUP BY target", args):
-        models[target] = dict(outcomes=int(n), successes=int(ok or 0), success_rate=(ok or 0) / n if n else None,
+    covered = 0
+    for target, n, ok, qn, qmean, first in log.rows(
+            "SELECT target, COUNT(*), SUM(success), COUNT(quality), AVG(quality), SUM(CASE WHEN rank = 0 THEN 1 ELSE 0 END) "
+            f"FROM outcomes{cut} GROUP BY target", args):
+        covered += int(first or 0)
+        models[target] = dict(outcomes=int(n), successes=int(ok or 0), success_rate=int(ok or 0) / n if n else None,
                               quality_n=int(qn), quality_mean=None if qmean is None else float(qmean))
-    join_cut = " AND o.created_at >= ? AND d.created_at >= ?" if since is not None else ""
-    covered = log.rows("SELECT COUNT(DISTINCT o.request_id) FROM outcomes o JOIN decisions d ON d.request_id = o.request_id "
-                       f"WHERE o.rank = 0{join_cut}", (since, since) if since is not None else ())[0][0] or 0
-    dcut = " AND created_at >= ?" if since is not None else ""
-    if calls == 0:  # no gateway calls (a `serve` log): the routed queries are the traffic
-        calls = int(log.rows(f"SELECT COUNT(*) FROM decisions WHERE kind = 'query'{dcut}", args)[0][0])
+    if calls == 0:  # no gateway calls (a `serve` log): its decisions are the traffic
+        calls = int(log.rows(f"SELECT COUNT(*) FROM decisions{cut}", args)[0][0])
     predicted: dict[str, list[float]] = defaultdict(list)
-    for targets, confidence in log.rows(f"SELECT targets, confidence FROM decisions WHERE kind = 'query'{dcut} "
-                                        "ORDER BY created_at DESC LIMIT ?", (*args, PREDICTED_SAMPLE)):
+    versions: dict[str, list[float]] = {}
+    dcut = " AND created_at >= ?" if since is not None else ""
+    for targets, confidence, version, at in log.rows(
+            f"SELECT targets, confidence, model_version, created_at FROM decisions WHERE kind = 'query'{dcut} "
+            "ORDER BY created_at DESC LIMIT ?", (*args, PREDICTED_SAMPLE)):
         names = json.loads(targets)
         conf = np.frombuffer(bytes(confidence), dtype=np.float32)
         if names and conf.size and np.isfinite(conf[0]):
             predicted[names[0]].append(float(conf[0]))
+        seen = versions.setdefault(version, [0, float(at)])
+        seen[0] += 1
     for model, values in predicted.items():
         entry = models.setdefault(model, dict(outcomes=0, successes=0, success_rate=None, quality_n=0, quality_mean=None))
         entry.update(predicted_mean=float(np.mean(values)), predicted_n=len(values))
-    return dict(models=models, coverage=dict(calls=calls, with_outcome=int(covered),
-                                             share=covered / calls if calls else None),
-                predicted_sample=PREDICTED_SAMPLE)
+    return dict(models=models, coverage=dict(calls=calls, with_outcome=covered, share=min(covered / calls, 1.0) if calls else None),
+                predicted_sample=PREDICTED_SAMPLE,
+                versions=[dict(version=v, decisions=n, last=t) for v, (n, t) in sorted(versions.items(), key=lambda x: x[1][1])])
 
 
 def _recent(log: _Log, n: int) -> list[dict[str, Any]]:
@@ -359,9 +372,6 @@ def build_report(storage: Any, *, window: str = "day", prices: Sequence[Price] =
         entry["price"] = None if price is None else dict(input_per_million=price.input_per_million,
                                                          output_per_million=price.output_per_million)
     quality = _quality(log, since, totals["calls"])
-    versions = log.rows("SELECT model_version, COUNT(*), MAX(created_at) FROM decisions WHERE kind = 'query'"
-                        + (" AND created_at >= ?" if since is not None else "") + " GROUP BY model_version",
-                        (since,) if since is not None else ())
     return dict(
         window=dict(label=label, seconds=window_s, since=since, now=now),
         totals=totals,
@@ -371,9 +381,7 @@ def build_report(storage: Any, *, window: str = "day", prices: Sequence[Price] =
         upstreams=dict(sorted(upstreams.items())),
         series=_series(rows, bucket_s, since, now),
         quality=quality,
-        router=dict(versions_in_window=[dict(version=v, decisions=int(n), last=float(t)) for v, n, t in
-                                        sorted(versions, key=lambda r: r[2])],
-                    registry=list(registry)),
+        router=dict(versions_in_window=quality.pop("versions"), registry=list(registry)),
         recent=_recent(log, last_n),
         live=live or {},
         compute_ms=round((time.perf_counter() - started) * 1e3, 1),

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
+from .rollups import PG_ROLLUPS
 from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
@@ -50,11 +51,6 @@ log = logging.getLogger("tinydancer.storage")
 
 #: pg_advisory_xact_lock key of the migrations (any constant; "tdschema" in ASCII)
 MIGRATION_LOCK = 0x7464736368656D61
-
-#: SQLite's rollup expressions (see sqlite.py) in PostgreSQL's words: the same hours and bins
-_HOUR = "(floor({r}.created_at / 3600) * 3600)::bigint"
-_BIN = ("(length(trunc(greatest({v}, 0) * 100)::bigint::text) * 100"
-        " + substr(trunc(greatest({v}, 0) * 100)::bigint::text, 1, 2)::int)")
 
 PG_MIGRATIONS: list[str] = [
     # 1-3 of SQLite's, as PostgreSQL starts them
@@ -104,51 +100,8 @@ PG_MIGRATIONS: list[str] = [
     """,
     # 5: when the replaced outcome had been recorded (SQLite's 7)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at DOUBLE PRECISION",
-    # 6: the dashboard's rollups and the outcomes' index by time (SQLite's 8; see its comment): one
-    #    trigger function keeps both rollups for inserts and deletes of calls rows
-    f"""
-    CREATE TABLE call_hours (
-        hour BIGINT NOT NULL, upstream TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
-        attempts BIGINT NOT NULL, firsts BIGINT NOT NULL, usage_n BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
-        completion_tokens BIGINT NOT NULL, usage_cost DOUBLE PRECISION NOT NULL, cost DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (hour, upstream, target, status));
-    CREATE TABLE call_latency (
-        hour BIGINT NOT NULL, upstream TEXT NOT NULL, metric INTEGER NOT NULL, bin INTEGER NOT NULL, n BIGINT NOT NULL,
-        PRIMARY KEY (hour, upstream, metric, bin));
-    CREATE FUNCTION calls_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE r calls; sign INTEGER; h BIGINT;
-    BEGIN
-        IF TG_OP = 'INSERT' THEN r := NEW; sign := 1; ELSE r := OLD; sign := -1; END IF;
-        h := {_HOUR.format(r="r")};
-        INSERT INTO call_hours VALUES (h, r.upstream, r.target, r.status, sign, sign * (r.attempt = 0)::int,
-            sign * (r.prompt_tokens IS NOT NULL)::int, sign * COALESCE(r.prompt_tokens, 0), sign * COALESCE(r.completion_tokens, 0),
-            sign * (CASE WHEN r.prompt_tokens IS NOT NULL THEN COALESCE(r.cost, 0) ELSE 0 END), sign * COALESCE(r.cost, 0))
-            ON CONFLICT (hour, upstream, target, status) DO UPDATE SET attempts = call_hours.attempts + excluded.attempts,
-            firsts = call_hours.firsts + excluded.firsts, usage_n = call_hours.usage_n + excluded.usage_n,
-            prompt_tokens = call_hours.prompt_tokens + excluded.prompt_tokens,
-            completion_tokens = call_hours.completion_tokens + excluded.completion_tokens,
-            usage_cost = call_hours.usage_cost + excluded.usage_cost, cost = call_hours.cost + excluded.cost;
-        IF r.status = 'ok' THEN
-            INSERT INTO call_latency VALUES (h, r.upstream, 0, {_BIN.format(v="r.total_ms")}, sign)
-                ON CONFLICT (hour, upstream, metric, bin) DO UPDATE SET n = call_latency.n + excluded.n;
-            IF r.ttft_ms IS NOT NULL THEN
-                INSERT INTO call_latency VALUES (h, r.upstream, 1, {_BIN.format(v="r.ttft_ms")}, sign)
-                    ON CONFLICT (hour, upstream, metric, bin) DO UPDATE SET n = call_latency.n + excluded.n;
-            END IF;
-        END IF;
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER calls_rollup AFTER INSERT OR DELETE ON calls FOR EACH ROW EXECUTE FUNCTION calls_rollup();
-    INSERT INTO call_hours SELECT {_HOUR.format(r="c")}, upstream, target, status, COUNT(*), COUNT(*) FILTER (WHERE attempt = 0),
-        COUNT(prompt_tokens), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
-        COALESCE(SUM(cost) FILTER (WHERE prompt_tokens IS NOT NULL), 0), COALESCE(SUM(cost), 0)
-        FROM calls c GROUP BY 1, 2, 3, 4;
-    INSERT INTO call_latency SELECT {_HOUR.format(r="c")}, upstream, 0, {_BIN.format(v="c.total_ms")}, COUNT(*)
-        FROM calls c WHERE status = 'ok' GROUP BY 1, 2, 3, 4;
-    INSERT INTO call_latency SELECT {_HOUR.format(r="c")}, upstream, 1, {_BIN.format(v="c.ttft_ms")}, COUNT(*)
-        FROM calls c WHERE status = 'ok' AND ttft_ms IS NOT NULL GROUP BY 1, 2, 3, 4;
-    CREATE INDEX outcomes_created ON outcomes (created_at, rank, target, success, quality, request_id)
-    """,
+    # 6: the dashboard's rollups and the outcomes' index by time (SQLite's 8; see rollups.py)
+    PG_ROLLUPS,
 ]
 
 

@@ -35,42 +35,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
+from .rollups import SQLITE_ROLLUPS
 from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
-
-#: the rollups' hour of a call row ``r`` and latency bin of a value ``v`` in ms (two significant
-#: digits of 0.01 ms: 100 * digits + leading two digits; decoded by tinydancer.server.report)
-_HOUR = "CAST({r}.created_at / 3600 AS INTEGER) * 3600"
-_BIN = ("(length(CAST(CAST(max({v}, 0) * 100 AS INTEGER) AS TEXT)) * 100"
-        " + CAST(substr(CAST(CAST(max({v}, 0) * 100 AS INTEGER) AS TEXT), 1, 2) AS INTEGER))")
-
-
-def _rollup_sql(row: str, sign: int) -> str:
-    """The trigger adding (``NEW``, +1) or taking away (``OLD``, -1) one calls row from the rollups."""
-    event = "INSERT" if sign > 0 else "DELETE"
-    hour = _HOUR.format(r=row)
-    used = f"{row}.prompt_tokens IS NOT NULL"
-    latency = "".join(
-        f"""
-        INSERT INTO call_latency SELECT {hour}, {row}.upstream, {metric}, {_BIN.format(v=f"{row}.{col}")}, {sign}
-            WHERE {row}.status = 'ok' AND {row}.{col} IS NOT NULL
-            ON CONFLICT (hour, upstream, metric, bin) DO UPDATE SET n = n + excluded.n;"""
-        for metric, col in ((0, "total_ms"), (1, "ttft_ms")))
-    return f"""
-    CREATE TRIGGER calls_rollup_{event.lower()} AFTER {event} ON calls BEGIN
-        INSERT INTO call_hours VALUES ({hour}, {row}.upstream, {row}.target, {row}.status, {sign},
-            {sign} * ({row}.attempt = 0), {sign} * ({used}), {sign} * COALESCE({row}.prompt_tokens, 0),
-            {sign} * COALESCE({row}.completion_tokens, 0), {sign} * (CASE WHEN {used} THEN COALESCE({row}.cost, 0) ELSE 0 END),
-            {sign} * COALESCE({row}.cost, 0))
-            ON CONFLICT (hour, upstream, target, status) DO UPDATE SET attempts = attempts + excluded.attempts,
-            firsts = firsts + excluded.firsts, usage_n = usage_n + excluded.usage_n,
-            prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-            completion_tokens = completion_tokens + excluded.completion_tokens,
-            usage_cost = usage_cost + excluded.usage_cost, cost = cost + excluded.cost;{latency}
-    END;"""
-
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -161,34 +130,10 @@ MIGRATIONS: list[str] = [
     # 7: when the replaced outcome had been recorded, so retraining knows whether its outcome
     #    memory already counted it (NULL in corrections made before this column)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at REAL",
-    # 8: the dashboard's rollups (tinydancer.server.report): per hour, upstream, model and status the
-    #    attempts, first attempts (= calls), token and cost sums; per hour and upstream a histogram of
-    #    successful attempts' total time (metric 0) and time to first byte (1) in bins of two
-    #    significant digits of 0.01 ms (<= 10 % wide).  Kept by triggers (inserts, copies, retention's
-    #    deletes), filled from the calls already logged; outcomes get an index by time for the page.
-    f"""
-    CREATE TABLE call_hours (
-        hour INTEGER NOT NULL, upstream TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
-        attempts INTEGER NOT NULL, firsts INTEGER NOT NULL, usage_n INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL, usage_cost REAL NOT NULL, cost REAL NOT NULL,
-        PRIMARY KEY (hour, upstream, target, status)
-    );
-    CREATE TABLE call_latency (
-        hour INTEGER NOT NULL, upstream TEXT NOT NULL, metric INTEGER NOT NULL, bin INTEGER NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (hour, upstream, metric, bin)
-    );
-    {_rollup_sql("NEW", 1)}
-    {_rollup_sql("OLD", -1)}
-    INSERT INTO call_hours SELECT {_HOUR.format(r="c")}, upstream, target, status, COUNT(*), SUM(attempt = 0),
-        SUM(prompt_tokens IS NOT NULL), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
-        COALESCE(SUM(CASE WHEN prompt_tokens IS NOT NULL THEN cost END), 0), COALESCE(SUM(cost), 0)
-        FROM calls c GROUP BY 1, 2, 3, 4;
-    INSERT INTO call_latency SELECT {_HOUR.format(r="c")}, upstream, 0, {_BIN.format(v="c.total_ms")}, COUNT(*)
-        FROM calls c WHERE status = 'ok' GROUP BY 1, 2, 3, 4;
-    INSERT INTO call_latency SELECT {_HOUR.format(r="c")}, upstream, 1, {_BIN.format(v="c.ttft_ms")}, COUNT(*)
-        FROM calls c WHERE status = 'ok' AND ttft_ms IS NOT NULL GROUP BY 1, 2, 3, 4;
-    CREATE INDEX outcomes_created ON outcomes (created_at, rank, target, success, quality, request_id)
-    """,
+    # 8: the dashboard's rollups (tinydancer.server.report): calls, tokens and cost per hour, upstream,
+    #    model and status, and a latency histogram per hour and upstream, kept by triggers on calls
+    #    (see rollups.py); outcomes get an index by time for the page
+    SQLITE_ROLLUPS,
 ]
 
 
