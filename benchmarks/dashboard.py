@@ -163,7 +163,6 @@ def main() -> None:
     args = parser.parse_args()
     console.print(environment())
     now = time.time()
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         db = args.database or Path(tmp) / "log.db"
         storage = SQLiteStorage(db)
@@ -175,15 +174,18 @@ def main() -> None:
         else:
             now = float(storage.query("SELECT MAX(created_at) FROM calls")[1][0][0]) + 1
             console.print(f"reusing {db} ({have:,} call rows)")
-        rows += measure(storage, "SQLite", now, serve_page(db))
+        show(measure(storage, "SQLite", now, serve_page(db)), args.calls)
         storage.close()
         if args.postgres:
-            rows += postgres_rows(args.calls, now)
-        console.print(table(f"The dashboard on a log of {args.calls:,} calls (ms; median of 5 after a warm-up)",
-                            ["log, window", "calls in window", "rollup reads", "quality", "last 20", "report", "render",
-                             "GET /dashboard", "page KB", "page / 1 s target", "peer: raw GROUP BY", "peer / rollups"], rows))
+            show(postgres_rows(args.calls, now), args.calls)
         console.print(table("What the rollup triggers cost a write (SQLite, 20,000 call rows in commits of 500)",
                             ["calls table", "µs a row", "ratio"], trigger_cost(Path(tmp))))
+
+
+def show(rows: list[list[Any]], calls: int) -> None:
+    console.print(table(f"The dashboard on a log of {calls:,} calls (ms; median of 5 after a warm-up)",
+                        ["log, window", "calls in window", "rollup reads", "quality", "last 20", "report", "render",
+                         "GET /dashboard", "page KB", "page / 1 s target", "peer: raw GROUP BY", "peer / rollups"], rows))
 
 
 _SERVERS: list[Any] = []

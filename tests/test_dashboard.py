@@ -90,6 +90,10 @@ def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_delet
         assert dearest["model"] == "strong" and dearest["at_reference"] == pytest.approx(want["at_dearest"], rel=1e-9, abs=1e-12)
         assert dearest["saved"] == pytest.approx(want["at_dearest"] - r["totals"]["usage_spend"], rel=1e-9, abs=1e-12)
         assert [c["role"] for c in r["counterfactuals"]] == ["dearest upstream", "reference"]
+        cut = "" if seconds is None else f" WHERE created_at >= {now - seconds!r}"
+        outcomes = storage.query(f"SELECT target, COUNT(*), SUM(success) FROM outcomes{cut} GROUP BY target")[1]
+        assert {t: (m["outcomes"], m["successes"]) for t, m in r["quality"]["models"].items() if m["outcomes"]} == \
+            {t: (int(n), int(ok)) for t, n, ok in outcomes}, window
     full = build_report(storage, window="all", prices=PRICES, now=now)
     assert full["totals"]["fallback_attempts"] == storage.query("SELECT COUNT(*) FROM calls WHERE attempt > 0")[1][0][0] > 0
     assert full["upstreams"]["strong"]["errors"]["timeout"] > 0 and full["totals"]["failed_calls"] > 0

@@ -287,9 +287,7 @@ def _quality(log: _Log, since: float | None, calls: int) -> dict[str, Any]:
     cut, args = (" WHERE created_at >= ?", (since,)) if since is not None else ("", ())
     models: dict[str, dict[str, Any]] = {}
     covered = 0
-    for target, n, ok, qn, qmean, first in log.rows(
-            "SELECT target, COUNT(*), SUM(success), COUNT(quality), AVG(quality), SUM(CASE WHEN rank = 0 THEN 1 ELSE 0 END) "
-            f"FROM outcomes{cut} GROUP BY target", args):
+    for target, n, ok, qn, qmean, first in _outcome_counts(log, since):
         covered += int(first or 0)
         models[target] = dict(outcomes=int(n), successes=int(ok or 0), success_rate=int(ok or 0) / n if n else None,
                               quality_n=int(qn), quality_mean=None if qmean is None else float(qmean))
@@ -313,6 +311,32 @@ def _quality(log: _Log, since: float | None, calls: int) -> dict[str, Any]:
     return dict(models=models, coverage=dict(calls=calls, with_outcome=covered, share=min(covered / calls, 1.0) if calls else None),
                 predicted_sample=PREDICTED_SAMPLE,
                 versions=[dict(version=v, decisions=n, last=t) for v, (n, t) in sorted(versions.items(), key=lambda x: x[1][1])])
+
+
+_OUTCOME_SUMS = "COUNT(*), SUM(success), COUNT(quality), AVG(quality), SUM(CASE WHEN rank = 0 THEN 1 ELSE 0 END)"
+#: past this many distinct outcome targets (candidate ids, not models), one GROUP BY instead of a range scan each
+MAX_TARGET_SCANS = 64
+
+
+def _outcome_counts(log: _Log, since: float | None) -> list[tuple[Any, ...]]:
+    """(target, outcomes, successes, qualities, mean quality, rank-0 outcomes) per target: one range
+    scan of the (target, created_at) index per target (the targets found by skipping through it),
+    so a window costs the outcomes in it, without sorting them."""
+    targets = [r[0] for r in log.rows(
+        "WITH RECURSIVE t(target) AS (SELECT MIN(target) FROM outcomes UNION ALL "
+        "SELECT (SELECT MIN(target) FROM outcomes WHERE target > t.target) FROM t WHERE t.target IS NOT NULL) "
+        "SELECT target FROM t WHERE target IS NOT NULL LIMIT ?", (MAX_TARGET_SCANS + 1,))]
+    time_cut = " AND created_at >= ?" if since is not None else ""
+    if len(targets) > MAX_TARGET_SCANS:
+        return log.rows(f"SELECT target, {_OUTCOME_SUMS} FROM outcomes WHERE 1 = 1{time_cut} GROUP BY target",
+                        (since,) if since is not None else ())
+    out = []
+    for target in targets:
+        row = log.rows(f"SELECT {_OUTCOME_SUMS} FROM outcomes WHERE target = ?{time_cut}",
+                       (target, since) if since is not None else (target,))[0]
+        if row[0]:
+            out.append((target, *row))
+    return out
 
 
 def _recent(log: _Log, n: int) -> list[dict[str, Any]]:

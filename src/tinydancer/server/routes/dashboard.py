@@ -69,8 +69,8 @@ async def _report(request: Request, window: str, reference: str | None, last: in
 async def _answer(request: Request, window: str, reference: str | None, last: int, page: bool) -> Response:
     try:
         report = await _report(request, window, reference, max(0, min(last, 200)))
-    except ValidationError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    except ValidationError as exc:  # a window or reference we cannot read: FastAPI's 422 shape
+        return JSONResponse({"detail": [{"loc": ["query"], "msg": str(exc), "type": "value_error"}]}, status_code=422)
     except (StorageUnavailable, *service_of(request).storage.errors) as exc:
         return JSONResponse({"detail": f"the decision log cannot be read now ({exc}); retry later"}, status_code=503,
                             headers={"Retry-After": "5"})

@@ -5,7 +5,8 @@ Per hour, upstream, model and status: attempts, first attempts (= calls), the to
 and time to first byte (metric 1) (``call_latency``).  Triggers keep both in step with every insert
 (the gateway's log, ``storage copy``) and delete (retention); the migration fills them from the
 calls already logged.  :mod:`tinydancer.server.report` reads them, and decodes the bins
-(``latency_bin`` and ``bin_range`` there compute the same bins in Python).
+(``latency_bin`` and ``bin_range`` there compute the same bins in Python).  The outcomes get an
+index by model and time: the page counts each model's outcomes in a window as one range scan.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ SQLITE_ROLLUPS = f"""
         FROM calls c WHERE status = 'ok' GROUP BY 1, 2, 3, 4;
     INSERT INTO call_latency SELECT {_HOUR_SQLITE.format(r="c")}, upstream, 1, {_BIN_SQLITE.format(v="c.ttft_ms")}, COUNT(*)
         FROM calls c WHERE status = 'ok' AND ttft_ms IS NOT NULL GROUP BY 1, 2, 3, 4;
-    CREATE INDEX outcomes_created ON outcomes (created_at, rank, target, success, quality, request_id)
+    CREATE INDEX outcomes_target ON outcomes (target, created_at, success, quality, rank)
     """
 
 #: SQLite's rollup expressions (above) in PostgreSQL's words: the same hours and bins
@@ -123,5 +124,5 @@ PG_ROLLUPS = f"""
     CREATE TRIGGER calls_rollup_delete AFTER DELETE ON calls REFERENCING OLD TABLE AS changed
         FOR EACH STATEMENT EXECUTE FUNCTION calls_rollup();
     {_pg_fold("calls", "1")}
-    CREATE INDEX outcomes_created ON outcomes (created_at, rank, target, success, quality, request_id)
+    CREATE INDEX outcomes_target ON outcomes (target, created_at, success, quality, rank)
     """
