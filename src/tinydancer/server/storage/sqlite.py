@@ -297,6 +297,8 @@ class SQLiteStorage:
                 for statement in _statements(MIGRATIONS[number]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
+        if version < len(MIGRATIONS):  # the migrations' pages into the file: the WAL starts empty, not at their size
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return self.schema_version
 
     # ------------------------------------------------------------------ writes
