@@ -253,3 +253,28 @@ def test_browser_signs_in_and_the_totals_shown_equal_sql(router_dir: Path, tmp_p
                 assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             finally:
                 browser.close()
+
+
+def test_serve_shows_its_query_traffic_without_prices(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from tinydancer.server import create_app
+
+    db = tmp_path / "serve.db"
+    log = SQLiteStorage(db)
+    now = time.time()
+    rows = [decision_record(f"q{i}", "query", "v7", ["strong" if i % 4 == 0 else "weak"], np.zeros((1, 4), np.float32),
+                            np.array([0.25 if i % 4 else 0.75], np.float32), None, np.ones(1, np.uint8), 9.0) for i in range(40)]
+    log.insert_log([(*r[:13], now - 60 - i, r[14]) for i, r in enumerate(rows)], [], [("q0", "strong", 0, 1, None, None, now - 30)])
+    log.close()
+    app = create_app(ServiceSettings(database_path=db, auth_token=None, api_keys=(), watch_interval_s=0, model_path=tmp_path / "none"))
+    with TestClient(app) as client:
+        data = client.get("/dashboard/report.json").json()
+        page = client.get("/dashboard")
+    assert page.status_code == 200 and "No gateway calls in this window" in page.text and "No prices known" in page.text
+    assert data["totals"]["calls"] == 0 and data["counterfactuals"] == []
+    assert data["coverage"] == {"calls": 40, "with_outcome": 1, "share": 1 / 40}
+    models = data["quality"]["models"]
+    assert models["strong"]["predicted_n"] == 10 and models["strong"]["predicted_mean"] == pytest.approx(0.75)
+    assert models["weak"]["predicted_mean"] == pytest.approx(0.25) and models["strong"]["outcomes"] == 1
+    assert data["router"]["versions_in_window"][0]["version"] == "v7" and len(data["recent"]) == 20
