@@ -102,15 +102,25 @@ def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_delet
     assert cov["calls"] == full["totals"]["calls"] and 0 < cov["share"] < 1
     assert full["quality"]["models"]["strong"]["predicted_mean"] == pytest.approx(0.9, abs=1e-6)
     assert len(full["recent"]) == 20 and full["recent"][0]["time"] >= full["recent"][-1]["time"]
+    assert "key_name" not in full["recent"][0]
+    # once the calls table keeps the client key's name (per-key spend), the last decisions show it
+    _execute(storage, "ALTER TABLE calls ADD COLUMN key_name TEXT")
+    _execute(storage, "UPDATE calls SET key_name = 'team-a'")
+    assert {d["key_name"] for d in build_report(storage, window="all", now=now)["recent"] if d["attempts"]} == {"team-a"}
+
+
+def _execute(storage: Any, sql: str, args: tuple[Any, ...] = ()) -> None:
+    """A write on either backend (``?`` placeholders)."""
+    if isinstance(storage, SQLiteStorage):
+        with storage._tx() as conn:
+            conn.execute(sql, args)
+    else:
+        with storage._pool.connection() as conn:
+            conn.execute(sql.replace("?", "%s"), args)
 
 
 def _delete_before(storage: Any, cut: float) -> None:
-    if isinstance(storage, SQLiteStorage):
-        with storage._tx() as conn:
-            conn.execute("DELETE FROM calls WHERE created_at < ?", (cut,))
-    else:
-        with storage._pool.connection() as conn:
-            conn.execute("DELETE FROM calls WHERE created_at < %s", (cut,))
+    _execute(storage, "DELETE FROM calls WHERE created_at < ?", (cut,))
 
 
 def test_latency_bins_agree_between_python_and_the_database_and_percentiles_are_within_a_bin(storage: Any) -> None:  # noqa: F811
