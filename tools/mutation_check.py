@@ -67,6 +67,7 @@ LB = "tests/test_labelling.py::"
 LL = "tests/test_litellm_integration.py::"
 LBB = "tests/test_label_budget.py::"
 H = "tests/test_gateway_hostile.py::"
+D = "tests/test_dashboard.py::"
 SF = "tests/test_storage_faults.py::"
 LF = "tests/test_litellm_failover.py::"
 GL = "tests/test_gateway_learning.py::"
@@ -402,6 +403,20 @@ MUTANTS: list[Mutant] = [
     Mutant("nn-adam-bias-correction", "Adam without its bias correction", "src/tinydancer/nn/optim.py",
            "        step = lr * math.sqrt(bc2) / bc1\n", "        step = lr\n",
            ("tests/test_training.py::test_one_adam_step_by_hand",)),
+    # ------------------------------------------------------------------ the dashboard (issue 28)
+    Mutant("dashboard-window-edge-dropped", "the partial hour at a window's start is left out of its totals",
+           "src/tinydancer/server/report.py", "    if since is not None and boundary is not None and boundary > since:",
+           "    if False:", (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-saved-tokens-swapped", "the counterfactual prices prompt tokens at the output price",
+           "src/tinydancer/server/report.py", 'price.cost(totals["prompt_tokens"], totals["completion_tokens"])',
+           'price.cost(totals["completion_tokens"], totals["prompt_tokens"])',
+           (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-rollup-deletes-kept", "retention's deletes stay in SQLite's rollups", "src/tinydancer/server/storage/rollups.py",
+           '    {_sqlite_trigger("OLD", -1)}\n', "",
+           (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-session-never-expires", "an expired dashboard cookie still signs in", "src/tinydancer/server/guards.py",
+           "    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):",
+           "    if not expires.isdigit():", (D + "test_dashboard_auth_cookie_and_open_loopback",)),
 ]
 
 

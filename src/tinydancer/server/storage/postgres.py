@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
+from .rollups import PG_ROLLUPS
 from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
@@ -104,7 +105,10 @@ PG_MIGRATIONS: list[str] = [
     "ALTER TABLE calls ADD COLUMN key_name TEXT",
     # 7: bounded exploration's propensity and flag (SQLite's 9)
     "ALTER TABLE decisions ADD COLUMN propensity DOUBLE PRECISION; ALTER TABLE decisions ADD COLUMN explored INTEGER",
+    # 8: the dashboard's rollups and the outcomes' index by time (SQLite's 10; see rollups.py)
+    PG_ROLLUPS,
 ]
+
 
 #: the channel promotions are announced on; the payload is "<schema> <kind> <version>"
 REGISTRY_CHANNEL = "tinydancer_registry"
@@ -112,6 +116,19 @@ REGISTRY_CHANNEL = "tinydancer_registry"
 PROMOTION_LOCK = 0x746470726F6D6F74
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration: split at semicolons, except inside a $$-quoted function body."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if pending.count("$$") % 2 == 0:
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
 
 
 def _q(n: int) -> str:
@@ -356,9 +373,8 @@ class PostgresStorage:
                 raise TinyDancerError(f"the database has schema version {version}, newer than this release "
                                       f"({len(PG_MIGRATIONS)})")
             for number in range(version, len(PG_MIGRATIONS)):
-                for statement in PG_MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(PG_MIGRATIONS[number]):
+                    conn.execute(statement)
             conn.execute("UPDATE tinydancer_schema SET version = %s", (len(PG_MIGRATIONS),))
         return len(PG_MIGRATIONS)
 
@@ -585,6 +601,13 @@ class PostgresStorage:
             raise ValueError(table)
         with self._pool.connection() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """A read-only query of the reports, written with SQLite's ``?`` placeholders."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            _long(conn)
+            cur.execute(sql.replace("?", "%s"), tuple(args))
+            return [d.name for d in cur.description or ()], cur.fetchall()
 
     def statistics(self) -> dict[str, Any]:
         with self._pool.connection() as conn:

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
+from .rollups import SQLITE_ROLLUPS
 from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
@@ -135,6 +136,10 @@ MIGRATIONS: list[str] = [
     # 9: bounded exploration (gateway/exploration.py): the probability of the planned model under the
     #    logging policy (NULL: deterministic) and whether it was explored, for off-policy estimates
     "ALTER TABLE decisions ADD COLUMN propensity REAL; ALTER TABLE decisions ADD COLUMN explored INTEGER",
+    # 10: the dashboard's rollups (tinydancer.server.report): calls, tokens and cost per hour, upstream,
+    #    model and status, and a latency histogram per hour and upstream, kept by triggers on calls
+    #    (see rollups.py); outcomes get an index by time for the page
+    SQLITE_ROLLUPS,
 ]
 
 
@@ -295,10 +300,11 @@ class SQLiteStorage:
         for number in range(version, len(MIGRATIONS)):
             # each migration and its version bump in one transaction (executescript would commit early)
             with self._tx():
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
+        if version < len(MIGRATIONS):  # the migrations' pages into the file: the WAL starts empty, not at their size
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return self.schema_version
 
     # ------------------------------------------------------------------ writes
@@ -411,6 +417,12 @@ class SQLiteStorage:
             raise ValueError(table)
         return int(self._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
+    def query(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """A read-only query of the reports (tinydancer.server.report), ``?`` placeholders: the column
+        names and the rows."""
+        cur = self._conn().execute(sql, tuple(args))
+        return [d[0] for d in cur.description or ()], cur.fetchall()
+
     def statistics(self) -> dict[str, Any]:
         """The seed's totals and averages, plus latency percentiles from the stored requests."""
         conn = self._conn()
@@ -448,6 +460,19 @@ class _Transaction:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _statements(script: str) -> Iterable[str]:
+    """The statements of a migration: split at semicolons, except those inside a trigger's body."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
 
 
 def _on_event_loop() -> bool:
