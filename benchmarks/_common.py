@@ -42,6 +42,46 @@ def time_call(fn: Callable[[], Any], *, min_time: float = 0.2, repeats: int = 7)
     return statistics.median(samples)
 
 
+def median_per_call(fn: Callable[[], Any], calls: int = 3000) -> float:
+    """Median seconds of single calls, each timed alone: the statistic a timer inside the call
+    reports (the Rust crate's ``inferenceTimeUs`` is a per-call median).  On a shared machine a batch
+    of calls timed together also carries the time the process spent descheduled; one call of tens
+    of µs rarely does."""
+    for _ in range(min(calls // 10, 200)):
+        fn()  # warm-up
+    clock = time.perf_counter
+    samples = [0.0] * calls
+    for i in range(calls):
+        t0 = clock()
+        fn()
+        samples[i] = clock() - t0
+    return statistics.median(samples)
+
+
+def train_router(embedder: str, out: Path) -> str:
+    """A strong/weak router trained as the packaged one is (tools/build_default_router.py: RouteLLM's MMLU +
+    GSM8K training splits, GPT-4 as strong, Mixtral as weak, strong share 0.3) on ``embedder``; its id."""
+    import numpy as np
+
+    from tinydancer.llm import QueryRouter, QueryRouterConfig, RoutingTable
+    from tinydancer.llm.embeddings import make_embedder
+    from tinydancer.llm.tables import load_routellm_gsm8k, load_routellm_mmlu, shared_data_dir, split_routellm
+
+    data = shared_data_dir()
+    if data is None:
+        sys.exit("--embedder needs RouteLLM's tables: set TINY_DANCER_DATA to the shared data folder")
+    parts = [split_routellm(load(data))[0] for load in (load_routellm_mmlu, load_routellm_gsm8k)]
+    table = RoutingTable(sum((p.queries for p in parts), []), ["strong", "weak"], np.concatenate([p.scores for p in parts]),
+                         np.concatenate([p.costs for p in parts]))
+    started = time.perf_counter()
+    emb = make_embedder(embedder)
+    router = QueryRouter.fit(table, QueryRouterConfig(memory=False, seed=0), embedder=emb)
+    router.calibrate(0.3)
+    router.save(out)
+    console.print(f"router trained on {embedder} ({emb.id}), {len(table):,} prompts, in {time.perf_counter() - started:.1f} s")
+    return emb.id
+
+
 def environment() -> str:
     import numpy as np
 

@@ -21,6 +21,10 @@ deployments in a group LiteLLM routes alone, calls alternated, and calls served 
 deployment dead.
 
     .venv/bin/python benchmarks/litellm_integration.py [--calls 300] [--failure-calls 40] [--proxy-calls 200]
+        [--embedder packaged|static|minilm]
+
+``--embedder static`` (or ``minilm``) trains a router as the packaged one is, on that embedder, and
+uses it everywhere the packaged one would be (the SDK rows, the failures, the proxy).
 """
 
 from __future__ import annotations
@@ -30,17 +34,20 @@ import asyncio
 import os
 import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
-from _common import console, environment, table  # noqa: E402
+from _common import console, environment, table, train_router  # noqa: E402
 
 from tinydancer.gateway import default_router_path  # noqa: E402
 from tinydancer.gateway.standin import StandIn, running  # noqa: E402
 from tinydancer.integrations.litellm import TinyDancerRoutingStrategy  # noqa: E402
 
 MAPPING = {"openai/big": "strong", "openai/small": "weak"}
+#: the query router the strategy uses (--embedder replaces it)
+ROUTER: dict[str, object] = {"path": default_router_path(), "label": "MiniLM"}
 
 
 def deployments(url: str) -> list[dict]:
@@ -116,7 +123,7 @@ def failures(n: int) -> None:
 
         plain = litellm.Router(model_list=model_list("plain"))
         ours = litellm.Router(model_list=model_list("ours"))
-        strategy = TinyDancerRoutingStrategy(ours, MAPPING, query_router=default_router_path(), strong_share=0.3).install()
+        strategy = TinyDancerRoutingStrategy(ours, MAPPING, query_router=ROUTER["path"], strong_share=0.3).install()
         texts = [f"{p} (dead {i})" for i, p in enumerate(prompts(n, True))]
         plain_ok, plain_t = asyncio.run(served(plain, texts))
         dead_plain = dead.calls
@@ -175,7 +182,8 @@ def proxy_run(n: int) -> None:
         Path(tmp, "config.yaml").write_text("\n".join(lines) + "\n")
         port = free_port()
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TINY_DANCER_LITELLM_GROUPS": "auto",
-               "TINY_DANCER_LITELLM_STRONG_SHARE": "0.3", "TINY_DANCER_LITELLM_DB": str(Path(tmp, "td.db"))}
+               "TINY_DANCER_LITELLM_STRONG_SHARE": "0.3", "TINY_DANCER_LITELLM_DB": str(Path(tmp, "td.db")),
+               "TINY_DANCER_LITELLM_ROUTER": str(ROUTER["path"])}
         log = open(Path(tmp, "proxy.log"), "wb")
         proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(Path(tmp, "config.yaml")),
                                  "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"], cwd=tmp, env=env,
@@ -243,13 +251,23 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--failure-calls", type=int, default=40)
     ap.add_argument("--proxy-calls", type=int, default=200)
+    ap.add_argument("--embedder", choices=("packaged", "static", "minilm"), default="packaged",
+                    help="the packaged router (MiniLM), or one trained here on this embedder")
+    ap.add_argument("--router", type=Path, default=None, help="a router folder to use (instead of --embedder)")
     args = ap.parse_args()
+    if args.router is not None:
+        ROUTER.update(path=args.router, label=f"the router in {args.router}")
+    elif args.embedder != "packaged":
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="td-litellm-router-"))
+        ROUTER.update(path=folder, label=train_router(args.embedder, folder))
     console.print(environment() + f", litellm {litellm.__version__ if hasattr(litellm, '__version__') else '1.108.7'}")
     n = args.calls
     with running(StandIn("standin").app()) as url:
         plain = litellm.Router(model_list=deployments(url), routing_strategy="simple-shuffle")
         ours = litellm.Router(model_list=deployments(url))
-        strategy = TinyDancerRoutingStrategy(ours, MAPPING, query_router=default_router_path(), strong_share=0.3).install()
+        strategy = TinyDancerRoutingStrategy(ours, MAPPING, query_router=ROUTER["path"], strong_share=0.3).install()
         complexity = litellm.Router(model_list=deployments(url) + [{"model_name": "smart", "litellm_params": {
             "model": "auto_router/complexity_router", "complexity_router_config": {
                 "tiers": {"SIMPLE": "auto", "MEDIUM": "auto", "COMPLEX": "auto", "REASONING": "auto"}}}}])
@@ -274,7 +292,7 @@ def main() -> None:
             base_choice = await time_choice(plain, prompts(n, True))
             rows.append(["LiteLLM simple-shuffle", *quantiles(base), None, quantiles(base_choice)[0]])
             choice = await time_choice(ours, [f"{p} ({nonce} b)" for p in prompts(n, True)])
-            rows.append(["tinydancer, distinct prompts (MiniLM every call)", *quantiles(distinct),
+            rows.append([f"tinydancer, distinct prompts ({ROUTER['label']} every call)", *quantiles(distinct),
                          quantiles(distinct)[0] - quantiles(base)[0], quantiles(choice)[0]])
             base2, repeated = await paired(plain, ours, prompts(n, True), prompts(n, False))
             choice = await time_choice(ours, prompts(n, False))

@@ -85,14 +85,14 @@ def judge_outcomes(db: Path) -> int:
 
 
 def explored(db: Path, ids: list[str]) -> np.ndarray | None:
-    """Per call, whether exploration chose its model (the logged propensity of a model the router did
-    not pick is below 0.5); None when the log has no propensities (a gateway without exploration)."""
+    """Per call, whether exploration chose its model (the log's ``decisions.explored``); None when
+    the log has no such column (a gateway without exploration)."""
     with sqlite3.connect(db) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
-        if "propensity" not in columns:
+        if "explored" not in columns:
             return None
-        rows = dict(conn.execute("SELECT request_id, propensity FROM decisions"))
-    return np.array([rows.get(i) is not None and rows[i] < 0.5 for i in ids])
+        rows = dict(conn.execute("SELECT request_id, explored FROM decisions"))
+    return np.array([bool(rows.get(i)) for i in ids])
 
 
 def wait_for(check: Any, timeout_s: float = 60.0) -> bool:

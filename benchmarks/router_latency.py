@@ -16,6 +16,12 @@ every candidate; every decision built; the sort.  Ours, measured in the same com
 The model is the calibrated default (int8, conformal scores in the file).  Nothing is cached
 across calls.
 
+Each time is the median of 3,000 single calls, each timed alone with ``perf_counter`` around it
+from Python, the same statistic as the crate's (a median of its per-call ``inferenceTimeUs``).
+The "batched" column times 100-call batches instead (median of the batches' means): on a shared
+machine it also carries time the process spent descheduled, which a per-call median leaves out on
+both sides.
+
     .venv/bin/python benchmarks/router_latency.py
 """
 
@@ -29,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import console, environment, table, time_call, us
+from _common import console, environment, median_per_call, table, time_call, us
 
 from tinydancer.demo import train_default_router_model
 from tinydancer.candidates import Candidate, Router, RouterConfig, RoutingRequest
@@ -76,20 +82,21 @@ def main() -> None:
             return router.route(req).columns()
 
         request = build()
-        t_build = time_call(build)
-        t_route = time_call(lambda: router.route(request))
-        t_cols = time_call(lambda: router.route(request).columns())
-        t_raw = time_call(from_raw)
-        t_all = time_call(lambda: list(router.route(request).decisions))
+        t_build = median_per_call(build, 500)
+        t_route = median_per_call(lambda: router.route(request))
+        t_cols = median_per_call(lambda: router.route(request).columns())
+        t_batched = time_call(lambda: router.route(request).columns())
+        t_raw = median_per_call(from_raw)
+        t_all = median_per_call(lambda: list(router.route(request).decisions))
         feature_us = np.median([router.route(request).feature_time_us for _ in range(200)])
-        row = [f"{n}", us(t_route), us(t_cols), us(t_raw), us(t_all), f"{feature_us:.1f} µs", us(t_build)]
+        row = [f"{n}", us(t_route), us(t_cols), us(t_batched), us(t_raw), us(t_all), f"{feature_us:.1f} µs", us(t_build)]
         if rust is not None:
             r = rust["results"][str(n)]
             rust_s = r["inferenceTimeUs"] * 1e-6
             row += [f"{r['inferenceTimeUs']:.0f} µs", f"{r['wallUs']:.0f} µs",
                     f"{t_cols / rust_s:.2f}x" if rust_s else "—", f"{t_all / rust_s:.2f}x" if rust_s else "—"]
         rows.append(row)
-    cols = ["candidates", "route()", "route() + columns()", "from_arrays + route() + columns()",
+    cols = ["candidates", "route()", "route() + columns()", "route() + columns(), batched", "from_arrays + route() + columns()",
             "route() + every decision object", "of which features", "building the request from objects"]
     if rust is not None:
         cols += [f"Rust inferenceTimeUs (npm {rust['version']})", "Rust route() from Node",

@@ -174,6 +174,45 @@ def test_a_hanging_service_costs_a_call_at_most_the_budget_then_the_breaker_open
     assert _fallback_counter().labels("budget")._value.get() >= 3  # the Prometheus counter
 
 
+def test_the_budget_counts_from_the_calls_start_and_leaves_room_for_the_wake_up() -> None:
+    """The hanging service cost +51.5 ms at a 50 ms budget: the health check before the wait and the
+    event loop's late wake-up (epoll sleeps whole milliseconds) came on top.  The wait is now what is
+    left of the budget since the call started, less the wake-up slack."""
+    from tinydancer.integrations.litellm_routing import WAKE_UP_SLACK_S, time_left
+
+    started = 100.0
+    deadline = started + 0.05
+    assert time_left(deadline, started + 0.004) == pytest.approx(0.05 - 0.004 - WAKE_UP_SLACK_S)
+    assert time_left(deadline, started + 0.0495) < 0  # less than the wake-up slack left: do not start waiting
+    assert 0 < WAKE_UP_SLACK_S <= 0.002
+
+
+def test_a_budget_spent_before_asking_leaves_the_service_unasked(stand_ins: dict[str, Any]) -> None:
+    asked = []
+
+    async def hang(request: Any) -> Any:
+        asked.append(1)
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    with running(Starlette(routes=[Route("/v1/route/query", hang, methods=["POST"])])) as service:
+        router = two_deployments(stand_ins)
+        # 0.1 ms: less than the event loop's wake-up slack, so no call can have time left to ask
+        strategy = TinyDancerRoutingStrategy(router, MAPPING, service_url=service, budget_s=1e-4).install()
+
+        async def calls() -> None:
+            for text in easy_questions(3):
+                r = await router.acompletion(model="auto", messages=[{"role": "user", "content": text}])
+                assert r.choices[0].message.content  # LiteLLM's own choice answered
+
+        asyncio.run(calls())
+    assert asked == [] and strategy.fallback_causes == {"budget": 3}
+    assert strategy.stats()["breaker"]["state"] == "closed"  # not the service's fault: no failure counted
+
+
 def test_a_slow_local_router_is_cut_off_at_its_budget(stand_ins: dict[str, Any], query_router: QueryRouter) -> None:
     from tinydancer.llm.embeddings import HashingEmbedder
 

@@ -65,3 +65,33 @@ def test_train_off_a_terminal_prints_epoch_lines_and_quiet_prints_none(tmp_path)
     r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "q"), "--epochs", "10", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "training: " not in r.stderr
+
+
+def test_a_terminal_bar_shows_the_rate_and_the_time_left() -> None:
+    """On a terminal the bar is redrawn in place; it carries the same rate and time left as the lines."""
+    from rich.console import Console
+
+    from tinydancer.progress import item_progress
+
+    out, now = io.StringIO(), [0.0]
+    term = Console(file=out, force_terminal=True, width=160)
+    with item_progress("embedding queries", 1000, False, console=term, clock=lambda: now[0]) as advance:
+        for _ in range(4):
+            now[0] += 1.0
+            advance(100)  # 100 a second: 400 done, 600 left, so 6 s left
+    term_text = out.getvalue()  # the bar as drawn when the work stopped
+    assert "embedding queries" in term_text
+    assert "100/s" in term_text and "0:00:06" in term_text
+
+
+def test_item_progress_off_a_terminal_writes_lines_to_its_console() -> None:
+    from rich.console import Console
+
+    from tinydancer.progress import item_progress
+
+    out, now = io.StringIO(), [0.0]
+    with item_progress("embedding queries", 10, False, console=Console(file=out, force_terminal=False),
+                       clock=lambda: now[0]) as advance:
+        now[0] = 2.0
+        advance(5)
+    assert out.getvalue().splitlines() == ["embedding queries: 5/10 (50%), 2.5/s, 2s left"]

@@ -379,7 +379,7 @@ def test_retraining_since_a_time_still_remembers_older_queries_outcomes(served_r
     for i, (text, emb) in enumerate(zip(old_texts, EMBEDDER.embed(old_texts))):
         (row,) = decision_tuples(f"old{i}", "query", "v1", [DecisionRow("cheap", 0, emb, None, None, True)], 50.0,
                                  query_key=query_key(text))
-        storage.insert_decision_rows([(*row[:13], 1000.0, row[14])])  # decided long before --since
+        storage.insert_decision_rows([(*row[:13], 1000.0, *row[14:])])  # decided long before --since
         storage.record_outcome(f"old{i}", None, False, None, None)  # its feedback arrives now
     log_feedback(storage, 300, seed=3)
     registry = ModelRegistry(tmp_path / "registry")

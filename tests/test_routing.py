@@ -88,6 +88,51 @@ def test_features_by_hand() -> None:
     np.testing.assert_allclose(FeatureEngineer().compute(zero_q, now=NOW)[:, 0] / cfg.weights[0], [1.0, 0.0])
 
 
+def reference_features(request: RoutingRequest, cfg: FeatureConfig, now: float) -> np.ndarray:
+    """The five weighted features computed the plain way: candidate by candidate, in float64, from
+    the raw embeddings and fields (the crate's definitions)."""
+    q = np.asarray(request.query_embedding, dtype=np.float64)
+    qn = np.linalg.norm(q)
+    rows = []
+    for c in request.candidates:
+        e = np.asarray(c.embedding, dtype=np.float64)
+        en = np.linalg.norm(e)
+        sim = float(qn == en == 0) if qn == 0 or en == 0 else float(e @ q / (en * qn))
+        recency = math.exp(-cfg.recency_decay * max(now - c.created_at, 0.0))
+        frequency = min(math.log1p(c.access_count) / math.log1p(10000), 1.0)
+        meta = request.metadata or {}
+        overlap = sum(1 for k, v in meta.items() if c.metadata.get(k, object()) == v) / len(meta) if meta and c.metadata else 0.0
+        rows.append([sim, recency, frequency, c.success_rate, overlap])
+    return np.array(rows) * cfg.weights.astype(np.float64)
+
+
+def test_the_fast_features_and_scores_equal_plain_computations(model_path: str) -> None:
+    """The hot path builds features as contiguous rows and runs the cell with hidden units along rows:
+    its features match the plain float64 computation, equal bit for bit the same float32 operations
+    in (candidate, feature) layout, and the scores equal the model's checked predict()."""
+    rng = np.random.default_rng(7)
+    n, dim = 60, 384
+    embs = rng.normal(size=(n, dim)).astype(np.float32)
+    embs[3] = 0.0
+    cands = [Candidate(f"c{i}", embs[i], {"lang": rng.choice(["en", "fr"]), "tier": "gold"} if i % 4 else {},
+                       NOW - float(rng.uniform(0, 5000)), int(rng.integers(0, 20000)), float(rng.uniform(0, 1)))
+             for i in range(n)]
+    request = RoutingRequest(rng.normal(size=dim).astype(np.float32), cands, {"lang": "en", "tier": "gold"})
+    cfg = FeatureConfig(recency_decay=0.0005)
+    fast = FeatureEngineer(cfg).compute(request, now=NOW)
+    assert fast.shape == (n, 5) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, reference_features(request, cfg, NOW), rtol=2e-6, atol=2e-7)
+    # the same float32 operations in the (N, 5) layout the router used before
+    rowwise = np.empty((n, 5), dtype=np.float32)
+    rowwise[:, 0] = request.candidate_units @ request.query_unit
+    rowwise[:, 1] = np.exp(np.maximum(np.subtract(NOW, request.created_at), 0.0) * -cfg.recency_decay)
+    rowwise[:, 2:] = np.stack([request.frequency, request.success_rate, request.metadata_overlap], axis=1)
+    rowwise *= cfg.weights
+    assert np.array_equal(fast, rowwise)
+    model = Router(RouterConfig(model_path=model_path)).served.model
+    assert np.array_equal(model.predict_trusted(fast), model.predict(np.ascontiguousarray(fast)))
+
+
 # ---------------------------------------------------------------------- uncertainty
 @pytest.mark.parametrize("alpha", [0.1, 0.15, 0.2])
 def test_conformal_coverage_on_fresh_data_is_nominal(model_path: str, alpha: float) -> None:

@@ -76,7 +76,7 @@ def test_background_checkpoints_replace_commit_time_ones(tmp_path) -> None:
     conn = storage._conn()
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # no commit stalls on an fsync
     assert storage._checkpointer is not None and storage._checkpointer.is_alive()
-    storage.insert_decision_rows([row(f"r{i}") for i in range(200)])
+    storage.insert_decision_rows([row(f"r{i}") for i in range(400)])  # ~20 WAL frames (the migrations leave the WAL empty)
     frames, copied = storage.checkpoint()  # what the thread runs; PASSIVE: nobody blocked
     assert frames > 10 and copied == frames and not storage.checkpointing.is_set()
     storage.insert_decision_rows([row("after")])
@@ -133,11 +133,11 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path) 
     conn = sqlite3.connect(path)
     conn.executescript(MIGRATIONS[0])
     conn.execute("PRAGMA user_version = 1")
-    conn.execute("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row("old")[:-1])  # the 14 v1 columns
+    conn.execute("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row("old")[:14])  # the 14 v1 columns
     conn.commit()
     conn.close()
     storage = SQLiteStorage(path)
-    assert storage.schema_version == len(MIGRATIONS) == 9
+    assert storage.schema_version == len(MIGRATIONS) == 11
     storage.record_outcome("old", None, True, 0.8, None)
     storage.insert_decision_rows([decision_record("new", "query", "v1", ["m"], np.zeros((1, 3), np.float32),
                                                   np.array([0.5], np.float32), None, np.array([1], np.uint8), 9.0,

@@ -49,7 +49,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 def query_row(request_id: str, targets: list[str], dim: int = 4, created_at: float | None = None) -> tuple[Any, ...]:
     row = decision_record(request_id, "query", "v1", targets, np.arange(len(targets) * dim, dtype=np.float32).reshape(-1, dim),
                           np.full(len(targets), 0.5, np.float32), None, np.ones(len(targets), np.uint8), 12.0, query_key=7)
-    return row if created_at is None else (*row[:13], created_at, row[14])
+    return row if created_at is None else (*row[:13], created_at, *row[14:])
 
 
 def test_the_schema_is_current_and_migrating_again_changes_nothing(backend: tuple[str, Any]) -> None:
@@ -124,6 +124,20 @@ def test_each_outcome_says_who_recorded_it_and_feedback_replaces_a_judges_grade(
             storage.record_outcome("s3", None, False, None, None, source=source)
     logs = storage.labelled("query")
     assert dict(zip(zip(logs.request_ids, logs.targets), logs.sources))[("s1", "weak")] == "feedback"
+
+
+def test_exploration_propensities_reach_retraining(backend: tuple[str, Any]) -> None:
+    """The gateway's exploration logs a propensity and flag per decision (NULL: deterministic)."""
+    _, storage = backend
+    for rid, p, explored in (("e1", 0.05, True), ("e2", 0.95, False), ("e3", None, None)):
+        row = decision_record(rid, "query", "v1", ["m"], np.ones((1, 4), np.float32), np.array([0.5], np.float32), None,
+                              np.ones(1, np.uint8), 1.0, propensity=p, explored=explored)
+        storage.insert_log([row], [], [])
+        storage.record_outcome(rid, None, True, None, None)
+    logs = storage.labelled("query")
+    assert logs.request_ids == ["e1", "e2", "e3"]
+    np.testing.assert_allclose(logs.propensity, [0.05, 0.95, np.nan])
+    assert logs.explored.tolist() == [True, False, False]
 
 
 def test_spend_per_key_name_since_a_time(backend: tuple[str, Any]) -> None:
@@ -216,3 +230,22 @@ def test_storage_copy_moves_a_sqlite_log_into_postgresql(tmp_path: Path) -> None
         moved.close()
     finally:
         target.drop_schema()
+
+
+def test_one_postgresql_replica_holds_the_learning_lock_at_a_time() -> None:
+    """The scheduled retrain runs on one replica at a time (gateway/scheduled_learning.py)."""
+    import uuid
+
+    schema = f"td_test_{uuid.uuid4().hex[:12]}"
+    a = _postgres(schema)
+    b = _postgres(schema)
+    other = _postgres(schema + "_x")  # another schema is another lock
+    try:
+        with a.exclusive("learning") as first:
+            with b.exclusive("learning") as second, other.exclusive("learning") as elsewhere:
+                assert first and not second and elsewhere
+        with b.exclusive("learning") as again:  # released when the holder's block ended
+            assert again
+    finally:
+        for s in (a, b, other):
+            s.drop_schema()

@@ -33,7 +33,8 @@ differ from run to run.
 
 Who may call what: `/health*` is open; `/v1/*` needs a client key (`Authorization: Bearer <key>`,
 keys from `TINY_DANCER_API_KEYS`) when keys are set; the admin and operator routes (`/admin/*`,
-`/info`, `/metrics`, `/docs`, `/openapi.json`) need `TINY_DANCER_AUTH_TOKEN` when it is set.
+`/info`, `/metrics`, `/docs`, `/openapi.json`) need `TINY_DANCER_AUTH_TOKEN` when it is set, and
+`/dashboard*` that token or the session cookie its sign-in form (`/dashboard/login`) sets.
 Without credentials, the service answers on a loopback address only. Errors are JSON: FastAPI's
 `{"detail": ...}` on the service's routes, OpenAI's `{"error": {...}}` on the gateway's.
 """
@@ -130,6 +131,10 @@ def main() -> None:
             call("Versions, the served model and storage.", "GET", "/info")
             call("Prometheus text (two of its families shown).", "GET", "/metrics")
             call("Totals, averages and latency percentiles from the stored decisions.", "GET", "/admin/stats")
+            call("The dashboard's numbers (`/dashboard` is the page; `?window=` hour, day, week, all or 30m, 12h, 7d; "
+                 "`?reference=` an upstream to price the calls at): calls, spend, the same calls at the dearest upstream, "
+                 "outcome coverage, per upstream, quality evidence, the router, the last decisions.",
+                 "GET", "/dashboard/report.json?window=hour&last=2")
             call("The live thresholds.", "GET", "/admin/config")
             call("Change them (validated: a bad value is a 422).", "PUT", "/admin/config", {"confidence_threshold": 0.8})
             call("The candidate model's circuit breaker.", "GET", "/admin/circuit-breaker")

@@ -67,11 +67,15 @@ LB = "tests/test_labelling.py::"
 LL = "tests/test_litellm_integration.py::"
 LBB = "tests/test_label_budget.py::"
 H = "tests/test_gateway_hostile.py::"
+D = "tests/test_dashboard.py::"
 SF = "tests/test_storage_faults.py::"
 J = "tests/test_judging.py::"
 LF = "tests/test_litellm_failover.py::"
+GL = "tests/test_gateway_learning.py::"
 K = "tests/test_gateway_keys.py::"
 T = "tests/test_gateway_tracing.py::"
+GE = "tests/test_gateway_embedding.py::"
+RT = "tests/test_routing.py::"
 
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ gateway: keys
@@ -130,8 +134,8 @@ MUTANTS: list[Mutant] = [
            (G + "test_breaker_opens_after_repeated_failures",)),
     # ------------------------------------------------------------------ gateway: routing choice and cost
     Mutant("gateway-route-reversed", "the router's ranking is tried worst first", "src/tinydancer/gateway/state.py",
-           "        order = [self.player[i] for i in self.router.ranking(values, point, allowed)]\n",
-           "        order = [self.player[i] for i in reversed(self.router.ranking(values, point, allowed))]\n",
+           "        ranking = self.router.ranking(values, point, allowed)\n",
+           "        ranking = list(reversed(self.router.ranking(values, point, allowed)))\n",
            (G + "test_routed_calls_go_by_difficulty_and_carry_the_decision",)),
     Mutant("gateway-route-session-forgotten", "a conversation's session does not keep its model",
            "src/tinydancer/gateway/state.py",
@@ -146,6 +150,19 @@ MUTANTS: list[Mutant] = [
            "        self.reference = priciest\n",
            "        self.reference = min(config.upstreams, key=lambda u: u.input_per_million + u.output_per_million)\n",
            (G + "test_metrics_count_calls_tokens_cost_and_savings",)),
+    # ------------------------------------------------------------------ gateway: the live operating point, exploration
+    Mutant("gateway-live-point-frozen", "the live window never moves the operating point (the training prompts' share stays)",
+           "src/tinydancer/gateway/operating.py",
+           "        if self._since >= self.refresh and self.live:\n", "        if False:\n",
+           (GL + "test_the_live_strong_share_meets_the_configured_one_on_traffic_unlike_the_training_data",)),
+    Mutant("gateway-explore-open-breaker", "exploration sends calls to an upstream whose breaker is open",
+           "src/tinydancer/gateway/state.py",
+           "        eligible = [i for i in ranking if (up := self.player[i]) is not None and up.breaker.state is not BreakerState.OPEN]\n",
+           "        eligible = [i for i in ranking if (up := self.player[i]) is not None]\n",
+           (GL + "test_exploration_never_breaks_max_cost_an_open_breaker_or_a_session",)),
+    Mutant("offpolicy-gate-lenient", "the off-policy gate promotes whatever the evidence says",
+           "src/tinydancer/server/offpolicy.py", "    passed = low >= -margin\n", "    passed = True\n",
+           ("tests/test_offpolicy.py::test_the_gate_accepts_a_better_router_and_refuses_a_shuffled_one",)),
     # ------------------------------------------------------------------ keys, budgets, costs, traces (issue 28)
     Mutant("gateway-key-name-unlogged", "the calls log loses the client key's name", "src/tinydancer/gateway/forwarding.py",
            "                            self.plan.key_name)\n", "                            None)\n",
@@ -228,7 +245,7 @@ MUTANTS: list[Mutant] = [
            '    better = new_m["log_loss"] <= old_m["log_loss"] and gate.passed\n', "    better = gate.passed\n",
            (L + "test_a_worse_model_is_kept_but_not_promoted",)),
     Mutant("learning-query-worse-promoted", "a worse query router is promoted", "src/tinydancer/server/learning.py",
-           '    better = new_m["squared_error"] <= old_m["squared_error"] and gate_ok\n', "    better = gate_ok\n",
+           '    error_ok = new_m["squared_error"] <= old_m["squared_error"]\n', "    error_ok = True\n",
            (P + "test_a_worse_query_router_is_kept_but_not_promoted",)),
     Mutant("learning-mix-gate-off", "the candidate model's routing-mix gate never refuses", "src/tinydancer/server/learning.py",
            "        if abs(after - before) > cfg.max_mix_shift and not cfg.allow_mix_shift:\n", "        if False:\n",
@@ -312,6 +329,9 @@ MUTANTS: list[Mutant] = [
            "                        await self._one_by_one(batch)\n",
            "                        [_settle(f, exc) for _, f in batch]\n",
            (H + "test_one_bad_prompt_does_not_fail_the_batch_it_shares",)),
+    Mutant("gateway-embed-queue-unbounded", "routed prompts queue without bound instead of a 503 at max_embed_queue",
+           "src/tinydancer/gateway/scoring.py", "        if len(self._waiting) >= self.max_queue:\n", "        if False:\n",
+           (GE + "test_a_full_embedding_queue_answers_503_at_once_and_named_calls_go_on",)),
     Mutant("storage-bad-row-joins-batch", "a row with an impossible value joins the group commit",
            "src/tinydancer/server/storage/base.py",
            "    if _fits(row, _BY_KIND[table], _REQUIRED[table]):", "    if True:",
@@ -331,6 +351,10 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/integrations/litellm_logger.py",
            "            outcomes.append(call.failure_outcome(rank))\n", "            pass\n",
            (LL + "test_calls_land_on_the_deployment_our_router_chose_and_outcomes_reach_storage",)),
+    Mutant("litellm-budget-no-wake-up-slack", "the strategy waits to the deadline itself, so the event loop's late "
+           "wake-up comes on top of the budget", "src/tinydancer/integrations/litellm_routing.py",
+           "    return deadline - now - WAKE_UP_SLACK_S\n", "    return deadline - now\n",
+           (LF + "test_the_budget_counts_from_the_calls_start_and_leaves_room_for_the_wake_up",)),
     # ------------------------------------------------------------------ judged samples (issue 27)
     Mutant("judge-keeps-unsampled-streams", "every routed stream's answer is gathered and judged, sampled or not",
            "src/tinydancer/gateway/judging.py",
@@ -379,12 +403,30 @@ MUTANTS: list[Mutant] = [
     Mutant("nn-cell-gate-sign", "the FastGRNN update adds the gate term instead of subtracting it", "src/tinydancer/nn/cell.py",
            "        h_new = (plan.alpha - plan.beta * t_gate) * cand\n", "        h_new = (plan.alpha + plan.beta * t_gate) * cand\n",
            ("tests/test_model.py::test_inference_matches_the_paper_equations",)),
+    Mutant("nn-one-step-gate-sign", "the router's one-step FastGRNN pass adds the gate term", "src/tinydancer/nn/cell.py",
+           "    np.subtract(np.float32(plan.alpha) if a.dtype == np.float32 else plan.alpha, h, out=h)\n",
+           "    np.add(np.float32(plan.alpha) if a.dtype == np.float32 else plan.alpha, h, out=h)\n",
+           (RT + "test_the_fast_features_and_scores_equal_plain_computations",)),
     Mutant("nn-backward-gate", "backpropagation through time forgets the gate on the carried state", "src/tinydancer/nn/cell.py",
            "        dh = dh * z\n", "        dh = dh\n",
            ("tests/test_model.py::test_every_gradient_matches_finite_differences",)),
     Mutant("nn-adam-bias-correction", "Adam without its bias correction", "src/tinydancer/nn/optim.py",
            "        step = lr * math.sqrt(bc2) / bc1\n", "        step = lr\n",
            ("tests/test_training.py::test_one_adam_step_by_hand",)),
+    # ------------------------------------------------------------------ the dashboard (issue 28)
+    Mutant("dashboard-window-edge-dropped", "the partial hour at a window's start is left out of its totals",
+           "src/tinydancer/server/report.py", "    if since is not None and boundary is not None and boundary > since:",
+           "    if False:", (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-saved-tokens-swapped", "the counterfactual prices prompt tokens at the output price",
+           "src/tinydancer/server/report.py", 'price.cost(totals["prompt_tokens"], totals["completion_tokens"])',
+           'price.cost(totals["completion_tokens"], totals["prompt_tokens"])',
+           (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-rollup-deletes-kept", "retention's deletes stay in SQLite's rollups", "src/tinydancer/server/storage/rollups.py",
+           '    {_sqlite_trigger("OLD", -1)}\n', "",
+           (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-session-never-expires", "an expired dashboard cookie still signs in", "src/tinydancer/server/guards.py",
+           "    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):",
+           "    if not expires.isdigit():", (D + "test_dashboard_auth_cookie_and_open_loopback",)),
 ]
 
 

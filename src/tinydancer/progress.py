@@ -1,6 +1,6 @@
 """Progress for long work (embedding, training, labelling), shared by the command line and the demo.
 
-On a terminal: rich bars, redrawn in place.  Anywhere else (a log file, a pipe, CI, ``nohup``):
+On a terminal: rich bars, redrawn in place, with the rate and the time left.  Anywhere else (a log file, a pipe, CI, ``nohup``):
 plain lines on stderr, at every 10 % and at least every 30 s, each with the rate and the time
 left, because a bar redrawn in place is unreadable in a file and rich draws nothing off a terminal
 until the work is done (a 15-minute ``router train`` printed nothing for 15 minutes).
@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 from .nn import TrainingMetrics
 
@@ -87,6 +89,23 @@ def _on_terminal() -> bool:
     return err_console.is_terminal
 
 
+class _RateColumn(ProgressColumn):
+    """Items a second, as the plain lines print it (rich's own speed column counts bytes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("-/s", style="progress.data.speed")
+        return Text(f"{speed:,.1f}/s" if speed < 10 else f"{speed:,.0f}/s", style="progress.data.speed")
+
+
+def _bar(label: str, console: Console, clock: Callable[[], float] | None, *extra: ProgressColumn) -> Progress:
+    """A terminal bar: done/total, the rate, the time spent and the time left."""
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *extra, _RateColumn(),
+                    TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console,
+                    **({"get_time": clock} if clock is not None else {}))
+
+
 class EpochProgress:
     """Training progress fed by the trainer's per-epoch callback: a rich bar on a terminal, plain
     lines elsewhere (see :class:`LineProgress`), nothing when quiet (not even rich's closing
@@ -98,8 +117,7 @@ class EpochProgress:
         self.lines = None if quiet or terminal else LineProgress(label, total, unit="epochs")
         self.progress = None
         if terminal:
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err_console)
+            self.progress = _bar(label, err_console, None, TextColumn("{task.fields[stats]}"))
             self.task = self.progress.add_task(label, total=total, stats="")
         self.stats = ""
 
@@ -126,17 +144,19 @@ class EpochProgress:
 
 
 @contextmanager
-def item_progress(label: str, total: int, quiet: bool) -> Iterator[Callable[[int], None]]:
-    """Progress over ``total`` items (a rich bar on a terminal, plain lines elsewhere, nothing when
-    quiet); the context gives the function to call with each batch's count."""
+def item_progress(label: str, total: int, quiet: bool, console: Console | None = None,
+                  clock: Callable[[], float] | None = None) -> Iterator[Callable[[int], None]]:
+    """Progress over ``total`` items (a rich bar with the rate and the time left on a terminal, plain
+    lines with both elsewhere, nothing when quiet); the context gives the function to call with each
+    batch's count.  ``console`` (default: stderr's) and ``clock`` are for tests."""
+    console = console or err_console
     if quiet:
         yield lambda _n: None
-    elif not _on_terminal():
-        lines = LineProgress(label, total)
+    elif not console.is_terminal:
+        lines = LineProgress(label, total, None if console is err_console else console.file, clock=clock or time.monotonic)
         yield lines.advance
         lines.finish()
     else:
-        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console) as progress:
+        with _bar(label, console, clock) as progress:
             task = progress.add_task(label, total=total)
             yield lambda n: progress.advance(task, n)

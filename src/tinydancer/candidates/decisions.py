@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from operator import itemgetter
 from typing import Any, NamedTuple, Sequence
 
@@ -20,6 +21,10 @@ class RoutingDecision(NamedTuple):
     use_lightweight: bool
     #: conformal p-value of the alternative label; None when the model has no calibration
     uncertainty: float | None
+
+
+#: RoutingDecision._make without its Python frame and length check (the rows are built here, 4 wide)
+_new_decision = partial(tuple.__new__, RoutingDecision)
 
 
 class DecisionColumns(NamedTuple):
@@ -96,7 +101,7 @@ class Decisions(Sequence[RoutingDecision]):
     def __iter__(self) -> Any:
         c = self.columns()
         unc = [None] * len(c.order) if c.uncertainty is None else c.uncertainty.tolist()
-        return map(RoutingDecision._make, zip(c.candidate_ids, c.confidence.tolist(), c.use_lightweight.tolist(), unc))
+        return map(_new_decision, zip(c.candidate_ids, c.confidence.tolist(), c.use_lightweight.tolist(), unc))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)

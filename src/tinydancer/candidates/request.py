@@ -142,17 +142,17 @@ class RoutingRequest:
         self.candidate_is_zero = is_zero
         self.created_at = created
         self.access_count = counts
-        # the three features that do not depend on the clock or the query, side by side, so that
-        # feature engineering copies them in one assignment; the named columns are views of it
-        self.static_features = static = np.empty((len(ids), 3), dtype=np.float32)
-        static[:, 0] = np.minimum(np.log1p(counts) / LOG_MAX_ACCESS, 1.0)
-        static[:, 1] = rates
+        # the three features that do not depend on the clock or the query, one contiguous row each,
+        # so that feature engineering copies them in one assignment; the named columns are views of it
+        self.static_features = static = np.empty((3, len(ids)), dtype=np.float32)
+        static[0] = np.minimum(np.log1p(counts) / LOG_MAX_ACCESS, 1.0)
+        static[1] = rates
         if request_metadata:
             items = list(request_metadata.items())
-            static[:, 2] = [sum(1 for k, v in items if k in m and m[k] == v) / len(items) if m else 0.0 for m in metas]
+            static[2] = [sum(1 for k, v in items if k in m and m[k] == v) / len(items) if m else 0.0 for m in metas]
         else:
-            static[:, 2] = 0.0
-        self.frequency, self.success_rate, self.metadata_overlap = static[:, 0], static[:, 1], static[:, 2]
+            static[2] = 0.0
+        self.frequency, self.success_rate, self.metadata_overlap = static[0], static[1], static[2]
 
     @property
     def candidates(self) -> list[Candidate]:

@@ -162,7 +162,7 @@ class Router:
         # a non-finite score never sorts first and never routes light
         ranked = conf if all_finite else np.where(np.isfinite(conf), conf, -np.inf)
         light = self._lightweight(ranked, served)
-        order = np.argsort(-ranked, kind="stable") if request.size > 1 else _ZERO_ORDER
+        order = (-ranked).argsort(kind="stable") if request.size > 1 else _ZERO_ORDER
         if breaker is not None:
             if all_finite:
                 breaker.record_success()

@@ -3,14 +3,14 @@
 Errors a user can fix (bad data, missing files) print one clear line and exit 1, no traceback
 (:func:`~tinydancer.cli.common.friendly_errors`).  Modules: ``candidates`` (train, evaluate,
 predict, demo), ``router`` (router …, calibrate), ``serve``, ``gateway``, ``label``, ``storage``,
-``registry``, ``learning`` (retrain); ``common`` holds what they share.
+``registry``, ``learning`` (retrain), ``report``; ``common`` holds what they share.
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import candidates, gateway, label, learning, registry, router, serve, storage
+from . import candidates, gateway, label, learning, registry, report, router, serve, storage
 
 __all__ = ["app"]
 
@@ -28,3 +28,4 @@ app.command()(label.label)
 app.add_typer(storage.storage_app, name="storage")
 app.add_typer(registry.registry_app, name="registry")
 app.command()(learning.retrain)
+app.command()(report.report)

@@ -34,12 +34,20 @@ def retrain(
     allow_mix_shift: bool = typer.Option(False, "--allow-mix-shift", help="Promote a larger move (after you reviewed it)."),
     reference: Optional[Path] = typer.Option(None, help="A trusted labelled set, kept apart from the logs "
                                                         "(CSV/JSONL/NPZ): the new model must not be worse on it."),
+    strong_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Query routers: the strong share both "
+                                                 "routers are compared at (default: the current router's on the logs)."),
+    offpolicy_margin: float = typer.Option(0.01, min=0.0, help="Query routers with logged exploration: promote only if "
+                                           "the new router's quality is not below the current one's by more than this "
+                                           "(95 % confidence)."),
+    ips_clip: float = typer.Option(10.0, min=1.0, help="Largest inverse-propensity weight an explored outcome gets."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Retrain from logged decisions and outcomes; promote the new model only if it is not worse.
 
     Logged outcomes alone cannot promote a model that moves the routing mix by more than
     --max-mix-shift, nor one that is worse on the --reference set: the logs are what clients send.
+    A query router whose gateway explored is judged by an off-policy estimate of its quality on
+    the held-out explored decisions (doubly robust, 95 % bootstrap interval; see the README).
     """
     from dataclasses import asdict
 
@@ -51,6 +59,7 @@ def retrain(
 
     config = RetrainConfig(mode=mode, since=since, epochs=epochs, learning_rate=learning_rate, min_samples=min_samples,
                            max_mix_shift=max_mix_shift, allow_mix_shift=allow_mix_shift, reference=reference,
+                           strong_share=strong_share, offpolicy_margin=offpolicy_margin, ips_clip=ips_clip,
                            promoted_by=f"{who()} (tinydancer retrain)")
     say = None if as_json else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     storage = open_storage(existing_log(database_url or database_path))

@@ -60,11 +60,25 @@ def registry_list(
     if as_json:
         typer.echo(json.dumps([asdict(v) for v in versions]))
         return
-    table = Table("version", "current", "parent", "sha256", "bytes", "promoted by")
+    table = Table("version", "current", "parent", "sha256", "bytes", "promoted by", "off-policy evidence")
     for v in versions:
         table.add_row(v.version, "*" if v.promoted else "", v.parent or "", v.sha256[:12], f"{v.file_bytes:,}",
-                      v.promoted_by or "")
+                      v.promoted_by or "", offpolicy_line(v.metrics.get("offpolicy")))
     console.print(table)
+
+
+def offpolicy_line(evidence: dict[str, Any] | None) -> str:
+    """A retrain's off-policy evidence in one cell: each router's doubly robust quality with its 95 %
+    interval, the verdict and n (server/offpolicy.py); empty for versions without it."""
+    if not evidence:
+        return ""
+    if "difference" not in evidence:
+        return f"not decided: n={evidence.get('n', 0)} logged with a propensity"
+    cur, new, diff = evidence["current"], evidence["new"], evidence["difference"]
+    verdict = "passed" if evidence.get("passed") else "refused"
+    return (f"current {cur['estimate']:.3f} [{cur['ci95'][0]:.3f}, {cur['ci95'][1]:.3f}] → new {new['estimate']:.3f} "
+            f"[{new['ci95'][0]:.3f}, {new['ci95'][1]:.3f}]; diff CI low {diff['ci95'][0]:+.3f}: {verdict} "
+            f"(n={evidence['n']}, {evidence['explored']} explored)")
 
 
 @registry_app.command("promote")

@@ -4,11 +4,14 @@ OpenAI-compatible routes, in one process."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
 from ..server import ServiceSettings, create_app
+from ..server.report import prices_of
+from ..server.routes.dashboard import DashboardSource
 from .config import GatewayConfig
 from .routes import ROUTES
 from .state import Gateway
@@ -32,4 +35,15 @@ def create_gateway_app(config: GatewayConfig, settings: ServiceSettings | None =
     gateway = Gateway(config, app.state.service, embedder=embedder, tracer_provider=tracer_provider)
     holder.append(gateway)
     app.state.gateway = gateway
+    app.state.dashboard = DashboardSource(prices=prices_of(config.upstreams), live=lambda: _live(gateway),
+                                          registry_folder=Path(settings.model_path).parent / "registry")
     return app
+
+
+def _live(gw: Gateway) -> dict[str, Any]:
+    """What the dashboard shows of the running gateway: breakers, the router served, its operating point."""
+    router = gw.router
+    point = {k: round(v, 4) for k, v in gw.point._asdict().items() if isinstance(v, float)}
+    return {"upstreams": gw.upstream_status()["upstreams"], "router_version": gw.router_version,
+            "strong_model": router.models[router.strong] if router.is_pair else None,
+            "operating_point": ", ".join(f"{k} {v:g}" for k, v in point.items()) or "default"}

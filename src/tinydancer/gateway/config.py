@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticEr
 
 from ..errors import ValidationError
 
-__all__ = ["GatewayConfig", "JudgeConfig", "OperatingPointSpec", "UpstreamConfig", "load_config"]
+__all__ = ["ExplorationSpec", "GatewayConfig", "JudgeConfig", "LearningSpec", "OperatingPointSpec", "UpstreamConfig",
+           "load_config"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -91,12 +92,55 @@ class OperatingPointSpec(_Strict):
     strong_share: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     quality_bar: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    #: dollars a call, predicted from the router's per-model costs: the operating point that keeps
+    #: the mean over the live window at this budget (two models: a strong share; more: a cost weight)
+    budget: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    #: routed calls in the live score window that strong_share and budget are taken on (see
+    #: gateway/operating.py); warm-started from the router file's training scores
+    live_window: int = Field(2000, ge=20, le=1_000_000)
 
     @model_validator(mode="after")
     def _one(self) -> "OperatingPointSpec":
-        if sum(v is not None for v in (self.strong_share, self.cost_weight, self.quality_bar)) > 1:
-            raise ValueError("give one of strong_share, cost_weight or quality_bar")
+        if sum(v is not None for v in (self.strong_share, self.cost_weight, self.quality_bar, self.budget)) > 1:
+            raise ValueError("give one of strong_share, budget, cost_weight or quality_bar")
         return self
+
+    def knobs(self) -> dict[str, float]:
+        """The router's own knobs that are set (budget and the window are the gateway's)."""
+        return {k: v for k in ("strong_share", "cost_weight", "quality_bar") if (v := getattr(self, k)) is not None}
+
+
+class ExplorationSpec(_Strict):
+    """``exploration``: a bounded share of routed calls goes to a model the router did not pick, so
+    that outcomes arrive for every model (see gateway/exploration.py).  Off by default."""
+
+    share: float = Field(0.0, ge=0.0, le=0.2, allow_inf_nan=False)
+    #: seeds the draws, so a run can be replayed (None: a fresh seed each start)
+    seed: int | None = None
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|m|h|d)?\s*$")
+
+
+class LearningSpec(_Strict):
+    """``learning``: retrain the router from the log in the gateway process, on a schedule."""
+
+    #: how often to look (seconds, or a string such as 90s, 30m, 1h, 1d)
+    every: float = Field(3600.0, gt=0.0)
+    #: outcomes logged since the last retrain before another is worth running
+    min_new_outcomes: int = Field(200, ge=1)
+    #: the registry folder beside a SQLite log (PostgreSQL keeps versions as rows)
+    registry: Path = Path("models/registry")
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            match = _DURATION.match(v)
+            if not match:
+                raise ValueError("give seconds or a duration such as 90s, 30m, 1h or 1d")
+            return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+        return v
 
 
 class JudgeConfig(_Strict):
@@ -133,6 +177,10 @@ class GatewayConfig(_Strict):
     breaker_reset_s: float = Field(30.0, gt=0.0, allow_inf_nan=False)
     #: concurrent requests whose prompts are embedded in one batch, at most
     embed_batch: int = Field(32, ge=1, le=1024)
+    #: routed prompts waiting to be embedded at most; past it a routed call is turned away at once
+    #: (503, Retry-After) instead of queuing behind a backlog (MiniLM embeds ~300 prompts/s here, so
+    #: 256 is under a second of waiting; the static embedder clears it in milliseconds)
+    max_embed_queue: int = Field(256, ge=1, le=1_000_000)
     #: how deep a request body may nest (JSON arrays and objects); deeper is a 400
     max_json_depth: int = Field(100, ge=8, le=900)
     #: how many arrays and objects a request body may hold: a 2 MB body of 690,000 empty arrays cost
@@ -154,6 +202,9 @@ class GatewayConfig(_Strict):
     key_budgets: dict[str, float] = Field(default_factory=dict)
     #: with a shared PostgreSQL log, how often each replica re-reads today's spend per key from it
     key_budget_refresh_s: float = Field(10.0, gt=0.0, allow_inf_nan=False)
+    exploration: ExplorationSpec = ExplorationSpec()
+    #: None: no retraining in the gateway (run ``tinydancer retrain`` yourself)
+    learning: LearningSpec | None = None
 
     @field_validator("key_budgets")
     @classmethod

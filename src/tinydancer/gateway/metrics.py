@@ -27,7 +27,15 @@ class GatewayMetrics:
                                      ["upstream"], registry=r)
         self.breaker_state = Gauge("tiny_dancer_gateway_breaker_state", "Per-upstream breaker: 0 closed, 1 half-open, 2 open",
                                    ["upstream"], registry=r)
+        self.live_strong_share = Gauge("tiny_dancer_gateway_live_strong_share",
+                                       "Share of the last live_window routed calls sent first to the strong model", registry=r)
+        self.live_spend = Gauge("tiny_dancer_gateway_live_spend_per_call_dollars",
+                                "Mean dollars a routed call cost over the last live_window (usage × prices)", registry=r)
+        self.explored = Counter("tiny_dancer_gateway_explored_calls",
+                                "Routed calls sent to a model the router did not pick (exploration)", registry=r)
         self.embed_batches = Counter("tiny_dancer_gateway_embed_batches", "Embedding batches run for prompts", registry=r)
+        self.embed_rejected = Counter("tiny_dancer_gateway_embed_queue_full",
+                                      "Routed calls turned away because max_embed_queue prompts were waiting", registry=r)
         self.embed_texts = Counter("tiny_dancer_gateway_embedded_prompts", "Prompts embedded (÷ batches = mean batch)",
                                    registry=r)
         self.overhead = BatchHistogram("tiny_dancer_gateway_overhead_seconds",

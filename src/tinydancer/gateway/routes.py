@@ -18,6 +18,7 @@ from starlette.routing import Route
 from .budgets import BudgetExceeded, call_estimate
 from .forwarding import forward, openai_error, until_disconnect
 from .passthrough import PASSED_THROUGH, passthrough
+from .scoring import EmbedQueueFull
 from .request_body import parse_body
 from .selection import CallOptions, ModelSpec, RequestError, parse_model, prompt_text
 from .state import Gateway
@@ -71,6 +72,9 @@ async def _answer(gw: Gateway, started: float, spec: ModelSpec, options: CallOpt
         plan = await gw.plan(spec, options, body, text, session)
     except RequestError as exc:
         return openai_error(exc.status, str(exc), exc.code, exc.param)
+    except EmbedQueueFull as exc:
+        gw.metrics.embed_rejected.inc()
+        return openai_error(503, str(exc), "routing_queue_full", kind="server_error", headers={"Retry-After": "1"})
     plan.overhead_s = time.perf_counter() - started
     plan.key_name, plan.model, plan.trace_parent = key_name, body["model"], trace_parent
     plan.started_ns = time.time_ns() - int(plan.overhead_s * 1e9)

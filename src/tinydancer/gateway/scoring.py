@@ -1,10 +1,15 @@
-"""Prompts to router outputs, batched across concurrent requests.
+"""Prompts to router outputs, batched across concurrent requests, with a bounded queue.
 
-MiniLM costs ~3 ms for one sentence on these cores but much less per sentence in a batch, so
-prompts that arrive while a batch is being embedded wait for the next batch together instead
+Prompts that arrive while a batch is being embedded wait for the next batch together instead
 of queuing one by one: under load the batch grows by itself, with no added delay when idle.
-Embedding runs on one worker thread (ONNX Runtime releases the GIL), so the event loop keeps
-serving while it runs.
+Embedding and the router's forward pass run on a worker thread (ONNX Runtime and NumPy release
+the GIL), so the event loop keeps serving named calls, health checks and streams while it runs.
+A batch of prompts of mixed lengths is split by token length inside the embedder
+(:func:`tinydancer.llm.embeddings.length_groups`), so a short prompt is not padded to a long one.
+
+The queue is bounded (``max_queue``, the gateway's ``max_embed_queue``): when more prompts wait
+than that, a new one is turned away at once (:class:`EmbedQueueFull`, a 503 with Retry-After)
+rather than waiting behind a backlog it would time out in anyway.
 """
 
 from __future__ import annotations
@@ -16,22 +21,36 @@ import numpy as np
 
 from ..llm import QueryRouter
 
-__all__ = ["Scorer"]
+__all__ = ["EmbedQueueFull", "Scorer"]
+
+
+class EmbedQueueFull(Exception):
+    """More prompts wait to be embedded than the queue holds: the caller should retry shortly."""
 
 
 class Scorer:
     """``await scorer.score(text)`` → (embedding, the router's outputs for it)."""
 
     def __init__(self, router: QueryRouter, embedder: Any, max_batch: int = 32,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, max_queue: int = 256) -> None:
         self.router = router
         self.on_batch = on_batch
         self.embedder = embedder
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self._waiting: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = []
         self._busy = False
 
+    @property
+    def waiting(self) -> int:
+        """Prompts waiting for a batch (not counting the batch being embedded)."""
+        return len(self._waiting)
+
     async def score(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The prompt's embedding and the router's outputs; :class:`EmbedQueueFull` when the queue is full."""
+        if len(self._waiting) >= self.max_queue:
+            raise EmbedQueueFull(f"{len(self._waiting)} prompts are already waiting to be routed (max_embed_queue "
+                                 f"{self.max_queue}); retry shortly, or name a model to skip routing")
         future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()
         self._waiting.append((text, future))
         if not self._busy:

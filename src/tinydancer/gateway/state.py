@@ -23,8 +23,11 @@ from ..server.storage import CallRecord, decision_record, new_request_id
 from ..server.storage.base import keeps_registry
 from .budgets import KeySpend
 from .config import GatewayConfig
+from .exploration import Explorer
 from .judging import JudgeWorker
 from .metrics import GatewayMetrics
+from .operating import LiveOperatingPoint, LiveTally
+from .scheduled_learning import ScheduledLearning
 from .scoring import Scorer
 from .selection import CallOptions, ModelSpec, RequestError, SessionStore, estimate_cost
 from .tracing import CallTracer, provider_from_environment
@@ -33,6 +36,13 @@ from .upstream import Upstream
 __all__ = ["Gateway", "Plan", "default_router_path"]
 
 log = logging.getLogger("tinydancer.gateway")
+
+def live_state_path(service: Service) -> Path:
+    """Where the live operating point is kept: beside the SQLite log (with PostgreSQL, beside the
+    local path ``database_path`` names: each replica keeps its own, see gateway/operating.py)."""
+    db = Path(service.settings.database_path)
+    return db.with_name(db.name + ".live.json")
+
 
 def default_router_path() -> Path:
     """The packaged two-model router (models ``strong`` and ``weak``; see tools/build_default_router.py)."""
@@ -52,6 +62,10 @@ class Plan:
     quality: dict[str, float] = field(default_factory=dict)
     session: str | None = None
     overhead_s: float = 0.0
+    #: under exploration: the probability, under the logging policy, of the model tried first
+    #: (None: no exploration ran, the choice was deterministic) and whether it was an exploration
+    propensity: float | None = None
+    explored: bool | None = None
     #: the name of the client key the call came with (logged, counted against its budget)
     key_name: str | None = None
     #: the ``model`` the client asked for
@@ -96,14 +110,18 @@ class Gateway:
             raise ValidationError(f"no upstream plays a model of the router {path} ({', '.join(models)}): name upstreams "
                                   "after them, or set router_model on each upstream")
         try:
-            self.point = self.router.operating_point(**config.operating_point.model_dump())
+            self.live = LiveOperatingPoint(self.router, self.router_version, config.operating_point,
+                                           live_state_path(service))
         except ValidationError as exc:
             raise ValidationError(f"operating_point: {exc}") from None
+        self.tally = LiveTally(config.operating_point.live_window)
+        self.explorer = Explorer(config.exploration.share, config.exploration.seed)
         self.metrics = GatewayMetrics(service.metrics.registry)
         for up in self.upstreams.values():
             self._watch_breaker(up)
         self.sessions = SessionStore(config.session_ttl_s, config.max_sessions)
-        self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done)
+        self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done,
+                             max_queue=config.max_embed_queue)
         priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
         self.reference = priciest
         #: judged samples (gateway/judging.py), when the config asks for them
@@ -120,6 +138,10 @@ class Gateway:
         self.tracer = None if provider is None else CallTracer(provider, config.log_prompts, owned=tracer_provider is None)
         service.readiness_check = self.readiness_problem
         service.watchers.append(self.check_router)
+        service.watchers.append(self.save_live)
+        self.learning = None if config.learning is None else ScheduledLearning(config, config.learning, service.storage)
+        if self.learning is not None:
+            service.watchers.append(self.learning.tick)
 
     # ------------------------------------------------------------------ the router file
     @staticmethod
@@ -147,13 +169,14 @@ class Gateway:
             if new.models != self.router.models or new.embedder_id != self.router.embedder_id:
                 raise TinyDancerError(f"it routes {new.models} with {new.embedder_id!r}, the served one "
                                       f"{self.router.models} with {self.router.embedder_id!r}: restart the gateway to switch")
-            point = new.operating_point(**self.config.operating_point.model_dump())
+            self.live.check(new)  # the configured knob still fits it
         except (TinyDancerError, ValidationError) as exc:
             log.warning("gateway router %s changed but was not loaded: %s", self.router_path, exc)
             self.service.metrics.reloads.labels("failed").inc()
             return ["gateway router: failed"]
-        self.router, self.point, self.scorer.router = new, point, new
+        self.router, self.scorer.router = new, new
         self.router_version = self._version_of(new)
+        self.live.switch(new, self.router_version)
         self.service.metrics.reloads.labels("ok").inc()
         log.info("gateway router reloaded from %s", self.router_path)
         return ["gateway router: reloaded"]
@@ -189,11 +212,26 @@ class Gateway:
             self.metrics.breaker_state.labels(name).set(STATE_CODE[up.breaker.state])
             out[name] = {"breaker": status, "in_flight": up.in_flight, "waiting": up.waiting,
                          "max_concurrency": up.config.max_concurrency, "max_queue": up.config.max_queue}
-        return {"upstreams": out}
+        return {"upstreams": out, "operating_point": self.live.describe(),
+                "live": {"strong_share": self.tally.strong_share(), "spend_per_call": self.tally.spend_per_call(),
+                         "exploration_share": self.explorer.share}}
+
+    @property
+    def point(self) -> Any:
+        """The operating point routed calls use now (live: see gateway/operating.py)."""
+        return self.live.point
+
+    async def save_live(self) -> list[str]:
+        """The service's watcher: write the live window when it changed (off the event loop)."""
+        snapshot = self.live.snapshot()
+        if snapshot is not None:
+            await asyncio.to_thread(self.live.save, snapshot)
+        return []
 
     async def close(self) -> None:
         if self.judge is not None:
             await self.judge.close()
+        self.live.save()
         for up in self.upstreams.values():
             await up.close()
         if self.tracer is not None:  # its last export may wait on a slow collector: not on the event loop
@@ -224,8 +262,12 @@ class Gateway:
         values = out.tolist()
         plan.embedding = emb
         plan.quality = {m: float(q) for m, q in zip(self.router.models, values)}
-        order = [self.player[i] for i in self.router.ranking(values, point, allowed)]
+        ranking = self.router.ranking(values, point, allowed)
+        self.live.observe(values)
         sticky = self.sessions.get(session)
+        if sticky is None and self.explorer.active:
+            ranking = self._explore(plan, ranking)
+        order = [self.player[i] for i in ranking]
         if sticky is not None:
             for i, up in enumerate(order):
                 if up is not None and up.name == sticky:
@@ -234,9 +276,25 @@ class Gateway:
         plan.order = [up for up in order if up is not None]
         return plan
 
+    def _explore(self, plan: Plan, ranking: list[int]) -> list[int]:
+        """The ranking with an explored model first, when the draw says so (see gateway/exploration.py);
+        the propensity of the model tried first goes on the plan."""
+        eligible = [i for i in ranking if (up := self.player[i]) is not None and up.breaker.state is not BreakerState.OPEN]
+        if not eligible:  # every breaker open: nothing to draw, the call fails over as it would
+            return ranking
+        # the router's pick when its breaker is open is the first model forwarding would try instead
+        draw = self.explorer.draw(eligible[0], eligible)
+        plan.propensity, plan.explored = draw.propensity, draw.explored
+        if draw.explored:
+            self.metrics.explored.inc()
+            ranking = [draw.model] + [i for i in ranking if i != draw.model]
+        return ranking
+
     def _point(self, spec: ModelSpec, options: CallOptions) -> Any:
         knobs = {k: getattr(options, k) for k in ("strong_share", "cost_weight", "quality_bar") if getattr(options, k) is not None}
         try:
+            if set(knobs) == {"strong_share"} and self.router.is_pair:
+                return self.live.at_share(knobs["strong_share"])
             if knobs:
                 return self.router.operating_point(**knobs)
             if spec.threshold is not None:
@@ -283,6 +341,11 @@ class Gateway:
             self.metrics.cost.labels(up.name).inc(served.cost or 0.0)
             ref = self.reference.cost(served.prompt_tokens, served.completion_tokens or 0)
             self.metrics.saved.inc(max(ref - (served.cost or 0.0), 0.0))
+        if plan.routed and plan.order:
+            strong = self.router.models[self.router.strong]
+            self.tally.add(plan.order[0].config.plays == strong, None if served is None else served.cost)
+            self.metrics.live_strong_share.set(self.tally.strong_share())
+            self.metrics.live_spend.set(self.tally.spend_per_call())
         self.spend.settle(plan.request_id, plan.key_name, plan.cost)
         if self.tracer is not None:
             self.tracer.emit(self, plan, calls, served)
@@ -300,8 +363,12 @@ class Gateway:
         confidence = np.array([plan.quality.get(t, np.nan) for t in targets], dtype=np.float32)
         strong = self.router.models[self.router.strong]
         light = np.array([t != strong for t in targets], dtype=np.uint8)
+        # a propensity is the planned model's: a call its planned model did not serve (it fell back)
+        # is logged without one, so an outcome is never weighed as if the planned model gave it
+        clean = served is not None and served.target == calls[0].target
         row = decision_record(plan.request_id, "query", self.router_version, targets, inputs, confidence, None, light,
-                              plan.overhead_s * 1e6, query_key(plan.text))
+                              plan.overhead_s * 1e6, query_key(plan.text),
+                              propensity=plan.propensity if clean else None, explored=plan.explored if clean else None)
         # a failed attempt is an outcome of its model; a caller that hung up, or sent a request the
         # upstream refused (4xx), says nothing about the model
         outcomes = [c.failure_outcome(targets.index(c.target)) for c in failed

@@ -57,6 +57,15 @@ _POPPED_KEYS = ("_target_order", "_excluded_deployment_ids", "_retry_skipped_dep
 #: fresh prompt on this kind of machine, GUIDE §5), a service adds a loopback or LAN round trip
 LOCAL_BUDGET_S = 0.05
 SERVICE_BUDGET_S = 0.05
+#: asyncio's epoll selector sleeps whole milliseconds, rounded up, so a timeout fires up to ~1 ms
+#: after it is due: a wait ends this much before the deadline, so that the budget holds with it
+WAKE_UP_SLACK_S = 0.001
+
+
+def time_left(deadline: float, now: float) -> float:
+    """Seconds a decision may still wait at ``now`` and be back by ``deadline`` (the call's start
+    plus the budget), the event loop's late wake-up included; 0 or less: none."""
+    return deadline - now - WAKE_UP_SLACK_S
 
 #: why a call got LiteLLM's own choice instead of ours (the label of the fallback counter)
 FALLBACK_CAUSES = {
@@ -131,7 +140,9 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
       (its ranking travels in the request metadata), so the log holds one decision and one outcome
       per attempt, not a decision per attempt.
     - ``budget_s`` bounds what asking us costs a call (default ``LOCAL_BUDGET_S`` /
-      ``SERVICE_BUDGET_S``); a service that fails ``breaker_threshold`` times in a row is not
+      ``SERVICE_BUDGET_S``), counted from the call's start (LiteLLM's health check of the
+      deployments, which we run first, counts) and ended ``WAKE_UP_SLACK_S`` early for the event
+      loop's late wake-up, so the time it adds holds within the budget; a service that fails ``breaker_threshold`` times in a row is not
       asked for ``breaker_reset_s``.  Past either, LiteLLM's own choice, counted by cause
       (``fallback_causes``, ``tiny_dancer_litellm_fallbacks_total{cause}``) and logged with the cause.
     """
@@ -267,12 +278,20 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             return None
         return self._outputs(text)
 
-    async def _decide_local(self, text: str) -> tuple[list[str], np.ndarray, dict[str, float]]:
+    def _wait_allowed(self, deadline: float, what: str) -> float:
+        """The time left for ``what`` within this call's budget; the call leaves at once when none is."""
+        left = time_left(deadline, time.monotonic())
+        if left <= 0:
+            raise _LeaveToLiteLLM("budget", f"the {self.budget_s * 1e3:.0f} ms budget was spent before {what} was asked")
+        return left
+
+    async def _decide_local(self, text: str, deadline: float) -> tuple[list[str], np.ndarray, dict[str, float]]:
+        """``deadline``: the call's start plus the budget (LiteLLM's health check before us counts too)."""
         hit = self._cache.get(text)  # a cache hit costs microseconds: no thread, no budget
         if hit is None:
+            left = self._wait_allowed(deadline, "the query router")
             try:
-                deadline = time.monotonic() + self.budget_s
-                hit = await asyncio.wait_for(asyncio.to_thread(self._outputs_before, text, deadline), self.budget_s)
+                hit = await asyncio.wait_for(asyncio.to_thread(self._outputs_before, text, deadline - WAKE_UP_SLACK_S), left)
                 if hit is None:
                     raise asyncio.TimeoutError
             except asyncio.TimeoutError:
@@ -290,13 +309,17 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         ranking, quality = self._rank_local(emb, out)
         return ranking, emb, quality
 
-    async def _decide_remote(self, text: str) -> tuple[list[str], str]:
+    async def _decide_remote(self, text: str, deadline: float) -> tuple[list[str], str]:
+        """``deadline``: the call's start plus the budget (LiteLLM's health check before us counts too).
+        The time left is taken before the breaker is asked, so a half-open breaker's probe is never
+        granted to a call that then does not ask."""
+        left = self._wait_allowed(deadline, f"the service at {self.service_url}")
         if not self.breaker.allow():
             status = self.breaker.status()
             raise _LeaveToLiteLLM("breaker_open", f"the service at {self.service_url} failed {status['failure_threshold']} "
                                                   f"times in a row; it is asked again in {status['retry_in_s']:.0f} s")
         try:
-            data = await asyncio.wait_for(self._ask_service(text), self.budget_s)
+            data = await asyncio.wait_for(self._ask_service(text), left)
         except asyncio.TimeoutError:
             self.breaker.record_failure()
             raise _LeaveToLiteLLM("budget", f"the service at {self.service_url} did not answer within the "
@@ -346,6 +369,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             return self._default_async(model=model, messages=messages, input=input,
                                        specific_deployment=specific_deployment, request_kwargs=request_kwargs)
 
+        deadline = time.monotonic() + self.budget_s  # the budget covers the whole of our part of the call
         text = _last_user_text(messages)
         try:
             ours = not specific_deployment and text is not None and self.routes(model)
@@ -370,9 +394,9 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
         try:
             if tag is None:  # the call's first attempt: decide
                 if self.service_url is not None:
-                    ranking, decision_id = await self._decide_remote(text)
+                    ranking, decision_id = await self._decide_remote(text, deadline)
                 else:
-                    ranking, emb, quality = await self._decide_local(text)
+                    ranking, emb, quality = await self._decide_local(text, deadline)
                     decision_id = new_request_id()
                 tag = {"decision_id": decision_id, "ranking": ranking, "remote": self.service_url is not None, "tried": []}
                 fresh = True

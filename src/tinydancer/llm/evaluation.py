@@ -149,6 +149,21 @@ def oracle_points(scores: np.ndarray, costs: np.ndarray, n_settings: int = 201) 
     return sweep_curve(sweep_choices(scores, costs, n_settings=n_settings), scores, costs)
 
 
+def cost_weight_for_budget(quality: np.ndarray, costs: np.ndarray, budget: float) -> tuple[float, float, float] | None:
+    """The cost weight whose choices (``argmax(quality - weight * costs)`` per row) keep the mean
+    predicted cost within ``budget`` with the best mean predicted quality: (weight, quality, cost),
+    or None when no weight does.  ``quality`` is (N, M) predicted, ``costs`` (M,) per model."""
+    costs = np.asarray(costs, dtype=np.float64)
+    rows = np.arange(len(quality))
+    best: tuple[float, float, float] | None = None
+    for lam in sorted(set(lambda_grid(quality, costs).tolist()) | {0.0}):
+        choice = np.argmax(quality - lam * costs, axis=1)
+        q, c = float(quality[rows, choice].mean()), float(costs[choice].mean())
+        if c <= budget and (best is None or (q, -c) > (best[1], -best[2])):
+            best = (float(lam), q, c)
+    return best
+
+
 def lambda_grid(quality: np.ndarray, costs: np.ndarray, n_settings: int = 201) -> np.ndarray:
     """Cost weights from ~0 (quality only) to one that makes the cheapest model win everywhere.
 

@@ -47,7 +47,7 @@ from .._validation import as_float_array, check_number
 from ..errors import ValidationError
 from ..nn import FastGRNN
 from . import router_eval, router_file, router_fit
-from .evaluation import lambda_grid
+from .evaluation import cost_weight_for_budget
 from .linear_head import LinearHead
 from .memory import OutcomeMemory
 from .router_config import QueryRouterConfig
@@ -400,13 +400,11 @@ class QueryRouter:
                     "predicted_quality": q, "predicted_cost": c}
         if strong_share is not None:
             raise ValidationError(f"this router chooses among {m} models: calibrate it to a --budget")
-        grid = sorted(set(lambda_grid(quality, np.tile(self.costs, (len(x), 1))).tolist()) | {0.0})
-        fits = [(point(self.choose(out, cost_weight=lam, quality_bar=None)), lam) for lam in grid]
-        within = [(q_c, lam) for q_c, lam in fits if q_c[1] <= budget]  # type: ignore[operator]
-        if not within:
+        found = cost_weight_for_budget(quality, self.costs, budget)  # type: ignore[arg-type]
+        if found is None:
             raise ValidationError(f"no operating point keeps the predicted cost under ${budget:g} a query "
                                   f"(the cheapest model costs ${self.costs.min():g})")
-        (q, c), lam = max(within, key=lambda item: (item[0][0], -item[0][1]))
+        lam, q, c = found
         self.cost_weight, self.quality_bar = float(lam), None
         return {"queries": len(x), "cost_weight": self.cost_weight, "predicted_quality": q, "predicted_cost": c}
 

@@ -263,8 +263,9 @@ class FastGRNN:
 
     def predict_trusted(self, features: np.ndarray) -> np.ndarray:
         """:meth:`predict` without input checks, for (B, D) float32 arrays this package built itself
-        (e.g. the router's feature matrix).  Never pass user input here."""
-        return cell.probabilities(self._compile(raw=True), features, None, self._activation)
+        (e.g. the router's feature matrix).  Never pass user input here.  One step from h_0 = 0
+        computed with the hidden units along rows (see :func:`cell.probabilities_one_step`)."""
+        return cell.probabilities_one_step(self._compile(raw=True), features, self._activation)
 
     def forward_batch(self, xs: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         """Probabilities for a batch of (normalized) feature vectors, shape (B, O)."""

@@ -5,6 +5,8 @@
 | ``/health``, ``/health/ready`` | open (load balancers) | open |
 | ``/v1/*`` (routing, feedback) | a client key from ``TINY_DANCER_API_KEYS`` (or the admin token) | open on a loopback bind; 403 elsewhere |
 | ``/admin/*``, ``/info``, ``/metrics``, ``/docs``, ``/redoc``, ``/openapi.json`` | the admin token ``TINY_DANCER_AUTH_TOKEN`` | open on a loopback bind; 403 elsewhere |
+| ``/dashboard*`` | the admin token, or the session cookie ``/dashboard/login`` sets (a browser without either is sent there) | open on a loopback bind; 403 elsewhere |
+| ``/dashboard/login`` | open (the form that checks the token) | open |
 
 Keys are sent as ``Authorization: Bearer <key>`` and compared in constant time; no key is ever
 logged.  A key's name (``name:key`` entries, see :mod:`~tinydancer.server.client_keys`) is put in
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import time
 from typing import Any, Awaitable, Callable, Sequence
 
 from .client_keys import ADMIN_NAME, client_keys
@@ -33,6 +36,26 @@ from .middleware import reject
 OPEN = ("/health",)
 DATA_PLANE = ("/v1/",)
 OPERATOR = ("/admin", "/info", "/metrics", "/docs", "/redoc", "/openapi.json")
+DASHBOARD = "/dashboard"
+LOGIN = "/dashboard/login"
+#: the dashboard's session cookie: "<expiry>.<HMAC of the expiry keyed by the admin token>" (never the token)
+COOKIE = "tinydancer_dashboard"
+COOKIE_TTL_S = 12 * 3600
+
+
+def session_value(token: str | bytes, now: float | None = None, ttl_s: float = COOKIE_TTL_S) -> str:
+    """A dashboard session cookie's value for the admin token, valid ``ttl_s``; a new token ends every session."""
+    key = token.encode() if isinstance(token, str) else token
+    expires = int((time.time() if now is None else now) + ttl_s)
+    return f"{expires}.{hmac.new(key, f'dashboard:{expires}'.encode(), hashlib.sha256).hexdigest()}"
+
+
+def session_valid(token: bytes, value: str, now: float | None = None) -> bool:
+    expires, _, mac = value.partition(".")
+    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+        return False
+    wanted = hmac.new(token, f"dashboard:{expires}".encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(mac.encode("latin-1", "replace"), wanted.encode())
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +90,8 @@ class AccessGuard:
                 self.metrics.errors.labels(self.metrics.endpoint_label(scope.get("path", "")),
                                            "unauthorized" if status == 401 else "forbidden").inc()
                 headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+                if status == 303:  # a browser without a session: to the sign-in form
+                    headers = [(b"location", LOGIN.encode())]
                 await reject(send, status, detail, headers)
                 return
         await self.app(scope, receive, send)
@@ -89,6 +114,8 @@ class AccessGuard:
             if self.remote:
                 return 403, "client keys are required off loopback: set TINY_DANCER_API_KEYS"
             return None
+        if path.startswith(DASHBOARD):
+            return self._dashboard(scope, path)
         operator = path.startswith(OPERATOR)
         if operator:
             if self.admin_token is not None:
@@ -101,6 +128,26 @@ class AccessGuard:
             if content_type != "application/json":
                 return 415, "admin requests must be sent as Content-Type: application/json"
         return None
+
+    def _dashboard(self, scope: dict, path: str) -> tuple[int, str] | None:
+        """The admin token as a bearer header or a session cookie; the sign-in form is open."""
+        if path == LOGIN:
+            return None
+        if self.admin_token is None:
+            return (403, "the dashboard needs TINY_DANCER_AUTH_TOKEN off loopback") if self.remote else None
+        if self._presented(scope, self._admin()) or self._session(scope):
+            return None
+        if scope.get("method") == "GET" and "text/html" in self._header(scope, b"accept"):
+            return 303, "sign in at /dashboard/login"
+        return 401, "the dashboard needs the admin token: Authorization: Bearer $TINY_DANCER_AUTH_TOKEN, or sign in at /dashboard/login"
+
+    def _session(self, scope: dict) -> bool:
+        assert self.admin_token is not None
+        for part in self._header(scope, b"cookie").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == COOKIE and session_valid(self.admin_token, value):
+                return True
+        return False
 
     def _admin(self) -> tuple[bytes, ...]:
         return (self.admin_token,) if self.admin_token is not None else ()

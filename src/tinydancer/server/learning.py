@@ -28,6 +28,7 @@ from ..nn.losses import bce_with_logits
 from ..llm import ROUTER_FILE, OutcomeMemory, QueryRouter
 from ..llm.linear_head import LinearHead
 from ..llm.neighbours import neighbour_means
+from .offpolicy import LoggedExploration, offpolicy_gate
 from .registry import DatabaseRegistry, ModelRegistry, PromotionRefused
 from .storage import Storage
 
@@ -59,6 +60,16 @@ class RetrainConfig:
     reference: Path | None = None
     #: recorded with a promotion (the CLI sets user@host)
     promoted_by: str | None = None
+    #: query routers: an explored outcome (logged propensity p) weighs min(1/p, ips_clip) in the
+    #: neighbour means its model's targets are made of; a deterministic one weighs 1
+    ips_clip: float = 10.0
+    #: the off-policy gate (server/offpolicy.py): promote only if the new router's doubly robust
+    #: quality is not below the current one's by more than this, with 95 % confidence ...
+    offpolicy_margin: float = 0.01
+    #: ... on at least this many held-out decisions with a propensity (fewer: the gate does not decide)
+    offpolicy_min_rows: int = 100
+    #: the strong share both routers are compared at (None: the current router's share on the logs)
+    strong_share: float | None = None
 
 
 def _promote(registry: ModelRegistry | DatabaseRegistry, entry: Any, serve_path: Path | str, expected: str | None,
@@ -209,7 +220,7 @@ def _gate(cfg: RetrainConfig, current: FastGRNN, new: FastGRNN, held_out: np.nda
 
 
 def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fallback: np.ndarray, k: int,
-                   pair: tuple[int, int] | None = None) -> np.ndarray:
+                   pair: tuple[int, int] | None = None, weights: np.ndarray | None = None) -> np.ndarray:
     """Training targets for every model from partial feedback: each logged query says how *one* model did.
 
     A model's target for a query is the mean observed quality of the ``k`` nearest queries that
@@ -219,6 +230,10 @@ def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fall
     same kind of query would say "0.9" when the model was asked and "0.3" when it was not.  A
     model with ``k`` or fewer outcomes keeps ``fallback`` (the old predictions) except where
     observed.  For a two-model router the advantage column is recomputed: ``(1 + q_strong - q_weak) / 2``.
+
+    ``weights`` (one per logged outcome; see :func:`ips_weights`) make each neighbour mean a
+    weighted one: the outcomes a router chose itself crowd its neighbourhoods, the explored ones
+    are the few that show the rest of the prompt space, and inverse propensity restores their share.
     """
     targets = np.array(fallback, dtype=np.float32, copy=True)
     for j in range(targets.shape[1] - (1 if pair is not None else 0)):
@@ -226,13 +241,26 @@ def bandit_targets(x: np.ndarray, chosen: np.ndarray, observed: np.ndarray, fall
         if len(mine) > k > 0:
             own = np.full(len(x), -1)
             own[mine] = np.arange(len(mine))
-            targets[:, j] = neighbour_means(x, x[mine], observed[mine], k, exclude=own)
+            if weights is None:
+                targets[:, j] = neighbour_means(x, x[mine], observed[mine], k, exclude=own)
+            else:  # a weighted mean: the neighbours' mean of w·y over their mean of w
+                w = weights[mine].astype(np.float64)
+                both = neighbour_means(x, x[mine], np.stack([w * observed[mine], w], axis=1), k, exclude=own)
+                targets[:, j] = both[:, 0] / np.maximum(both[:, 1], 1e-12)
         else:
             targets[mine, j] = observed[mine]
     if pair is not None:
         strong, weak = pair
         targets[:, -1] = (1.0 + targets[:, strong] - targets[:, weak]) / 2.0
     return np.clip(targets, 0.0, 1.0)
+
+
+def ips_weights(propensity: np.ndarray, clip: float) -> np.ndarray:
+    """Clipped inverse propensity weights: ``min(1/p, clip)``, and 1 where no propensity was logged
+    (a deterministic decision).  Clipping bounds the variance a handful of explored outcomes can
+    add, at the price of a small bias towards the logging policy's own choices."""
+    p = np.asarray(propensity, dtype=np.float64)
+    return np.where(np.isfinite(p) & (p > 0), np.minimum(1.0 / np.where(p > 0, p, 1.0), clip), 1.0)
 
 
 def remembered_feedback(router: Any, logs: Any, usable: np.ndarray, chosen: np.ndarray, observed: np.ndarray,
@@ -337,9 +365,12 @@ def retrain_query_router(
     """Fine-tune a query router from ``/v1/route/query`` decisions and their feedback.
 
     Each logged query has the embedding it was routed on, the model it went to and how well that
-    model did (``quality``, or ``success`` as 0/1).  Old and new routers are compared on the
-    same held-out queries by the squared error of the predicted quality of the model that
-    answered; the new one replaces ``router_path`` (atomically) only if it is not worse.  A
+    model did (``quality``, or ``success`` as 0/1).  Outcomes the gateway's exploration logged
+    with a propensity weigh ``min(1/p, ips_clip)`` in the targets (:func:`ips_weights`).  Old and
+    new routers are compared on the same held-out queries (:func:`_query_gate`): by an off-policy
+    estimate of their quality when enough of those carry a propensity, else by the squared error
+    of the predicted quality of the model that answered; the new one replaces ``router_path``
+    (atomically) only if it is not worse, and the evidence is kept in the registry.  A
     two-model router keeps its share of strong calls: the threshold is re-set on the new scores.
     Outcomes of queries sent as text also go into the new router's outcome memory
     (:func:`remembered_feedback`), so a query that failed is routed differently when it returns.
@@ -375,7 +406,10 @@ def retrain_query_router(
     say(f"{n} routed queries with feedback ({skipped} skipped): {len(fit)} to train, {len(hold)} held out")
 
     pair = (current.strong, current.weak) if current.is_pair else None
-    targets = bandit_targets(x[fit], chosen[fit], observed[fit], current.predict(x[fit]), cfg.neighbours, pair)
+    propensity = logs.propensity[recent] if len(logs.propensity) == len(recent) else np.full(n, np.nan)
+    weights = ips_weights(propensity[fit], cfg.ips_clip)
+    targets = bandit_targets(x[fit], chosen[fit], observed[fit], current.predict(x[fit]), cfg.neighbours, pair,
+                             weights=None if np.isnan(propensity[fit]).all() else weights)
     net = _finetuned_network(current, x[fit], targets, cfg)
     # a linear head, when the router blends one, moves with the new outcomes but is shrunk towards
     # the head it had, so a small log does not undo what the training table taught it
@@ -390,31 +424,13 @@ def retrain_query_router(
                       memory=memory, strong=current.strong if current.is_pair else None, head=head,
                       network_weight=current.network_weight)
     if pair is not None and current.threshold is not None:
-        share = float(np.mean(current.predict(x)[:, 2] >= current.threshold))
+        share = (cfg.strong_share if cfg.strong_share is not None
+                 else float(np.mean(current.predict(x)[:, 2] >= current.threshold)))
         new.score_quantiles = np.quantile(new.predict(x)[:, 2], np.linspace(0, 1, 101))
         new.calibrate(share)
 
-    def errors(router: QueryRouter) -> dict[str, float]:
-        predicted = router.predict(x[hold])[np.arange(len(hold)), chosen[hold]]
-        return {"squared_error": float(np.mean((predicted - observed[hold]) ** 2)),
-                "mean_predicted": float(predicted.mean()), "mean_observed": float(observed[hold].mean())}
-
-    old_m, new_m = errors(current), errors(new)
-    # the promotion gate, as for candidate models: a bounded move of the routing mix (total variation
-    # between the shares of queries each router sends to each model, on the held-out queries)
-    mix_old, mix_new = _routing_mix(current, x[hold]), _routing_mix(new, x[hold])
-    shift = float(0.5 * np.abs(mix_new - mix_old).sum())
-    gate_ok = shift <= cfg.max_mix_shift or cfg.allow_mix_shift
-    better = new_m["squared_error"] <= old_m["squared_error"] and gate_ok
-    reason = (f"held-out squared error of the answering model's predicted quality {old_m['squared_error']:.4f} → "
-              f"{new_m['squared_error']:.4f}" + ("" if new_m["squared_error"] <= old_m["squared_error"] else " (worse)")
-              + f"; routing mix moved {shift:.3f}"
-              + ("" if gate_ok else f", over {cfg.max_mix_shift:g} (review it, then retrain with --allow-mix-shift)")
-              + (" (allowed)" if cfg.allow_mix_shift else "") + (": promoted" if better else ": kept the current router"))
-    gate = {"mix_old": dict(zip(current.models, mix_old.tolist())), "mix_new": dict(zip(current.models, mix_new.tolist())),
-            "shift": shift}
-    entry = registry.add(new.packed(), {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "kind": "query_router",
-                                        "gate": gate}, parent)
+    better, reason, metrics = _query_gate(cfg, current, new, x[hold], chosen[hold], observed[hold], propensity[hold])
+    entry = registry.add(new.packed(), {**metrics, "samples": n, "kind": "query_router"}, parent)
     if better and (refused := _promote(registry, entry, file, expected, cfg)) is not None:
         better, reason = False, f"{reason}; then refused: {refused}"
     if merged:  # say plainly where those outcomes went: into the served router, or only into the registry
@@ -422,5 +438,40 @@ def retrain_query_router(
                    if better else f"; the served router is unchanged: the {merged} outcomes of text queries merged into "
                    f"the new version's memory are only in the registry ({entry.version})")
     say(reason)
-    return RetrainReport(n, len(fit), 0, len(hold), old_m, new_m, better, entry.version, parent, reason,
-                         round(time.perf_counter() - started, 3), asdict(entry), skipped)
+    return RetrainReport(n, len(fit), 0, len(hold), metrics["holdout_of_parent"], metrics["holdout"], better,
+                         entry.version, parent, reason, round(time.perf_counter() - started, 3), asdict(entry), skipped)
+
+
+def _query_gate(cfg: RetrainConfig, current: QueryRouter, new: QueryRouter, x: np.ndarray, chosen: np.ndarray,
+                observed: np.ndarray, propensity: np.ndarray) -> tuple[bool, str, dict[str, Any]]:
+    """Whether ``new`` may replace ``current``, judged on the held-out logs: (verdict, why, evidence).
+
+    With enough held-out decisions that carry a propensity (exploration on), the off-policy gate
+    decides (server/offpolicy.py: doubly robust quality at the same operating point, 95 % CI);
+    otherwise the squared error of the answering model's predicted quality must not grow.  Either
+    way the routing mix may move at most ``max_mix_shift`` (total variation of the shares of
+    queries sent to each model)."""
+    def errors(router: QueryRouter) -> dict[str, float]:
+        predicted = router.predict(x)[np.arange(len(x)), chosen]
+        return {"squared_error": float(np.mean((predicted - observed) ** 2)),
+                "mean_predicted": float(predicted.mean()), "mean_observed": float(observed.mean())}
+
+    old_m, new_m = errors(current), errors(new)
+    mix_old, mix_new = _routing_mix(current, x), _routing_mix(new, x)
+    shift = float(0.5 * np.abs(mix_new - mix_old).sum())
+    gate_ok = shift <= cfg.max_mix_shift or cfg.allow_mix_shift
+    logged = np.isfinite(propensity)
+    off = offpolicy_gate(current, new, LoggedExploration(x[logged], chosen[logged], observed[logged], propensity[logged]),
+                         strong_share=cfg.strong_share, margin=cfg.offpolicy_margin, min_rows=cfg.offpolicy_min_rows,
+                         seed=cfg.seed)
+    error_ok = new_m["squared_error"] <= old_m["squared_error"]
+    better = (error_ok if off.passed is None else off.passed) and gate_ok
+    reason = (f"held-out squared error of the answering model's predicted quality {old_m['squared_error']:.4f} → "
+              f"{new_m['squared_error']:.4f}" + ("" if error_ok else " (worse)")
+              + ("" if off.passed is None else " (reported; the off-policy gate decides)") + f"; {off.summary}"
+              + f"; routing mix moved {shift:.3f}"
+              + ("" if gate_ok else f", over {cfg.max_mix_shift:g} (review it, then retrain with --allow-mix-shift)")
+              + (" (allowed)" if cfg.allow_mix_shift else "") + (": promoted" if better else ": kept the current router"))
+    gate = {"mix_old": dict(zip(current.models, mix_old.tolist())), "mix_new": dict(zip(current.models, mix_new.tolist())),
+            "shift": shift}
+    return better, reason, {"holdout": new_m, "holdout_of_parent": old_m, "gate": gate, "offpolicy": off.evidence}

@@ -62,6 +62,11 @@ class LabelledLogs:
     feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: the decision each outcome belongs to
     request_ids: list[str] = field(default_factory=list)
+    #: the probability of the decision's planned model under the logging policy (NaN: deterministic,
+    #: no exploration ran, or the call fell back); see gateway/exploration.py
+    propensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: whether that model was an exploration (False where the propensity is NaN)
+    explored: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     #: who said it (see ``OUTCOME_SOURCES``); None for outcomes recorded before sources were kept
     sources: list[str | None] = field(default_factory=list)
 
@@ -162,7 +167,8 @@ LOG_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
                   ("targets", "text", False), ("n", "i32", False), ("inputs", "blob", False),
                   ("confidence", "blob", False), ("uncertainty", "blob", True), ("lightweight", "blob", False),
                   ("n_lightweight", "i32", False), ("confidence_sum", "real", True), ("uncertainty_sum", "real", True),
-                  ("latency_us", "real", False), ("created_at", "real", False), ("query_key", "text", True)),
+                  ("latency_us", "real", False), ("created_at", "real", False), ("query_key", "text", True),
+                  ("propensity", "real", True), ("explored", "i32", True)),
     "calls": (("request_id", "text", False), ("attempt", "i32", False), ("upstream", "text", False),
               ("target", "text", False), ("status", "text", False), ("http_status", "i32", True), ("stream", "i32", False),
               ("prompt_tokens", "i64", True), ("completion_tokens", "i64", True), ("cost", "real", True),
@@ -299,8 +305,10 @@ def keeps_registry(storage: Any) -> bool:
 
 def decision_record(request_id: str, kind: str, model_version: str, targets: Sequence[str], inputs: np.ndarray,
                     confidence: np.ndarray, uncertainty: np.ndarray | None, lightweight: np.ndarray,
-                    latency_us: float, query_key: int | None = None) -> tuple[Any, ...]:
-    """The decisions row of one request from its ranked columns (what the service logs)."""
+                    latency_us: float, query_key: int | None = None, *, propensity: float | None = None,
+                    explored: bool | None = None) -> tuple[Any, ...]:
+    """The decisions row of one request from its ranked columns (what the service logs); a
+    ``propensity`` (and ``explored``) only where the gateway explored (gateway/exploration.py)."""
     conf = np.ascontiguousarray(confidence, dtype=np.float32)
     light = np.ascontiguousarray(lightweight, dtype=np.uint8)
     unc = None if uncertainty is None else np.ascontiguousarray(uncertainty, dtype=np.float32)
@@ -311,6 +319,7 @@ def decision_record(request_id: str, kind: str, model_version: str, targets: Seq
         None if unc is None else unc.tobytes(), light.tobytes(), int(light.sum()),
         float(finite.sum()) if finite.size else None, None if unc is None else float(unc.sum()), latency_us, time.time(),
         None if query_key is None else f"{query_key:016x}",
+        None if propensity is None else float(propensity), None if explored is None else int(explored),
     )
 
 
@@ -375,7 +384,7 @@ def refuse_duplicate(request_id: str, target: str, existing: Any, correction: bo
 
 #: what :func:`labelled_from_rows` reads, in this order, from decisions d joined with outcomes o
 LABELLED_COLUMNS = ("d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target, d.query_key, "
-                    "o.created_at, o.request_id, o.source")
+                    "o.created_at, o.request_id, d.propensity, d.explored, o.source")
 
 #: who recorded an outcome (the ``outcomes.source`` column): ``feedback`` (POST /v1/feedback or
 #: :meth:`Storage.record_outcome`), ``failure`` (the gateway: an attempt that failed), ``judge`` (the
@@ -413,7 +422,9 @@ def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:
         query_keys=[None if r[8] is None else int(r[8], 16) for r in rows],
         feedback_at=np.array([r[9] for r in rows], dtype=np.float64),
         request_ids=[str(r[10]) for r in rows],
-        sources=[r[11] for r in rows],
+        propensity=np.array([np.nan if r[11] is None else r[11] for r in rows], dtype=np.float64),
+        explored=np.array([bool(r[12]) for r in rows], dtype=bool),
+        sources=[r[13] for r in rows],
     )
 
 

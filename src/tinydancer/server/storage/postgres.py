@@ -22,6 +22,7 @@ what TCP cannot see (a peer that takes bytes and never answers).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -34,6 +35,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
+from .rollups import PG_ROLLUPS
 from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
@@ -101,9 +103,14 @@ PG_MIGRATIONS: list[str] = [
     "ALTER TABLE outcome_corrections ADD COLUMN old_at DOUBLE PRECISION",
     # 6: the name of the client key each gateway call came with, never the key (SQLite's 8)
     "ALTER TABLE calls ADD COLUMN key_name TEXT",
-    # 7 (issue 27): who recorded each outcome (SQLite's 9): 'feedback', 'failure' or 'judge'; NULL before
+    # 7: bounded exploration's propensity and flag (SQLite's 9)
+    "ALTER TABLE decisions ADD COLUMN propensity DOUBLE PRECISION; ALTER TABLE decisions ADD COLUMN explored INTEGER",
+    # 8: the dashboard's rollups and the outcomes' index by time (SQLite's 10; see rollups.py)
+    PG_ROLLUPS,
+    # 9 (issue 27): who recorded each outcome (SQLite's 11): 'feedback', 'failure' or 'judge'; NULL before
     "ALTER TABLE outcomes ADD COLUMN source TEXT",
 ]
+
 
 #: the channel promotions are announced on; the payload is "<schema> <kind> <version>"
 REGISTRY_CHANNEL = "tinydancer_registry"
@@ -111,6 +118,19 @@ REGISTRY_CHANNEL = "tinydancer_registry"
 PROMOTION_LOCK = 0x746470726F6D6F74
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration: split at semicolons, except inside a $$-quoted function body."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if pending.count("$$") % 2 == 0:
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
 
 
 def _q(n: int) -> str:
@@ -281,6 +301,20 @@ class PostgresStorage:
                                                  name="tinydancer-pg-maintenance", daemon=True)
             self._maintenance.start()
 
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A session-level advisory lock named ``name`` in this schema, held while the block runs on
+        a connection of its own: True when this process got it, False when another holds it (the
+        scheduled retrain runs on one replica at a time; a process that dies lets it go)."""
+        key = int.from_bytes(hashlib.sha256(f"{self.namespace}:{name}".encode()).digest()[:8], "big", signed=True)
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+            try:
+                yield got
+            finally:
+                if got and not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
     def problem(self) -> str | None:
         """Why the database was unreachable at the last check of the maintenance thread, or None."""
         return self._problem
@@ -341,9 +375,8 @@ class PostgresStorage:
                 raise TinyDancerError(f"the database has schema version {version}, newer than this release "
                                       f"({len(PG_MIGRATIONS)})")
             for number in range(version, len(PG_MIGRATIONS)):
-                for statement in PG_MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(PG_MIGRATIONS[number]):
+                    conn.execute(statement)
             conn.execute("UPDATE tinydancer_schema SET version = %s", (len(PG_MIGRATIONS),))
         return len(PG_MIGRATIONS)
 
@@ -571,6 +604,13 @@ class PostgresStorage:
             raise ValueError(table)
         with self._pool.connection() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """A read-only query of the reports, written with SQLite's ``?`` placeholders."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            _long(conn)
+            cur.execute(sql.replace("?", "%s"), tuple(args))
+            return [d.name for d in cur.description or ()], cur.fetchall()
 
     def statistics(self) -> dict[str, Any]:
         with self._pool.connection() as conn:

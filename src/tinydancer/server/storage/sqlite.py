@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
+from .rollups import SQLITE_ROLLUPS
 from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
@@ -132,7 +133,14 @@ MIGRATIONS: list[str] = [
     # 8: the name of the client key each gateway call came with (never the key itself), for spend
     #    and budgets per key; NULL without client keys and in calls logged before this column
     "ALTER TABLE calls ADD COLUMN key_name TEXT",
-    # 9 (issue 27): who recorded each outcome: 'feedback', 'failure' (a failed gateway attempt) or
+    # 9: bounded exploration (gateway/exploration.py): the probability of the planned model under the
+    #    logging policy (NULL: deterministic) and whether it was explored, for off-policy estimates
+    "ALTER TABLE decisions ADD COLUMN propensity REAL; ALTER TABLE decisions ADD COLUMN explored INTEGER",
+    # 10: the dashboard's rollups (tinydancer.server.report): calls, tokens and cost per hour, upstream,
+    #    model and status, and a latency histogram per hour and upstream, kept by triggers on calls
+    #    (see rollups.py); outcomes get an index by time for the page
+    SQLITE_ROLLUPS,
+    # 11 (issue 27): who recorded each outcome: 'feedback', 'failure' (a failed gateway attempt) or
     #    'judge' (the gateway's judge grading a sampled answer); NULL for outcomes recorded before
     "ALTER TABLE outcomes ADD COLUMN source TEXT",
 ]
@@ -295,10 +303,11 @@ class SQLiteStorage:
         for number in range(version, len(MIGRATIONS)):
             # each migration and its version bump in one transaction (executescript would commit early)
             with self._tx():
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
+        if version < len(MIGRATIONS):  # the migrations' pages into the file: the WAL starts empty, not at their size
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return self.schema_version
 
     # ------------------------------------------------------------------ writes
@@ -318,7 +327,7 @@ class SQLiteStorage:
     def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None:
         """Insert rows made by :func:`decision_tuples` in one transaction."""
         with self._tx() as conn:
-            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
+            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
     def insert_log(self, decisions: list[tuple[Any, ...]], calls: list[tuple[Any, ...]],
                    outcomes: list[tuple[Any, ...]], prompts: Sequence[tuple[Any, ...]] = ()) -> None:
@@ -328,7 +337,7 @@ class SQLiteStorage:
             if prompts:
                 conn.executemany("INSERT OR IGNORE INTO prompts VALUES (?,?,?)", prompts)
             if decisions:
-                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
             if calls:
                 conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             if outcomes:
@@ -412,6 +421,12 @@ class SQLiteStorage:
             raise ValueError(table)
         return int(self._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
+    def query(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """A read-only query of the reports (tinydancer.server.report), ``?`` placeholders: the column
+        names and the rows."""
+        cur = self._conn().execute(sql, tuple(args))
+        return [d[0] for d in cur.description or ()], cur.fetchall()
+
     def statistics(self) -> dict[str, Any]:
         """The seed's totals and averages, plus latency percentiles from the stored requests."""
         conn = self._conn()
@@ -449,6 +464,19 @@ class _Transaction:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _statements(script: str) -> Iterable[str]:
+    """The statements of a migration: split at semicolons, except those inside a trigger's body."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
 
 
 def _on_event_loop() -> bool:
