@@ -284,6 +284,7 @@ def clean_log(decisions: Sequence[Sequence[Any]], calls: Sequence[Sequence[Any]]
     and why each refused row was refused."""
     parts: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [])
     refused = []
+    outcomes = with_source(outcomes)  # a row from before the source column: NULL there
     for table, rows, keep in zip(("decisions", "calls", "outcomes", "prompts"), (decisions, calls, outcomes, prompts), parts):
         for row in rows:
             try:
@@ -393,6 +394,11 @@ OUTCOME_SOURCES = ("feedback", "failure", "judge")
 
 #: the outcomes table's columns, named in every insert (so a column added later cannot shift them)
 OUTCOME_INSERT = "outcomes (request_id, target, rank, success, quality, cost, created_at, source)"
+
+
+def with_source(outcomes: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """Outcome rows as the table takes them: a row of the 7 columns before ``source`` gets NULL there."""
+    return [tuple(o) if len(o) == 8 else (*o, None) for o in outcomes]
 
 #: :meth:`Storage.corrections`: (request id, target, old success, old quality, old outcome's time,
 #: corrected at) of every correction made after a time, oldest first (``%s``: that time)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ...errors import TinyDancerError
 from .rollups import PG_ROLLUPS
-from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, with_source, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
 try:
@@ -409,7 +409,8 @@ class PostgresStorage:
             if calls:
                 cur.executemany(f"INSERT INTO calls VALUES ({_q(14)})", calls)
             if outcomes:
-                cur.executemany(f"INSERT INTO {OUTCOME_INSERT} VALUES ({_q(8)}) ON CONFLICT DO NOTHING", outcomes)
+                cur.executemany(f"INSERT INTO {OUTCOME_INSERT} VALUES ({_q(8)}) ON CONFLICT DO NOTHING",
+                                with_source(outcomes))
             if prompts:
                 cur.executemany(f"INSERT INTO prompts VALUES ({_q(3)}) ON CONFLICT DO NOTHING", prompts)
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ...errors import TinyDancerError
 from .rollups import SQLITE_ROLLUPS
-from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, with_source, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
@@ -341,7 +341,7 @@ class SQLiteStorage:
             if calls:
                 conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             if outcomes:
-                conn.executemany(f"INSERT OR IGNORE INTO {OUTCOME_INSERT} VALUES (?,?,?,?,?,?,?,?)", outcomes)
+                conn.executemany(f"INSERT OR IGNORE INTO {OUTCOME_INSERT} VALUES (?,?,?,?,?,?,?,?)", with_source(outcomes))
 
     def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
         """The inputs each logged decision was routed on (for query routing: the query embedding),
