@@ -48,8 +48,8 @@ def serve(
     from ..server import ServiceSettings, create_app
     from ..server.guards import is_loopback
 
-    # a query-router-only service needs no candidate model: one is served if named, or if the
-    # default file exists, but readiness waits for it only when named (or when there is nothing else)
+    # a query-router-only service needs no candidate model: one is served (and readiness waits for
+    # it) only when named, or when there is nothing else to serve; /info says which
     require_candidates = model_path is not None or query_router is None
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
                                require_candidate_model=require_candidates,
