@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -391,3 +392,19 @@ def test_retraining_since_a_time_still_remembers_older_queries_outcomes(served_r
     rows = new.memory.find(np.array([query_key(t) for t in old_texts], np.uint64))
     assert (rows >= 0).all() and new.memory.counts[rows, 0].tolist() == [1.0, 1.0, 1.0]
     storage.close()
+
+
+def test_retrain_prints_its_summary_once_and_says_how_many_queries_moved(served_router, tmp_path) -> None:
+    """Issue 26 #3: the summary was printed twice (progress and result) and said only 'routing mix
+    moved 0.000' when queries swapped models at the same mix."""
+    storage = SQLiteStorage(tmp_path / "logs.db")
+    log_feedback(storage, 300, seed=3)
+    storage.close()
+    r = CliRunner().invoke(cli, ["retrain", "--database-path", str(tmp_path / "logs.db"), "--query-router", str(served_router),
+                                 "--registry", str(tmp_path / "registry"), "--min-samples", "100", "--allow-mix-shift"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # the console wraps long lines
+    assert text.count("held-out squared error") == 1, r.output
+    moved = re.search(r"(\d+) of (\d+) held-out queries now go to another model", text)
+    assert moved is not None, r.output
+    assert 0 < int(moved[1]) <= int(moved[2])  # the cheap model learned maths: some held-out queries move to it

@@ -160,7 +160,6 @@ def retrain(
     entry = registry.add(new, metrics, parent)
     if better and (refused := _promote(registry, entry, model_path, expected, cfg)) is not None:
         better, reason = False, f"{reason}; then refused: {refused}"
-    say(reason)
     return RetrainReport(n, len(fit), len(cal), len(hold), old_m, new_m, better, entry.version, parent, reason,
                          round(time.perf_counter() - started, 3), asdict(entry))
 
@@ -404,15 +403,19 @@ def retrain_query_router(
     # between the shares of queries each router sends to each model, on the held-out queries)
     mix_old, mix_new = _routing_mix(current, x[hold]), _routing_mix(new, x[hold])
     shift = float(0.5 * np.abs(mix_new - mix_old).sum())
+    # a mix can stay put while queries swap models (a two-model router keeps its share by design)
+    moved = int((current.choose(current.predict(x[hold])) != new.choose(new.predict(x[hold]))).sum())
+    kept_share = " (a two-model router keeps its share of strong calls by design)" if pair is not None else ""
     gate_ok = shift <= cfg.max_mix_shift or cfg.allow_mix_shift
     better = new_m["squared_error"] <= old_m["squared_error"] and gate_ok
     reason = (f"held-out squared error of the answering model's predicted quality {old_m['squared_error']:.4f} → "
               f"{new_m['squared_error']:.4f}" + ("" if new_m["squared_error"] <= old_m["squared_error"] else " (worse)")
-              + f"; routing mix moved {shift:.3f}"
+              + f"; routing mix moved {shift:.3f}{kept_share}, {moved} of {len(hold)} held-out queries now go to "
+              "another model"
               + ("" if gate_ok else f", over {cfg.max_mix_shift:g} (review it, then retrain with --allow-mix-shift)")
               + (" (allowed)" if cfg.allow_mix_shift else "") + (": promoted" if better else ": kept the current router"))
     gate = {"mix_old": dict(zip(current.models, mix_old.tolist())), "mix_new": dict(zip(current.models, mix_new.tolist())),
-            "shift": shift}
+            "shift": shift, "moved_queries": moved}
     entry = registry.add(new.packed(), {"holdout": new_m, "holdout_of_parent": old_m, "samples": n, "kind": "query_router",
                                         "gate": gate}, parent)
     if better and (refused := _promote(registry, entry, file, expected, cfg)) is not None:
@@ -421,6 +424,5 @@ def retrain_query_router(
         reason += (f"; {merged} outcomes of text queries are now in the served router's outcome memory"
                    if better else f"; the served router is unchanged: the {merged} outcomes of text queries merged into "
                    f"the new version's memory are only in the registry ({entry.version})")
-    say(reason)
     return RetrainReport(n, len(fit), 0, len(hold), old_m, new_m, better, entry.version, parent, reason,
                          round(time.perf_counter() - started, 3), asdict(entry), skipped)
