@@ -305,17 +305,18 @@ def test_operating_points_from_serve_and_per_request(served_router, tmp_path) ->
     """Issue 16, item 3: serve and each /v1/route/query request choose the point, with the knob
     that fits the router, and the answer shows the point used."""
     emb = EMBEDDER.embed(["what is 7 times 8?"])[0].tolist()
-    app, _db = serving(served_router, tmp_path, 0, query_cost_weight=1.0)  # cost dominates: the cheapest model
+    # cost dominates: the cheapest model (the weight counts each cost as a share of the dearest's)
+    app, _db = serving(served_router, tmp_path, 0, query_cost_weight=10.0)
     with TestClient(app) as client:
         served = client.post("/v1/route/query", json={"embedding": emb}).json()
-        assert served["model"] == "cheap" and served["operating_point"]["cost_weight"] == 1.0
+        assert served["model"] == "cheap" and served["operating_point"]["cost_weight"] == 10.0
         free = client.post("/v1/route/query", json={"embedding": emb, "cost_weight": 0.0}).json()
         assert free["operating_point"]["cost_weight"] == 0.0 and free["predicted_quality"] >= served["predicted_quality"]
         bar = client.post("/v1/route/query", json={"embedding": emb, "quality_bar": 0.0}).json()
         assert bar["model"] == "cheap" and bar["operating_point"]["quality_bar"] == 0.0
         wrong = client.post("/v1/route/query", json={"embedding": emb, "strong_share": 0.3})
         assert wrong.status_code == 422 and "cost_weight" in wrong.text  # the knob that fits, by name
-        assert client.post("/v1/route/query", json={"embedding": emb}).json()["operating_point"]["cost_weight"] == 1.0
+        assert client.post("/v1/route/query", json={"embedding": emb}).json()["operating_point"]["cost_weight"] == 10.0
     with pytest.raises(TinyDancerError, match="--strong-share, --cost-weight, --quality-bar"):
         serving(served_router, tmp_path / "x", 0, query_strong_share=0.3)
 
