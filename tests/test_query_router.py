@@ -506,9 +506,11 @@ def test_cost_weights_0_1_and_100_route_differently_at_real_prices(tmp_path) -> 
     router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(16,), epochs=30, memory=False), embedder=EMBEDDER)
     queries = [f"new item: tell me about {t}" for t in EASY[:3] + HARD[:3]]
     routes = {}
+    batch = router.predict(queries)
     for weight in (0.0, 1.0, 100.0):
         router.cost_weight = weight
         routes[weight] = [router.route(q).model for q in queries]
+        assert [router.models[i] for i in router.choose(batch, cost_weight=weight)] == routes[weight]  # batch path too
     assert routes[0.0] == ["top"] * 6
     assert routes[1.0] == ["cheap"] * 3 + ["mid"] * 3
     assert routes[100.0] == ["cheap"] * 6
