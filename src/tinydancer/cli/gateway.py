@@ -56,6 +56,7 @@ def gateway(
     application = create_gateway_app(cfg, settings)
     gw = application.state.gateway
     routed = [m for m, up in zip(gw.router.models, gw.player) if up is not None]
-    err_console.print(f"gateway on http://{host}:{port}/v1: routes 'tinydancer' among {', '.join(routed)}; "
-                      f"upstreams {', '.join(gw.upstreams)}")
+    which = "the packaged router" if cfg.router is None else f"the router {gw.router_path}"
+    err_console.print(f"gateway on http://{host}:{port}/v1: routes 'tinydancer' among {', '.join(routed)} with {which}; "
+                      f"upstreams {', '.join(gw.upstreams)}", soft_wrap=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
