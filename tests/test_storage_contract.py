@@ -103,6 +103,20 @@ def test_gateway_calls_failures_and_prompts_in_one_transaction(backend: tuple[st
     assert storage.record_outcome("g1", None, True, 0.9, None) == "weak"  # feedback goes to the model that answered
 
 
+def test_spend_per_key_name_since_a_time(backend: tuple[str, Any]) -> None:
+    """What budgets are rebuilt from after a restart: known costs since a time, per key name."""
+    _, storage = backend
+    rows = [CallRecord("k1", 0, "up", "strong", "ok", 200, False, 1, 1, 0.25, 1.0, 2.0, 100.0, "alice"),
+            CallRecord("k2", 0, "up", "strong", "ok", 200, False, 1, 1, 0.5, 1.0, 2.0, 200.0, "alice"),
+            CallRecord("k3", 0, "up", "strong", "http_5xx", 500, False, None, None, None, None, 2.0, 200.0, "alice"),
+            CallRecord("k4", 0, "up", "weak", "ok", 200, True, 1, 1, 0.125, 1.0, 2.0, 300.0, "bob"),
+            CallRecord("k5", 0, "up", "weak", "ok", 200, True, 1, 1, 9.0, 1.0, 2.0, 300.0, None)]
+    storage.insert_log([query_row(r.request_id, ["strong"]) for r in rows], [r.row() for r in rows], [])
+    assert storage.spend_by_key(150.0) == {"alice": pytest.approx(0.5), "bob": pytest.approx(0.125)}
+    assert storage.spend_by_key(0.0)["alice"] == pytest.approx(0.75)
+    assert [c["key_name"] for c in storage.calls("k4")] == ["bob"]
+
+
 def test_retention_keeps_the_newest_rows_with_their_outcomes(backend: tuple[str, Any]) -> None:
     _, storage = backend
     for i in range(6):

@@ -95,11 +95,15 @@ def main() -> None:
                      "`router-<name>-<threshold>`; the optional `tinydancer` field narrows the models or moves the "
                      "operating point for this call). The answer's headers carry the decision.",
                      "POST", "/v1/chat/completions", chat,
-                     ("x-tinydancer-model", "x-tinydancer-decision-id", "x-tinydancer-predicted-quality", "x-tinydancer-attempts"))
+                     ("x-tinydancer-model", "x-tinydancer-decision-id", "x-tinydancer-predicted-quality", "x-tinydancer-attempts",
+                      "x-tinydancer-cost", "x-tinydancer-cost-source"))
             decision = r.headers["x-tinydancer-decision-id"]
             stream = {**chat, "stream": True, "tinydancer": {"models": ["weak"]}}
             call("Streamed (server-sent events ending in `data: [DONE]`), narrowed to one upstream.", "POST",
                  "/v1/chat/completions", stream, ("content-type", "x-tinydancer-model"))
+            call("Streamed with `stream_options.include_usage`: the final usage chunk carries the call's cost "
+                 "(`tinydancer_cost`, `tinydancer_cost_source`).", "POST", "/v1/chat/completions",
+                 {**stream, "stream_options": {"include_usage": True}}, ("content-type",))
             call("The routed aliases and the upstreams.", "GET", "/v1/models")
             call("How a routed call turned out (here, a gateway call: without `candidate_id` it goes to the model "
                  "that answered). One outcome per decision and target; `\"correction\": true` replaces one.",
@@ -123,6 +127,8 @@ def main() -> None:
                 {"id": "careful-path", "embedding": [0.7, 0.1, 0.2, 0.1], "success_rate": 0.6, "access_count": 3,
                  "created_at": 1764700000}]}
             call("The seed's candidate scoring (see docs/candidates.md).", "POST", "/v1/route", candidates)
+            call("Spend today (UTC) and daily budget per client key name (`key_budgets` in gateway.yaml; here "
+                 "no keys are set, so none are listed).", "GET", "/admin/keys")
             call("Liveness.", "GET", "/health")
             call("Readiness: 503 with the reason while the service should not take traffic; when ready, what it serves "
                  "and its process id (after a restart, which process answered).", "GET", "/health/ready")

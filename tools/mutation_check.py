@@ -69,6 +69,8 @@ LBB = "tests/test_label_budget.py::"
 H = "tests/test_gateway_hostile.py::"
 SF = "tests/test_storage_faults.py::"
 LF = "tests/test_litellm_failover.py::"
+K = "tests/test_gateway_keys.py::"
+T = "tests/test_gateway_tracing.py::"
 
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ gateway: keys
@@ -99,8 +101,8 @@ MUTANTS: list[Mutant] = [
            (G + "test_streaming_relays_chunks_and_records_usage",)),
     Mutant("gateway-stream-usage-chunk-leaks", "the usage chunk the gateway asked for reaches a client that did not",
            "src/tinydancer/gateway/sse.py",
-           '        return self.keep_usage_chunk or bool(payload.get("choices"))\n',
-           "        return True\n",
+           '        if not (self.keep_usage_chunk or payload.get("choices")):\n',
+           "        if False:\n",
            (G + "test_streaming_relays_chunks_and_records_usage",)),
     Mutant("gateway-stream-usage-not-asked", "streams are not asked for usage (their cost is unknown)",
            "src/tinydancer/gateway/forwarding.py",
@@ -143,13 +145,35 @@ MUTANTS: list[Mutant] = [
            "        self.reference = priciest\n",
            "        self.reference = min(config.upstreams, key=lambda u: u.input_per_million + u.output_per_million)\n",
            (G + "test_metrics_count_calls_tokens_cost_and_savings",)),
+    # ------------------------------------------------------------------ keys, budgets, costs, traces (issue 28)
+    Mutant("gateway-key-name-unlogged", "the calls log loses the client key's name", "src/tinydancer/gateway/forwarding.py",
+           "                            self.plan.key_name)\n", "                            None)\n",
+           (K + "test_the_log_keeps_the_key_name_never_the_key",)),
+    Mutant("gateway-budget-ignored", "a key past its daily budget is still served", "src/tinydancer/gateway/budgets.py",
+           "        if spent + held + estimate > budget or (estimate == 0.0 and spent >= budget):\n", "        if False:\n",
+           (K + "test_a_budget_refuses_with_429_and_a_restart_keeps_todays_spend",)),
+    Mutant("gateway-budget-reset-by-restart", "a restart forgets what the keys spent today", "src/tinydancer/gateway/state.py",
+           "        self.spend.load(service.storage)\n", "",
+           (K + "test_a_budget_refuses_with_429_and_a_restart_keeps_todays_spend",)),
+    Mutant("gateway-budget-replicas-blind", "replicas sharing a log never see each other's spend",
+           "src/tinydancer/gateway/state.py",
+           "        service.watchers.append(lambda: self.spend.refresh(service.storage))\n", "",
+           (K + "test_replicas_sharing_a_postgresql_log_see_each_others_spend",)),
+    Mutant("gateway-cost-estimate-as-usage", "an answer without usage is said to be priced from usage",
+           "src/tinydancer/gateway/budgets.py",
+           '    return call_estimate(body, up), "estimate"\n', '    return call_estimate(body, up), "usage"\n',
+           (K + "test_every_answer_says_what_it_cost",)),
+    Mutant("gateway-trace-attempts-missing", "the upstream attempts of a traced call have no spans",
+           "src/tinydancer/gateway/tracing.py",
+           "            self._attempt(gw, inside, c)\n", "            pass\n",
+           (T + "test_a_routed_call_that_fell_back_is_one_trace",)),
     # ------------------------------------------------------------------ storage (SQLite and PostgreSQL)
     Mutant("storage-sqlite-commit", "SQLite transactions roll back instead of committing (nothing acknowledged is kept)",
            "src/tinydancer/server/storage/sqlite.py",
            '        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")\n', '        self.conn.execute("ROLLBACK")\n',
            (SC + "test_decisions_outcomes_and_their_rules[sqlite]",)),
     Mutant("storage-pg-calls-dropped", "PostgreSQL drops the gateway's call rows", "src/tinydancer/server/storage/postgres.py",
-           '                cur.executemany(f"INSERT INTO calls VALUES ({_q(13)})", calls)\n', "                pass\n",
+           '                cur.executemany(f"INSERT INTO calls VALUES ({_q(14)})", calls)\n', "                pass\n",
            (SC + "test_gateway_calls_failures_and_prompts_in_one_transaction[postgres]",)),
     Mutant("storage-duplicate-outcome", "a second outcome for one decision silently replaces the first",
            "src/tinydancer/server/storage/base.py",
@@ -270,9 +294,8 @@ MUTANTS: list[Mutant] = [
            (H + "test_waiting_for_a_slot_is_not_upstream_time",)),
     Mutant("gateway-stream-cancel-ignored", "a streamed call whose client left before the first byte goes on",
            "src/tinydancer/gateway/routes.py",
-           "    return await until_disconnect(_answer(gw, started, spec, options, body, text, session), request.receive)\n",
-           "    if body.get('stream') is True:\n        return await _answer(gw, started, spec, options, body, text, session)\n"
-           "    return await until_disconnect(_answer(gw, started, spec, options, body, text, session), request.receive)\n",
+           "    return await until_disconnect(work, request.receive)\n",
+           "    if body.get('stream') is True:\n        return await work\n    return await until_disconnect(work, request.receive)\n",
            (H + "test_a_streamed_call_whose_client_leaves_before_the_first_byte_is_cancelled",)),
     Mutant("gateway-session-unbounded", "an x-session-id of any length is kept", "src/tinydancer/gateway/routes.py",
            "    if session is not None and len(session) > limit:\n", "    if False:\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -59,4 +60,9 @@ def gateway(
     which = "the packaged router" if cfg.router is None else f"the router {gw.router_path}"
     err_console.print(f"gateway on http://{host}:{port}/v1: routes 'tinydancer' among {', '.join(routed)} with {which}; "
                       f"upstreams {', '.join(gw.upstreams)}", soft_wrap=True)
+    if gw.tracer is not None:
+        err_console.print(f"traces: OpenTelemetry, OTEL_TRACES_EXPORTER={os.environ.get('OTEL_TRACES_EXPORTER')} "
+                          f"to {os.environ.get('OTEL_EXPORTER_OTLP_ENDPOINT', 'the exporter default')}")
+    if cfg.key_budgets:
+        err_console.print(f"daily budgets (UTC) for {', '.join(sorted(cfg.key_budgets))}: see GET /admin/keys")
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)

@@ -16,9 +16,10 @@ from .state import Gateway
 __all__ = ["create_gateway_app"]
 
 
-def create_gateway_app(config: GatewayConfig, settings: ServiceSettings | None = None, embedder: Any = None, *,
-                       serve_candidate_model: bool = False) -> FastAPI:
-    """``embedder`` replaces the router's own (tests pass a small deterministic one).
+def create_gateway_app(config: GatewayConfig, settings: ServiceSettings | None = None, embedder: Any = None,
+                       tracer_provider: Any = None, *, serve_candidate_model: bool = False) -> FastAPI:
+    """``embedder`` replaces the router's own (tests pass a small deterministic one); ``tracer_provider``
+    (an OpenTelemetry TracerProvider) the one the ``OTEL_*`` variables would make (see gateway.tracing).
 
     The gateway does not use the candidate-scoring model, so it loads none (and /info says so)
     unless ``serve_candidate_model`` asks this one process to serve ``POST /v1/route`` as well."""
@@ -30,7 +31,7 @@ def create_gateway_app(config: GatewayConfig, settings: ServiceSettings | None =
             await gw.close()
 
     app = create_app(settings, extra_routes=ROUTES, on_close=[close])
-    gateway = Gateway(config, app.state.service, embedder=embedder)
+    gateway = Gateway(config, app.state.service, embedder=embedder, tracer_provider=tracer_provider)
     holder.append(gateway)
     app.state.gateway = gateway
     return app

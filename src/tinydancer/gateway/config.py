@@ -128,6 +128,19 @@ class GatewayConfig(_Strict):
     #: keep the text each call was routed on (the last user turn) in the log, for
     #: ``tinydancer label --from-db``; off by default: prompts can hold what users would not share
     log_prompts: bool = False
+    #: dollars each client key (by name: ``name:key`` entries) may spend per UTC day; ``"*"`` sets
+    #: it for every key not named (see tinydancer.gateway.budgets)
+    key_budgets: dict[str, float] = Field(default_factory=dict)
+    #: with a shared PostgreSQL log, how often each replica re-reads today's spend per key from it
+    key_budget_refresh_s: float = Field(10.0, gt=0.0, allow_inf_nan=False)
+
+    @field_validator("key_budgets")
+    @classmethod
+    def _budgets(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [f"{name}: {amount!r}" for name, amount in v.items() if not 0.0 <= amount < float("inf")]
+        if bad:
+            raise ValueError(f"budgets are dollars per UTC day, 0 or more: {', '.join(bad)}")
+        return v
 
     @model_validator(mode="after")
     def _unique(self) -> "GatewayConfig":

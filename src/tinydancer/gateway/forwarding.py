@@ -22,6 +22,7 @@ import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..server.storage import CallRecord
+from .budgets import call_cost
 from .sse import ImpossibleUsage, UsageTap, error_event, first_event_problem, usage_of
 from .state import Gateway, Plan
 from .upstream import Upstream, UpstreamFailure
@@ -69,7 +70,8 @@ class _Attempts:
         cost = None if usage is None else up.config.cost(*usage)
         record = CallRecord(self.plan.request_id, len(self.calls), up.name, up.config.plays, status, http_status,
                             self.stream, None if usage is None else usage[0], None if usage is None else usage[1], cost,
-                            None if ttft is None else (ttft - started) * 1e3, (now - started) * 1e3, time.time())
+                            None if ttft is None else (ttft - started) * 1e3, (now - started) * 1e3, time.time(),
+                            self.plan.key_name)
         self.calls.append(record)
         if ttft is not None:
             self.gw.metrics.ttft.observe(ttft - started, up.name)
@@ -129,6 +131,11 @@ class _Attempts:
         tried = ", ".join(c.upstream for c in self.calls)
         return openai_error(status, f"{f} (tried {tried})", f.kind, kind="upstream_error",
                             headers={"x-tinydancer-decision-id": self.plan.request_id})
+
+
+def cost_headers(cost: tuple[float, str]) -> dict[str, str]:
+    """``x-tinydancer-cost`` (dollars) and ``x-tinydancer-cost-source`` (usage | estimate)."""
+    return {"x-tinydancer-cost": f"{cost[0]:.10f}".rstrip("0").rstrip(".") or "0", "x-tinydancer-cost-source": cost[1]}
 
 
 def _body_for(body: dict[str, Any], up: Upstream, stream: bool, client_usage: bool) -> bytes:
@@ -198,10 +205,12 @@ async def _complete(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -> R
         served = attempts.add(up, "ok", started, http_status=resp.status, usage=_usage(gw, up, answer),
                               ttft=time.perf_counter())
         gw.sessions.put(attempts.plan.session, up.name)
+        attempts.plan.cost = cost = call_cost(served.cost, body, up.config)
         gw.record(attempts.plan, attempts.calls, served)
         # a chat completion (checked): JSON; the upstream's own Content-Type is not copied (a byte
         # Starlette cannot encode in it made a 500 of an answer already paid for)
-        return Response(payload, status_code=200, media_type="application/json", headers=attempts.headers(up))
+        return Response(payload, status_code=200, media_type="application/json",
+                        headers={**attempts.headers(up), **cost_headers(cost)})
     return attempts.give_up()
 
 
@@ -241,7 +250,7 @@ async def _open_stream(gw: Gateway, attempts: _Attempts, body: dict[str, Any]) -
             raise
         ttft = time.perf_counter()
         gw.sessions.put(attempts.plan.session, up.name)
-        return StreamingResponse(_relay(gw, attempts, up, resp, chunks, first, started, ttft, client_usage),
+        return StreamingResponse(_relay(gw, attempts, up, resp, chunks, first, started, ttft, client_usage, body),
                                  media_type="text/event-stream",
                                  headers={**attempts.headers(up, streaming=True), "Cache-Control": "no-cache"})
     return attempts.give_up()
@@ -273,8 +282,12 @@ async def _ends_soon(chunks: AsyncIterator[bytes], grace_s: float = 1.0) -> bool
 
 async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.ClientResponse,
                  chunks: AsyncIterator[bytes], first: bytes, started: float, ttft: float,
-                 client_usage: bool) -> AsyncIterator[bytes]:
-    tap = UsageTap(keep_usage_chunk=client_usage)
+                 client_usage: bool, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    def stamp(usage: tuple[int, int] | None) -> dict[str, Any]:  # the cost, in the usage chunk the client asked for
+        dollars, source = call_cost(None if usage is None else up.config.cost(*usage), body, up.config)
+        return {"tinydancer_cost": round(dollars, 10), "tinydancer_cost_source": source}
+
+    tap = UsageTap(keep_usage_chunk=client_usage, stamp=stamp if client_usage else None)
     status = "ok"
     held = False  # the upstream kept the connection open after [DONE]
     try:
@@ -319,4 +332,7 @@ async def _relay(gw: Gateway, attempts: _Attempts, up: Upstream, resp: aiohttp.C
         if tap.impossible_usage:
             _impossible_usage(gw, up, "in its stream")
         served = attempts.add(up, status, started, http_status=resp.status, usage=tap.usage, ttft=ttft)
+        # an answer cut short is counted at what its usage says, if it said anything: not at the estimate
+        if served.cost is not None or status == "ok":
+            attempts.plan.cost = call_cost(served.cost, body, up.config)
         gw.record(attempts.plan, attempts.calls, served)

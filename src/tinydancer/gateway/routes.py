@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.routing import Route
 
+from .budgets import BudgetExceeded, call_estimate
 from .forwarding import forward, openai_error, until_disconnect
 from .passthrough import PASSED_THROUGH, passthrough
 from .request_body import parse_body
@@ -47,19 +48,37 @@ async def chat_completions(request: Request) -> Response:
         options = CallOptions.parse(body.pop("tinydancer", None))
         text = prompt_text(body)[: gw.config.max_routed_chars]
         session = session_of(request, gw.config.max_session_id_chars)
+        key_name: str | None = request.scope.get("state", {}).get("key_name")
+        gw.spend.check(key_name)  # a key past its budget is refused before its prompt is embedded
     except RequestError as exc:
         return openai_error(exc.status, str(exc), exc.code, exc.param)
+    except BudgetExceeded as exc:
+        return over_budget(exc)
+    trace_parent = gw.tracer.parent(request.headers) if gw.tracer is not None else None
     # a client that hangs up while its prompt waits to be embedded is gone before the upstream is called
-    return await until_disconnect(_answer(gw, started, spec, options, body, text, session), request.receive)
+    work = _answer(gw, started, spec, options, body, text, session, key_name, trace_parent)
+    return await until_disconnect(work, request.receive)
+
+
+def over_budget(exc: BudgetExceeded) -> Response:
+    return openai_error(429, str(exc), "budget_exceeded", kind="insufficient_quota",
+                        headers={"Retry-After": str(exc.retry_after_s)})
 
 
 async def _answer(gw: Gateway, started: float, spec: ModelSpec, options: CallOptions, body: dict[str, Any], text: str,
-                  session: str | None) -> Response:
+                  session: str | None, key_name: str | None, trace_parent: dict[str, str] | None) -> Response:
     try:
         plan = await gw.plan(spec, options, body, text, session)
     except RequestError as exc:
         return openai_error(exc.status, str(exc), exc.code, exc.param)
     plan.overhead_s = time.perf_counter() - started
+    plan.key_name, plan.model, plan.trace_parent = key_name, body["model"], trace_parent
+    plan.started_ns = time.time_ns() - int(plan.overhead_s * 1e9)
+    if gw.spend.budget_of(key_name) is not None and plan.order:
+        try:  # held against the key's budget until the call is logged
+            gw.spend.admit(plan.request_id, key_name, call_estimate(body, plan.order[0].config))
+        except BudgetExceeded as exc:
+            return over_budget(exc)
     gw.metrics.overhead.observe(plan.overhead_s, "routed" if plan.routed else "named")
     return await forward(gw, plan, body, body.get("stream") is True)
 
@@ -84,6 +103,11 @@ async def upstreams_reset(request: Request) -> Any:
     for up in gw.upstreams.values():
         up.breaker.reset()
     return gw.upstream_status()
+
+
+@router.get("/admin/keys", summary="Each client key's spend today (UTC) and daily budget, by name")
+async def keys(request: Request) -> Any:
+    return gateway_of(request).spend.status()
 
 
 @router.get("/v1/models", summary="The routed aliases and the upstreams")

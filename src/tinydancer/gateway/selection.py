@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticEr
 
 from .config import GatewayConfig, describe
 
-__all__ = ["CallOptions", "ModelSpec", "RequestError", "SessionStore", "estimate_cost", "parse_model", "prompt_text"]
+__all__ = ["CallOptions", "ModelSpec", "RequestError", "SessionStore", "estimate_cost", "message_chars", "parse_model",
+           "prompt_text"]
 
 ROUTED_ALIAS = "tinydancer"
 _ROUTELLM = re.compile(r"^router-([A-Za-z0-9_.]+)-([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
@@ -119,6 +120,12 @@ def prompt_text(body: dict[str, Any]) -> str:
             if text.strip():
                 return text
     raise RequestError(400, "no message has text to route on", "invalid_messages", "messages")
+
+
+def message_chars(body: dict[str, Any]) -> int:
+    """Characters of text in all of a call's messages (what its prompt tokens are estimated from)."""
+    messages = body.get("messages")
+    return sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict)) if isinstance(messages, list) else 0
 
 
 def estimate_cost(body: dict[str, Any], text_chars: int, input_per_million: float, output_per_million: float) -> float:

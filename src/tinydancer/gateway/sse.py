@@ -3,12 +3,14 @@
 The gateway asks every upstream for usage on streams (``stream_options.include_usage``), since
 that is the only way to know what a streamed call cost.  A client that did not ask for it gets
 the stream it would have had without us: the usage-only chunk (``"choices": []``) is taken out.
+A client that asked for it gets the call's cost in that chunk's ``usage`` (``stamp``: the fields
+``tinydancer_cost`` and ``tinydancer_cost_source``; the OpenAI SDK keeps fields it does not know).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["ImpossibleUsage", "UsageTap", "error_event", "first_event_problem", "usage_of"]
 
@@ -51,8 +53,11 @@ class UsageTap:
     """Splits a byte stream into SSE events, notes usage and ``[DONE]``, and drops the usage chunk
     the gateway asked for on the client's behalf (``keep_usage_chunk=False``)."""
 
-    def __init__(self, keep_usage_chunk: bool) -> None:
+    def __init__(self, keep_usage_chunk: bool,
+                 stamp: Callable[[tuple[int, int] | None], dict[str, Any]] | None = None) -> None:
         self.keep_usage_chunk = keep_usage_chunk
+        #: fields added to a kept usage chunk's ``usage``, from its token counts (None if impossible)
+        self.stamp = stamp
         self.usage: tuple[int, int] | None = None
         #: the stream reported usage that cannot be true (see usage_of): its cost is unknown
         self.impossible_usage = False
@@ -84,30 +89,36 @@ class UsageTap:
             return events  # the common case: content chunks, passed on as they came
         kept = []
         for event in events.split(b"\n\n")[:-1]:
-            if not self._keep(event):
-                continue
-            kept.append(event + b"\n\n")
+            event = self._keep(event)
+            if event is not None:
+                kept.append(event + b"\n\n")
         return b"".join(kept)
 
-    def _keep(self, event: bytes) -> bool:
+    def _keep(self, event: bytes) -> bytes | None:
+        """The event to pass on (perhaps stamped), or None to take it out."""
         data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
         if data == b"[DONE]":
             self.done = True
-            return True
+            return event
         if b'"usage"' not in data:
-            return True
+            return event
         try:
             payload = json.loads(data)
         except ValueError:
-            return True
+            return event
         if not isinstance(payload, dict) or payload.get("usage") is None:
-            return True
+            return event
         try:
             self.usage = usage_of(payload)
         except ImpossibleUsage:
             self.usage, self.impossible_usage = None, True
         # the usage chunk the gateway asked for on the client's behalf is taken out
-        return self.keep_usage_chunk or bool(payload.get("choices"))
+        if not (self.keep_usage_chunk or payload.get("choices")):
+            return None
+        if self.stamp is not None and isinstance(payload["usage"], dict):
+            payload["usage"].update(self.stamp(self.usage))
+            return b"data: " + json.dumps(payload, separators=(",", ":")).encode()
+        return event
 
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its closing blank line)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,13 +16,17 @@ import numpy as np
 from ..circuit import BreakerState, CircuitBreaker
 from ..errors import TinyDancerError, ValidationError
 from ..llm import ROUTER_FILE, QueryRouter, query_key
+from ..server.client_keys import client_keys
 from ..server.metrics import STATE_CODE
 from ..server.state import Service, router_summary, router_version
 from ..server.storage import CallRecord, decision_record, new_request_id
+from ..server.storage.base import keeps_registry
+from .budgets import KeySpend
 from .config import GatewayConfig
 from .metrics import GatewayMetrics
 from .scoring import Scorer
 from .selection import CallOptions, ModelSpec, RequestError, SessionStore, estimate_cost
+from .tracing import CallTracer, provider_from_environment
 from .upstream import Upstream
 
 __all__ = ["Gateway", "Plan", "default_router_path"]
@@ -46,10 +51,20 @@ class Plan:
     quality: dict[str, float] = field(default_factory=dict)
     session: str | None = None
     overhead_s: float = 0.0
+    #: the name of the client key the call came with (logged, counted against its budget)
+    key_name: str | None = None
+    #: the ``model`` the client asked for
+    model: str = ""
+    #: (dollars, "usage" | "estimate") once an upstream served the call
+    cost: tuple[float, str] | None = None
+    #: for traces: when the call arrived and its embedding ran (Unix ns), the caller's trace context
+    started_ns: int | None = None
+    embed_ns: tuple[int, int] | None = None
+    trace_parent: dict[str, str] | None = None
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, service: Service, embedder: Any = None) -> None:
+    def __init__(self, config: GatewayConfig, service: Service, embedder: Any = None, tracer_provider: Any = None) -> None:
         self.config = config
         self.service = service
         path = config.router or default_router_path()
@@ -90,6 +105,15 @@ class Gateway:
         self.scorer = Scorer(self.router, self.embedder, config.embed_batch, on_batch=self._batch_done)
         priciest = max(config.upstreams, key=lambda u: (u.input_per_million + u.output_per_million, u.output_per_million))
         self.reference = priciest
+        # replicas that share a log (PostgreSQL) re-read each other's spend from it
+        shared = config.key_budget_refresh_s if keeps_registry(service.storage) else None
+        self.spend = KeySpend(config.key_budgets, tuple(k.name for k in client_keys(service.settings.api_keys)),
+                              service.metrics.registry, hold_s=max(u.stream_timeout_s for u in config.upstreams) + 60.0,
+                              refresh_s=shared)
+        self.spend.load(service.storage)
+        service.watchers.append(lambda: self.spend.refresh(service.storage))
+        provider = tracer_provider if tracer_provider is not None else provider_from_environment()
+        self.tracer = None if provider is None else CallTracer(provider, config.log_prompts, owned=tracer_provider is None)
         service.readiness_check = self.readiness_problem
         # /info and /health/ready describe the router this gateway routes with (not the service's --query-router)
         service.query_router_info = lambda: router_summary(self.router, self.router_path, point=self.point,
@@ -165,6 +189,8 @@ class Gateway:
     async def close(self) -> None:
         for up in self.upstreams.values():
             await up.close()
+        if self.tracer is not None:  # its last export may wait on a slow collector: not on the event loop
+            await asyncio.to_thread(self.tracer.shutdown)
 
     def models(self) -> list[dict[str, Any]]:
         """GET /v1/models: the routed aliases, then the upstreams."""
@@ -185,7 +211,9 @@ class Gateway:
             return plan
         point = self._point(spec, options)
         allowed = self._allowed(options, body, len(text))
+        embed_start = time.time_ns()
         emb, out = await self.scorer.score(text)
+        plan.embed_ns = (embed_start, time.time_ns())
         values = out.tolist()
         plan.embedding = emb
         plan.quality = {m: float(q) for m, q in zip(self.router.models, values)}
@@ -248,6 +276,9 @@ class Gateway:
             self.metrics.cost.labels(up.name).inc(served.cost or 0.0)
             ref = self.reference.cost(served.prompt_tokens, served.completion_tokens or 0)
             self.metrics.saved.inc(max(ref - (served.cost or 0.0), 0.0))
+        self.spend.settle(plan.request_id, plan.key_name, plan.cost)
+        if self.tracer is not None:
+            self.tracer.emit(self, plan, calls, served)
         if calls:
             self._write(plan, calls, served)
 

@@ -7,11 +7,13 @@
 | ``/admin/*``, ``/info``, ``/metrics``, ``/docs``, ``/redoc``, ``/openapi.json`` | the admin token ``TINY_DANCER_AUTH_TOKEN`` | open on a loopback bind; 403 elsewhere |
 
 Keys are sent as ``Authorization: Bearer <key>`` and compared in constant time; no key is ever
-logged.  ``tinydancer serve`` refuses a non-loopback address when neither kind of credential is
-set (``--insecure`` overrides both that and the loopback rule, for labs).  Admin ``POST``/``PUT``
+logged.  A key's name (``name:key`` entries, see :mod:`~tinydancer.server.client_keys`) is put in
+``request.state.key_name`` for the gateway's log, spend and budgets (``admin`` for the admin token).
+``tinydancer serve`` refuses a non-loopback address when neither kind of credential is set
+(``--insecure`` overrides both that and the loopback rule, for labs).  Admin ``POST``/``PUT``
 requests must be ``Content-Type: application/json`` (415 otherwise): a browser cannot send that
-cross-site without a CORS preflight, which this service never grants, so a web page cannot
-reset the breaker or reload a model behind an operator's back.
+cross-site without a CORS preflight, which this service never grants, so a web page cannot reset
+the breaker or reload a model behind an operator's back.
 
 This runs as ASGI middleware, before routing and body parsing: a malformed admin body from an
 unauthenticated client is a 401, not a 422 that tells it what the route expects.
@@ -24,6 +26,7 @@ import hmac
 import ipaddress
 from typing import Any, Awaitable, Callable, Sequence
 
+from .client_keys import ADMIN_NAME, client_keys
 from .metrics import Metrics
 from .middleware import reject
 
@@ -48,7 +51,10 @@ class AccessGuard:
                  metrics: Metrics) -> None:
         self.app = app
         self.admin_token = admin_token.encode() if admin_token else None
-        self.api_keys = tuple(k.encode() for k in api_keys if k)
+        named = client_keys(api_keys)
+        self.api_keys = tuple(k.key.encode() for k in named)
+        #: the name of each key, in the same order (the admin token's last)
+        self.key_names = tuple(k.name for k in named) + (ADMIN_NAME,)
         #: True when no credential may be skipped: the service listens beyond loopback
         self.remote = not local_only
         self.metrics = metrics
@@ -71,11 +77,14 @@ class AccessGuard:
             return None
         if path.startswith(DATA_PLANE):
             if self.api_keys:
-                if not self._presented(scope, self.api_keys + self._admin()):
+                which = self._presented(scope, self.api_keys + self._admin())
+                if which is None:
                     return 401, "this route needs a client key: Authorization: Bearer <one of TINY_DANCER_API_KEYS>"
                 # who sent it, for the audit of outcome corrections: a fingerprint, never the key
                 token = self._header(scope, b"authorization").partition(" ")[2].strip().encode("latin-1")
-                scope.setdefault("state", {})["client"] = "key:" + hashlib.sha256(token).hexdigest()[:12]
+                state = scope.setdefault("state", {})
+                state["client"] = "key:" + hashlib.sha256(token).hexdigest()[:12]
+                state["key_name"] = self.key_names[which]
                 return None
             if self.remote:
                 return 403, "client keys are required off loopback: set TINY_DANCER_API_KEYS"
@@ -83,7 +92,7 @@ class AccessGuard:
         operator = path.startswith(OPERATOR)
         if operator:
             if self.admin_token is not None:
-                if not self._presented(scope, self._admin()):
+                if self._presented(scope, self._admin()) is None:
                     return 401, "this route needs the admin token: Authorization: Bearer $TINY_DANCER_AUTH_TOKEN"
             elif self.remote:
                 return 403, "admin and operator routes need TINY_DANCER_AUTH_TOKEN off loopback"
@@ -103,13 +112,15 @@ class AccessGuard:
                 return value.decode("latin-1")
         return ""
 
-    def _presented(self, scope: dict, accepted: tuple[bytes, ...]) -> bool:
+    def _presented(self, scope: dict, accepted: tuple[bytes, ...]) -> int | None:
+        """The position in ``accepted`` of the key presented, or None."""
         scheme, _, value = self._header(scope, b"authorization").partition(" ")
         if scheme.lower() != "bearer":
-            return False
+            return None
         given = value.strip().encode("latin-1")
         # compare with every key, so the time taken does not say which one (or whether any) matched
-        matched = False
-        for key in accepted:
-            matched |= hmac.compare_digest(given, key)
+        matched = None
+        for i, key in enumerate(accepted):
+            if hmac.compare_digest(given, key):
+                matched = i
         return matched

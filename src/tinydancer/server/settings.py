@@ -9,19 +9,24 @@ from pathlib import Path
 from .._validation import check_number
 from ..errors import ValidationError
 from ..candidates import default_model_path
+from .client_keys import client_keys
 from .model_files import DEFAULT_MAX_BYTES
 
 
 def keys_from_environment() -> tuple[str, ...]:
-    """Client keys from TINY_DANCER_API_KEYS and the file TINY_DANCER_API_KEYS_FILE names."""
-    keys = [k.strip() for k in os.environ.get("TINY_DANCER_API_KEYS", "").split(",")]
+    """Client key entries (``name:key`` or ``key``) from TINY_DANCER_API_KEYS and the file
+    TINY_DANCER_API_KEYS_FILE names, checked here so that an error names the file and line."""
+    entries = [(k, f"TINY_DANCER_API_KEYS entry {i + 1}")
+               for i, k in enumerate(os.environ.get("TINY_DANCER_API_KEYS", "").split(","))]
     path = os.environ.get("TINY_DANCER_API_KEYS_FILE")
     if path:
         try:
-            keys += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise ValidationError(f"TINY_DANCER_API_KEYS_FILE={path}: {exc.strerror or exc}") from None
-    return tuple(k for k in keys if k and not k.startswith("#"))
+        entries += [(line, f"{path} line {i + 1}") for i, line in enumerate(lines)]
+    client_keys(entries)
+    return tuple(k.strip() for k, _ in entries if k.strip() and not k.strip().startswith("#"))
 
 
 @dataclass
@@ -39,7 +44,7 @@ class ServiceSettings:
     #: the admin token (admin and operator routes); see tinydancer.server.guards
     auth_token: str | None = field(default_factory=lambda: os.environ.get("TINY_DANCER_AUTH_TOKEN") or None)
     #: client keys for the data plane (/v1/*): TINY_DANCER_API_KEYS (comma-separated) or a file of
-    #: them, one a line, named by TINY_DANCER_API_KEYS_FILE
+    #: them, one a line, named by TINY_DANCER_API_KEYS_FILE; each ``name:key`` or ``key`` (see client_keys)
     api_keys: tuple[str, ...] = field(default_factory=lambda: keys_from_environment())
     #: the address the service listens on: without credentials it serves only on a loopback one
     host: str = "127.0.0.1"
@@ -90,3 +95,4 @@ class ServiceSettings:
         check_number("ServiceSettings", "body_read_timeout_s", self.body_read_timeout_s, low=0.0, low_open=True)
         check_number("ServiceSettings", "body_deadline_s", self.body_deadline_s, low=0.0, low_open=True)
         check_number("ServiceSettings", "database_timeout_s", self.database_timeout_s, low=0.0, low_open=True)
+        client_keys(self.api_keys)  # names valid, none repeated

@@ -81,10 +81,13 @@ class CallRecord:
     ttft_ms: float | None
     total_ms: float
     created_at: float
+    #: the name of the client key the call came with (never the key); None without client keys
+    key_name: str | None = None
 
     def row(self) -> tuple[Any, ...]:
         return (self.request_id, self.attempt, self.upstream, self.target, self.status, self.http_status, int(self.stream),
-                self.prompt_tokens, self.completion_tokens, self.cost, self.ttft_ms, self.total_ms, self.created_at)
+                self.prompt_tokens, self.completion_tokens, self.cost, self.ttft_ms, self.total_ms, self.created_at,
+                self.key_name)
 
     def failure_outcome(self, rank: int) -> tuple[Any, ...]:
         """The outcome row saying this attempt's model failed the call (success 0, no quality)."""
@@ -111,6 +114,10 @@ class Storage(Protocol):
         ...
 
     def statistics(self) -> dict[str, Any]: ...
+
+    def spend_by_key(self, since: float) -> dict[str, float]:
+        """Dollars spent per client key name (``SPEND_BY_KEY_SQL``) by calls made since ``since``."""
+        ...
 
     def problem(self) -> str | None:
         """Why the backend cannot be reached now (readiness reports it), or None."""
@@ -156,7 +163,8 @@ LOG_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "calls": (("request_id", "text", False), ("attempt", "i32", False), ("upstream", "text", False),
               ("target", "text", False), ("status", "text", False), ("http_status", "i32", True), ("stream", "i32", False),
               ("prompt_tokens", "i64", True), ("completion_tokens", "i64", True), ("cost", "real", True),
-              ("ttft_ms", "real", True), ("total_ms", "real", False), ("created_at", "real", False)),
+              ("ttft_ms", "real", True), ("total_ms", "real", False), ("created_at", "real", False),
+              ("key_name", "text", True)),
     "outcomes": (("request_id", "text", False), ("target", "text", False), ("rank", "i32", False),
                  ("success", "i32", False), ("quality", "real", True), ("cost", "real", True),
                  ("created_at", "real", False)),
@@ -366,6 +374,12 @@ LABELLED_COLUMNS = ("d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, 
 #: corrected at) of every correction made after a time, oldest first (``%s``: that time)
 CORRECTIONS_SQL = ("SELECT request_id, target, old_success, old_quality, old_at, corrected_at FROM outcome_corrections "
                    "WHERE corrected_at > %s ORDER BY corrected_at")
+
+
+#: :meth:`Storage.spend_by_key`: the known cost of calls since a time (``%s``), per key name
+#: (the calls_created index bounds the scan to that window)
+SPEND_BY_KEY_SQL = ("SELECT key_name, SUM(cost) FROM calls WHERE created_at >= %s AND key_name IS NOT NULL "
+                    "AND cost IS NOT NULL GROUP BY key_name")
 
 
 def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, safe_url, statistics_from)
 
 try:
@@ -99,6 +99,8 @@ PG_MIGRATIONS: list[str] = [
     """,
     # 5: when the replaced outcome had been recorded (SQLite's 7)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at DOUBLE PRECISION",
+    # 6: the name of the client key each gateway call came with, never the key (SQLite's 8)
+    "ALTER TABLE calls ADD COLUMN key_name TEXT",
 ]
 
 #: the channel promotions are announced on; the payload is "<schema> <kind> <version>"
@@ -370,7 +372,7 @@ class PostgresStorage:
                     for row in decisions:
                         copy.write_row(row)
             if calls:
-                cur.executemany(f"INSERT INTO calls VALUES ({_q(13)})", calls)
+                cur.executemany(f"INSERT INTO calls VALUES ({_q(14)})", calls)
             if outcomes:
                 cur.executemany(f"INSERT INTO outcomes VALUES ({_q(7)}) ON CONFLICT DO NOTHING", outcomes)
             if prompts:
@@ -518,6 +520,11 @@ class PostgresStorage:
     def corrections(self, after: float) -> list[tuple[Any, ...]]:
         with self._pool.connection() as conn:
             return conn.execute(CORRECTIONS_SQL, (after,)).fetchall()
+
+    def spend_by_key(self, since: float) -> dict[str, float]:
+        # the gateway's path (start-up, and every refresh): cut at the service's deadline
+        with self._connection(self.call_deadline_s) as conn:
+            return {str(k): float(v) for k, v in conn.execute(SPEND_BY_KEY_SQL, (since,))}
 
     def logged_inputs(self, kind: str = "query", since: float | None = None) -> np.ndarray:
         sql = "SELECT inputs, n FROM decisions WHERE kind = %s" + (" AND created_at >= %s" if since is not None else "")

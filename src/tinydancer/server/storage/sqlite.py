@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import TinyDancerError
-from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
@@ -129,6 +129,9 @@ MIGRATIONS: list[str] = [
     # 7: when the replaced outcome had been recorded, so retraining knows whether its outcome
     #    memory already counted it (NULL in corrections made before this column)
     "ALTER TABLE outcome_corrections ADD COLUMN old_at REAL",
+    # 8: the name of the client key each gateway call came with (never the key itself), for spend
+    #    and budgets per key; NULL without client keys and in calls logged before this column
+    "ALTER TABLE calls ADD COLUMN key_name TEXT",
 ]
 
 
@@ -324,7 +327,7 @@ class SQLiteStorage:
             if decisions:
                 conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
             if calls:
-                conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
+                conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             if outcomes:
                 conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?,?,?,?,?,?,?)", outcomes)
 
@@ -380,6 +383,9 @@ class SQLiteStorage:
 
     def corrections(self, after: float) -> list[tuple[Any, ...]]:
         return self._conn().execute(CORRECTIONS_SQL.replace("%s", "?"), (after,)).fetchall()
+
+    def spend_by_key(self, since: float) -> dict[str, float]:
+        return {str(k): float(v) for k, v in self._conn().execute(SPEND_BY_KEY_SQL.replace("%s", "?"), (since,))}
 
     def table_rows(self, table: str, batch: int = 5000) -> Iterable[list[tuple[Any, ...]]]:
         """Every row of a log table, in batches (what ``tinydancer storage copy`` reads)."""
