@@ -227,8 +227,8 @@ def run_dataset(name: str, train: RoutingTable, test: RoutingTable, teacher: np.
         rng = np.random.default_rng(0)
         add("random", pair_metrics(rng.random(len(test)), test), None, None)
         add("oracle", pair_metrics(oracle_scores(s, w) + 1e-9 * rng.random(len(test)), test), None, None)
-        rows.append(Row("always-weak", aiq=None, note=f"quality {w.mean():.3f}, cost {test.mean_costs[w_i]:.2f}"))
-        rows.append(Row("always-strong", aiq=None, note=f"quality {s.mean():.3f}, cost {test.mean_costs[s_i]:.2f}"))
+        rows.append(Row("always-weak", aiq=None, note=f"quality {w.mean():.3f}, ${test.mean_costs[w_i]:.5f} a call"))
+        rows.append(Row("always-strong", aiq=None, note=f"quality {s.mean():.3f}, ${test.mean_costs[s_i]:.5f} a call"))
     else:
         c = test.mean_costs
         ox, oy = oracle_points(test.scores, test.costs)

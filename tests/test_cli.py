@@ -33,7 +33,7 @@ def test_train_evaluate_predict(tmp_path, fmt: str) -> None:
     data = tmp_path / f"train.{fmt}"
     _write(fmt, data, x, y)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "15", "--lr", "0.01", "--quiet"])
+    result = runner.invoke(app, ["candidates", "train", "--data", str(data), "--out", str(out), "--epochs", "15", "--lr", "0.01", "--quiet"])
     assert result.exit_code == 0, result.output
     for name in ("model.safetensors", "normalization.json", "metrics.json", "training_curve.png"):
         assert (out / name).is_file(), name
@@ -42,15 +42,15 @@ def test_train_evaluate_predict(tmp_path, fmt: str) -> None:
     xt, yt = seed_example_data(2000, seed=1)
     test = tmp_path / f"test.{fmt}"
     _write(fmt, test, xt, yt)
-    result = runner.invoke(app, ["evaluate", "--model", str(out / "model.safetensors"), "--data", str(test), "--json"])
+    result = runner.invoke(app, ["candidates", "evaluate", "--model", str(out / "model.safetensors"), "--data", str(test), "--json"])
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
     assert scores["n"] == 2000 and scores["accuracy"] > 0.85 and 0 <= scores["brier"] < 0.15
 
-    result = runner.invoke(app, ["predict", "--model", str(out / "model.safetensors"), "--features", "0.9,0.8,0.7,0.9,0.2", "--json"])
+    result = runner.invoke(app, ["candidates", "predict", "--model", str(out / "model.safetensors"), "--features", "0.9,0.8,0.7,0.9,0.2", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) > 0.9  # high similarity, low complexity: lightweight
-    result = runner.invoke(app, ["predict", "--model", str(out / "model.safetensors"), "--data", str(test)])
+    result = runner.invoke(app, ["candidates", "predict", "--model", str(out / "model.safetensors"), "--data", str(test)])
     assert len(result.output.strip().splitlines()) == 2000
     model = FastGRNN.load(out / "model.safetensors")
     first = float(result.output.splitlines()[0])
@@ -70,7 +70,7 @@ def test_train_evaluate_predict(tmp_path, fmt: str) -> None:
 def test_train_reports_bad_csv_in_one_line(tmp_path, content: str, message: str) -> None:
     data = tmp_path / "bad.csv"
     data.write_text(content)
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
+    result = runner.invoke(app, ["candidates", "train", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 1
     assert "error:" in result.output and re.search(message, result.output)
     assert "Traceback" not in result.output
@@ -79,18 +79,18 @@ def test_train_reports_bad_csv_in_one_line(tmp_path, content: str, message: str)
 def test_jsonl_ragged_rows_and_unknown_format(tmp_path) -> None:
     data = tmp_path / "r.jsonl"
     data.write_text('{"features": [1, 2], "label": 1}\n{"features": [1], "label": 0}\n')
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
+    result = runner.invoke(app, ["candidates", "train", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 1 and "ragged" in result.output
     other = tmp_path / "d.parquet"
     other.write_text("x")
-    result = runner.invoke(app, ["train", "--data", str(other), "--out", str(tmp_path / "o"), "--quiet"])
+    result = runner.invoke(app, ["candidates", "train", "--data", str(other), "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 1 and "unknown data format" in result.output
 
 
 def test_predict_with_a_corrupt_model_fails_cleanly(tmp_path) -> None:
     bad = tmp_path / "m.safetensors"
     bad.write_bytes(b"\x00" * 40)
-    result = runner.invoke(app, ["predict", "--model", str(bad), "--features", "1,2,3,4,5"])
+    result = runner.invoke(app, ["candidates", "predict", "--model", str(bad), "--features", "1,2,3,4,5"])
     assert result.exit_code == 1 and "corrupt" in result.output
 
 
@@ -147,6 +147,25 @@ def test_train_uses_the_weight_column(tmp_path) -> None:
     lines = ["a,b,c,d,e,label,weight"] + [",".join(f"{v:.6f}" for v in row) + f",{int(t)},{wt}" for row, t, wt in zip(x, y, w)]
     (tmp_path / "w.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--data", str(tmp_path / "w.csv"), "--out", str(out), "--epochs", "30", "--lr", "0.02", "--quiet"])
+    result = runner.invoke(app, ["candidates", "train", "--data", str(tmp_path / "w.csv"), "--out", str(out), "--epochs", "30", "--lr", "0.02", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (FastGRNN.load(out / "model.safetensors").predict(x)[:, 0] < 0.5).mean() > 0.95
+
+
+def test_the_old_top_level_commands_still_work_and_name_their_replacement(tmp_path) -> None:
+    """`train / evaluate / predict` moved under `candidates` (the candidate router's group); the old
+    names keep working, with one line on stderr naming the new command and stdout unchanged."""
+    x, y = seed_example_data(300, seed=0)
+    data = tmp_path / "train.npz"
+    np.savez(data, features=x, labels=y)
+    old = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "3", "--quiet"])
+    assert old.exit_code == 0, old.output
+    assert old.stderr.splitlines()[0] == ("`tinydancer train` is deprecated: use `tinydancer candidates train` "
+                                          "(the candidate router's commands)")
+    assert (tmp_path / "o" / "model.safetensors").is_file()
+    args = ["--model", str(tmp_path / "o" / "model.safetensors"), "--features", "0.9,0.8,0.7,0.9,0.2", "--json"]
+    old, new = runner.invoke(app, ["predict", *args]), runner.invoke(app, ["candidates", "predict", *args])
+    assert old.exit_code == new.exit_code == 0 and old.stdout == new.stdout and json.loads(old.stdout) > 0
+    assert "use `tinydancer candidates predict`" in old.stderr and new.stderr == ""
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
+    assert top.index("gateway") < top.index("candidates") and "│ train " not in top  # the gateway leads; aliases hidden

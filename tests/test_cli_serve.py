@@ -40,8 +40,11 @@ def test_a_query_router_only_service_is_ready_without_a_candidate_model(router_d
         base = f"http://127.0.0.1:{port}"
         r = wait_ready(base, proc)
         assert r.status_code == 200, r.text  # was 503: "no model file at models/default.safetensors"
+        assert r.json()["pid"] == proc.pid and r.json()["query_router"]["path"] == str(router_dir / "router.safetensors")
         routed = httpx.post(f"{base}/v1/route/query", json={"query": "question 1 about cohomology"})
         assert routed.status_code == 200 and routed.json()["model"] in ("strong", "weak")
+        info = httpx.get(f"{base}/info").json()  # what this process serves: the query router, no candidate model
+        assert info["serves"] == ["query_router"] and info["model"] is None and info["query_router"]["models"] == ["strong", "weak"]
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)

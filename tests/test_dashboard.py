@@ -61,7 +61,7 @@ def seed(storage: Any, now: float, n: int = 300, span_s: float = 3 * 86400) -> N
         conf = np.array([0.4 + 0.5 * (model == "strong")] + [0.5] * (len(targets) - 1), np.float32)
         row = decision_record(rid, "query", "v1", targets, np.zeros((len(targets), 4), np.float32), conf, None,
                               np.zeros(len(targets), np.uint8), 9.0)
-        decisions.append((*row[:13], at - 0.01, row[14]))
+        decisions.append((*row[:13], at - 0.01, *row[14:]))
         if i % 3 == 0:
             outcomes.append((rid, targets[0], 0, int(i % 2 == 0), 0.7, None, at + 1))
     storage.insert_log(decisions, calls, outcomes)
@@ -102,9 +102,7 @@ def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_delet
     assert cov["calls"] == full["totals"]["calls"] and 0 < cov["share"] < 1
     assert full["quality"]["models"]["strong"]["predicted_mean"] == pytest.approx(0.9, abs=1e-6)
     assert len(full["recent"]) == 20 and full["recent"][0]["time"] >= full["recent"][-1]["time"]
-    assert "key_name" not in full["recent"][0]
-    # once the calls table keeps the client key's name (per-key spend), the last decisions show it
-    _execute(storage, "ALTER TABLE calls ADD COLUMN key_name TEXT")
+    # the calls table keeps the client key's name (per-key spend): the last decisions show it
     _execute(storage, "UPDATE calls SET key_name = 'team-a'")
     assert {d["key_name"] for d in build_report(storage, window="all", now=now)["recent"] if d["attempts"]} == {"team-a"}
 
@@ -275,7 +273,7 @@ def test_serve_shows_its_query_traffic_without_prices(tmp_path: Path) -> None:
     now = time.time()
     rows = [decision_record(f"q{i}", "query", "v7", ["strong" if i % 4 == 0 else "weak"], np.zeros((1, 4), np.float32),
                             np.array([0.25 if i % 4 else 0.75], np.float32), None, np.ones(1, np.uint8), 9.0) for i in range(40)]
-    log.insert_log([(*r[:13], now - 60 - i, r[14]) for i, r in enumerate(rows)], [], [("q0", "strong", 0, 1, None, None, now - 30)])
+    log.insert_log([(*r[:13], now - 60 - i, *r[14:]) for i, r in enumerate(rows)], [], [("q0", "strong", 0, 1, None, None, now - 30)])
     log.close()
     app = create_app(ServiceSettings(database_path=db, auth_token=None, api_keys=(), watch_interval_s=0, model_path=tmp_path / "none"))
     with TestClient(app) as client:

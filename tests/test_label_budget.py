@@ -106,7 +106,7 @@ def test_every_paid_answer_is_judged_under_a_tight_cap(tmp_path: Path, upstreams
     cfg = write_config(tmp_path, upstreams["urls"])
     out = tmp_path / "t.jsonl"
     result = label(str(write_prompts(tmp_path, [{"prompt": p["prompt"]} for p in PROMPTS])), "--config", str(cfg),
-                   "--out", str(out), "--models", "strong,weak", "--judge", "judge", "--max-dollars", "0.115")
+                   "--out", str(out), "--models", "strong,weak", "--grader", "judge", "--judge", "judge", "--max-dollars", "0.115")
     paid = journal(out)
     answered = {e["text"] for e in paid if e["kind"] == "answer"}
     assert answered, "the cap leaves room for some prompts"
@@ -161,7 +161,7 @@ def test_a_prompts_file_that_is_not_text_is_an_error_naming_the_line(tmp_path: P
     path = tmp_path / name
     path.write_bytes(content)
     result = invoke(str(path), "--config", str(cfg), "--out", str(tmp_path / "t.jsonl"), "--models", "strong",
-                    "--judge", "judge")
+                    "--grader", "judge", "--judge", "judge")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no traceback
     assert f"{name}:{line}:" in "".join(result.output.split()), result.output  # rich may wrap the line
     assert upstreams["strong"].calls == 0

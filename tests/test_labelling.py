@@ -70,14 +70,14 @@ def test_a_judge_grades_and_a_garbage_reply_is_a_missing_cell(tmp_path: Path, up
     rows = [{"prompt": p["prompt"]} for p in PROMPTS]
     out = tmp_path / "judged.jsonl"
     label(str(write_prompts(tmp_path, rows)), "--config", str(cfg), "--out", str(out), "--models", "strong,weak",
-          "--judge", "judge")
+          "--grader", "judge", "--judge", "judge")
     table = RoutingTable.from_jsonl(out)
     np.testing.assert_allclose(table.scores, (8 - 1) / 9)
     assert upstreams["judge"].calls == 12
     upstreams["judge"].mode = "garbage"
     out2 = tmp_path / "garbage.jsonl"
     result = label(str(write_prompts(tmp_path, rows[:2])), "--config", str(cfg), "--out", str(out2), "--models",
-                   "strong,weak", "--judge", "judge", "--journal", str(tmp_path / "other.journal"))
+                   "strong,weak", "--grader", "judge", "--judge", "judge", "--journal", str(tmp_path / "other.journal"))
     assert out2.read_text() == ""  # no cell could be scored: no row, and certainly no zeros
     assert "4 judge replies without a rating" in " ".join(result.output.split())
 
@@ -189,7 +189,7 @@ def test_labelling_the_prompts_a_gateway_kept(tmp_path: Path, upstreams: dict[st
                 {"role": "system", "content": "Be brief."}, {"role": "user", "content": q}])
     out = tmp_path / "traffic.jsonl"
     result = label("--from-db", str(db), "--config", str(cfg_path), "--out", str(out), "--models", "strong,weak",
-                   "--judge", "judge")
+                   "--grader", "judge", "--judge", "judge")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["query"] for r in rows] == ["What is 2+2?", "Name a prime."]  # distinct, the last user turn
     assert all(set(r["scores"]) == {"strong", "weak"} for r in rows), result.output
@@ -217,7 +217,7 @@ def test_a_rubric_replaces_the_judges_instructions_and_kind_aware_stand_ins_are_
     cfg = write_config(tmp_path, upstreams["urls"])
     out = tmp_path / "rubric.jsonl"
     label(str(write_prompts(tmp_path, [{"prompt": p.text} for p in prompts])), "--config", str(cfg), "--out", str(out),
-          "--models", "strong,weak", "--judge", "judge", "--rubric", str(rubric))
+          "--models", "strong,weak", "--judge", "judge", "--grader", "judge", "--rubric", str(rubric))
     sent = upstreams["judge"].last_body["messages"][0]["content"]
     assert sent.startswith("Grade only correctness") and JUDGE_INSTRUCTIONS not in sent and "Rating: [[n]]" in sent
     table = RoutingTable.from_jsonl(out)
@@ -230,5 +230,21 @@ def test_a_rubric_replaces_the_judges_instructions_and_kind_aware_stand_ins_are_
     # another rubric asks for new verdicts (the journal does not hand back the old rubric's)
     rubric.write_text("Be strict.")
     label(str(write_prompts(tmp_path, [{"prompt": p.text} for p in prompts])), "--config", str(cfg), "--out", str(out),
-          "--models", "strong,weak", "--judge", "judge", "--rubric", str(rubric))
+          "--models", "strong,weak", "--judge", "judge", "--grader", "judge", "--rubric", str(rubric))
     assert upstreams["judge"].calls == calls + 16
+
+
+def test_pairwise_is_the_default_grader_without_references(tmp_path: Path, upstreams: dict[str, Any]) -> None:
+    """Issue 26 #8: `label --judge NAME` compares each answer with the priciest model's (pairwise)
+    unless every prompt has a reference; the 1-10 judge is still there by name."""
+    upstreams["judge"].answer = "A is at least as good. [[C]]"
+    cfg = write_config(tmp_path, upstreams["urls"])
+    out = tmp_path / "default.jsonl"
+    result = label(str(write_prompts(tmp_path, [{"prompt": p["prompt"]} for p in PROMPTS[:3]])), "--config", str(cfg),
+                   "--out", str(out), "--models", "strong,weak", "--judge", "judge")
+    assert "graded by pairwise" in " ".join(result.output.split()), result.output
+    np.testing.assert_array_equal(RoutingTable.from_jsonl(out).scores, [[1.0, 1.0]] * 3)  # a tie counts as good
+    assert upstreams["judge"].calls == 3  # weak against strong; strong is the reference, never rated alone
+    missing = CliRunner().invoke(app, ["label", str(write_prompts(tmp_path, [{"prompt": "no reference"}])), "--config",
+                                       str(cfg), "--out", str(tmp_path / "x.jsonl"), "--models", "strong,weak"])
+    assert missing.exit_code == 1 and "pairwise grader needs --judge" in " ".join(missing.output.split())

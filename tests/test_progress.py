@@ -58,11 +58,11 @@ def test_train_off_a_terminal_prints_epoch_lines_and_quiet_prints_none(tmp_path)
     x, y = seed_example_data(400, seed=0)
     data = tmp_path / "train.npz"
     np.savez(data, features=x, labels=y)
-    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "10"])
+    r = runner.invoke(app, ["candidates", "train", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "10"])
     assert r.exit_code == 0, r.output
     epochs = [line for line in r.stderr.splitlines() if line.startswith("training: ")]
     assert epochs and "epochs" in epochs[0] and "loss" in epochs[0]
-    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "q"), "--epochs", "10", "--quiet"])
+    r = runner.invoke(app, ["candidates", "train", "--data", str(data), "--out", str(tmp_path / "q"), "--epochs", "10", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "training: " not in r.stderr
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -304,17 +305,18 @@ def test_operating_points_from_serve_and_per_request(served_router, tmp_path) ->
     """Issue 16, item 3: serve and each /v1/route/query request choose the point, with the knob
     that fits the router, and the answer shows the point used."""
     emb = EMBEDDER.embed(["what is 7 times 8?"])[0].tolist()
-    app, _db = serving(served_router, tmp_path, 0, query_cost_weight=1.0)  # cost dominates: the cheapest model
+    # cost dominates: the cheapest model (the weight counts each cost as a share of the dearest's)
+    app, _db = serving(served_router, tmp_path, 0, query_cost_weight=10.0)
     with TestClient(app) as client:
         served = client.post("/v1/route/query", json={"embedding": emb}).json()
-        assert served["model"] == "cheap" and served["operating_point"]["cost_weight"] == 1.0
+        assert served["model"] == "cheap" and served["operating_point"]["cost_weight"] == 10.0
         free = client.post("/v1/route/query", json={"embedding": emb, "cost_weight": 0.0}).json()
         assert free["operating_point"]["cost_weight"] == 0.0 and free["predicted_quality"] >= served["predicted_quality"]
         bar = client.post("/v1/route/query", json={"embedding": emb, "quality_bar": 0.0}).json()
         assert bar["model"] == "cheap" and bar["operating_point"]["quality_bar"] == 0.0
         wrong = client.post("/v1/route/query", json={"embedding": emb, "strong_share": 0.3})
         assert wrong.status_code == 422 and "cost_weight" in wrong.text  # the knob that fits, by name
-        assert client.post("/v1/route/query", json={"embedding": emb}).json()["operating_point"]["cost_weight"] == 1.0
+        assert client.post("/v1/route/query", json={"embedding": emb}).json()["operating_point"]["cost_weight"] == 10.0
     with pytest.raises(TinyDancerError, match="--strong-share, --cost-weight, --quality-bar"):
         serving(served_router, tmp_path / "x", 0, query_strong_share=0.3)
 
@@ -391,3 +393,19 @@ def test_retraining_since_a_time_still_remembers_older_queries_outcomes(served_r
     rows = new.memory.find(np.array([query_key(t) for t in old_texts], np.uint64))
     assert (rows >= 0).all() and new.memory.counts[rows, 0].tolist() == [1.0, 1.0, 1.0]
     storage.close()
+
+
+def test_retrain_prints_its_summary_once_and_says_how_many_queries_moved(served_router, tmp_path) -> None:
+    """Issue 26 #3: the summary was printed twice (progress and result) and said only 'routing mix
+    moved 0.000' when queries swapped models at the same mix."""
+    storage = SQLiteStorage(tmp_path / "logs.db")
+    log_feedback(storage, 300, seed=3)
+    storage.close()
+    r = CliRunner().invoke(cli, ["retrain", "--database-path", str(tmp_path / "logs.db"), "--query-router", str(served_router),
+                                 "--registry", str(tmp_path / "registry"), "--min-samples", "100", "--allow-mix-shift"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # the console wraps long lines
+    assert text.count("held-out squared error") == 1, r.output
+    moved = re.search(r"(\d+) of (\d+) held-out queries now go to another model", text)
+    assert moved is not None, r.output
+    assert 0 < int(moved[1]) <= int(moved[2])  # the cheap model learned maths: some held-out queries move to it

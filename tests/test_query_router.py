@@ -114,7 +114,8 @@ def test_multi_router_beats_every_single_model_and_its_knob_trades_cost() -> Non
     assert result["aiq"] > singles + 0.1
     emb = EMBEDDER.embed(test.queries)
     out = router.estimate(emb)
-    costs = [test.costs[np.arange(len(test)), router.choose(out, cost_weight=lam)].mean() for lam in (0.0, 0.01, 0.05, 0.2, 1.0)]
+    # the weight multiplies each cost as a share of the dearest (10): 10 is the old λ = 1 a dollar
+    costs = [test.costs[np.arange(len(test)), router.choose(out, cost_weight=lam)].mean() for lam in (0.0, 0.1, 0.5, 2.0, 10.0)]
     assert all(a >= b for a, b in zip(costs, costs[1:])) and costs[-1] == 1.0
     # with a quality bar: fruit goes to 'cheap', maths to 'mid' (cheapest that clears the bar)
     router.quality_bar = 0.6
@@ -489,3 +490,56 @@ def test_costs_print_in_one_unit_dollars_per_call_and_per_1000_when_small() -> N
     assert dollars(0.00003) == "$0.00003 a call ($0.03 per 1,000 calls)"
     assert dollars(1234.5678) == "$1235 a call"
     assert dollars(0.0012) == "$0.0012 a call ($1.2 per 1,000 calls)"
+
+
+def test_cost_weights_0_1_and_100_route_differently_at_real_prices(tmp_path) -> None:
+    """Issue 26 #4: at dollars-a-call prices ($0.002 / $0.006 / $0.02) weights 0, 1 and 100 chose
+    alike when the weight multiplied dollars.  It multiplies each cost as a share of the dearest, so
+    0 takes the best predicted model (top), 1 the cheapest good enough one (cheap for fruit, mid
+    for maths), 100 the cheapest.  A router file from before the change keeps its choices."""
+    rng = np.random.default_rng(0)
+    maths = rng.random(1200) < 0.5
+    queries = [f"item {i}: tell me about {rng.choice(HARD if m else EASY)}" for i, m in enumerate(maths)]
+    p = np.where(maths[:, None], [0.1, 0.55, 0.95], [0.6, 0.3, 0.95])  # top is clearly best everywhere
+    table = RoutingTable(queries, ["cheap", "mid", "top"], (rng.random((1200, 3)) < p).astype(float),
+                         np.tile([0.002, 0.006, 0.02], (1200, 1)))
+    router = QueryRouter.fit(table, QueryRouterConfig(hidden_dims=(16,), epochs=30, memory=False), embedder=EMBEDDER)
+    queries = [f"new item: tell me about {t}" for t in EASY[:3] + HARD[:3]]
+    routes = {}
+    batch = router.predict(queries)
+    for weight in (0.0, 1.0, 100.0):
+        router.cost_weight = weight
+        routes[weight] = [router.route(q).model for q in queries]
+        assert [router.models[i] for i in router.choose(batch, cost_weight=weight)] == routes[weight]  # batch path too
+    assert routes[0.0] == ["top"] * 6
+    assert routes[1.0] == ["cheap"] * 3 + ["mid"] * 3
+    assert routes[100.0] == ["cheap"] * 6
+    # an earlier file's weight multiplied dollars: loaded, it is rescaled to the same choices
+    import json
+
+    from tinydancer.llm import router_file
+
+    router.cost_weight = 1.0
+    net = router_file.pack(router)
+    meta = json.loads(net.extra_metadata["query_router"])
+    meta.pop("cost_weight_scale")
+    meta["cost_weight"] = 1.0 / 0.02  # the old λ with the choices of weight 1
+    net.extra_metadata["query_router"] = json.dumps(meta)
+    old = router_file.from_network(QueryRouter, net, "old file")
+    assert old.cost_weight == pytest.approx(1.0) and [old.route(q).model for q in queries] == routes[1.0]
+
+
+def test_prices_per_million_tokens_become_dollars_a_call(tmp_path) -> None:
+    """Issue 26 #4: a per-million-token price table was read as dollars a call ($24.7 a query)."""
+    from tinydancer.llm.tables import ROUTELLM_PRICES, load_prices
+
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"a": 0.002, "b": {"input_price": 0.9, "output_price": 0.9},
+                                "c": {"input_per_million": 2.5, "output_per_million": 10.0}}))
+    prices = load_prices(path)
+    assert prices["a"] == 0.002  # already dollars a call
+    assert prices["b"] == pytest.approx(0.0009) and prices["c"] == pytest.approx((500 * 2.5 + 500 * 10.0) / 1e6)
+    assert ROUTELLM_PRICES["gpt-4-1106-preview"] == pytest.approx(0.0247)
+    path.write_text(json.dumps({"a": {"price": 1}}))
+    with pytest.raises(ValidationError, match="dollars per million tokens"):
+        load_prices(path)

@@ -80,7 +80,7 @@ def main() -> None:
              "output_per_million": 0.6}]})
         settings = ServiceSettings(model_path=model, database_path=tmp / "db.sqlite", query_router_path=default_router_path(),
                                    watch_interval_s=0)
-        with TestClient(create_gateway_app(config, settings)) as c:
+        with TestClient(create_gateway_app(config, settings, serve_candidate_model=True)) as c:
             def call(title: str, method: str, path: str, body: Any = None, keep_headers: tuple[str, ...] = ()) -> Any:
                 r = c.request(method, path, json=body, headers={"Content-Type": "application/json"} if method != "GET" else {})
                 answer: Any = r.text if "json" not in r.headers.get("content-type", "") else r.json()
@@ -113,7 +113,11 @@ def main() -> None:
                  "optional `strong_share`, or `cost_weight` / `quality_bar` for N-model routers).",
                  "POST", "/v1/route/query", {"query": "What is the capital of France?", "strong_share": 0.5})
             call("LiteLLM's complexity-router classifier protocol: which of the request's tiers (least to most "
-                 "demanding) this request needs, from the query router's view of its difficulty.", "POST", "/v1/systemone",
+                 "demanding) this request needs, from the query router's view of its difficulty. The tiers are cut "
+                 "from the live score distribution (the last 2,048 requests) so that the upper half of the tiers takes "
+                 "the served strong share of the traffic. Each request is a logged decision: `request_id` is what "
+                 "`/v1/feedback` names, `router_model` the model the router would pick at the served operating point.",
+                 "POST", "/v1/systemone",
                  {"state": "Prove that there are infinitely many primes.", "model": "tinydancer", "questions": {"tier": {
                      "type": "choice", "instructions": "Pick the tier this request needs.",
                      "criteria": {"SIMPLE": "lookups and chit-chat", "MEDIUM": "ordinary tasks", "COMPLEX": "hard tasks",
@@ -127,8 +131,10 @@ def main() -> None:
             call("Spend today (UTC) and daily budget per client key name (`key_budgets` in gateway.yaml; here "
                  "no keys are set, so none are listed).", "GET", "/admin/keys")
             call("Liveness.", "GET", "/health")
-            call("Readiness: 503 with the reason while the service should not take traffic.", "GET", "/health/ready")
-            call("Versions, the served model and storage.", "GET", "/info")
+            call("Readiness: 503 with the reason while the service should not take traffic; when ready, what it serves "
+                 "and its process id (after a restart, which process answered).", "GET", "/health/ready")
+            call("What this process serves (here the gateway, its query router and, asked for, a candidate model), "
+                 "each with its path, version and operating point; versions and storage.", "GET", "/info")
             call("Prometheus text (two of its families shown).", "GET", "/metrics")
             call("Totals, averages and latency percentiles from the stored decisions.", "GET", "/admin/stats")
             call("The dashboard's numbers (`/dashboard` is the page; `?window=` hour, day, week, all or 30m, 12h, 7d; "

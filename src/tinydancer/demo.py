@@ -1,4 +1,5 @@
-"""``make demo``: the seed example done properly, end to end, in a few seconds.
+"""``make demo``: the LLM gateway in front of two stand-in LLMs first, then the candidate router
+(the seed's candidate scorer): the seed example done properly, end to end, in a few seconds.
 
 The crate's ``train-model`` example trains on normalized features and then predicts on raw ones,
 distils from an untrained "teacher", and never updates a weight.  Here: real training, a large
@@ -121,8 +122,14 @@ def show_router(path: Path, console: Console) -> None:
 
 
 def run_demo(out: Path, console: Console | None = None, quiet: bool = False) -> FastGRNN:
+    """The LLM gateway first (what most users come for), then the candidate router: the seed's
+    candidate scorer, its default model and the service's learn-and-reload loop."""
     console = console or Console()
-    console.rule("[bold]Tiny Dancer demo: the seed example, trained for real")
+    run_gateway_demo(out, console)
+    console.rule("[bold]The candidate router (the seed's candidate scorer): the seed example, trained for real")
+    console.print("A separate product in the same package: a FastGRNN that scores candidates (a cached answer, a small "
+                  "model, a tool) from five routing features (`tinydancer candidates …`, POST /v1/route; "
+                  "docs/candidates.md). The features below are synthetic.")
     model, trainer = train_seed_example(console=console, quiet=quiet)
     s = model.training_summary
     acc = held_out_accuracy(model)
@@ -162,7 +169,7 @@ def run_demo(out: Path, console: Console | None = None, quiet: bool = False) -> 
         f"held-out accuracy {acc:.4f} → {int8_acc:.4f}"
     )
 
-    console.rule("[bold]The candidate-scoring Router and its default model")
+    console.rule("[bold]The candidate router's default model")
     default = out / "default.safetensors"
     stats = train_default_router_model(default)
     console.print(
@@ -171,11 +178,10 @@ def run_demo(out: Path, console: Console | None = None, quiet: bool = False) -> 
     )
     show_router(default, console)
 
-    console.rule("[bold]A service that learns: route, record outcomes, retrain, hot-reload")
+    console.rule("[bold]The candidate router as a service that learns: route, record outcomes, retrain, hot-reload")
     served = out / "served.safetensors"  # the loop promotes over this copy; default.safetensors stays as documented
     served.write_bytes(default.read_bytes())
     run_learning_loop(out, served, console)
-    run_gateway_demo(out, console)
     return model
 
 
@@ -299,7 +305,7 @@ def run_gateway_demo(out: Path, console: Console) -> None:
     from .server import ServiceSettings
     from .server.storage import SQLiteStorage
 
-    console.rule("[bold]The gateway: an OpenAI endpoint in front of two LLMs (stand-ins on loopback)")
+    console.rule("[bold]Tiny Dancer's LLM gateway: an OpenAI endpoint in front of two LLMs (stand-ins on loopback)")
     db = out / "gateway.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)

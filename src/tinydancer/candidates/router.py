@@ -111,7 +111,7 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(
-            f"no model file at {path}: train one (`tinydancer train`, `tinydancer retrain`) or run `make demo` "
+            f"no model file at {path}: train one (`tinydancer candidates train`, `tinydancer retrain`) or run `make demo` "
             "for the default model"
         ) from None
     except (OSError, ValueError) as exc:  # a directory, no permission, a name too long, a NUL byte, ...

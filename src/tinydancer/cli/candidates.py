@@ -1,8 +1,11 @@
-"""The candidate scorer's commands: train, evaluate and query a FastGRNN on a labelled file, and
-the demo that trains the default model."""
+"""The candidate router's commands (the seed's candidate scorer): ``tinydancer candidates train /
+evaluate / predict`` train, measure and query a FastGRNN on a labelled features file.  The old
+top-level ``train / evaluate / predict`` still work and say, on stderr, which command replaces
+them.  ``demo`` (``make demo``) stays a top-level command: it shows the gateway first."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +19,13 @@ from ..nn.datafiles import read_table
 from ..progress import EpochProgress
 from .common import console, friendly_errors, print_or_json
 
-__all__ = ["COMMANDS"]
+__all__ = ["candidates_app", "deprecated_aliases", "demo"]
+
+candidates_app = typer.Typer(
+    help="The candidate router (the seed's candidate scorer): train, evaluate and query a FastGRNN that scores "
+         "candidates (a cached answer, a small model, a tool) from routing features. Served by `tinydancer serve` "
+         "(POST /v1/route); see docs/candidates.md.",
+    no_args_is_help=True, rich_markup_mode="markdown")
 
 
 @friendly_errors
@@ -138,11 +147,33 @@ def demo(
     out: Path = typer.Option(Path("models"), help="Where the default model and artefacts go."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Train on the seed example's synthetic routing data and show what the model learned."""
+    """The demo (`make demo`): the LLM gateway in front of two stand-in LLMs, then the candidate router
+    trained on the seed example's synthetic data."""
     from ..demo import run_demo
 
     run_demo(out, console=console, quiet=quiet)
 
 
-#: registered on the top-level app, in this order
-COMMANDS = [train, evaluate, predict, demo]
+#: the group's commands, in the order of its --help
+COMMANDS = [train, evaluate, predict]
+for _command in COMMANDS:
+    candidates_app.command()(_command)
+
+
+def _deprecated(command: Any) -> Any:
+    """``command`` under its old top-level name: the same options, and one line on stderr naming
+    the command that replaces it (stdout stays the command's own, for scripts that parse it)."""
+    name = command.__name__
+
+    @functools.wraps(command)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        typer.echo(f"`tinydancer {name}` is deprecated: use `tinydancer candidates {name}` (the candidate router's "
+                   "commands)", err=True)
+        return command(*args, **kwargs)
+
+    return alias
+
+
+def deprecated_aliases() -> list[Any]:
+    """The old top-level ``train / evaluate / predict``, each printing its deprecation notice."""
+    return [_deprecated(c) for c in COMMANDS]

@@ -57,8 +57,9 @@ def gateway(
     application = create_gateway_app(cfg, settings)
     gw = application.state.gateway
     routed = [m for m, up in zip(gw.router.models, gw.player) if up is not None]
-    err_console.print(f"gateway on http://{host}:{port}/v1: routes 'tinydancer' among {', '.join(routed)}; "
-                      f"upstreams {', '.join(gw.upstreams)}")
+    which = "the packaged router" if cfg.router is None else f"the router {gw.router_path}"
+    err_console.print(f"gateway on http://{host}:{port}/v1: routes 'tinydancer' among {', '.join(routed)} with {which}; "
+                      f"upstreams {', '.join(gw.upstreams)}", soft_wrap=True)
     if gw.tracer is not None:
         err_console.print(f"traces: OpenTelemetry, OTEL_TRACES_EXPORTER={os.environ.get('OTEL_TRACES_EXPORTER')} "
                           f"to {os.environ.get('OTEL_EXPORTER_OTLP_ENDPOINT', 'the exporter default')}")

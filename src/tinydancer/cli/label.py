@@ -27,9 +27,12 @@ def label(
     sample: Optional[int] = typer.Option(None, help="Label this many prompts drawn at random (seeded) from the input."),
     config: Path = typer.Option(..., "--config", help="The gateway's YAML: every upstream answers each prompt."),
     out: Path = typer.Option(..., "--out", help="The routing table to write (JSONL), for `router train`."),
-    grader: Optional[str] = typer.Option(None, help="reference, judge or pairwise (default: reference when every prompt "
-                                                    "has one, else judge)."),
-    judge: Optional[str] = typer.Option(None, help="The upstream that grades answers (judge and pairwise graders)."),
+    grader: Optional[str] = typer.Option(None, help="pairwise (the judge compares each answer with the priciest "
+                                         "model's: 1 if at least as good, else 0), judge (a 1-10 rating of each answer "
+                                         "alone) or reference (a match with each prompt's reference answer). Default: "
+                                         "reference when every prompt has one, else pairwise."),
+    judge: Optional[str] = typer.Option(None, help="The upstream that grades answers (pairwise and judge graders): "
+                                        "your strongest model, better one the table does not score."),
     rubric: Optional[Path] = typer.Option(None, help="A text file of grading instructions replacing the default ones "
                                           "(judge and pairwise graders; the verdict's form is kept)."),
     match: str = typer.Option("normalized", help="Reference grader: exact, normalized or contains."),

@@ -27,7 +27,7 @@ def router_train(
     out: Path = typer.Option(..., "--out", help="Folder for router.safetensors."),
     embedder: str = typer.Option("minilm", help="Embedder for rows without embeddings: minilm, minilm-torch, "
                                  "static[-DIM] (static vectors distilled from MiniLM), hashing-DIM."),
-    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs."),
+    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs; per-million-token prices ({model: {input_price, output_price}}) are converted at an assumed 500 prompt + 500 answer tokens a call."),
     teacher_logits: Optional[Path] = typer.Option(None, help="Two-model tables: .npy of a teacher's logits, one per row, to distil."),
     neighbours: Optional[int] = typer.Option(None, help="Neighbour smoothing of training targets (0 = raw outcomes); "
                                              "default: chosen by cross-validation."),
@@ -93,7 +93,7 @@ def router_eval(
     router_dir: Path = typer.Argument(..., help="Folder written by `router train`."),
     table: Path = typer.Argument(..., help="Routing table (.jsonl) to evaluate on."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs."),
+    prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs; per-million-token prices ({model: {input_price, output_price}}) are converted at an assumed 500 prompt + 500 answer tokens a call."),
     plot: Optional[Path] = typer.Option(None, help="Write the cost-quality curve as PNG."),
 ) -> None:
     """AIQ, and for two-model tables APGR and CPT(20/50/80 %), of a router on a table, and the money
@@ -134,7 +134,7 @@ def router_route(
     router_dir: Path = typer.Argument(..., help="Folder written by `router train`."),
     query: str = typer.Argument(..., help="The query text."),
     strong_share: Optional[float] = typer.Option(None, help="Two models: calibrate so this share of typical queries go strong."),
-    cost_weight: Optional[float] = typer.Option(None, help="N models: the model with the best predicted quality (0-1) − cost_weight × cost, cost in dollars per call: a weight of 100 pays up to $0.001 more a call for 0.1 more predicted quality."),
+    cost_weight: Optional[float] = typer.Option(None, help="N models: the model with the best predicted quality (0-1) − weight × its cost as a share of the dearest model's (unitless: 0 ignores cost, 1 moves to a dearer model only for a gain above the price gap's share of the dearest price, 100 takes the cheapest unless another is far better)."),
     quality_bar: Optional[float] = typer.Option(None, help="N models: cheapest model predicted to reach this quality."),
 ) -> None:
     """Route one query and print the decision, and the operating point it was made at, as JSON.
@@ -169,7 +169,11 @@ def router_tables(
     data_dir: Optional[Path] = typer.Option(None, help="The shared data folder (default: $TINY_DANCER_DATA or ../shared/data)."),
     embeddings: bool = typer.Option(False, help="Include MiniLM embeddings in the rows (large files)."),
 ) -> None:
-    """Write the benchmark's fixed train/test splits (MMLU, GSM8K, LLMRouter) as routing tables."""
+    """Write the benchmark's fixed train/test splits (MMLU, GSM8K, LLMRouter) as routing tables.
+
+    Their costs are dollars per call: the sources' prices, per million tokens, at an assumed 500
+    prompt + 500 answer tokens a call (the data hold no token counts); APGR, CPT and AIQ do not
+    depend on that assumption, the dollar amounts do."""
     from ..llm.tables import shared_data_dir, standard_splits
 
     folder = data_dir or shared_data_dir()

@@ -34,7 +34,7 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="Lab networks only: serve every route without credentials "
                                                             "on any address."),
     strong_share: Optional[float] = typer.Option(None, help="Two-model query router: this share of typical queries go strong."),
-    cost_weight: Optional[float] = typer.Option(None, help="N-model query router: decide by predicted quality (0-1) − weight × cost, cost in dollars per call: a weight of 100 pays up to $0.001 more a call for 0.1 more predicted quality."),
+    cost_weight: Optional[float] = typer.Option(None, help="N-model query router: decide by predicted quality (0-1) − weight × its cost as a share of the dearest model's (unitless: 0 ignores cost, 1 moves to a dearer model only for a gain above the price gap's share of the dearest price, 100 takes the cheapest unless another is far better)."),
     quality_bar: Optional[float] = typer.Option(None, help="N-model query router: the cheapest model predicted to reach this."),
 ) -> None:
     """Serve the HTTP API with uvicorn (one worker; run replicas behind a load balancer to scale).
@@ -48,8 +48,8 @@ def serve(
     from ..server import ServiceSettings, create_app
     from ..server.guards import is_loopback
 
-    # a query-router-only service needs no candidate model: one is served if named, or if the
-    # default file exists, but readiness waits for it only when named (or when there is nothing else)
+    # a query-router-only service needs no candidate model: one is served (and readiness waits for
+    # it) only when named, or when there is nothing else to serve; /info says which
     require_candidates = model_path is not None or query_router is None
     settings = ServiceSettings(model_path=model_path or default_model_path(), database_path=database_path,
                                require_candidate_model=require_candidates,

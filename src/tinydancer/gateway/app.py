@@ -20,11 +20,13 @@ __all__ = ["create_gateway_app"]
 
 
 def create_gateway_app(config: GatewayConfig, settings: ServiceSettings | None = None, embedder: Any = None,
-                       tracer_provider: Any = None) -> FastAPI:
+                       tracer_provider: Any = None, *, serve_candidate_model: bool = False) -> FastAPI:
     """``embedder`` replaces the router's own (tests pass a small deterministic one); ``tracer_provider``
-    (an OpenTelemetry TracerProvider) the one the ``OTEL_*`` variables would make (see gateway.tracing)."""
-    # the gateway does not use the candidate-scoring model: readiness does not wait for one
-    settings = replace(settings or ServiceSettings(), require_candidate_model=False)
+    (an OpenTelemetry TracerProvider) the one the ``OTEL_*`` variables would make (see gateway.tracing).
+
+    The gateway does not use the candidate-scoring model, so it loads none (and /info says so)
+    unless ``serve_candidate_model`` asks this one process to serve ``POST /v1/route`` as well."""
+    settings = replace(settings or ServiceSettings(), require_candidate_model=serve_candidate_model)
     holder: list[Gateway] = []
 
     async def close() -> None:

@@ -7,9 +7,9 @@ goes to each upstream of the gateway's config; each answer is graded by
 - ``judge``: a configured upstream rates the answer from 1 to 10 against a rubric, in the spirit
   of MT-bench's single-answer grading; the rating must appear exactly once as ``[[n]]``, and a
   reply without one is a missing cell, never a zero;
-- ``pairwise``: the judge compares the answer with the priciest upstream's answer to the same
-  prompt (as RouteLLM labels its data): 1 when at least as good, 0 when worse; the priciest
-  model's own cell is 1.
+- ``pairwise`` (the default without references): the judge compares the answer with the priciest
+  upstream's answer to the same prompt (as RouteLLM labels its data): 1 when at least as good, 0
+  when worse; the priciest model's own cell is 1.
 The table's costs are the answers' real costs (``usage`` × the config's prices).
 
 Money: ``--dry-run`` prints the worst case and stops; ``--max-dollars`` is a hard cap on what a
@@ -624,11 +624,14 @@ def plan_from_config(config: GatewayConfig, prompts: list[Prompt], *, models: li
         if judge_cfg is None:
             raise ValidationError(f"--judge {judge!r} is not an upstream of the config")
     if grader is None:
-        grader = "reference" if all(p.reference is not None for p in prompts) else "judge"
+        # pairwise by default: a comparison with the priciest model's answer is steadier than a
+        # 1-10 rating (MT-bench's finding), and the judge never rates the reference answer alone
+        grader = "reference" if all(p.reference is not None for p in prompts) else "pairwise"
     if grader not in ("reference", "judge", "pairwise"):
         raise ValidationError(f"unknown grader {grader!r}: use reference, judge or pairwise")
     if grader in ("judge", "pairwise") and judge_cfg is None:
-        raise ValidationError(f"the {grader} grader needs --judge NAME (an upstream of the config)")
+        raise ValidationError(f"the {grader} grader needs --judge NAME (an upstream of the config)"
+                              + ("; or give every prompt a 'reference' answer" if grader == "pairwise" else ""))
     if grader == "reference" and kw.get("rubric") is not None:
         raise ValidationError("--rubric instructs a judge: use it with --grader judge or pairwise")
     if grader == "reference" and any(p.reference is None for p in prompts):

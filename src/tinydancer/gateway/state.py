@@ -18,7 +18,7 @@ from ..errors import TinyDancerError, ValidationError
 from ..llm import ROUTER_FILE, QueryRouter, query_key
 from ..server.client_keys import client_keys
 from ..server.metrics import STATE_CODE
-from ..server.state import Service
+from ..server.state import Service, router_summary, router_version
 from ..server.storage import CallRecord, decision_record, new_request_id
 from ..server.storage.base import keeps_registry
 from .budgets import KeySpend
@@ -87,7 +87,7 @@ class Gateway:
         if config.router is not None:  # the user's router file follows the registry (the packaged one never does)
             service.follow("query_router", Path(path) / ROUTER_FILE if Path(path).is_dir() else Path(path))
         self.router = QueryRouter.load(path)
-        self.router_version = self._version_of(self.router)
+        self.router_version = router_version(self.router)
         self._router_stat = self._stat()
         if embedder is None:
             from ..llm.embeddings import embedder_for_id
@@ -137,6 +137,9 @@ class Gateway:
         provider = tracer_provider if tracer_provider is not None else provider_from_environment()
         self.tracer = None if provider is None else CallTracer(provider, config.log_prompts, owned=tracer_provider is None)
         service.readiness_check = self.readiness_problem
+        # /info and /health/ready describe the router this gateway routes with (not the service's --query-router)
+        service.query_router_info = lambda: router_summary(self.router, self.router_path, point=self.point,
+                                                           strong_share=config.operating_point.strong_share)
         service.watchers.append(self.check_router)
         service.watchers.append(self.save_live)
         self.learning = None if config.learning is None else ScheduledLearning(config, config.learning, service.storage)
@@ -144,10 +147,6 @@ class Gateway:
             service.watchers.append(self.learning.tick)
 
     # ------------------------------------------------------------------ the router file
-    @staticmethod
-    def _version_of(router: QueryRouter) -> str:
-        return str(router.model.extra_metadata.get("version") or router.info.get("retrained_at") or router.info.get("trained_at", ""))
-
     def _stat(self) -> tuple[int, int] | None:
         path = Path(self.router_path)
         file = path / ROUTER_FILE if path.is_dir() else path
@@ -175,7 +174,7 @@ class Gateway:
             self.service.metrics.reloads.labels("failed").inc()
             return ["gateway router: failed"]
         self.router, self.scorer.router = new, new
-        self.router_version = self._version_of(new)
+        self.router_version = router_version(new)
         self.live.switch(new, self.router_version)
         self.service.metrics.reloads.labels("ok").inc()
         log.info("gateway router reloaded from %s", self.router_path)

@@ -152,12 +152,16 @@ def oracle_points(scores: np.ndarray, costs: np.ndarray, n_settings: int = 201) 
 def cost_weight_for_budget(quality: np.ndarray, costs: np.ndarray, budget: float) -> tuple[float, float, float] | None:
     """The cost weight whose choices (``argmax(quality - weight * costs)`` per row) keep the mean
     predicted cost within ``budget`` with the best mean predicted quality: (weight, quality, cost),
-    or None when no weight does.  ``quality`` is (N, M) predicted, ``costs`` (M,) per model."""
+    or None when no weight does.  ``quality`` is (N, M) predicted, ``costs`` (M,) per model in
+    dollars.  The weight multiplies each cost as a share of the dearest model's, as
+    :meth:`QueryRouter.choose` does, so the weight found is the router's own ``cost_weight``."""
     costs = np.asarray(costs, dtype=np.float64)
+    dearest = float(costs.max()) if costs.size else 0.0
+    relative = costs / dearest if dearest > 0 else np.zeros_like(costs)
     rows = np.arange(len(quality))
     best: tuple[float, float, float] | None = None
-    for lam in sorted(set(lambda_grid(quality, costs).tolist()) | {0.0}):
-        choice = np.argmax(quality - lam * costs, axis=1)
+    for lam in sorted(set(lambda_grid(quality, relative).tolist()) | {0.0}):
+        choice = np.argmax(quality - lam * relative, axis=1)
         q, c = float(quality[rows, choice].mean()), float(costs[choice].mean())
         if c <= budget and (best is None or (q, -c) > (best[1], -best[2])):
             best = (float(lam), q, c)

@@ -32,7 +32,14 @@ Decisions
     two models:  strong when the advantage score >= ``threshold`` (``calibrate(share)`` sets it
                  so that ``share`` of typical queries go strong, as RouteLLM does);
     N models:    the cheapest model whose predicted quality clears ``quality_bar``, or else
-                 ``argmax(predicted quality - cost_weight * cost)``.
+                 ``argmax(predicted quality - cost_weight * cost / dearest cost)``.
+
+The cost weight is unitless: a cost counts as a share of the dearest model's cost per call, so
+the same weight makes the same trade-off whatever the prices' scale (in dollars a call, the
+cheap models of today cost so little that weights 0, 1 and 100 all chose alike).  Weight w pays
+the dearest model's whole price for w more predicted quality (0 to 1): 0 ignores cost, about 1
+trades them evenly, 100 takes the cheapest model unless another is predicted far better for
+little more.
 """
 
 from __future__ import annotations
@@ -143,6 +150,10 @@ class QueryRouter:
             raise ValidationError(f"strong must index one of the {m} models, got {strong!r}")
         self.weak = (1 - self.strong) if m == 2 else int(order[0])
         self._cost_list = [float(c) for c in self.costs]
+        dearest = float(self.costs.max()) if m else 0.0
+        #: what ``cost_weight`` multiplies: each model's cost as a share of the dearest one's
+        self.relative_costs = self.costs / dearest if dearest > 0 else np.zeros_like(self.costs)
+        self._relative_list = [float(c) for c in self.relative_costs]
 
     # ------------------------------------------------------------------ structure
     @property
@@ -242,7 +253,7 @@ class QueryRouter:
             cheapest_ok = np.argmin(np.where(ok, rank, np.inf), axis=1)
             return np.where(ok.any(axis=1), cheapest_ok, np.argmax(quality, axis=1))
         lam = self.cost_weight if cost_weight is None else cost_weight
-        return np.argmax(quality - lam * self.costs, axis=1)
+        return np.argmax(quality - lam * self.relative_costs, axis=1)
 
     def outputs_for(self, embedding: Sequence[float] | np.ndarray, text: str | None = None) -> np.ndarray:
         """Outputs for one query's embedding; given its text as well, the outcome memory applies."""
@@ -296,7 +307,7 @@ class QueryRouter:
         else:
             quality = values[:m]
             costs = self._cost_list
-            utility = [q - cost_weight * c for q, c in zip(quality, costs)]
+            utility = [q - cost_weight * c for q, c in zip(quality, self._relative_list)]
             order = sorted(range(m), key=lambda i: -utility[i])
             clears = [i for i in range(m) if ok[i] and quality_bar is not None and quality[i] >= quality_bar]
             if clears:  # the cheapest model predicted to reach the bar; among equal prices, the better one

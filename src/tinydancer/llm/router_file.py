@@ -23,6 +23,8 @@ __all__ = ["ROUTER_FORMAT", "ROUTER_FORMAT_VERSION", "ROUTER_FILE", "pack", "sav
 
 ROUTER_FORMAT = "tinydancer.query_router"
 ROUTER_FORMAT_VERSION = 1
+#: what ``cost_weight`` multiplies: each model's cost as a share of the dearest one's
+COST_WEIGHT_SCALE = "share-of-dearest"
 ROUTER_FILE = "router.safetensors"
 
 #: a QueryRouter (not imported: query_router imports this module)
@@ -51,6 +53,7 @@ def pack(router: Router) -> FastGRNN:
         "embedder_id": router.embedder_id,
         "threshold": router.threshold,
         "cost_weight": router.cost_weight,
+        "cost_weight_scale": COST_WEIGHT_SCALE,
         "quality_bar": router.quality_bar,
         "score_quantiles": None if router.score_quantiles is None else router.score_quantiles.tolist(),
         "memory_prior": None if router.memory is None else router.memory.prior_weight,
@@ -59,6 +62,16 @@ def pack(router: Router) -> FastGRNN:
         "head": None if router.head is None else {"alpha": router.head.alpha, "network_weight": router.network_weight},
     })
     return net
+
+
+def stored_cost_weight(meta: dict[str, Any]) -> float:
+    """The file's cost weight on today's scale: a file written before the knob weighed each cost as
+    a share of the dearest model's (no ``cost_weight_scale``) weighed dollars, the same choices as
+    that weight times the dearest cost."""
+    weight = float(meta["cost_weight"])
+    if meta.get("cost_weight_scale") == COST_WEIGHT_SCALE:
+        return weight
+    return weight * max((float(c) for c in meta["costs"]), default=0.0)
 
 
 def load(cls: Callable[..., Router], path: str | Path) -> Router:
@@ -93,7 +106,7 @@ def from_network(cls: Callable[..., Router], net: FastGRNN, file: str) -> Router
         for key in [k for k in net.aux_tensors if k.startswith(("memory.", "head."))]:
             del net.aux_tensors[key]  # the router holds them; pack() puts them back
         return cls(net, meta["models"], meta["costs"], meta["embedder_id"], threshold=meta["threshold"],
-                   cost_weight=meta["cost_weight"], quality_bar=meta["quality_bar"],
+                   cost_weight=stored_cost_weight(meta), quality_bar=meta["quality_bar"],
                    score_quantiles=meta["score_quantiles"], info=meta.get("info"), memory=memory,
                    strong=meta.get("strong"), head=head,
                    network_weight=1.0 if head_meta is None else float(head_meta["network_weight"]))

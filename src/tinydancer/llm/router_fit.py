@@ -258,4 +258,5 @@ def default_cost_weight(router: Router, outputs: np.ndarray, scores: np.ndarray,
     lambdas = lambda_grid(outputs[:, : len(router.models)], costs)
     _cost, quality = sweep_curve(sweep_choices(outputs, costs, prices=router.costs, lambdas=lambdas), scores, costs)
     good = lambdas[quality >= best_single]
-    return float(good.max()) if good.size else 0.0
+    # the sweep weighs dollars; the router's knob weighs each cost as a share of the dearest one's
+    return float(good.max()) * float(router.costs.max()) if good.size else 0.0

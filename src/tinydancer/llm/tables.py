@@ -4,12 +4,14 @@ The JSONL format, one row per query::
 
     {"query": "What is ...?", "embedding": [0.01, ...],          # embedding optional
      "scores": {"gpt-4": 1.0, "mixtral": 0.0},                   # quality 0..1 per model
-     "costs": {"gpt-4": 24.7, "mixtral": 0.24}}                  # $ per query, optional
+     "costs": {"gpt-4": 0.0247, "mixtral": 0.00024}}             # $ per call, optional
 
-with an optional price table ``{model: $ per query}`` for rows without ``costs``.  Every row must
+with an optional price table ``{model: $ per call}`` (or per million tokens, converted at an
+assumed 500 prompt + 500 answer tokens a call) for rows without ``costs``.  Every row must
 score the same models.  Loaders turn the public outcome data in ``../shared/data`` into tables:
 RouteLLM's MMLU and GSM8K (two models, correctness; contaminated prompts dropped as RouteLLM
-does) and LLMRouter's 9-model data (scores 0..1, each model's input price as its cost per query).
+does) and LLMRouter's 9-model data (scores 0..1); their prices, per million tokens, become dollars a
+call at the assumed 1,000 tokens a call (:data:`ASSUMED_PROMPT_TOKENS`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,25 @@ from .._io import atomic_write_text
 from .._validation import check_finite
 from ..errors import ValidationError
 
-#: RouteLLM's prices ($ per million tokens, from the RouteLLM paper), used as cost per query
-ROUTELLM_PRICES = {"gpt-4-1106-preview": 24.7, "mistralai/Mixtral-8x7B-Instruct-v0.1": 0.24}
+#: the tokens one call is assumed to use (prompt and answer) where a price table gives dollars per
+#: million tokens and the outcome data give no token counts (RouteLLM's and LLMRouter's tables do
+#: not): an assumption, not a measurement.  A uniform guess scales every model's cost alike, so
+#: APGR, CPT, AIQ and the savings' shares do not depend on it; the dollar amounts do.
+ASSUMED_PROMPT_TOKENS = 500
+ASSUMED_ANSWER_TOKENS = 500
+#: RouteLLM's blended prices in $ per million tokens (from the RouteLLM paper)
+ROUTELLM_PRICES_PER_MILLION = {"gpt-4-1106-preview": 24.7, "mistralai/Mixtral-8x7B-Instruct-v0.1": 0.24}
+
+
+def per_call(input_per_million: float, output_per_million: float | None = None) -> float:
+    """Dollars a call from prices per million tokens, at the assumed tokens of a call (a blended
+    price: give it alone)."""
+    out = input_per_million if output_per_million is None else output_per_million
+    return (ASSUMED_PROMPT_TOKENS * input_per_million + ASSUMED_ANSWER_TOKENS * out) / 1e6
+
+
+#: RouteLLM's prices as dollars a call (at the assumed 1,000 tokens a call: $0.0247 and $0.00024)
+ROUTELLM_PRICES = {m: per_call(p) for m, p in ROUTELLM_PRICES_PER_MILLION.items()}
 ROUTELLM_STRONG = "gpt-4-1106-preview"
 ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
@@ -211,12 +230,30 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+#: the per-million-token keys a price table may give per model (LLMRouter's, the gateway's)
+PER_MILLION_KEYS = (("input_price", "output_price"), ("input_per_million", "output_per_million"))
+
+
 def load_prices(path: str | Path) -> dict[str, float]:
-    """A price table ``{model: $ per query}`` (or LLMRouter's ``{model: {"input_price": ...}}``)."""
+    """A price table as dollars a call: ``{model: $ per call}``, or per million tokens
+    (``{model: {"input_price", "output_price"}}`` as LLMRouter's, or ``input_per_million`` /
+    ``output_per_million`` as the gateway's), converted at :data:`ASSUMED_PROMPT_TOKENS` +
+    :data:`ASSUMED_ANSWER_TOKENS` tokens a call."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValidationError(f"{path} must hold a JSON object of model → price")
-    return {m: float(v["input_price"] if isinstance(v, dict) else v) for m, v in data.items()}
+    prices = {}
+    for model, value in data.items():
+        if not isinstance(value, dict):
+            prices[model] = _number(value, f"{path}: {model}")
+            continue
+        keys = next((k for k in PER_MILLION_KEYS if k[0] in value), None)
+        if keys is None:
+            raise ValidationError(f"{path}: {model}: give dollars a call, or input_price/output_price (or "
+                                  "input_per_million/output_per_million) in dollars per million tokens")
+        inp = _number(value[keys[0]], f"{path}: {model}.{keys[0]}")
+        prices[model] = per_call(inp, _number(value.get(keys[1], inp), f"{path}: {model}.{keys[1]}"))
+    return prices
 
 
 # ---------------------------------------------------------------------- public data
@@ -296,7 +333,8 @@ def split_routellm(table: RoutingTable, train_fraction: float = 0.8, seed: int =
 
 
 def load_llmrouter(data_dir: Path, split: str) -> RoutingTable:
-    """LLMRouter's ``dcrouter_{split}.json`` with each model's input price as its cost per query."""
+    """LLMRouter's ``dcrouter_{split}.json``, each model's cost a call from its per-million-token
+    prices at the assumed tokens of a call."""
     folder = data_dir / "llmrouter"
     rows = json.loads((folder / f"dcrouter_{split}.json").read_text(encoding="utf-8"))
     prices = load_prices(folder / "llm_prices.json")

@@ -97,7 +97,7 @@ def read_model_file(path: str | Path) -> ModelFileContents:
         raise ModelFileError(f"cannot read a model file at {str(path)[:200]!r}: {reason}") from None
     if not exists:
         raise ModelFileError(
-            f"no model file at {path}: train one with `tinydancer train` or run `make demo` "
+            f"no model file at {path}: train one with `tinydancer candidates train` or run `make demo` "
             "to create the default model"
         )
     try:

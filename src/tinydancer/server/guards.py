@@ -135,7 +135,7 @@ class AccessGuard:
             return None
         if self.admin_token is None:
             return (403, "the dashboard needs TINY_DANCER_AUTH_TOKEN off loopback") if self.remote else None
-        if self._presented(scope, self._admin()) or self._session(scope):
+        if self._presented(scope, self._admin()) is not None or self._session(scope):
             return None
         if scope.get("method") == "GET" and "text/html" in self._header(scope, b"accept"):
             return 303, "sign in at /dashboard/login"

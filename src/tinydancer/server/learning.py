@@ -171,7 +171,6 @@ def retrain(
     entry = registry.add(new, metrics, parent)
     if better and (refused := _promote(registry, entry, model_path, expected, cfg)) is not None:
         better, reason = False, f"{reason}; then refused: {refused}"
-    say(reason)
     return RetrainReport(n, len(fit), len(cal), len(hold), old_m, new_m, better, entry.version, parent, reason,
                          round(time.perf_counter() - started, 3), asdict(entry))
 
@@ -437,7 +436,6 @@ def retrain_query_router(
         reason += (f"; {merged} outcomes of text queries are now in the served router's outcome memory"
                    if better else f"; the served router is unchanged: the {merged} outcomes of text queries merged into "
                    f"the new version's memory are only in the registry ({entry.version})")
-    say(reason)
     return RetrainReport(n, len(fit), 0, len(hold), metrics["holdout_of_parent"], metrics["holdout"], better,
                          entry.version, parent, reason, round(time.perf_counter() - started, 3), asdict(entry), skipped)
 
@@ -459,6 +457,9 @@ def _query_gate(cfg: RetrainConfig, current: QueryRouter, new: QueryRouter, x: n
     old_m, new_m = errors(current), errors(new)
     mix_old, mix_new = _routing_mix(current, x), _routing_mix(new, x)
     shift = float(0.5 * np.abs(mix_new - mix_old).sum())
+    # a mix can stay put while queries swap models (a two-model router keeps its share by design)
+    moved = int((current.choose(current.predict(x)) != new.choose(new.predict(x))).sum())
+    kept_share = " (a two-model router keeps its share of strong calls by design)" if current.is_pair else ""
     gate_ok = shift <= cfg.max_mix_shift or cfg.allow_mix_shift
     logged = np.isfinite(propensity)
     off = offpolicy_gate(current, new, LoggedExploration(x[logged], chosen[logged], observed[logged], propensity[logged]),
@@ -469,9 +470,10 @@ def _query_gate(cfg: RetrainConfig, current: QueryRouter, new: QueryRouter, x: n
     reason = (f"held-out squared error of the answering model's predicted quality {old_m['squared_error']:.4f} → "
               f"{new_m['squared_error']:.4f}" + ("" if error_ok else " (worse)")
               + ("" if off.passed is None else " (reported; the off-policy gate decides)") + f"; {off.summary}"
-              + f"; routing mix moved {shift:.3f}"
+              + f"; routing mix moved {shift:.3f}{kept_share}, {moved} of {len(x)} held-out queries now go to "
+              "another model"
               + ("" if gate_ok else f", over {cfg.max_mix_shift:g} (review it, then retrain with --allow-mix-shift)")
               + (" (allowed)" if cfg.allow_mix_shift else "") + (": promoted" if better else ": kept the current router"))
     gate = {"mix_old": dict(zip(current.models, mix_old.tolist())), "mix_new": dict(zip(current.models, mix_new.tolist())),
-            "shift": shift}
+            "shift": shift, "moved_queries": moved}
     return better, reason, {"holdout": new_m, "holdout_of_parent": old_m, "gate": gate, "offpolicy": off.evidence}

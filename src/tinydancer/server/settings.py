@@ -79,7 +79,9 @@ class ServiceSettings:
     query_strong_share: float | None = None
     query_cost_weight: float | None = None
     query_quality_bar: float | None = None
-    #: readiness waits for the candidate-scoring model (the gateway, which does not use it, says no)
+    #: this process serves the candidate-scoring model, and readiness waits for it.  False (the
+    #: gateway; ``serve --query-router`` without ``--model-path``): no candidate model is loaded,
+    #: even if the default file exists, so /info and /v1/route say that none is served
     require_candidate_model: bool = True
     #: seeds the exploration draws (None: fresh entropy each start), so a run can be replayed
     exploration_seed: int | None = None

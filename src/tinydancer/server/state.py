@@ -8,7 +8,7 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -69,7 +69,14 @@ class Service:
                 self.follow("model", settings.model_path)
             if settings.query_router_path is not None:
                 self.follow("query_router", self._query_router_file())
-        self._try_load()
+        if settings.require_candidate_model:
+            self._try_load()
+        else:
+            self.not_ready_reason = ("this process serves no candidate model: start `tinydancer serve --model-path FILE` "
+                                     "to score candidates")
+        #: describes the router that routes queries here, for /info and /health/ready (the
+        #: gateway replaces it with its own router's); None: none is served
+        self.query_router_info: Callable[[], dict[str, Any]] | None = self._served_query_router_info
         if settings.query_router_path is not None:
             self.reload_query_router()
 
@@ -156,6 +163,24 @@ class Service:
         self._seen_query_stat = stat
         return new
 
+    def _served_query_router_info(self) -> dict[str, Any] | None:
+        qr = self.query_router
+        if qr is None:
+            return None
+        s = self.settings
+        return router_summary(qr, self._query_router_file(), strong_share=s.query_strong_share)
+
+    def serves(self) -> dict[str, Any]:
+        """What this process serves, for /info and /health/ready: the query router (path, version,
+        embedder, models, operating point) and the candidate model, each only where it is served."""
+        out: dict[str, Any] = {"pid": os.getpid(), "started_at": self.started}
+        info = None if self.query_router_info is None else self.query_router_info()
+        if info is not None:
+            out["query_router"] = info
+        if self.router is not None:
+            out["candidate_model"] = {"version": self.router.served.version, "path": self.router.served.path}
+        return out
+
     def readiness_problem(self) -> str | None:
         """Why this service should not take traffic now (None: ready)."""
         if self.router is None and self.settings.require_candidate_model:
@@ -217,7 +242,8 @@ class Service:
         it changes again; the previous model keeps serving.
         """
         events = []
-        stat = self._stat()
+        serves_model = self.settings.require_candidate_model or self.router is not None
+        stat = self._stat() if serves_model else None
         if stat is not None and stat != self._seen_stat:
             try:
                 await asyncio.to_thread(self.reload)
@@ -254,3 +280,23 @@ def _embedder_problem(router: QueryRouter) -> str | None:
         return (f"the query router's embedder {router.embedder_id!r} cannot load ({exc}); text queries cannot be "
                 "routed: install it with `make embed`, or send embeddings")
     return None
+
+
+def router_summary(router: QueryRouter, path: Path | str | None, *, strong_share: float | None = None,
+                   point: Any = None) -> dict[str, Any]:
+    """A query router as /info and /health/ready show it: where it was read from, its version,
+    embedder, models and the operating point it routes at now (``point``: the served one, when it
+    is not the router's own)."""
+    threshold, cost_weight, quality_bar = point if point is not None else (router.threshold, router.cost_weight,
+                                                                           router.quality_bar)
+    version = router_version(router)
+    op: dict[str, Any] = ({"strong_share": strong_share, "threshold": threshold} if router.is_pair
+                          else {"cost_weight": cost_weight, "quality_bar": quality_bar})
+    return {"path": None if path is None else str(path), "version": version or None,
+            "embedder": router.embedder_id, "models": list(router.models), "operating_point": op}
+
+
+def router_version(router: QueryRouter) -> str:
+    """A query router's version: the registry's, else when it was retrained or trained."""
+    info = router.info or {}
+    return str(router.model.extra_metadata.get("version") or info.get("retrained_at") or info.get("trained_at", ""))

@@ -31,7 +31,9 @@ async def ready(request: Request) -> Any:
     problem = service.readiness_problem()
     if problem is not None:
         return JSONResponse({"ready": False, "reason": problem}, status_code=503)
-    return {"ready": True, "model_version": None if service.router is None else service.router.served.version}
+    # what this process serves, and its pid: after a restart, a client can tell the new process from the old one
+    return {"ready": True, "model_version": None if service.router is None else service.router.served.version,
+            **service.serves()}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -50,17 +52,21 @@ async def metrics(request: Request) -> Any:
 async def info(request: Request) -> dict[str, Any]:
     service = service_of(request)
     r = service.router
-    qr = service.query_router
+    served = service.serves()
     return {
         "version": __version__,
         "uptime_s": round(time.time() - service.started, 1),
-        "ready": r is not None,
+        "pid": served["pid"],
+        "ready": service.readiness_problem() is None,
+        "serves": [k for k in ("gateway", "query_router", "candidate_model") if k in served
+                   or (k == "gateway" and getattr(request.app.state, "gateway", None) is not None)],
+        # the candidate-scoring model, only where this process serves one
         "model": None if r is None else {
             "version": r.served.version, "path": r.served.path, "sha256": r.served.sha256,
             "loaded_at": r.served.loaded_at, "calibrated": r.served.calibrator is not None,
             "size_bytes": r.served.model.size_bytes(),
         },
-        "query_router": None if qr is None else {"models": qr.models, "embedder": qr.embedder_id},
+        "query_router": served.get("query_router"),
         "database": (safe_url(service.settings.database_url) if service.settings.database_url
                      else str(service.settings.database_path)),
         "auth": bool(service.settings.auth_token),
