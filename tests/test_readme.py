@@ -69,3 +69,8 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "labelled.jsonl").stat().st_size > 0
     assert (tmp_path / "routers" / "mine" / "router.safetensors").is_file()
     assert "fine-tuned" in out and ("promoted" in out or "kept" in out or "not promoted" in out), out[-3000:]
+    assert "hard prompts to strong" in out, out[-3000:]
+    # step 9: the gateway retrained by itself (learning:) and the registry shows the off-policy evidence
+    versions = list((tmp_path / "models" / "registry" / "versions").glob("*/version.json"))
+    assert len(versions) >= 2, out[-3000:]
+    assert "diff CI low" in out and ("passed" in out or "refused" in out), out[-3000:]
