@@ -147,11 +147,35 @@ def _execute(storage: Any, sql: str, args: tuple[Any, ...] = ()) -> None:
             conn.execute(sql, args)
     else:
         with storage._pool.connection() as conn:
-            conn.execute(sql.replace("?", "%s"), args)
+            if args:
+                conn.execute(sql.replace("?", "%s"), args)
+            else:  # a script's statement: its % are operators, not placeholders
+                conn.execute(sql)
 
 
 def _delete_before(storage: Any, cut: float) -> None:
     _execute(storage, "DELETE FROM calls WHERE created_at < ?", (cut,))
+
+
+def test_the_rollup_migrations_backfill_equals_what_its_triggers_kept(storage: Any) -> None:  # noqa: F811
+    """A log upgraded with calls in it (the migration's backfill) has the rollups that a log whose
+    triggers saw every insert has: per hour, upstream, model, status and key name."""
+    from tinydancer.server.storage import postgres, sqlite
+    from tinydancer.server.storage.rollups import PG_ROLLUPS, SQLITE_ROLLUPS
+
+    seed(storage, time.time(), n=120)
+    def rollups(table: str) -> list[tuple[Any, ...]]:  # sums in another order may differ in the last bits
+        return sorted(tuple(round(v, 12) if isinstance(v, float) else v for v in r) for r in storage.query(f"SELECT * FROM {table}")[1])
+
+    kept = {table: rollups(table) for table in ("call_hours", "call_latency")}
+    if isinstance(storage, SQLiteStorage):
+        drops, script, split = ("DROP TRIGGER calls_rollup_insert", "DROP TRIGGER calls_rollup_delete"), SQLITE_ROLLUPS, sqlite._statements
+    else:
+        drops, script, split = ("DROP FUNCTION calls_rollup() CASCADE",), PG_ROLLUPS, postgres._statements
+    for statement in (*drops, "DROP TABLE call_hours", "DROP TABLE call_latency", "DROP INDEX outcomes_target", *split(script)):
+        _execute(storage, statement)
+    assert {table: rollups(table) for table in kept} == kept
+    assert {r[4] for r in kept["call_hours"]} == {"team-a", "team-b", "ops", ""}
 
 
 def test_latency_bins_agree_between_python_and_the_database_and_percentiles_are_within_a_bin(storage: Any) -> None:  # noqa: F811
