@@ -137,7 +137,7 @@ MIGRATIONS: list[str] = [
     #    logging policy (NULL: deterministic) and whether it was explored, for off-policy estimates
     "ALTER TABLE decisions ADD COLUMN propensity REAL; ALTER TABLE decisions ADD COLUMN explored INTEGER",
     # 10: the dashboard's rollups (tinydancer.server.report): calls, tokens and cost per hour, upstream,
-    #    model and status, and a latency histogram per hour and upstream, kept by triggers on calls
+    #    model, status and client key name, and a latency histogram per hour and upstream, kept by triggers on calls
     #    (see rollups.py); outcomes get an index by time for the page
     SQLITE_ROLLUPS,
     # 11 (issue 27): who recorded each outcome: 'feedback', 'failure' (a failed gateway attempt) or
