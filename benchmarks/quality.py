@@ -25,6 +25,7 @@ are repeats — a second table that scores the repeated and the new test queries
     .venv/bin/python benchmarks/quality.py --only mmlu      # one dataset
     .venv/bin/python benchmarks/quality.py --robustness     # stress tables with bootstrap intervals (robustness.py)
     .venv/bin/python benchmarks/quality.py --robustness --embedders minilm,static   # the same tables, embedders compared
+    .venv/bin/python benchmarks/quality.py --generalization --embedders static,minilm  # leave one dataset out (generalization.py)
 """
 
 from __future__ import annotations
@@ -334,11 +335,23 @@ def main() -> None:
                                                                    "(benchmarks/robustness.py) instead")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, with --robustness")
     parser.add_argument("--embedders", default=None, help="with --robustness: compare embedders (make_embedder names, "
-                        "the first is the reference), e.g. minilm,static")
+                        "the first is the reference), e.g. minilm,static; with --generalization: run each")
+    parser.add_argument("--generalization", action="store_true", help="leave one dataset out, and the packaged router's "
+                        "recipe on every test split (benchmarks/generalization.py)")
+    parser.add_argument("--no-features", action="store_true", help="with --generalization: skip the prompt features row")
+    parser.add_argument("--today", type=Path, default=None, help="with --generalization: a router file to score beside "
+                        "the new recipe (e.g. the packaged router before the rebuild)")
     args = parser.parse_args()
     data = args.data_dir or shared_data_dir()
     if data is None:
         sys.exit("the routing-quality benchmark needs ../shared/data (or --data-dir / TINY_DANCER_DATA)")
+    if args.generalization:
+        sys.path.insert(0, str(HERE.parent / "tools"))
+        import generalization
+
+        generalization.main(data, args.resamples, (args.embedders or "static").split(","), not args.no_features,
+                            args.today)
+        return
     if args.robustness:
         import robustness
 
