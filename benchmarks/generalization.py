@@ -4,13 +4,15 @@ router's own test scores (issue 30, items 1 and 3).
 Units (``tinydancer.llm.public_tables``): MMLU, GSM8K, MT-bench, LLMRouter's math, code,
 knowledge and commonsense groups, AlpacaEval; LLMRouter's other tasks are always trained on.
 For each unit: train on every other unit (rows whose prompt appears verbatim in the held-out
-unit dropped: LLMRouter repeats some MMLU and GSM8K prompts), test on the unit.
+unit dropped: LLMRouter repeats some MMLU and GSM8K prompts), test on the unit.  MMLU, the only
+unit over 4,000 rows, is a seeded 4,000-row sample of its 14,037 (``UNIT_CAP``), both as training
+rows and held out.  The training units' strong-weak gaps are balanced as the packaged recipe does
+(``public_tables.balance_gaps``; ``--no-balance``: each pair's own gap).
 
 Routers, all trained on the same rows and the same embeddings:
-- ours: ``QueryRouter.fit`` (outcome memory off, as the packaged router), on the embedding alone;
-- ours, features forced: the same with the prompt features appended; "ours + features (cv)" is
-  the one of the two the training table's own folds prefer (``router_fit``'s rule: the embedding
-  alone unless the features win by more than a standard error; the note says which);
+- ours: ``QueryRouter.fit`` as the packaged recipe runs it (outcome memory off; the prompt
+  features offered to cross-validation, kept only where the training table's own folds prefer
+  them by more than a standard error: the note says which, with each input's fold AIQ);
 - ridge and kNN on the embedding, alpha / k tuned by AIQ on the same folds (``robustness.tuned``);
 - prompt length (words: longer goes strong), and random: the mean and the 97.5th percentile of
   1,000 random scorings of the held-out rows (the "95 % upper bound" a router must beat).
@@ -19,10 +21,12 @@ Metrics: APGR (RouteLLM's, strong = the better model) and AIQ, each with a 95 % 
 over the same resamples of the held-out rows for every router.  Verdict: "ok" when ours is above
 random's upper bound and at or above the lower end of the best baseline's interval.
 
-Then the packaged router: trained on the training splits of every table (as
-``tools/build_default_router.py`` does), scored on each test split, beside today's packaged router.
+Then router files (by default the packaged router; ``--routers label=DIR,...`` others, such as the
+packaged router before a rebuild) on every table's test split, which the packaged router's
+training (``tools/build_default_router.py``: every table's training split) never saw.
 
-    .venv/bin/python benchmarks/quality.py --generalization [--embedders static,minilm] [--resamples 1000]
+    .venv/bin/python benchmarks/quality.py --generalization [--embedders static,minilm] [--no-features] \
+        [--routers packaged=src/tinydancer/gateway/default_router,before=/tmp/old] [--resamples 1000]
 """
 
 from __future__ import annotations
@@ -39,9 +43,8 @@ from robustness import KNN_K, RIDGE_ALPHA, ridge_predict, tuned
 from tinydancer.llm.embeddings import make_embedder
 from tinydancer.llm.evaluation import choices_aiq, routellm_curve, sweep_choices
 from tinydancer.llm.prompt_features import FEATURES_ID, with_features
-from tinydancer.llm.public_tables import held_out_units, merge, packaged_splits
+from tinydancer.llm.public_tables import balance_gaps, held_out_units, merge, packaged_splits
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
-from tinydancer.llm.selection import _best
 from tinydancer.llm.tables import RoutingTable
 
 Scorer = Callable[[RoutingTable, RoutingTable], tuple[np.ndarray, str]]
@@ -82,33 +85,21 @@ def interval(values: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------------- routers
-def fit_ours(train: RoutingTable, test: RoutingTable, feature_set: str) -> tuple[np.ndarray, list[float], str]:
-    """Our router on the embedding alone ("none") or with the prompt features: its held-out
-    scores, its chosen setting's fold AIQs (the same folds for both inputs), and a note."""
+def ours(train: RoutingTable, test: RoutingTable, features: bool) -> tuple[np.ndarray, str]:
+    """Our router as the packaged recipe trains it (outcome memory off; with ``features`` the
+    prompt features offered to cross-validation, kept only if the folds prefer them): its
+    held-out scores and a note with what was chosen and the folds' AIQ for each input."""
     t0 = time.perf_counter()
-    router = QueryRouter.fit(train, QueryRouterConfig(memory=False, feature_sets=(feature_set,), workers=1))
-    x = test.embeddings if feature_set == "none" else with_features(test.embeddings, test.queries)
-    sel = router.info["selection"]
-    c = sel["chosen"]
-    folds = sel["candidates"]["network"][f"hidden {c['hidden_dim']}, network weight {c['network_weight']:g}"]
-    note = (f"hidden {c['hidden_dim']}, k {c['neighbours']}, net weight {c['network_weight']:g}, cv AIQ "
-            f"{np.mean(folds):.4f}, {time.perf_counter() - t0:.0f} s")
-    return router.estimate(x)[:, 2], folds, note
-
-
-def ours_rows(train: RoutingTable, test: RoutingTable, features: bool) -> dict[str, tuple[np.ndarray, str]]:
-    """"ours" (embedding alone); with ``features`` also the router with the prompt features, and
-    the cross-validated choice between the two (``router_fit``'s rule: the embedding alone unless
-    the folds prefer the features by more than a standard error), as ``fit`` with
-    ``feature_sets=("none", FEATURES_ID)`` would make it, without training the first twice."""
-    score, folds, note = fit_ours(train, test, "none")
-    out = {"ours": (score, note)}
-    if features:
-        f_score, f_folds, f_note = fit_ours(train, test, FEATURES_ID)
-        out["ours, features forced"] = (f_score, f_note)
-        chosen = _best({"none": folds, FEATURES_ID: f_folds}, prefer_first=True)
-        out["ours + features (cv)"] = (score if chosen == "none" else f_score, f"inputs chosen: {chosen}")
-    return out
+    sets = ("none", FEATURES_ID) if features else ("none",)
+    router = QueryRouter.fit(train, QueryRouterConfig(memory=False, feature_sets=sets))
+    x = test.embeddings if "+" not in router.embedder_id else with_features(test.embeddings, test.queries)
+    c = router.info["selection"]["chosen"]
+    picked = router.info.get("features")
+    inputs = "embedding" if picked is None else (
+        f"inputs {picked['chosen']} (fold AIQ " + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in picked["fold_aiq"].items()) + ")")
+    note = (f"hidden {c['hidden_dim']}, k {c['neighbours']}, net weight {c['network_weight']:g}, {inputs}, "
+            f"{time.perf_counter() - t0:.0f} s")
+    return router.estimate(x)[:, 2], note
 
 
 def tuned_baseline(name: str) -> Scorer:
@@ -135,14 +126,32 @@ def embed(t: RoutingTable, emb: object) -> RoutingTable:
     return t.with_embeddings(emb)
 
 
-def lodo(data: Path, emb: object, resamples: int, features: bool) -> list[list[str]]:
+#: rows kept of a larger unit (only MMLU, 14,037), a seeded sample: otherwise MMLU is 60 % of every
+#: training table, and its 14k held-out rows and their MiniLM embeddings dominate the run's time
+UNIT_CAP = 4000
+
+
+def capped(t: RoutingTable, cap: int = UNIT_CAP) -> RoutingTable:
+    if len(t) <= cap:
+        return t
+    return t.subset(np.sort(np.random.default_rng(0).choice(len(t), cap, replace=False)))
+
+
+def lodo_units(data: Path) -> tuple[dict[str, RoutingTable], RoutingTable]:
     units, always = held_out_units(data)
+    return {k: capped(t) for k, t in units.items()}, always
+
+
+def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool = True) -> list[list[str]]:
+    units, always = lodo_units(data)
     units = {k: embed(t, emb) for k, t in units.items()}
     always = embed(always, emb)
     rows, started = [], time.perf_counter()
     for name, test in units.items():
         held = set(test.queries)
         parts = [u for k, u in units.items() if k != name] + [always]
+        if balance:  # the packaged recipe's (tools/build_default_router.py)
+            parts = balance_gaps(parts)
         train = merge(parts, f"all but {name}")
         train.embeddings = np.vstack([p.embeddings for p in parts])
         keep = np.array([q not in held for q in train.queries])
@@ -152,7 +161,7 @@ def lodo(data: Path, emb: object, resamples: int, features: bool) -> list[list[s
         draws = [rng.integers(0, len(test), len(test)) for _ in range(resamples)]
         rand = random_bounds(test, resamples)
         values, notes = {}, {}
-        scored = ours_rows(train, test, features)
+        scored = {"ours": ours(train, test, features)}
         for rname, fn in baselines().items():
             scored[rname] = fn(train, test)
         for rname, (score, notes[rname]) in scored.items():
@@ -174,43 +183,42 @@ def lodo(data: Path, emb: object, resamples: int, features: bool) -> list[list[s
     return rows
 
 
-def packaged(data: Path, emb: object, resamples: int, features: bool, today: QueryRouter | None,
-             today_emb: object | None) -> list[list[str]]:
-    """The packaged router's recipe (train splits of everything) on each test split, and today's."""
-    from build_default_router import train_router  # tools/, on the path via quality.py
-
-    splits = packaged_splits(data)
-    router = train_router(splits, emb, features=features, progress=None)
+def packaged(data: Path, routers: dict[str, QueryRouter], resamples: int) -> list[list[str]]:
+    """Each router file (the packaged one, today's, ...) on every table's test split, scored on the
+    same resamples; random's 97.5th percentile beside."""
     rows = []
-    for name, (_train, test) in splits.items():
+    for name, (_train, test) in packaged_splits(data).items():
         if test is None:
             continue
         rng = np.random.default_rng(0)
         draws = [rng.integers(0, len(test), len(test)) for _ in range(resamples)]
         rand = random_bounds(test, resamples)
-        new = metrics(router.strong_scores(test.queries), test, draws)
-        row = [name, f"{len(test):,}", interval(new["apgr"]), interval(new["aiq"])]
-        if today is not None:
-            old = metrics(today.estimate(test.with_embeddings(today_emb).embeddings)[:, 2], test, draws)
-            row += [interval(old["apgr"]), interval(old["aiq"])]
+        row = [name, f"{len(test):,}"]
+        for router in routers.values():
+            v = metrics(router.strong_scores(test.queries), test, draws)
+            row += [interval(v["apgr"]), interval(v["aiq"])]
         rows.append(row + [f"{rand['apgr'][1]:.3f}", f"{rand['aiq'][1]:.3f}"])
-    rows.append(["(router)", "", router.embedder_id, str(router.info.get("features", {}).get("chosen", "none")), "", "", "", ""])
     return rows
 
 
-def main(data: Path, resamples: int, embedders: list[str], features: bool, today_path: Path | None) -> None:
-    console.print(environment())
-    today = QueryRouter.load(today_path) if today_path is not None else None
-    today_emb = make_embedder("minilm") if today is not None else None
+def main(data: Path, resamples: int, embedders: list[str], features: bool, routers: dict[str, Path],
+         balance: bool = True) -> None:
+    """LODO for each embedder (skipped with an empty list), then each router file on the test splits."""
+    console.print(environment() + " (shared with other jobs)")
     for name in embedders:
         emb = make_embedder(name)
         t0 = time.perf_counter()
-        rows = lodo(data, emb, resamples, features)
-        console.print(table(f"Leave one dataset out, {emb.id}: APGR and AIQ with 95 % bootstrap intervals "
+        rows = lodo(data, emb, resamples, features, balance)
+        console.print(table(f"Leave one dataset out, {emb.id}{'' if balance else ', gaps not balanced'}: APGR and AIQ "
+                            "with 95 % bootstrap intervals "
                             f"({resamples} resamples of the held-out rows) [{time.perf_counter() - t0:.0f} s]",
-                            ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows, key=f"generalization-{name}"))
-        rows = packaged(data, emb, resamples, features, today, today_emb)
-        console.print(table(f"The packaged router's recipe on {emb.id}: trained on every table's training split, scored on "
-                            "each test split, beside today's packaged router (MiniLM, MMLU + GSM8K)",
-                            ["test split", "rows", "APGR (new)", "AIQ (new)", "APGR (today)", "AIQ (today)",
-                             "random APGR 97.5 %", "random AIQ 97.5 %"], rows, key=f"generalization-packaged-{name}"))
+                            ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows, key=f"generalization-{name}{'' if balance else '-unbalanced'}"))
+    if routers:
+        loaded = {label: QueryRouter.load(path) for label, path in routers.items()}
+        cols = ["test split", "rows"]
+        for label, r in loaded.items():
+            cols += [f"APGR {label}", f"AIQ {label}"]
+            console.print(f"{label}: {routers[label]} ({r.embedder_id}; {r.info.get('trained_on', '')[:160]})")
+        rows = packaged(data, loaded, resamples)
+        console.print(table("Router files on every table's test split (their training never saw these rows)",
+                            cols + ["random APGR 97.5 %", "random AIQ 97.5 %"], rows, key="generalization-packaged"))

@@ -339,18 +339,27 @@ def main() -> None:
     parser.add_argument("--generalization", action="store_true", help="leave one dataset out, and the packaged router's "
                         "recipe on every test split (benchmarks/generalization.py)")
     parser.add_argument("--no-features", action="store_true", help="with --generalization: skip the prompt features row")
-    parser.add_argument("--today", type=Path, default=None, help="with --generalization: a router file to score beside "
-                        "the new recipe (e.g. the packaged router before the rebuild)")
+    parser.add_argument("--no-balance", action="store_true", help="with --generalization: train on each pair's own "
+                        "strong-weak gap (the packaged recipe balances them)")
+    parser.add_argument("--routers", default=None, help="with --generalization: router files to score on every test "
+                        "split, as label=PATH,... (default: the packaged router; none: skip)")
     args = parser.parse_args()
     data = args.data_dir or shared_data_dir()
     if data is None:
         sys.exit("the routing-quality benchmark needs ../shared/data (or --data-dir / TINY_DANCER_DATA)")
     if args.generalization:
-        sys.path.insert(0, str(HERE.parent / "tools"))
         import generalization
+        from tinydancer.gateway import default_router_path
 
-        generalization.main(data, args.resamples, (args.embedders or "static").split(","), not args.no_features,
-                            args.today)
+        if args.routers == "none":
+            routers: dict[str, str] = {}
+        elif args.routers:
+            routers = dict(item.split("=", 1) for item in args.routers.split(","))
+        else:
+            routers = {"packaged": str(default_router_path())}
+        embedders = [e for e in (args.embedders if args.embedders is not None else "static").split(",") if e]
+        generalization.main(data, args.resamples, embedders, not args.no_features,
+                            {label: Path(path) for label, path in routers.items()}, not args.no_balance)
         return
     if args.robustness:
         import robustness

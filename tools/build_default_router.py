@@ -22,7 +22,7 @@ from typing import Any, Callable
 from tinydancer.llm import QueryRouter, QueryRouterConfig, RoutingTable
 from tinydancer.llm.embeddings import make_embedder
 from tinydancer.llm.prompt_features import FEATURES_ID
-from tinydancer.llm.public_tables import merge, packaged_splits
+from tinydancer.llm.public_tables import balance_gaps, merge, packaged_splits
 from tinydancer.llm.tables import shared_data_dir
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "tinydancer" / "gateway" / "default_router"
@@ -31,9 +31,11 @@ MAX_BYTES = 200_000
 
 
 def train_router(splits: dict[str, tuple[RoutingTable, RoutingTable | None]], embedder: Any, *, features: bool = True,
-                 progress: Callable[[str], None] | None = None) -> QueryRouter:
-    """The packaged router's recipe: every table's training split in one strong/weak table."""
-    train = merge([tr for tr, _te in splits.values()], "every public table's training split")
+                 balance: bool = True, progress: Callable[[str], None] | None = None) -> QueryRouter:
+    """The packaged router's recipe: every table's training split in one strong/weak table, each
+    table's strong-weak gap shrunk to the tables' median (``public_tables.balance_gaps``)."""
+    parts = [tr for tr, _te in splits.values()]
+    train = merge(balance_gaps(parts) if balance else parts, "every public table's training split")
     config = QueryRouterConfig(memory=False, seed=0, feature_sets=("none", FEATURES_ID) if features else ("none",))
     router = QueryRouter.fit(train, config, embedder=embedder, progress=progress)
     router.calibrate(0.3)
@@ -49,13 +51,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--embedder", default="static", help="make_embedder name (static, minilm)")
     ap.add_argument("--no-features", action="store_true", help="do not offer the prompt features to cross-validation")
+    ap.add_argument("--no-balance", action="store_true", help="keep each table's own strong-weak gap")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     data = args.data or shared_data_dir()
     if data is None:
         raise SystemExit("no shared data folder: pass --data")
     splits = packaged_splits(data)
-    router = train_router(splits, make_embedder(args.embedder), features=not args.no_features, progress=print)
+    router = train_router(splits, make_embedder(args.embedder), features=not args.no_features,
+                          balance=not args.no_balance, progress=print)
     path = router.save(args.out)
     size = path.stat().st_size
     if size > MAX_BYTES:

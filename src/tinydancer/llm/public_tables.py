@@ -32,7 +32,7 @@ from ..errors import ValidationError
 from .tables import (ROUTELLM_PRICES, ROUTELLM_STRONG, ROUTELLM_WEAK, RoutingTable, load_llmrouter, load_routellm_gsm8k,
                      load_routellm_mmlu, split_routellm)
 
-__all__ = ["PAIR", "LLMROUTER_STRONG", "LLMROUTER_WEAK", "ALPACA_STRONG", "ALPACA_WEAK", "pair_table", "merge",
+__all__ = ["PAIR", "LLMROUTER_STRONG", "LLMROUTER_WEAK", "ALPACA_STRONG", "ALPACA_WEAK", "pair_table", "merge", "balance_gaps",
            "held_out_units", "packaged_splits", "load_mt_bench", "load_alpacaeval", "llmrouter_groups"]
 
 PAIR = ["strong", "weak"]
@@ -69,6 +69,32 @@ def merge(parts: list[RoutingTable], source: str) -> RoutingTable:
     """One pair table of several, rows in order."""
     return RoutingTable(sum((p.queries for p in parts), []), list(PAIR), np.vstack([p.scores for p in parts]),
                         np.vstack([p.costs for p in parts]), meta={"source": source})
+
+
+def balance_gaps(parts: list[RoutingTable]) -> list[RoutingTable]:
+    """Each part with its strong-minus-weak gap shrunk, where it is above the parts' median, to
+    that median: ``s, w -> m ± g (s - w) / 2`` with ``m = (s + w) / 2`` and ``g = median gap / its
+    gap``.  Each row keeps its mean quality and its rank within its part.
+
+    Why: the pairs are different models on different scales (correctness, a judge's score, a
+    judge's preference), so how much better one pair's strong model is says nothing about the
+    prompts: AlpacaEval's GPT-4-turbo beats GPT-3.5-turbo with probability 0.91 on average, so
+    unbalanced, a router learns "chat-like prompt, send it strong" ("Thanks!" included) from which
+    table a prompt looks like, not from what it asks."""
+    gaps = [float(np.mean(p.scores[:, 0] - p.scores[:, 1])) for p in parts]
+    target = float(np.median(gaps))
+    out = []
+    for part, gap in zip(parts, gaps):
+        if gap <= target or gap <= 0:
+            out.append(part)
+            continue
+        s, w = part.scores[:, 0].astype(np.float64), part.scores[:, 1].astype(np.float64)
+        mid, half = (s + w) / 2, (s - w) / 2 * (target / gap)
+        shrunk = pair_table(part.queries, mid + half, mid - half, part.meta.get("source", ""))
+        shrunk.embeddings = part.embeddings
+        shrunk.meta["gap_scaled"] = round(target / gap, 4)
+        out.append(shrunk)
+    return out
 
 
 def load_mt_bench(data: Path) -> RoutingTable:
