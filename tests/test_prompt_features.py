@@ -84,3 +84,20 @@ def test_a_router_without_features_refuses_featured_vectors_and_unknown_feature_
         embedder_for_id(f"{emb.id}+prompt-features-v0")
     with pytest.raises(ValidationError, match="feature_sets"):
         QueryRouterConfig(feature_sets=("length",))
+
+
+def test_the_packaged_router_is_small_names_its_inputs_and_its_data() -> None:
+    """The file the gateway ships: ≤ 200 KB, models strong/weak, its embedder and feature set in
+    its id, the features' cross-validation on file, and every public table in its training note."""
+    from tinydancer.gateway import default_router_path
+    from tinydancer.llm.router_file import ROUTER_FILE
+
+    path = default_router_path() / ROUTER_FILE
+    assert path.stat().st_size <= 200_000
+    router = QueryRouter.load(path)
+    assert router.models == ["strong", "weak"] and router.memory is None
+    assert router.embedder_id == f"static-minilm-v1-256+{FEATURES_ID}"
+    chosen = router.info["features"]
+    assert chosen["chosen"] == FEATURES_ID and set(chosen["fold_aiq"]) == {"none", FEATURES_ID}
+    for table in ("MMLU", "GSM8K", "MT-bench", "LLMRouter", "AlpacaEval"):
+        assert table in router.info["trained_on"]

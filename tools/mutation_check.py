@@ -352,6 +352,15 @@ MUTANTS: list[Mutant] = [
     Mutant("nn-adam-bias-correction", "Adam without its bias correction", "src/tinydancer/nn/optim.py",
            "        step = lr * math.sqrt(bc2) / bc1\n", "        step = lr\n",
            ("tests/test_training.py::test_one_adam_step_by_hand",)),
+    Mutant("features-refusal", "a router takes vectors made without the prompt features it was trained with",
+           "src/tinydancer/llm/query_router.py", "        if value.id != self.embedder_id:\n",
+           "        if False:\n",
+           ("tests/test_prompt_features.py::test_a_router_without_features_refuses_featured_vectors_and_unknown_feature_versions_are_refused",
+            "tests/test_prompt_features.py::test_cross_validation_keeps_the_features_where_they_carry_the_signal_and_the_file_records_them")),
+    Mutant("features-cv-ignored", "the prompt features are never kept, whatever the folds say",
+           "src/tinydancer/llm/router_fit.py", "    chosen = _best(folds, prefer_first=True)\n",
+           "    chosen = next(iter(folds))\n",
+           ("tests/test_prompt_features.py::test_cross_validation_keeps_the_features_where_they_carry_the_signal_and_the_file_records_them",)),
 ]
 
 
