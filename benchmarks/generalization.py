@@ -57,12 +57,17 @@ def _curve_choices(score: np.ndarray) -> np.ndarray:
     return sweep_choices(out, np.ones((len(score), 2)), (0, 1))
 
 
+def apgr_or_nan(score: np.ndarray, s: np.ndarray, w: np.ndarray) -> float:
+    """APGR, or NaN on a resample where the two models score the same (no gap to recover)."""
+    return float("nan") if s.mean() == w.mean() else routellm_curve(score, s, w).apgr
+
+
 def metrics(score: np.ndarray, test: RoutingTable, resamples: np.ndarray) -> dict[str, np.ndarray]:
     """APGR and AIQ on the test rows (index 0) and on each resample (the rest)."""
     s, w = test.scores[:, 0].astype(np.float64), test.scores[:, 1].astype(np.float64)
     choices = _curve_choices(score)
     rows = [np.arange(len(test))] + list(resamples)
-    apgr = np.array([routellm_curve(score[r], s[r], w[r]).apgr for r in rows])
+    apgr = np.array([apgr_or_nan(score[r], s[r], w[r]) for r in rows])
     aiq = np.array([choices_aiq(choices[:, r], test.scores[r], test.costs[r]) for r in rows])
     return {"apgr": apgr, "aiq": aiq}
 
@@ -80,7 +85,7 @@ def random_bounds(test: RoutingTable, draws: int, seed: int = 1) -> dict[str, tu
 
 
 def interval(values: np.ndarray) -> str:
-    lo, hi = np.percentile(values[1:], [2.5, 97.5])
+    lo, hi = np.nanpercentile(values[1:], [2.5, 97.5])
     return f"{values[0]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -142,12 +147,16 @@ def lodo_units(data: Path) -> tuple[dict[str, RoutingTable], RoutingTable]:
     return {k: capped(t) for k, t in units.items()}, always
 
 
-def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool = True) -> list[list[str]]:
+def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool = True,
+         only: list[str] | None = None) -> list[list[str]]:
+    """The LODO rows; ``only``: hold out just these units (the others still train)."""
     units, always = lodo_units(data)
     units = {k: embed(t, emb) for k, t in units.items()}
     always = embed(always, emb)
     rows, started = [], time.perf_counter()
     for name, test in units.items():
+        if only and name not in only:
+            continue
         held = set(test.queries)
         parts = [u for k, u in units.items() if k != name] + [always]
         if balance:  # the packaged recipe's (tools/build_default_router.py)
@@ -167,7 +176,7 @@ def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool 
         for rname, (score, notes[rname]) in scored.items():
             values[rname] = metrics(score, test, draws)
         base = max(("ridge", "kNN", "prompt length"), key=lambda r: values[r]["apgr"][0])
-        lo_best = np.percentile(values[base]["apgr"][1:], 2.5)
+        lo_best = np.nanpercentile(values[base]["apgr"][1:], 2.5)
         for rname in values:
             v = values[rname]
             verdict = ""
@@ -180,6 +189,8 @@ def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool 
                      f"{rand['aiq'][0]:.3f} / {rand['aiq'][1]:.3f}", "",
                      f"train {len(train):,} (dropped {dropped} repeats), test {len(test):,}"])
         console.print(f"{name}: done ({time.perf_counter() - started:.0f} s)")
+        for row in rows[-(len(values) + 1):]:
+            console.print(" | ".join(str(c) for c in row), soft_wrap=True)
     return rows
 
 
@@ -202,17 +213,17 @@ def packaged(data: Path, routers: dict[str, QueryRouter], resamples: int) -> lis
 
 
 def main(data: Path, resamples: int, embedders: list[str], features: bool, routers: dict[str, Path],
-         balance: bool = True) -> None:
+         balance: bool = True, only: list[str] | None = None) -> None:
     """LODO for each embedder (skipped with an empty list), then each router file on the test splits."""
     console.print(environment() + " (shared with other jobs)")
     for name in embedders:
         emb = make_embedder(name)
         t0 = time.perf_counter()
-        rows = lodo(data, emb, resamples, features, balance)
+        rows = lodo(data, emb, resamples, features, balance, only)
         console.print(table(f"Leave one dataset out, {emb.id}{'' if balance else ', gaps not balanced'}: APGR and AIQ "
                             "with 95 % bootstrap intervals "
                             f"({resamples} resamples of the held-out rows) [{time.perf_counter() - t0:.0f} s]",
-                            ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows, key=f"generalization-{name}{'' if balance else '-unbalanced'}"))
+                            ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows, key=f"generalization-{name}{'' if balance else '-unbalanced'}{'-' + ','.join(only) if only else ''}"))
     if routers:
         loaded = {label: QueryRouter.load(path) for label, path in routers.items()}
         cols = ["test split", "rows"]

@@ -339,6 +339,8 @@ def main() -> None:
     parser.add_argument("--generalization", action="store_true", help="leave one dataset out, and the packaged router's "
                         "recipe on every test split (benchmarks/generalization.py)")
     parser.add_argument("--no-features", action="store_true", help="with --generalization: skip the prompt features row")
+    parser.add_argument("--held-out", default=None, help="with --generalization: hold out only these units "
+                        "(comma-separated names, e.g. AlpacaEval,MMLU)")
     parser.add_argument("--no-balance", action="store_true", help="with --generalization: train on each pair's own "
                         "strong-weak gap (the packaged recipe balances them)")
     parser.add_argument("--routers", default=None, help="with --generalization: router files to score on every test "
@@ -359,7 +361,8 @@ def main() -> None:
             routers = {"packaged": str(default_router_path())}
         embedders = [e for e in (args.embedders if args.embedders is not None else "static").split(",") if e]
         generalization.main(data, args.resamples, embedders, not args.no_features,
-                            {label: Path(path) for label, path in routers.items()}, not args.no_balance)
+                            {label: Path(path) for label, path in routers.items()}, not args.no_balance,
+                            args.held_out.split(",") if args.held_out else None)
         return
     if args.robustness:
         import robustness
