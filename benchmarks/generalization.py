@@ -194,6 +194,45 @@ def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool 
     return rows
 
 
+def features_only(data: Path, resamples: int, balance: bool = True) -> list[list[str]]:
+    """Leave one dataset out with no embedding at all: ridge on the prompt features alone (alpha
+    tuned on the same folds), against prompt length and random, on the same units and resamples.
+    Does what the features read carry across datasets where the embedding's signal does not?"""
+    units, always = lodo_units(data)
+    units = {k: _featured(t) for k, t in units.items()}
+    always = _featured(always)
+    rows = []
+    for name, test in units.items():
+        held = set(test.queries)
+        parts = [u for k, u in units.items() if k != name] + [always]
+        if balance:
+            parts = balance_gaps(parts)
+        train = merge(parts, f"all but {name}")
+        train.embeddings = np.vstack([p.embeddings for p in parts])
+        train = train.subset(np.flatnonzero([q not in held for q in train.queries]))
+        rng = np.random.default_rng(0)
+        draws = [rng.integers(0, len(test), len(test)) for _ in range(resamples)]
+        rand = random_bounds(test, resamples)
+        scored = {"ridge on prompt features only": tuned_baseline("ridge")(train, test), "prompt length": length(train, test)}
+        for rname, (score, note) in scored.items():
+            v = metrics(score, test, draws)
+            verdict = "above random" if v["apgr"][0] > rand["apgr"][1] else ""
+            rows.append([name if rname.startswith("ridge") else "", rname, interval(v["apgr"]), interval(v["aiq"]), verdict, note])
+        rows.append(["", "random (mean / 97.5 %)", f"{rand['apgr'][0]:.3f} / {rand['apgr'][1]:.3f}",
+                     f"{rand['aiq'][0]:.3f} / {rand['aiq'][1]:.3f}", "", f"train {len(train):,}, test {len(test):,}"])
+        console.print(f"{name}: done")
+    return rows
+
+
+def _featured(t: RoutingTable) -> RoutingTable:
+    """The table with its prompt features (unweighted, in [0, 1]) as its embeddings."""
+    from tinydancer.llm.prompt_features import prompt_features
+
+    out = t.subset(np.arange(len(t)))
+    out.embeddings = prompt_features(t.queries)
+    return out
+
+
 def packaged(data: Path, routers: dict[str, QueryRouter], resamples: int) -> list[list[str]]:
     """Each router file (the packaged one, today's, ...) on every table's test split, scored on the
     same resamples; random's 97.5th percentile beside."""
@@ -213,7 +252,7 @@ def packaged(data: Path, routers: dict[str, QueryRouter], resamples: int) -> lis
 
 
 def main(data: Path, resamples: int, embedders: list[str], features: bool, routers: dict[str, Path],
-         balance: bool = True, only: list[str] | None = None) -> None:
+         balance: bool = True, only: list[str] | None = None, features_baseline: bool = False) -> None:
     """LODO for each embedder (skipped with an empty list), then each router file on the test splits."""
     console.print(environment() + " (shared with other jobs)")
     for name in embedders:
@@ -224,6 +263,11 @@ def main(data: Path, resamples: int, embedders: list[str], features: bool, route
                             "with 95 % bootstrap intervals "
                             f"({resamples} resamples of the held-out rows) [{time.perf_counter() - t0:.0f} s]",
                             ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows, key=f"generalization-{name}{'' if balance else '-unbalanced'}{'-' + ','.join(only) if only else ''}"))
+    if features_baseline:
+        rows = features_only(data, resamples, balance)
+        console.print(table(f"Leave one dataset out, no embedding: the prompt features alone ({resamples} resamples)",
+                            ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows,
+                            key="generalization-features-only"))
     if routers:
         loaded = {label: QueryRouter.load(path) for label, path in routers.items()}
         cols = ["test split", "rows"]

@@ -341,6 +341,8 @@ def main() -> None:
     parser.add_argument("--no-features", action="store_true", help="with --generalization: skip the prompt features row")
     parser.add_argument("--held-out", default=None, help="with --generalization: hold out only these units "
                         "(comma-separated names, e.g. AlpacaEval,MMLU)")
+    parser.add_argument("--features-only", action="store_true", help="with --generalization: also hold each dataset "
+                        "out with ridge on the prompt features alone (no embedding)")
     parser.add_argument("--no-balance", action="store_true", help="with --generalization: train on each pair's own "
                         "strong-weak gap (the packaged recipe balances them)")
     parser.add_argument("--routers", default=None, help="with --generalization: router files to score on every test "
@@ -362,7 +364,7 @@ def main() -> None:
         embedders = [e for e in (args.embedders if args.embedders is not None else "static").split(",") if e]
         generalization.main(data, args.resamples, embedders, not args.no_features,
                             {label: Path(path) for label, path in routers.items()}, not args.no_balance,
-                            args.held_out.split(",") if args.held_out else None)
+                            args.held_out.split(",") if args.held_out else None, args.features_only)
         return
     if args.robustness:
         import robustness
