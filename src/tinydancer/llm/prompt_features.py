@@ -42,17 +42,16 @@ _CODE = re.compile(r"```|^\s*(def|class|import|from|#include|public|fn|function|
                    re.MULTILINE)
 _MATH = re.compile(r"\$[^$]+\$|\\(frac|sqrt|sum|int|cdot|times|le|ge|pi)\b|\d\s*[-+*/^=<>]\s*\d|\b[a-z]\s*\^\s*\d|[∑∫√≤≥π∞]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_QUESTION_START = re.compile(r"^\s*(who|what|when|where|which|why|how|is|are|can|could|do|does|did|should|would|will)\b",
-                             re.IGNORECASE)
+# the word patterns below read the lower-cased text (one C-speed pass) rather than ignore case
+_QUESTION_START = re.compile(r"^\s*(who|what|when|where|which|why|how|is|are|can|could|do|does|did|should|would|will)\b")
 _TASK_START = re.compile(r"^\s*(write|implement|create|build|design|explain|describe|prove|derive|solve|compute|"
-                         r"calculate|find|show|list|give|generate|summari[sz]e|translate|rewrite|compare|analy[sz]e)\b",
-                         re.IGNORECASE)
+                         r"calculate|find|show|list|give|generate|summari[sz]e|translate|rewrite|compare|analy[sz]e)\b")
 _STEPS = re.compile(r"^\s*(?:[-*•]|\d+[.)]|[a-z][.)])\s+|\b(?:must|should|at least|at most|exactly|no more than|"
                     r"without|step|steps|first|then|finally|also|each|every|ensure|include)\b",
-                    re.MULTILINE | re.IGNORECASE)
+                    re.MULTILINE)
 _CHOICES = re.compile(r"(?:^|\n)\s*\(?[A-D][.):]\s", re.MULTILINE)
 _REASONING = re.compile(r"\b(prove|proof|derive|why|explain|justify|reason|step[- ]by[- ]step|complexity|optimi[sz]e|"
-                        r"algorithm|theorem|lemma)\b", re.IGNORECASE)
+                        r"algorithm|theorem|lemma)\b")
 
 _LETTER = re.compile(r"[^\W\d_]")
 #: letters outside Latin (basic, Latin-1, Extended-A/B): Cyrillic, Greek, CJK, Arabic, ...
@@ -74,16 +73,17 @@ def _one(text: str) -> list[float]:
     # most prompts are ASCII: no letter outside Latin, and no scan for one
     non_latin = 0.0 if head.isascii() else len(_NON_LATIN.findall(head)) / (len(_LETTER.findall(head)) or 1)
     stripped = head.rstrip()
+    low = head.lower()
     return [
         _log_scaled(words, 1000),
         _log_scaled(len(_CODE.findall(head)), 10),
         _log_scaled(len(_MATH.findall(head)), 10),
         _log_scaled(len(_NUMBER.findall(head)), 20),
-        1.0 if stripped.endswith("?") or _QUESTION_START.match(head) else 0.0,
-        1.0 if _TASK_START.match(head) else 0.0,
-        _log_scaled(len(_STEPS.findall(head)), 20),
+        1.0 if stripped.endswith("?") or _QUESTION_START.match(low) else 0.0,
+        1.0 if _TASK_START.match(low) else 0.0,
+        _log_scaled(len(_STEPS.findall(low)), 20),
         1.0 if len(_CHOICES.findall(head)) >= 2 else 0.0,
-        _log_scaled(len(_REASONING.findall(head)), 5),
+        _log_scaled(len(_REASONING.findall(low)), 5),
         non_latin,
         _log_scaled(head.count("\n"), 50),
     ]
