@@ -17,8 +17,10 @@ The pairs, each renamed to the gateway's default upstream names ``strong`` and `
 * AlpacaEval: strong = GPT-4-turbo, weak = GPT-3.5-turbo, with ``p`` the probability that
   GPT-3.5-turbo's answer beats GPT-4-turbo's: strong scores ``1 - p``, weak ``p``.
 
-Costs are RouteLLM's prices for every pair: with one price per model, APGR and AIQ do not depend
-on the prices' values, and one scale keeps the merged table's cost column consistent.
+Costs are RouteLLM's prices for every pair, in dollars a call (at 1,000 tokens a call): with one
+price per model, APGR and AIQ do not depend on the prices' values, and one scale keeps the merged
+table's cost column consistent.  (Main's tables.py now gives ROUTELLM_PRICES per call already:
+when merged, drop the ``/ 1000``.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ __all__ = ["PAIR", "LLMROUTER_STRONG", "LLMROUTER_WEAK", "ALPACA_STRONG", "ALPAC
            "held_out_units", "packaged_splits", "load_mt_bench", "load_alpacaeval", "llmrouter_groups"]
 
 PAIR = ["strong", "weak"]
-PAIR_COSTS = (ROUTELLM_PRICES[ROUTELLM_STRONG], ROUTELLM_PRICES[ROUTELLM_WEAK])
+#: RouteLLM's prices ($24.7 and $0.24 per million tokens) as dollars a call at 1,000 tokens a call
+PAIR_COSTS = (ROUTELLM_PRICES[ROUTELLM_STRONG] / 1000.0, ROUTELLM_PRICES[ROUTELLM_WEAK] / 1000.0)
 LLMROUTER_STRONG = "llama-3.1-nemotron-51b-instruct"
 LLMROUTER_WEAK = "gemma-2-9b-it"
 ALPACA_STRONG = "gpt-4-1106-preview"
