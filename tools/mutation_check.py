@@ -456,6 +456,15 @@ MUTANTS: list[Mutant] = [
     Mutant("dashboard-session-never-expires", "an expired dashboard cookie still signs in", "src/tinydancer/server/guards.py",
            "    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):",
            "    if not expires.isdigit():", (D + "test_dashboard_auth_cookie_and_open_loopback",)),
+    Mutant("features-refusal", "a router takes vectors made without the prompt features it was trained with",
+           "src/tinydancer/llm/query_router.py", "        if value.id != self.embedder_id:\n",
+           "        if False:\n",
+           ("tests/test_prompt_features.py::test_a_router_without_features_refuses_featured_vectors_and_unknown_feature_versions_are_refused",
+            "tests/test_prompt_features.py::test_cross_validation_keeps_the_features_where_they_carry_the_signal_and_the_file_records_them")),
+    Mutant("features-cv-ignored", "the prompt features are never kept, whatever the folds say",
+           "src/tinydancer/llm/router_fit.py", "    chosen = _best(folds, prefer_first=True)\n",
+           "    chosen = next(iter(folds))\n",
+           ("tests/test_prompt_features.py::test_cross_validation_keeps_the_features_where_they_carry_the_signal_and_the_file_records_them",)),
 ]
 
 
