@@ -71,6 +71,7 @@ D = "tests/test_dashboard.py::"
 SF = "tests/test_storage_faults.py::"
 J = "tests/test_judging.py::"
 LF = "tests/test_litellm_failover.py::"
+LLL = "tests/test_litellm_learning.py::test_judged_and_explored_litellm_traffic_is_what_retraining_decides_on"
 GL = "tests/test_gateway_learning.py::"
 K = "tests/test_gateway_keys.py::"
 T = "tests/test_gateway_tracing.py::"
@@ -355,6 +356,14 @@ MUTANTS: list[Mutant] = [
            "wake-up comes on top of the budget", "src/tinydancer/integrations/litellm_routing.py",
            "    return deadline - now - WAKE_UP_SLACK_S\n", "    return deadline - now\n",
            (LF + "test_the_budget_counts_from_the_calls_start_and_leaves_room_for_the_wake_up",)),
+    # ------------------------------------------------------------------ LiteLLM: judged samples and exploration (issue 31)
+    Mutant("litellm-judge-grades-not-written", "the LiteLLM judge grades sampled answers but writes no outcome",
+           "src/tinydancer/integrations/litellm_judge.py", "            self.write(sample, score)\n", "            pass\n",
+           (LLL,)),
+    Mutant("litellm-explored-propensity-not-logged", "an explored LiteLLM call's decision is logged without its propensity",
+           "src/tinydancer/integrations/litellm_logger.py",
+           '                propensity=tag.get("propensity"), explored=tag.get("explored")))\n', "                ))\n",
+           (LLL,)),
     # ------------------------------------------------------------------ judged samples (issue 27)
     Mutant("judge-keeps-unsampled-streams", "every routed stream's answer is gathered and judged, sampled or not",
            "src/tinydancer/gateway/judging.py",
