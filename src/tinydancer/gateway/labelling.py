@@ -46,7 +46,7 @@ from typing import Any, Callable
 from .._io import atomic_write_text
 from ..circuit import CircuitBreaker
 from ..errors import ValidationError
-from ..server.grading import (JUDGE_INSTRUCTIONS, RATING_FORM, TEMPLATE_TOKENS, Budget, _read_utf8, judge_prompt,
+from ..server.grading import (JUDGE_INSTRUCTIONS, RATING_FORM, TEMPLATE_TOKENS, Budget, read_utf8, judge_prompt,
                                load_rubric, parse_rating, prompt_token_bound)
 from .config import GatewayConfig, UpstreamConfig
 from .upstream import Upstream, UpstreamFailure
@@ -141,7 +141,7 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if not path.is_file():
         raise ValidationError(f"no prompts file at {path}")
-    text = _read_utf8(path)
+    text = read_utf8(path)
     rows: list[tuple[str, Any]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))

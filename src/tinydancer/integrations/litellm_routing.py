@@ -123,6 +123,22 @@ def _deployment_id(d: dict[str, Any]) -> str | None:
     return None if info.get("id") is None else str(info["id"])
 
 
+def explore_tag(explorer: Explorer, tag: dict[str, Any], offered: set[str]) -> bool:
+    """Draw where a fresh decision goes (:mod:`tinydancer.server.exploration`) among the router
+    models ``offered`` (played by the healthy, untried deployments): an explored model moves to the
+    head of the tag's ranking, and the propensity of the ranking's head goes on the tag.  True when
+    it explored; nothing on the tag when none of the ranking is offered (LiteLLM's choice follows)."""
+    ranking = tag["ranking"]
+    eligible = [i for i, m in enumerate(ranking) if m in offered]
+    if not eligible:
+        return False
+    draw = explorer.draw(eligible[0], eligible)
+    tag["propensity"], tag["explored"] = draw.propensity, draw.explored
+    if draw.explored:
+        tag["ranking"] = [ranking[draw.model]] + [m for i, m in enumerate(ranking) if i != draw.model]
+    return draw.explored
+
+
 class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
     """Content-aware deployment choice for a ``litellm.Router``, never worse than LiteLLM's own.
 
@@ -383,20 +399,9 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
                                                       f"{', '.join(ranking)}")
 
     def _explore(self, tag: dict[str, Any], healthy: list[dict[str, Any]]) -> None:
-        """A fresh decision's draw (see the class): the explored model, if any, moves to the head of
-        the tag's ranking, and the propensity of the ranking's head goes on the tag."""
-        if not self.explorer.active:
-            return
-        offered = self._by_model(healthy, tag)
-        ranking = tag["ranking"]
-        eligible = [i for i, m in enumerate(ranking) if m in offered]
-        if not eligible:
-            return  # nothing of ours is offered: LiteLLM's own choice follows, no propensity to log
-        draw = self.explorer.draw(eligible[0], eligible)
-        tag["propensity"], tag["explored"] = draw.propensity, draw.explored
-        if draw.explored:
+        """A fresh decision's exploration draw (see the class and :func:`explore_tag`)."""
+        if self.explorer.active and explore_tag(self.explorer, tag, set(self._by_model(healthy, tag))):
             self.explored += 1
-            tag["ranking"] = [ranking[draw.model]] + [m for i, m in enumerate(ranking) if i != draw.model]
 
     async def async_get_available_deployment(self, model: str, messages: list[dict[str, str]] | None = None,
                                              input: str | list | None = None, specific_deployment: bool | None = False,

@@ -25,7 +25,7 @@ from typing import Callable
 
 from ..errors import ValidationError
 
-__all__ = ["Budget", "JudgeGate", "JUDGE_INSTRUCTIONS", "RATING_FORM", "judge_prompt", "load_rubric", "parse_rating",
+__all__ = ["Budget", "JudgeGate", "JUDGE_INSTRUCTIONS", "RATING_FORM", "judge_prompt", "load_rubric", "parse_rating", "read_utf8",
            "prompt_token_bound"]
 
 #: tokens a chat template may add around one user message (BOS, role markers, the reply's header)
@@ -61,7 +61,7 @@ def load_rubric(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise ValidationError(f"no rubric file at {path}")
-    text = _read_utf8(path).strip()
+    text = read_utf8(path).strip()
     if not text:
         raise ValidationError(f"the rubric {path} is empty; write the grading instructions in it")
     if len(text) > 20_000:
@@ -98,7 +98,7 @@ def prompt_token_bound(text: str, extra_bytes: int = 0) -> int:
 
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
     """The file's text; invalid UTF-8 is an error naming its line (a traceback names nothing useful)."""
     data = path.read_bytes()
     try:
