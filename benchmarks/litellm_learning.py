@@ -28,14 +28,15 @@ from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled cost map
 
-from _common import console, environment, table  # noqa: E402
+from _common import console, environment, litellm_proxy, table  # noqa: E402
 
 from tinydancer.gateway import default_router_path  # noqa: E402
 from tinydancer.gateway.prompt_kinds import generate  # noqa: E402
-from tinydancer.gateway.standin import StandIn, free_port, running  # noqa: E402
+from tinydancer.gateway.standin import StandIn, running  # noqa: E402
 
 
-def start_proxy(tmp: Path, bu: str, su: str, env_extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def proxy_config(bu: str, su: str) -> str:
+    """Group ``auto``: the two stand-ins, priced, each mapped to the router model it plays."""
     lines = ["model_list:"]
     for m, u, plays in (("big", bu, "strong"), ("small", su, "weak")):
         lines.append(f"  - model_name: auto\n    litellm_params: {{model: openai/{m}, api_base: '{u}/v1', api_key: x, "
@@ -44,26 +45,7 @@ def start_proxy(tmp: Path, bu: str, su: str, env_extra: dict[str, str]) -> tuple
         lines.append(f"    model_info: {{tinydancer_model: {plays}}}")
     lines += ["litellm_settings:\n  callbacks: tinydancer.integrations.litellm_proxy.proxy_handler",
               "router_settings:\n  num_retries: 2", "general_settings:\n  master_key: sk-bench"]
-    (tmp / "config.yaml").write_text("\n".join(lines) + "\n")
-    port = free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TINY_DANCER_LITELLM_GROUPS": "auto",
-           "TINY_DANCER_LITELLM_DB": str(tmp / "td.db"), **env_extra}
-    log = open(tmp / "proxy.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(tmp / "config.yaml"),
-                             "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"], cwd=tmp, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the proxy did not start:\n" + (tmp / "proxy.log").read_text()[-3000:])
-        time.sleep(0.5)
+    return "\n".join(lines) + "\n"
 
 
 def wait_rows(db: Path, sql: str, want: int, timeout_s: float = 120.0) -> int:
@@ -114,8 +96,8 @@ def main() -> None:
                "TINY_DANCER_LITELLM_JUDGE_INPUT_PER_MILLION": "2", "TINY_DANCER_LITELLM_JUDGE_OUTPUT_PER_MILLION": "8",
                "TINY_DANCER_LITELLM_JUDGE_SEED": "1", "TINY_DANCER_LITELLM_EXPLORATION_SHARE": str(args.explore),
                "TINY_DANCER_LITELLM_SEED": "2"}
-        proc, port = start_proxy(tmp, bu, su, env)
-        try:
+        env.update({"TINY_DANCER_LITELLM_GROUPS": "auto", "TINY_DANCER_LITELLM_DB": str(tmp / "td.db")})
+        with litellm_proxy(tmp, proxy_config(bu, su), env) as port:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-bench", max_retries=0, timeout=60)
             started = time.perf_counter()
             served = 0
@@ -129,12 +111,6 @@ def main() -> None:
             db = tmp / "td.db"
             decisions = wait_rows(db, "SELECT count(*) FROM decisions", served)
             judged = wait_rows(db, "SELECT count(*) FROM outcomes WHERE source = 'judge'", int(decisions * args.share))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         if not judged:
             console.print("no judged outcome; the proxy's log ends:\n" + (tmp / "proxy.log").read_text()[-3000:])
         with sqlite3.connect(db) as conn:

@@ -38,7 +38,6 @@ import math
 import os
 import re
 import string
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,8 +45,8 @@ from typing import Any, Callable
 from .._io import atomic_write_text
 from ..circuit import CircuitBreaker
 from ..errors import ValidationError
-from ..server.grading import (JUDGE_INSTRUCTIONS, RATING_FORM, TEMPLATE_TOKENS, Budget, read_utf8, judge_prompt,
-                               load_rubric, parse_rating, prompt_token_bound)
+from ..server.grading import (JUDGE_INSTRUCTIONS, Budget, judge_prompt, load_rubric, parse_rating,  # noqa: F401 (re-exported)
+                               prompt_token_bound, read_utf8)
 from .config import GatewayConfig, UpstreamConfig
 from .upstream import Upstream, UpstreamFailure
 
