@@ -131,3 +131,43 @@ def test_exploration_and_the_judge_are_checked(stand_ins: dict[str, Any], tmp_pa
         TinyDancerRoutingStrategy(router, MAPPING, service_url="http://127.0.0.1:9", exploration_share=0.5)
     with pytest.raises(ValidationError, match="sample_share"):
         TinyDancerLogger(tmp_path / "td.db", None, judging=JudgeSettings(model="grader", sample_share=1.5))
+
+
+def test_the_litellm_judge_stops_at_its_daily_dollars_and_resumes_the_next_utc_day(stand_ins: dict[str, Any]) -> None:
+    from tinydancer.integrations.litellm_judge import JudgedSample, LiteLLMJudge
+
+    grades: list[tuple[str, float]] = []
+    now = [1_800_000_000.0]
+    # a grading call holds ~$0.005 (its prompt bound and a 512-token reply at $2/$8 per million) and costs ~$0.0002:
+    # $0.0058 a day grades a few, then stops
+    settings = JudgeSettings(model="grader", base_url=f"{stand_ins['gu']}/v1", sample_share=1.0, daily_dollars=0.0058,
+                             input_per_million=2.0, output_per_million=8.0, seed=0)
+    judge = LiteLLMJudge(settings, lambda s, q: grades.append((s.decision_id, q)), clock=lambda: now[0])
+    prompts = [p.text for p in generate(12, seed=5, hard_share=0.0)]
+    try:
+        for i, text in enumerate(prompts[:8]):
+            judge.offer(JudgedSample(f"d{i}", "weak", 0, text, f"an answer to {text}", None, False))
+            judge.drain()
+        spent = judge.gate.budget.spent
+        assert 1 <= len(grades) < 8 and 0 < spent <= 0.0058 and judge.gate.stopped_day is not None, (grades, spent)
+        assert judge.counts["budget"] >= 1 and stand_ins["grader"].calls == len(grades)
+        graded_today = len(grades)
+        now[0] += 86_400.0  # the next UTC day: a fresh budget
+        for i, text in enumerate(prompts[8:]):
+            judge.offer(JudgedSample(f"e{i}", "weak", 0, text, f"an answer to {text}", None, False))
+            judge.drain()
+        assert len(grades) > graded_today and judge.gate.budget.spent <= 0.0058
+    finally:
+        judge.close()
+
+
+def test_the_proxy_reads_the_judge_and_exploration_from_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinydancer.integrations.litellm_proxy import ProxySettings
+
+    for key, value in {"JUDGE_MODEL": "grader", "JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "JUDGE_SHARE": "0.25",
+                       "JUDGE_DAILY_DOLLARS": "3", "JUDGE_SEED": "4", "EXPLORATION_SHARE": "0.1", "SEED": "9"}.items():
+        monkeypatch.setenv(f"TINY_DANCER_LITELLM_{key}", value)
+    s = ProxySettings.from_env()
+    assert s.judging == JudgeSettings(model="grader", base_url="http://127.0.0.1:9/v1", sample_share=0.25,
+                                      daily_dollars=3.0, seed=4)
+    assert (s.exploration_share, s.seed) == (0.1, 9)

@@ -364,6 +364,10 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/integrations/litellm_logger.py",
            '                propensity=tag.get("propensity"), explored=tag.get("explored")))\n', "                ))\n",
            (LLL,)),
+    Mutant("litellm-judge-budget-ignored", "the LiteLLM judge grades past its daily dollars",
+           "src/tinydancer/integrations/litellm_judge.py", "            fits = self.gate.reserve(worst)\n",
+           "            fits = True\n",
+           ("tests/test_litellm_learning.py::test_the_litellm_judge_stops_at_its_daily_dollars_and_resumes_the_next_utc_day",)),
     # ------------------------------------------------------------------ judged samples (issue 27)
     Mutant("judge-keeps-unsampled-streams", "every routed stream's answer is gathered and judged, sampled or not",
            "src/tinydancer/gateway/judging.py",
