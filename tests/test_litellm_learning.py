@@ -133,7 +133,8 @@ def test_exploration_and_the_judge_are_checked(stand_ins: dict[str, Any], tmp_pa
         TinyDancerLogger(tmp_path / "td.db", None, judging=JudgeSettings(model="grader", sample_share=1.5))
 
 
-def test_the_litellm_judge_stops_at_its_daily_dollars_and_resumes_the_next_utc_day(stand_ins: dict[str, Any]) -> None:
+def test_the_litellm_judge_stops_at_its_daily_dollars_and_resumes_the_next_utc_day(stand_ins: dict[str, Any],
+                                                                                  tmp_path: Path) -> None:
     from tinydancer.integrations.litellm_judge import JudgedSample, LiteLLMJudge
 
     grades: list[tuple[str, float]] = []
@@ -141,7 +142,9 @@ def test_the_litellm_judge_stops_at_its_daily_dollars_and_resumes_the_next_utc_d
     # a grading call holds ~$0.005 (its prompt bound and a 512-token reply at $2/$8 per million) and costs ~$0.0002:
     # $0.0058 a day grades a few, then stops
     settings = JudgeSettings(model="grader", base_url=f"{stand_ins['gu']}/v1", sample_share=1.0, daily_dollars=0.0058,
-                             input_per_million=2.0, output_per_million=8.0, seed=0)
+                             input_per_million=2.0, output_per_million=8.0, seed=0,
+                             rubric=tmp_path / "rubric.txt")
+    (tmp_path / "rubric.txt").write_text("Grade for correctness only.")
     judge = LiteLLMJudge(settings, lambda s, q: grades.append((s.decision_id, q)), clock=lambda: now[0])
     prompts = [p.text for p in generate(12, seed=5, hard_share=0.0)]
     try:
@@ -151,6 +154,8 @@ def test_the_litellm_judge_stops_at_its_daily_dollars_and_resumes_the_next_utc_d
         spent = judge.gate.budget.spent
         assert 1 <= len(grades) < 8 and 0 < spent <= 0.0058 and judge.gate.stopped_day is not None, (grades, spent)
         assert judge.counts["budget"] >= 1 and stand_ins["grader"].calls == len(grades)
+        sent = stand_ins["grader"].last_body["messages"][0]["content"]
+        assert sent.startswith("Grade for correctness only.") and "Rating: [[n]]" in sent  # the rubric, the form kept
         graded_today = len(grades)
         now[0] += 86_400.0  # the next UTC day: a fresh budget
         for i, text in enumerate(prompts[8:]):
