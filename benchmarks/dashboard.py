@@ -7,12 +7,14 @@
 The log: ``--calls`` gateway calls spread evenly over 7 days before now, through the storage's own
 write path (``insert_log``, so the rollup triggers run as they do in a gateway): 5 % fall back
 from the strong upstream to the weak one (two attempts), 2 % fail, the rest are served; every call
-has its decision row (16-float inputs); 20 % get an outcome.  For each window the table gives the
+has its decision row (16-float inputs); 20 % get an outcome; the calls cycle through four client
+key names and no name (the page's spend per key, from the rollup's key name column).  For each window the table gives the
 time of each part of the report (median of 5 runs after a warm-up), the whole report, the HTML
 render, and ``GET /dashboard`` through a real server (``tinydancer serve``'s app on uvicorn; the
 gateway mounts the same route), with the page's weight and the ratio of the page's time to the
 1 s target.  The peer, measured in the same run: the totals computed straight from the calls
-table (one GROUP BY over the window's rows), what the page would cost without the rollups.
+table (one GROUP BY upstream, status, key name over the window's rows), what the page would cost
+without the rollups.
 A last table: what the rollup triggers cost the log's writes (20,000 call rows inserted into a
 fresh log with and without them).
 """
@@ -37,6 +39,8 @@ from tinydancer.server.storage import SQLiteStorage
 
 PRICES = [rpt.Price("strong", "strong", 10.0, 30.0), rpt.Price("weak", "weak", 0.5, 1.5)]
 SPAN_S = 7 * 86400.0
+#: the client key names the seeded calls cycle through (None: calls without one, the "(no key)" row)
+KEY_NAMES = ("support-bot", "search", "batch-eval", "support-bot", "internal", None)
 TARGET_S = 1.0
 
 
@@ -59,21 +63,22 @@ def seed(storage: Any, n: int, now: float, batch: int = 20000) -> float:
             at = now - SPAN_S * (1 - (i + 0.5) / n)
             rid = f"{int(at * 1000):013x}{i:019x}"
             pt, ct = int(tokens[k, 0]), int(tokens[k, 1])
+            key = KEY_NAMES[i % len(KEY_NAMES)]
             model = "strong" if strong[k] else "weak"
             p = PRICES[0] if strong[k] else PRICES[1]
             if u[k] < 0.02:
-                calls.append((rid, 0, model, model, "http_5xx", 500, 0, None, None, None, None, 40.0, at))
+                calls.append((rid, 0, model, model, "http_5xx", 500, 0, None, None, None, None, 40.0, at, key))
                 targets, conf, light = f'["{model}"]', confs[k % 32], light1
             elif u[k] < 0.07:
-                calls.append((rid, 0, "strong", "strong", "timeout", None, 0, None, None, None, None, 5000.0, at - 1))
-                calls.append((rid, 1, "weak", "weak", "ok", 200, 1, pt, ct, PRICES[1].cost(pt, ct), lat[k] / 5, lat[k], at))
+                calls.append((rid, 0, "strong", "strong", "timeout", None, 0, None, None, None, None, 5000.0, at - 1, key))
+                calls.append((rid, 1, "weak", "weak", "ok", 200, 1, pt, ct, PRICES[1].cost(pt, ct), lat[k] / 5, lat[k], at, key))
                 targets, conf, light = '["weak", "strong"]', pair_conf, light2
             else:
-                calls.append((rid, 0, model, model, "ok", 200, int(k % 2), pt, ct, p.cost(pt, ct), lat[k] / 5, lat[k], at))
+                calls.append((rid, 0, model, model, "ok", 200, int(k % 2), pt, ct, p.cost(pt, ct), lat[k] / 5, lat[k], at, key))
                 targets, conf, light = f'["{model}"]', confs[k % 32], light1
             nt = 2 if targets.startswith('["weak", ') else 1
             decisions.append((rid, "query", "v20261201", targets, nt, inputs * nt, conf, None, light, 1, 0.5, None, 900.0,
-                              at - 0.001, None))
+                              at - 0.001, None, None, None))
             if u[k] > 0.8:
                 outcomes.append((rid, model if nt == 1 else "weak", 0, int(u[k] > 0.83), float(u[k]), None, at + 5))
         storage.insert_log(decisions, calls, outcomes)
@@ -93,13 +98,13 @@ def median_s(fn: Callable[[], Any], runs: int = 5) -> float:
 def raw_totals(storage: Any, since: float | None) -> Any:
     cut, args = (" WHERE created_at >= ?", (since,)) if since is not None else ("", ())
     return storage.query("SELECT upstream, status, COUNT(*), SUM(attempt = 0), SUM(prompt_tokens), SUM(completion_tokens), "
-                         f"SUM(cost) FROM calls{cut} GROUP BY upstream, status", args)
+                         f"SUM(cost) FROM calls{cut} GROUP BY upstream, status, key_name", args)
 
 
 def raw_totals_pg(storage: Any, since: float | None) -> Any:
     cut, args = (" WHERE created_at >= ?", (since,)) if since is not None else ("", ())
     return storage.query("SELECT upstream, status, COUNT(*), COUNT(*) FILTER (WHERE attempt = 0), SUM(prompt_tokens), "
-                         f"SUM(completion_tokens), SUM(cost) FROM calls{cut} GROUP BY upstream, status", args)
+                         f"SUM(completion_tokens), SUM(cost) FROM calls{cut} GROUP BY upstream, status, key_name", args)
 
 
 def measure(storage: Any, name: str, now: float, page_url: str | None) -> list[list[Any]]:
@@ -134,7 +139,8 @@ def measure(storage: Any, name: str, now: float, page_url: str | None) -> list[l
 
 def trigger_cost(tmp: Path, n: int = 20000) -> list[list[Any]]:
     """Insert ``n`` call rows into a fresh log with and without the rollup triggers."""
-    rows = [(f"t{i:08d}", 0, "weak", "weak", "ok", 200, 0, 100, 200, 0.0003, 30.0, 150.0 + i % 97, 1.7e9 + i) for i in range(n)]
+    rows = [(f"t{i:08d}", 0, "weak", "weak", "ok", 200, 0, 100, 200, 0.0003, 30.0, 150.0 + i % 97, 1.7e9 + i, "search")
+            for i in range(n)]
     out = []
     for label, keep in (("with the rollup triggers", True), ("without them", False)):
         storage = SQLiteStorage(tmp / f"trig-{keep}.db")

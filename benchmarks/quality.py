@@ -25,6 +25,7 @@ are repeats — a second table that scores the repeated and the new test queries
     .venv/bin/python benchmarks/quality.py --only mmlu      # one dataset
     .venv/bin/python benchmarks/quality.py --robustness     # stress tables with bootstrap intervals (robustness.py)
     .venv/bin/python benchmarks/quality.py --robustness --embedders minilm,static   # the same tables, embedders compared
+    .venv/bin/python benchmarks/quality.py --generalization --embedders static,minilm  # leave one dataset out (generalization.py)
 """
 
 from __future__ import annotations
@@ -334,11 +335,37 @@ def main() -> None:
                                                                    "(benchmarks/robustness.py) instead")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, with --robustness")
     parser.add_argument("--embedders", default=None, help="with --robustness: compare embedders (make_embedder names, "
-                        "the first is the reference), e.g. minilm,static")
+                        "the first is the reference), e.g. minilm,static; with --generalization: run each")
+    parser.add_argument("--generalization", action="store_true", help="leave one dataset out, and the packaged router's "
+                        "recipe on every test split (benchmarks/generalization.py)")
+    parser.add_argument("--no-features", action="store_true", help="with --generalization: skip the prompt features row")
+    parser.add_argument("--held-out", default=None, help="with --generalization: hold out only these units "
+                        "(comma-separated names, e.g. AlpacaEval,MMLU)")
+    parser.add_argument("--features-only", action="store_true", help="with --generalization: also hold each dataset "
+                        "out with ridge on the prompt features alone (no embedding)")
+    parser.add_argument("--no-balance", action="store_true", help="with --generalization: train on each pair's own "
+                        "strong-weak gap (the packaged recipe balances them)")
+    parser.add_argument("--routers", default=None, help="with --generalization: router files to score on every test "
+                        "split, as label=PATH,... (default: the packaged router; none: skip)")
     args = parser.parse_args()
     data = args.data_dir or shared_data_dir()
     if data is None:
         sys.exit("the routing-quality benchmark needs ../shared/data (or --data-dir / TINY_DANCER_DATA)")
+    if args.generalization:
+        import generalization
+        from tinydancer.gateway import default_router_path
+
+        if args.routers == "none":
+            routers: dict[str, str] = {}
+        elif args.routers:
+            routers = dict(item.split("=", 1) for item in args.routers.split(","))
+        else:
+            routers = {"packaged": str(default_router_path())}
+        embedders = [e for e in (args.embedders if args.embedders is not None else "static").split(",") if e]
+        generalization.main(data, args.resamples, embedders, not args.no_features,
+                            {label: Path(path) for label, path in routers.items()}, not args.no_balance,
+                            args.held_out.split(",") if args.held_out else None, args.features_only)
+        return
     if args.robustness:
         import robustness
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TINY_DANCER_CACHE", tempfile.mkdtemp(prefix="td-cache-"))
+if "TINY_DANCER_CACHE" not in os.environ:
+    os.environ["TINY_DANCER_CACHE"] = tempfile.mkdtemp(prefix="td-cache-")
+    # the static embedder's token table (the packaged router reads prompts with it) takes 30-40 s
+    # to build from MiniLM: copy the one `make embed` built into the user's cache, read-only there,
+    # so no test session pays it (the table's name keys it by recipe, dimension and weights)
+    import shutil
+
+    for _table in (Path.home() / ".cache" / "tinydancer").glob("static-minilm-v*.npy"):
+        shutil.copy2(_table, Path(os.environ["TINY_DANCER_CACHE"]) / _table.name)
 sys.path.insert(0, str(Path(__file__).parent))  # lets test modules share helpers
 
 

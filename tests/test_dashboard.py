@@ -30,34 +30,39 @@ from tinydancer.gateway import create_gateway_app
 from tinydancer.gateway.config import parse_config
 from tinydancer.gateway.standin import StandIn, running
 from tinydancer.server import ServiceSettings
+from tinydancer.server.client_keys import default_name
 from tinydancer.server.guards import session_value
 from tinydancer.server.report import Price, build_report, latency_bin, percentiles
 from tinydancer.server.storage import CallRecord, SQLiteStorage, decision_record
 
 ADMIN = "admin-token-for-the-dashboard"
 PRICES = [Price("strong", "strong", 10.0, 30.0), Price("weak", "weak", 0.5, 1.5)]
+#: the client key name of seeded call i (None: a call without one, the "(no key)" row)
+KEY_NAMES = ("team-a", "team-b", None, "team-a", "ops", "team-b", "team-a")
 
 
 def seed(storage: Any, now: float, n: int = 300, span_s: float = 3 * 86400) -> None:
     """``n`` calls spread over ``span_s`` before ``now``: every 7th falls back from strong to weak,
-    every 11th fails outright; every 3rd gets an outcome."""
+    every 11th fails outright; every 3rd gets an outcome.  Key names cycle through :data:`KEY_NAMES`."""
     decisions, calls, outcomes = [], [], []
     for i in range(n):
         at = now - span_s * (i + 0.5) / n
         rid = f"req{i:05d}"
+        key = KEY_NAMES[i % len(KEY_NAMES)]
         model = "strong" if i % 3 == 0 else "weak"
         targets = [model]
         if i % 11 == 0:
-            calls.append(CallRecord(rid, 0, model, model, "http_5xx", 500, False, None, None, None, None, 40.0 + i, at).row())
+            calls.append(CallRecord(rid, 0, model, model, "http_5xx", 500, False, None, None, None, None, 40.0 + i, at, key).row())
         elif i % 7 == 0:
-            calls.append(CallRecord(rid, 0, "strong", "strong", "timeout", None, False, None, None, None, None, 5000.0, at).row())
+            calls.append(CallRecord(rid, 0, "strong", "strong", "timeout", None, False, None, None, None, None, 5000.0, at,
+                                    key).row())
             calls.append(CallRecord(rid, 1, "weak", "weak", "ok", 200, True, 20 + i, 50, PRICES[1].cost(20 + i, 50), 30.0,
-                                    300.0 + i, at + 0.5).row())
+                                    300.0 + i, at + 0.5, key).row())
             targets = ["weak", "strong"]
         else:
             p = PRICES[0] if model == "strong" else PRICES[1]
             calls.append(CallRecord(rid, 0, model, model, "ok", 200, i % 2 == 0, 10 + i, 100 + i, p.cost(10 + i, 100 + i),
-                                    20.0 + i % 13, 100.0 + i, at).row())
+                                    20.0 + i % 13, 100.0 + i, at, key).row())
         conf = np.array([0.4 + 0.5 * (model == "strong")] + [0.5] * (len(targets) - 1), np.float32)
         row = decision_record(rid, "query", "v1", targets, np.zeros((len(targets), 4), np.float32), conf, None,
                               np.zeros(len(targets), np.uint8), 9.0)
@@ -77,6 +82,22 @@ def sql_totals(storage: Any, since: float | None) -> dict[str, float]:
     return {"calls": calls, "spend": spend, "at_dearest": PRICES[0].cost(pt, ct)}
 
 
+def sql_keys(storage: Any, since: float | None) -> dict[str, tuple[float, ...]]:
+    """Per key name, straight from the calls table: calls, spend, served calls' tokens at the dearest
+    upstream, saved against it (served calls with usage), failed calls."""
+    cut, args = (" WHERE created_at >= ?", (since,)) if since is not None else ("", ())
+    rows = storage.query("SELECT COALESCE(key_name, '(no key)'), SUM(CASE WHEN attempt = 0 THEN 1 ELSE 0 END), "
+                         "COALESCE(SUM(cost), 0), SUM(CASE WHEN status = 'ok' THEN prompt_tokens ELSE 0 END), "
+                         "SUM(CASE WHEN status = 'ok' THEN completion_tokens ELSE 0 END), "
+                         "COALESCE(SUM(CASE WHEN status = 'ok' AND prompt_tokens IS NOT NULL THEN cost END), 0), "
+                         f"SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) FROM calls{cut} GROUP BY 1", args)[1]
+    out = {}
+    for name, calls, spend, pt, ct, usage_spend, served in rows:
+        at = PRICES[0].cost(float(pt or 0), float(ct or 0))
+        out[name] = (float(calls), float(spend), at, at - float(usage_spend), float(calls) - float(served))
+    return out
+
+
 def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes(storage: Any) -> None:  # noqa: F811
     now = time.time()
     seed(storage, now)
@@ -91,10 +112,22 @@ def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_delet
         assert dearest["saved"] == pytest.approx(want["at_dearest"] - r["totals"]["usage_spend"], rel=1e-9, abs=1e-12)
         assert [c["role"] for c in r["counterfactuals"]] == ["dearest upstream", "reference"]
         cut = "" if seconds is None else f" WHERE created_at >= {now - seconds!r}"
+        # spend per client key name: a GROUP BY key_name over the same rows
+        keys = sql_keys(storage, None if seconds is None else now - seconds)
+        assert {k["name"] for k in r["keys"]} == set(keys) and keys, window
+        for k in r["keys"]:
+            calls, spend, at, saved, failed = keys[k["name"]]
+            assert (k["calls"], k["failed_calls"]) == (calls, failed), (window, k["name"])
+            assert k["spend"] == pytest.approx(spend, rel=1e-9, abs=1e-12), (window, k["name"])
+            assert k["at_dearest"] == pytest.approx(at, rel=1e-9, abs=1e-12) and k["dearest"] == "strong", (window, k["name"])
+            assert k["saved"] == pytest.approx(saved, rel=1e-9, abs=1e-12), (window, k["name"])
+            assert k["share"] == pytest.approx(spend / want["spend"], rel=1e-9), (window, k["name"])
+        assert [k["spend"] for k in r["keys"]] == sorted((k["spend"] for k in r["keys"]), reverse=True)
         outcomes = storage.query(f"SELECT target, COUNT(*), SUM(success) FROM outcomes{cut} GROUP BY target")[1]
         assert {t: (m["outcomes"], m["successes"]) for t, m in r["quality"]["models"].items() if m["outcomes"]} == \
             {t: (int(n), int(ok)) for t, n, ok in outcomes}, window
     full = build_report(storage, window="all", prices=PRICES, now=now)
+    assert {k["name"] for k in full["keys"]} == {"team-a", "team-b", "ops", "(no key)"}
     assert full["totals"]["fallback_attempts"] == storage.query("SELECT COUNT(*) FROM calls WHERE attempt > 0")[1][0][0] > 0
     assert full["upstreams"]["strong"]["errors"]["timeout"] > 0 and full["totals"]["failed_calls"] > 0
     # coverage: decisions with a rank-0 outcome over calls
@@ -102,9 +135,9 @@ def test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_delet
     assert cov["calls"] == full["totals"]["calls"] and 0 < cov["share"] < 1
     assert full["quality"]["models"]["strong"]["predicted_mean"] == pytest.approx(0.9, abs=1e-6)
     assert len(full["recent"]) == 20 and full["recent"][0]["time"] >= full["recent"][-1]["time"]
-    # the calls table keeps the client key's name (per-key spend): the last decisions show it
-    _execute(storage, "UPDATE calls SET key_name = 'team-a'")
-    assert {d["key_name"] for d in build_report(storage, window="all", now=now)["recent"] if d["attempts"]} == {"team-a"}
+    # the last decisions show each call's client key name
+    named = dict(storage.query("SELECT request_id, key_name FROM calls")[1])
+    assert all(d["key_name"] == named[d["request_id"]] for d in full["recent"] if d["attempts"])
 
 
 def _execute(storage: Any, sql: str, args: tuple[Any, ...] = ()) -> None:
@@ -114,11 +147,35 @@ def _execute(storage: Any, sql: str, args: tuple[Any, ...] = ()) -> None:
             conn.execute(sql, args)
     else:
         with storage._pool.connection() as conn:
-            conn.execute(sql.replace("?", "%s"), args)
+            if args:
+                conn.execute(sql.replace("?", "%s"), args)
+            else:  # a script's statement: its % are operators, not placeholders
+                conn.execute(sql)
 
 
 def _delete_before(storage: Any, cut: float) -> None:
     _execute(storage, "DELETE FROM calls WHERE created_at < ?", (cut,))
+
+
+def test_the_rollup_migrations_backfill_equals_what_its_triggers_kept(storage: Any) -> None:  # noqa: F811
+    """A log upgraded with calls in it (the migration's backfill) has the rollups that a log whose
+    triggers saw every insert has: per hour, upstream, model, status and key name."""
+    from tinydancer.server.storage import postgres, sqlite
+    from tinydancer.server.storage.rollups import PG_ROLLUPS, SQLITE_ROLLUPS
+
+    seed(storage, time.time(), n=120)
+    def rollups(table: str) -> list[tuple[Any, ...]]:  # sums in another order may differ in the last bits
+        return sorted(tuple(round(v, 12) if isinstance(v, float) else v for v in r) for r in storage.query(f"SELECT * FROM {table}")[1])
+
+    kept = {table: rollups(table) for table in ("call_hours", "call_latency")}
+    if isinstance(storage, SQLiteStorage):
+        drops, script, split = ("DROP TRIGGER calls_rollup_insert", "DROP TRIGGER calls_rollup_delete"), SQLITE_ROLLUPS, sqlite._statements
+    else:
+        drops, script, split = ("DROP FUNCTION calls_rollup() CASCADE",), PG_ROLLUPS, postgres._statements
+    for statement in (*drops, "DROP TABLE call_hours", "DROP TABLE call_latency", "DROP INDEX outcomes_target", *split(script)):
+        _execute(storage, statement)
+    assert {table: rollups(table) for table in kept} == kept
+    assert {r[4] for r in kept["call_hours"]} == {"team-a", "team-b", "ops", ""}
 
 
 def test_latency_bins_agree_between_python_and_the_database_and_percentiles_are_within_a_bin(storage: Any) -> None:  # noqa: F811
@@ -145,6 +202,7 @@ def test_report_command_in_each_format(tmp_path: Path) -> None:
     now = time.time()
     seed(storage, now)
     want = sql_totals(storage, now - 7 * 86400)
+    keys = sql_keys(storage, now - 7 * 86400)
     storage.close()
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(config_dict(None, {"strong": "http://127.0.0.1:9", "weak": "http://127.0.0.1:9"})))
@@ -156,19 +214,28 @@ def test_report_command_in_each_format(tmp_path: Path) -> None:
     assert data["totals"]["calls"] == want["calls"] and data["totals"]["spend"] == pytest.approx(want["spend"])
     assert data["counterfactuals"][0]["at_reference"] == pytest.approx(want["at_dearest"])
     assert data["counterfactuals"][1]["model"] == "weak"
+    assert {k["name"]: (k["calls"], k["spend"]) for k in data["keys"]} == \
+        {name: (v[0], pytest.approx(v[1], rel=1e-9)) for name, v in keys.items()}
     out = runner.invoke(cli, [*base, "--format", "csv"])
     assert out.exit_code == 0, out.output
     rows = {(r["section"], r["name"], r["metric"]): r["value"] for r in csv.DictReader(io.StringIO(out.output))}
     assert float(rows[("totals", "", "calls")]) == want["calls"]
     assert float(rows[("counterfactual", "dearest upstream:strong", "at_reference")]) == pytest.approx(want["at_dearest"])
     assert float(rows[("coverage", "", "share")]) == pytest.approx(data["coverage"]["share"])
+    for name, (calls, spend, at, saved, failed) in keys.items():
+        assert float(rows[("key", name, "calls")]) == calls and float(rows[("key", name, "failed_calls")]) == failed
+        assert float(rows[("key", name, "spend")]) == pytest.approx(spend, rel=1e-9)
+        assert float(rows[("key", name, "saved")]) == pytest.approx(saved, rel=1e-9)
     out = runner.invoke(cli, [*base, "--format", "table"])
     assert out.exit_code == 0 and f"{int(want['calls']):,}" in out.output and "saved vs strong" in out.output
+    assert "spend per client key" in out.output and all(name in out.output for name in keys)
     page = tmp_path / "snapshot.html"
     out = runner.invoke(cli, [*base, "--format", "html", "--output", str(page)])
     assert out.exit_code == 0, out.output
     text = page.read_text()
     assert f'id="calls" data-value="{int(want["calls"])}"' in text and "<svg" in text
+    for name, (calls, *_rest) in keys.items():
+        assert f'<tr data-key="{name}"><td>{name}</td><td class="n" data-value="{int(calls)}">' in text
     assert "<script" not in text and "http://" not in text and "https://" not in text  # standalone: nothing fetched
     bad = runner.invoke(cli, [*base, "--reference", "gpt-9"])
     assert bad.exit_code == 1 and "gpt-9" in bad.output
@@ -255,6 +322,9 @@ def test_browser_signs_in_and_the_totals_shown_equal_sql(router_dir: Path, tmp_p
                 assert float(shown["dearest"]) == pytest.approx(want["at_dearest"], rel=1e-9)
                 assert "quality at the dearer model is unknown" in shown["note"] and "coverage" in shown["note"]
                 assert browser.evaluate("document.querySelectorAll('#recent tr').length") == 1 + 14
+                per_key = browser.evaluate("Array.from(document.querySelectorAll('#keys tr[data-key]'), r => "
+                                           "[r.dataset.key, Number(r.cells[1].dataset.value)])")
+                assert per_key == [[default_name(KEY), 14]]  # one client key made every call
                 assert browser.evaluate("document.querySelector('svg rect') !== null")
                 target = Path(os.environ.get("TINY_DANCER_SCREENSHOT") or tmp_path / "dashboard.png")
                 browser.screenshot(target)

@@ -433,9 +433,10 @@ def test_usage_tap_reassembles_split_events() -> None:
     assert b"usage" not in out and out.endswith(b"data: [DONE]\n\n") and b'"content":"a"' in out
 
 
-def test_packaged_router_routes_real_text_with_minilm(tmp_path: Path) -> None:
-    """No router key, upstreams named strong and weak: the packaged MiniLM router routes."""
-    pytest.importorskip("onnxruntime", reason="the MiniLM embedder needs onnxruntime (make embed)")
+def test_packaged_router_routes_real_text(tmp_path: Path) -> None:
+    """No router key, upstreams named strong and weak: the packaged router routes, reading prompts
+    with the static embedder distilled from MiniLM and the prompt features (tools/build_default_router.py)."""
+    pytest.importorskip("tokenizers", reason="the static embedder needs the MiniLM tokenizer (make embed)")
     strong, weak = StandIn("big-model"), StandIn("small-model")
     with running(strong.app()) as su, running(weak.app()) as wu:
         cfg = parse_config(config_dict(None, {"strong": su, "weak": wu}, operating_point={"strong_share": 0.5}))
@@ -448,7 +449,7 @@ def test_packaged_router_routes_real_text_with_minilm(tmp_path: Path) -> None:
                 model="tinydancer", messages=[{"role": "user", "content": p}]).headers["x-tinydancer-model"] for p in prompts]
     assert set(went) <= {"strong", "weak"} and len(went) == 4
     gw = app.state.gateway
-    assert gw.router.models == ["strong", "weak"] and gw.router.embedder_id == "all-MiniLM-L6-v2"
+    assert gw.router.models == ["strong", "weak"] and gw.router.embedder_id == "static-minilm-v1-256+prompt-features-v1"
     scores = gw.router.strong_scores(prompts)
     assert np.all(np.isfinite(scores)) and len(set(np.round(scores, 6).tolist())) == 4  # it reads the text
 

@@ -121,7 +121,15 @@ def test_a_budget_refuses_with_429_and_a_restart_keeps_todays_spend(router_dir: 
         ask(gw.client(BOB))  # another key's budget is its own
         wait_calls(db, raw.headers["x-tinydancer-decision-id"])
         status = httpx.get(f"{base}/admin/keys").json()
-    assert status["keys"]["alice"] == {"spent_today": pytest.approx(4 * STRONG_COST), "budget": budget, "held": 0.0}
+        report = httpx.get(f"{base}/dashboard/report.json").json()
+        page = httpx.get(f"{base}/dashboard").text
+    assert status["keys"]["alice"] == {"spent_today": pytest.approx(4 * STRONG_COST), "budget": budget, "held": 0.0,
+                                       "refused": 1}
+    # the dashboard's spend per key: the window's calls, and today's spend against the budget with the refusal
+    alice = next(k for k in report["keys"] if k["name"] == "alice")
+    assert alice["calls"] == 4 and alice["spend"] == pytest.approx(4 * STRONG_COST) and alice["failed_calls"] == 0
+    assert alice["spent_today"] == pytest.approx(4 * STRONG_COST) and alice["budget"] == budget and alice["refused_today"] == 1
+    assert 'data-key="alice"' in page and 'data-refused="1"' in page
     assert status["keys"]["bob"]["budget"] == 1.0 and status["keys"][default_name(PLAIN)]["spent_today"] == 0.0
     message = refused.value.message
     assert f"'alice' has spent ${4 * STRONG_COST:.6f} of its daily budget of ${budget:g}" in message

@@ -71,6 +71,7 @@ D = "tests/test_dashboard.py::"
 SF = "tests/test_storage_faults.py::"
 J = "tests/test_judging.py::"
 LF = "tests/test_litellm_failover.py::"
+LLL = "tests/test_litellm_learning.py::test_judged_and_explored_litellm_traffic_is_what_retraining_decides_on"
 GL = "tests/test_gateway_learning.py::"
 K = "tests/test_gateway_keys.py::"
 T = "tests/test_gateway_tracing.py::"
@@ -271,11 +272,11 @@ MUTANTS: list[Mutant] = [
     Mutant("labelling-journal-not-read", "a rerun does not read the journal (pays again)", "src/tinydancer/gateway/labelling.py",
            '                self.entries[entry["key"]] = entry\n', "                pass\n",
            (LB + "test_a_rerun_pays_only_for_what_is_missing",)),
-    Mutant("labelling-budget-ignored", "--max-dollars stops nothing", "src/tinydancer/gateway/labelling.py",
+    Mutant("labelling-budget-ignored", "--max-dollars stops nothing", "src/tinydancer/server/grading.py",
            "        return self.cap is None or self.spent + self.reserved + amount <= self.cap\n", "        return True\n",
            (LB + "test_dry_run_spends_nothing_and_the_budget_stops_spending",)),
     Mutant("labelling-in-flight-ignored", "--max-dollars forgets what calls in flight have reserved",
-           "src/tinydancer/gateway/labelling.py",
+           "src/tinydancer/server/grading.py",
            "        return self.cap is None or self.spent + self.reserved + amount <= self.cap\n",
            "        return self.cap is None or self.spent + amount <= self.cap\n",
            (LBB + "test_calls_in_flight_count_against_the_cap",)),
@@ -355,13 +356,25 @@ MUTANTS: list[Mutant] = [
            "wake-up comes on top of the budget", "src/tinydancer/integrations/litellm_routing.py",
            "    return deadline - now - WAKE_UP_SLACK_S\n", "    return deadline - now\n",
            (LF + "test_the_budget_counts_from_the_calls_start_and_leaves_room_for_the_wake_up",)),
+    # ------------------------------------------------------------------ LiteLLM: judged samples and exploration (issue 31)
+    Mutant("litellm-judge-grades-not-written", "the LiteLLM judge grades sampled answers but writes no outcome",
+           "src/tinydancer/integrations/litellm_judge.py", "            self.write(sample, score)\n", "            pass\n",
+           (LLL,)),
+    Mutant("litellm-explored-propensity-not-logged", "an explored LiteLLM call's decision is logged without its propensity",
+           "src/tinydancer/integrations/litellm_logger.py",
+           '                propensity=tag.get("propensity"), explored=tag.get("explored")))\n', "                ))\n",
+           (LLL,)),
+    Mutant("litellm-judge-budget-ignored", "the LiteLLM judge grades past its daily dollars",
+           "src/tinydancer/integrations/litellm_judge.py", "            fits = self.gate.reserve(worst)\n",
+           "            fits = True\n",
+           ("tests/test_litellm_learning.py::test_the_litellm_judge_stops_at_its_daily_dollars_and_resumes_the_next_utc_day",)),
     # ------------------------------------------------------------------ judged samples (issue 27)
     Mutant("judge-keeps-unsampled-streams", "every routed stream's answer is gathered and judged, sampled or not",
            "src/tinydancer/gateway/judging.py",
            "        return AnswerGather() if routed and self.draw() else None\n",
            "        return AnswerGather() if routed or self.draw() else None\n",
            (J + "test_a_seeded_sample_is_graded_and_only_sampled_answers_are_kept",)),
-    Mutant("judge-budget-ignored", "the judge grades past its daily budget", "src/tinydancer/gateway/judging.py",
+    Mutant("judge-budget-ignored", "the judge grades past its daily budget", "src/tinydancer/server/grading.py",
            "        if not self.budget.draw([0.0], worst):\n", "        if False:\n",
            (J + "test_the_judge_stops_at_the_daily_budget_and_resumes_the_next_utc_day",)),
     # ------------------------------------------------------------------ the conformal p-value
@@ -439,9 +452,32 @@ MUTANTS: list[Mutant] = [
     Mutant("dashboard-rollup-deletes-kept", "retention's deletes stay in SQLite's rollups", "src/tinydancer/server/storage/rollups.py",
            '    {_sqlite_trigger("OLD", -1)}\n', "",
            (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-key-calls-by-attempt", "spend per key counts a fallback's attempts as calls", "src/tinydancer/server/report.py",
+           '        k["calls"] += firsts\n', '        k["calls"] += attempts\n',
+           (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-key-rollup-wrong-column", "SQLite's rollup files each call under its model, not its key name",
+           "src/tinydancer/server/storage/rollups.py", "COALESCE({row}.key_name, '')", "COALESCE({row}.target, '')",
+           (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
+    Mutant("dashboard-key-backfill-drops-names", "the rollup migration's backfill files every logged call under no key",
+           "src/tinydancer/server/storage/rollups.py", "upstream, target, status, COALESCE(key_name, ''), COUNT(*),",
+           "upstream, target, status, '', COUNT(*),",
+           (D + "test_the_rollup_migrations_backfill_equals_what_its_triggers_kept[sqlite]",)),
+    Mutant("dashboard-key-saved-tokens-swapped", "a key's calls at the dearest upstream price its prompt tokens as output",
+           "src/tinydancer/server/report.py", 'top.cost(k["prompt_tokens"], k["completion_tokens"])',
+           'top.cost(k["completion_tokens"], k["prompt_tokens"])',
+           (D + "test_report_totals_equal_sql_in_every_window_with_rollups_kept_through_deletes[sqlite]",)),
     Mutant("dashboard-session-never-expires", "an expired dashboard cookie still signs in", "src/tinydancer/server/guards.py",
            "    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):",
            "    if not expires.isdigit():", (D + "test_dashboard_auth_cookie_and_open_loopback",)),
+    Mutant("features-refusal", "a router takes vectors made without the prompt features it was trained with",
+           "src/tinydancer/llm/query_router.py", "        if value.id != self.embedder_id:\n",
+           "        if False:\n",
+           ("tests/test_prompt_features.py::test_a_router_without_features_refuses_featured_vectors_and_unknown_feature_versions_are_refused",
+            "tests/test_prompt_features.py::test_cross_validation_keeps_the_features_where_they_carry_the_signal_and_the_file_records_them")),
+    Mutant("features-cv-ignored", "the prompt features are never kept, whatever the folds say",
+           "src/tinydancer/llm/router_fit.py", "    chosen = _best(folds, prefer_first=True)\n",
+           "    chosen = next(iter(folds))\n",
+           ("tests/test_prompt_features.py::test_cross_validation_keeps_the_features_where_they_carry_the_signal_and_the_file_records_them",)),
 ]
 
 

@@ -281,15 +281,15 @@ def run_learning_loop(out: Path, served: Path, console: Console) -> None:
 
 # ---------------------------------------------------------------------- the gateway
 GATEWAY_PROMPTS = [
-    "Hi! How are you today?",
+    "Thanks!",
+    "What is 2+2?",
     "What is the capital of France?",
     "Translate 'good morning' into Spanish.",
     "Give me three name ideas for a bakery.",
-    "What is 15% of 80?",
     "A train leaves at 3 pm at 60 mph and another at 4 pm at 80 mph on the same track. When does the second catch up?",
-    "Prove that the square root of 2 is irrational.",
-    "Explain the difference between a Hamiltonian and a Lagrangian, with an example.",
-    "Which of the following is a correct statement of Gauss's law? (A) ... (B) ... (C) ... (D) ...",
+    "Prove that there are infinitely many primes.",
+    "Derive the Black-Scholes equation for a European call option and explain each assumption.",
+    "Implement a lock-free hash map in C++ with open addressing and explain its memory ordering.",
     "Write a Python function that returns the n-th Fibonacci number in O(log n) time.",
 ]
 
@@ -318,22 +318,26 @@ def run_gateway_demo(out: Path, console: Console) -> None:
         app = create_gateway_app(config, ServiceSettings(database_path=db, watch_interval_s=0))
         with running(app, log_level="error") as base:
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="local-demo", max_retries=0)
-            table = Table(title="where each prompt went (packaged router, 30 % of typical queries to strong)")
-            for col in ("prompt", "model", "predicted quality", "tokens in/out"):
+            table = Table(title="where each prompt went and why (packaged router, 30 % of typical queries to strong): "
+                                "its predicted quality per model, and the strong model's advantage against the threshold")
+            for col in ("prompt", "model", "strong", "weak", "advantage", "tokens in/out"):
                 table.add_column(col, justify="left" if col == "prompt" else "right")
+            router, threshold = app.state.gateway.router, app.state.gateway.point.threshold
+            outputs = router.predict(GATEWAY_PROMPTS)
             ids = []
-            for prompt in GATEWAY_PROMPTS:
+            for prompt, out in zip(GATEWAY_PROMPTS, outputs):
                 raw = client.chat.completions.with_raw_response.create(model="tinydancer",
                                                                        messages=[{"role": "user", "content": prompt}])
                 answer = raw.parse()
                 ids.append(raw.headers["x-tinydancer-decision-id"])
                 table.add_row(prompt[:60] + ("…" if len(prompt) > 60 else ""), raw.headers["x-tinydancer-model"],
-                              raw.headers.get("x-tinydancer-predicted-quality", "-"),
+                              f"{out[router.strong]:.2f}", f"{out[router.weak]:.2f}",
+                              f"{out[2]:.3f} {'≥' if out[2] >= threshold else '<'} {threshold:.3f}",
                               f"{answer.usage.prompt_tokens}/{answer.usage.completion_tokens}")
             console.print(table)
             console.print("a streamed answer, chunk by chunk: ", end="")
             for chunk in client.chat.completions.create(model="tinydancer", stream=True,
-                                                        messages=[{"role": "user", "content": GATEWAY_PROMPTS[6]}]):
+                                                        messages=[{"role": "user", "content": GATEWAY_PROMPTS[5]}]):
                 if chunk.choices and chunk.choices[0].delta.content:
                     console.print(chunk.choices[0].delta.content, end="")
             console.print()
@@ -343,4 +347,5 @@ def run_gateway_demo(out: Path, console: Console) -> None:
     went_strong = sum(r["upstream"] == "strong" for r in rows)
     console.print(f"{len(rows)} calls logged in {db} ({went_strong} to strong): ${spent:.6f} spent against ${always:.6f} "
                   f"for always-strong with the same tokens ({1 - spent / always:.0%} less). The packaged router learned "
-                  "from MMLU and GSM8K outcomes; train your own from your traffic for your prompts (README).")
+                  "from public benchmark outcomes (exams, arithmetic, code, trivia, chat instructions), not from your "
+                  "traffic: label a sample of your own and train from it for your prompts (README).")

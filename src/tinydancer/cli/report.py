@@ -98,6 +98,11 @@ def csv_rows(r: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
             yield ("upstream", name, f"errors:{status}", n)
         for key, value in u["latency"].items():
             yield ("upstream", name, key, value)
+    for k in r["keys"]:
+        for key in ("calls", "spend", "share", "at_dearest", "saved", "saved_pct", "failed_calls", "spent_today", "budget",
+                    "refused_today"):
+            if key in k:
+                yield ("key", k["name"], key, k[key])
     for model, m in r["quality"]["models"].items():
         for key, value in m.items():
             yield ("quality", model, key, value)
@@ -136,6 +141,21 @@ def _upstream_table(r: dict[str, Any]) -> Table:
     return table
 
 
+def _key_table(r: dict[str, Any]) -> Table:
+    from ..server.dashboard import money
+
+    dearest = next((k["dearest"] for k in r["keys"] if k.get("dearest")), None)
+    table = Table(title="spend per client key")
+    cols = ["key", "calls", "spend", "share of spend", *([f"at {dearest}", "saved"] if dearest else []), "failed calls"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "key" else "right")
+    for k in r["keys"]:
+        pct = "" if k["saved_pct"] is None else f" ({k['saved_pct']:.1f} %)"
+        table.add_row(k["name"], f"{k['calls']:,}", money(k["spend"]), f"{100 * k['share']:.1f} %",
+                      *([money(k["at_dearest"]), f"{money(k['saved'])}{pct}"] if dearest else []), f"{k['failed_calls']:,}")
+    return table
+
+
 def _quality_table(r: dict[str, Any]) -> Table:
     table = Table(title="quality evidence")
     for col in ("model", "outcomes", "success rate", "predicted quality"):
@@ -154,6 +174,7 @@ def _print_tables(r: dict[str, Any], out: Any = None) -> None:
     if not r["counterfactuals"]:
         out.print("[yellow]no prices: pass --config gateway.yaml to compute the savings[/]")
     out.print(_upstream_table(r))
+    out.print(_key_table(r))
     out.print(_quality_table(r))
 
 

@@ -43,9 +43,11 @@ def create_gateway_app(config: GatewayConfig, settings: ServiceSettings | None =
 
 
 def _live(gw: Gateway) -> dict[str, Any]:
-    """What the dashboard shows of the running gateway: breakers, the router served, its operating point."""
+    """What the dashboard shows of the running gateway: breakers, the router served, its operating point,
+    each client key's spend today against its budget."""
     router = gw.router
     point = {k: round(v, 4) for k, v in gw.point._asdict().items() if isinstance(v, float)}
     return {"upstreams": gw.upstream_status()["upstreams"], "router_version": gw.router_version,
             "strong_model": router.models[router.strong] if router.is_pair else None,
-            "operating_point": ", ".join(f"{k} {v:g}" for k, v in point.items()) or "default"}
+            "operating_point": ", ".join(f"{k} {v:g}" for k, v in point.items()) or "default",
+            "keys": gw.spend.status()["keys"]}

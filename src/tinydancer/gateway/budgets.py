@@ -100,6 +100,8 @@ class KeySpend:
                            "day (what budgets are checked against)", ["key"], registry=registry)
         #: each name's (total, today) metric children: ``labels()`` costs ~5 µs a call, looked up once here
         self._children: dict[str, tuple[Any, Any]] = {}
+        #: calls refused today per key name, by this process (what the dashboard shows beside the budget)
+        self.refused_today: dict[str, int] = {}
         self.refused = Counter("tiny_dancer_gateway_budget_refusals", "Calls refused (429) for passing their key's "
                                "daily budget", ["key"], registry=registry)
 
@@ -153,6 +155,7 @@ class KeySpend:
                 self._metrics(name)[1].set(0.0)
             self.spent.clear()
             self._since_read.clear()
+            self.refused_today.clear()
 
     def check(self, name: str | None, estimate: float = 0.0) -> None:
         """Raise :class:`BudgetExceeded` if ``estimate`` more would take the key past its budget."""
@@ -165,6 +168,7 @@ class KeySpend:
         held = self._held.get(name, 0.0)
         if spent + held + estimate > budget or (estimate == 0.0 and spent >= budget):
             self.refused.labels(name).inc()
+            self.refused_today[name] = self.refused_today.get(name, 0) + 1
             raise BudgetExceeded(self._message(name, budget, spent, held, estimate), self._retry_after())
 
     def admit(self, request_id: str, name: str | None, estimate: float) -> None:
@@ -202,12 +206,14 @@ class KeySpend:
                 "the operator to raise key_budgets")
 
     def status(self) -> dict[str, Any]:
-        """GET /admin/keys: each key's spend today, budget and the estimates held for its calls in flight."""
+        """GET /admin/keys: each key's spend today, budget, the estimates held for its calls in flight and
+        the calls refused today (by this process: a restart or another replica counts its own)."""
         self._roll()
         names = list(dict.fromkeys([*self.key_names, *self.spent]))
         resets = datetime.fromtimestamp(self.day + DAY_S, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"resets_at": resets, "keys": {n: {"spent_today": self.spent.get(n, 0.0), "budget": self.budget_of(n),
-                                                  "held": self._held.get(n, 0.0)} for n in names}}
+                                                  "held": self._held.get(n, 0.0), "refused": self.refused_today.get(n, 0)}
+                                              for n in names}}
 
     def settle(self, request_id: str, name: str | None, cost: tuple[float, str] | None) -> None:
         """The call ended: release its hold and count what it cost (None: nothing to count)."""

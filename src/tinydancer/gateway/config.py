@@ -112,7 +112,7 @@ class OperatingPointSpec(_Strict):
 
 class ExplorationSpec(_Strict):
     """``exploration``: a bounded share of routed calls goes to a model the router did not pick, so
-    that outcomes arrive for every model (see gateway/exploration.py).  Off by default."""
+    that outcomes arrive for every model (see server/exploration.py).  Off by default."""
 
     share: float = Field(0.0, ge=0.0, le=0.2, allow_inf_nan=False)
     #: seeds the draws, so a run can be replayed (None: a fresh seed each start)

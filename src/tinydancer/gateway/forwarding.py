@@ -104,7 +104,7 @@ class _Attempts:
         quality = self.plan.quality.get(up.config.plays)
         if quality is not None:
             h["x-tinydancer-predicted-quality"] = f"{quality:.4f}"
-        if self.plan.explored and up is self.plan.order[0]:  # exploration sent it here (gateway/exploration.py)
+        if self.plan.explored and up is self.plan.order[0]:  # exploration sent it here (server/exploration.py)
             h["x-tinydancer-explored"] = "true"
         return h
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .config import JudgeConfig
-from .labelling import Budget, judge_prompt, load_rubric, parse_rating, prompt_token_bound
+from ..server.grading import Budget, JudgeGate, judge_prompt, load_rubric, parse_rating, prompt_token_bound
 from .sse import ImpossibleUsage, usage_of
 from .upstream import Upstream, UpstreamFailure
 
@@ -115,39 +114,45 @@ class JudgeWorker:
         self.upstream = upstream
         #: the log writer's submit (decisions, calls, outcomes, prompts): grades join the group commit
         self.submit = submit
-        self.clock = clock
         self.rubric = None if config.rubric is None else load_rubric(config.rubric)
-        self.rng = random.Random(config.seed)
+        #: the seeded draw and the UTC day's dollars (shared with the LiteLLM logger's judge)
+        self.gate = JudgeGate(config.sample_share, config.daily_dollars, config.seed, clock)
         self.metrics = _Metrics(registry)
         self.queue: deque[Sample] = deque()
         self.concurrency = concurrency
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._day = self._today()
-        self.budget = Budget(config.daily_dollars)
-        #: the UTC day whose budget ran out (no samples are taken until the day changes)
-        self.stopped_day: int | None = None
         self.in_flight = 0
 
     # ------------------------------------------------------------------ sampling
-    def _today(self) -> int:
-        return int(self.clock() // 86400)
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.gate.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.gate.clock = clock
+
+    @property
+    def budget(self) -> Budget:
+        return self.gate.budget
+
+    @property
+    def stopped_day(self) -> int | None:
+        return self.gate.stopped_day
 
     def _roll_day(self) -> None:
-        today = self._today()
-        if today != self._day:
-            self._day, self.budget, self.stopped_day = today, Budget(self.config.daily_dollars), None
+        if self.gate.roll_day():
             self.metrics.today.set(0.0)
 
     def draw(self) -> bool:
         """Whether to take this answered routed call (one seeded draw per call, even on a day whose
         budget is spent, so a replay of the same traffic draws the same way)."""
-        taken = self.rng.random() < self.config.sample_share
         self._roll_day()
-        if taken and self.stopped_day is not None:
+        drawn = self.gate.draw()
+        if drawn == "budget":
             self.metrics.skipped.labels("budget").inc()
-            return False
-        return taken
+        return drawn == "take"
 
     def gatherer(self, routed: bool) -> AnswerGather | None:
         """For a stream: a gatherer of its answer if the call is sampled, else None (nothing kept)."""
@@ -206,7 +211,6 @@ class JudgeWorker:
                 self.metrics.pending.set(len(self.queue) + self.in_flight)
 
     def _stop_for_today(self) -> None:
-        self.stopped_day = self._day
         dropped = len(self.queue)
         self.queue.clear()
         self.metrics.skipped.labels("budget").inc(dropped + 1)
@@ -222,7 +226,7 @@ class JudgeWorker:
         judge = self.upstream.config
         content = judge_prompt(sample.question, sample.answer, self.rubric)
         worst = judge.cost(prompt_token_bound(content), self.config.max_tokens)
-        if not self.budget.draw([0.0], worst):
+        if not self.gate.reserve(worst):
             self._stop_for_today()
             return None
         charge = worst
@@ -248,7 +252,7 @@ class JudgeWorker:
             self.metrics.judged.labels("graded").inc()
             return score
         finally:
-            self.budget.settle(worst, charge)
+            self.gate.settle(worst, charge)
             self.metrics.dollars.inc(charge)
             self.metrics.today.set(self.budget.spent)
 

@@ -38,7 +38,6 @@ import math
 import os
 import re
 import string
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,37 +45,23 @@ from typing import Any, Callable
 from .._io import atomic_write_text
 from ..circuit import CircuitBreaker
 from ..errors import ValidationError
+from ..server.grading import (JUDGE_INSTRUCTIONS, Budget, judge_prompt, load_rubric, parse_rating,  # noqa: F401 (re-exported)
+                               prompt_token_bound, read_utf8)
 from .config import GatewayConfig, UpstreamConfig
 from .upstream import Upstream, UpstreamFailure
 
 __all__ = ["Budget", "Journal", "LabelPlan", "LabelReport", "grade_reference", "judge_prompt", "load_prompts",
            "load_rubric", "pairwise_prompt", "parse_pairwise", "parse_rating", "prompt_token_bound", "run_labelling"]
 
-#: tokens a chat template may add around one user message (BOS, role markers, the reply's header)
-TEMPLATE_TOKENS = 64
 #: bytes per token assumed for an answer not received yet, to reserve the judge call that reads it;
 #: once the answer is in, that call is checked against its exact bound (and topped up or skipped)
 ANSWER_BYTES_PER_TOKEN = 4
 
-#: the default instructions of a rating; a rubric file (``--rubric``, the gateway's ``judge.rubric``)
-#: replaces them, while the form the verdict must take (``RATING_FORM``) is always kept, or no reply could be read
-JUDGE_INSTRUCTIONS = ("You are grading an AI assistant's answer to a user's question. Judge how helpful, correct, "
-                      "relevant and complete the answer is. First explain your judgement in a few sentences.")
-RATING_FORM = "Then give a rating from 1 (useless) to 10 (excellent) in exactly this form: Rating: [[n]]"
 PAIRWISE_INSTRUCTIONS = ("You are comparing two AI assistants' answers to the same user question. Judge which answer is "
                          "more helpful, correct, relevant and complete; ignore their order and length. First explain "
                          "briefly.")
 PAIRWISE_FORM = ("Then give your verdict in exactly one of these forms: [[A]] if answer A is better, [[B]] if answer B "
                  "is better, [[C]] for a tie.")
-
-JUDGE_BODY = """
-
-[Question]
-{question}
-
-[Answer]
-{answer}
-[End of answer]"""
 
 PAIRWISE_BODY = """
 
@@ -91,14 +76,7 @@ PAIRWISE_BODY = """
 {b}
 [End of answer B]"""
 
-JUDGE_PROMPT = JUDGE_INSTRUCTIONS + " " + RATING_FORM + JUDGE_BODY
 PAIRWISE_PROMPT = PAIRWISE_INSTRUCTIONS + " " + PAIRWISE_FORM + PAIRWISE_BODY
-
-
-def judge_prompt(question: str, answer: str, rubric: str | None = None) -> str:
-    """The rating request for ``answer``: the rubric (or the default instructions), the form, the texts."""
-    head = JUDGE_INSTRUCTIONS if rubric is None else rubric.strip()
-    return head + " " + RATING_FORM + JUDGE_BODY.format(question=question, answer=answer)
 
 
 def pairwise_prompt(question: str, a: str, b: str, rubric: str | None = None) -> str:
@@ -107,31 +85,8 @@ def pairwise_prompt(question: str, a: str, b: str, rubric: str | None = None) ->
     return head + " " + PAIRWISE_FORM + PAIRWISE_BODY.format(question=question, a=a, b=b)
 
 
-def load_rubric(path: str | Path) -> str:
-    """A rubric file's text (UTF-8, not empty): the grading instructions that replace the default ones."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"no rubric file at {path}")
-    text = _read_utf8(path).strip()
-    if not text:
-        raise ValidationError(f"the rubric {path} is empty; write the grading instructions in it")
-    if len(text) > 20_000:
-        raise ValidationError(f"the rubric {path} is {len(text)} characters; keep it under 20,000 (it is sent with "
-                              "every grading call)")
-    return text
-
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def parse_rating(text: str) -> float | None:
-    """A judge's ``[[n]]`` (1-10) as a score in [0, 1]; None unless exactly one rating in range."""
-    found = {float(v) for v in _RATING.findall(text)}
-    if len(found) != 1:
-        return None
-    value = found.pop()
-    return (value - 1.0) / 9.0 if 1.0 <= value <= 10.0 else None
 
 
 def parse_pairwise(text: str) -> float | None:
@@ -160,21 +115,6 @@ def grade_reference(answer: str, reference: str, match: str = "normalized") -> f
     raise ValidationError(f"unknown match {match!r}: use exact, normalized or contains")
 
 
-def prompt_token_bound(text: str, extra_bytes: int = 0) -> int:
-    """Prompt tokens one user message of ``text`` (plus ``extra_bytes`` not known yet) cannot exceed.
-
-    Byte-level BPE (GPT's tiktoken, Llama 3) and SentencePiece with byte fallback (Llama 2, Mistral)
-    give every token at least one byte of the text, and a tokenizer counting characters gives fewer
-    (a character is 1 to 4 bytes), so the UTF-8 length bounds them all; SentencePiece's NFKC can
-    lengthen text first (one ligature becomes up to 18 characters), so the longer of the two counts,
-    plus ``TEMPLATE_TOKENS`` for the chat template.  Characters ÷ 4, the usual guess, is 4× low for
-    CJK text counted per character.
-    """
-    raw = len(text.encode("utf-8", "surrogatepass"))
-    nfkc = len(unicodedata.normalize("NFKC", text).encode("utf-8", "surrogatepass"))
-    return max(raw, nfkc) + extra_bytes + TEMPLATE_TOKENS
-
-
 def _utf8_safe(text: str) -> str:
     """``text`` with lone surrogates (valid in a JSON escape, not in UTF-8) as U+FFFD: writable anywhere."""
     return _SURROGATE.sub("\ufffd", text)
@@ -195,22 +135,12 @@ class Prompt:
     reference: str | None = None
 
 
-def _read_utf8(path: Path) -> str:
-    """The file's text; invalid UTF-8 is an error naming its line (a traceback names nothing useful)."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ValidationError(f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8") from None
-
-
 def load_prompts(path: str | Path) -> list[Prompt]:
     """Prompts from JSONL (``prompt`` or ``query``, optional ``reference``) or CSV with those columns."""
     path = Path(path)
     if not path.is_file():
         raise ValidationError(f"no prompts file at {path}")
-    text = _read_utf8(path)
+    text = read_utf8(path)
     rows: list[tuple[str, Any]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -280,66 +210,6 @@ def _is_entry(entry: Any) -> bool:
     """A journal line a rerun can reuse: a key, an answer, and a real cost (no NaN, inf or negative)."""
     return (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("text"), str)
             and isinstance(entry.get("cost"), (int, float)) and math.isfinite(entry["cost"]) and entry["cost"] >= 0)
-
-
-class Budget:
-    """A hard cap on dollars: worst cases are reserved before calls start, real costs settle them.
-
-    Spent plus reserved never passes ``cap``.  A prompt reserves the worst case of its remaining
-    calls in one piece (``open``); each call draws its own worst case from it (``draw``) and settles
-    with its real cost (``settle``); what is left returns when the prompt ends (``close``).  Only
-    the asyncio loop's thread touches it, and nothing awaits between a check and its reservation.
-    """
-
-    def __init__(self, cap: float | None) -> None:
-        self.cap = cap
-        self.spent = 0.0
-        self.reserved = 0.0
-        self.open_pots = 0
-        self._freed = asyncio.Event()
-
-    def fits(self, amount: float) -> bool:
-        return self.cap is None or self.spent + self.reserved + amount <= self.cap
-
-    async def open(self, amount: float) -> list[float] | None:
-        """Reserve ``amount`` (a one-item list: what is left of it), waiting while running prompts may
-        free room; None once nothing runs and it still does not fit (spending only grows)."""
-        while not self.fits(amount):
-            if self.open_pots == 0:
-                return None
-            await self._freed.wait()
-        self.reserved += amount
-        self.open_pots += 1
-        return [amount]
-
-    def draw(self, pot: list[float], amount: float) -> bool:
-        """Hold ``amount`` for one call from ``pot``, topping the pot up if it falls short; False if that does not fit."""
-        short = amount - pot[0]
-        if short > 0:
-            if not self.fits(short):
-                return False
-            self.reserved += short
-            pot[0] += short
-        pot[0] -= amount
-        return True
-
-    def settle(self, held: float, cost: float) -> None:
-        """A call is over: its hold goes, its real cost (at most the hold) is spent."""
-        self.reserved -= held
-        self.spent += cost
-        self._wake()
-
-    def close(self, pot: list[float]) -> None:
-        self.reserved -= pot[0]
-        pot[0] = 0.0
-        self.open_pots -= 1
-        if self.open_pots == 0:
-            self.reserved = 0.0  # nothing runs: no float residue may keep a waiting prompt from fitting
-        self._wake()
-
-    def _wake(self) -> None:
-        freed, self._freed = self._freed, asyncio.Event()
-        freed.set()
 
 
 def call_key(kind: str, upstream: UpstreamConfig, *parts: str) -> str:

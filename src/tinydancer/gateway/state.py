@@ -23,7 +23,7 @@ from ..server.storage import CallRecord, decision_record, new_request_id
 from ..server.storage.base import keeps_registry
 from .budgets import KeySpend
 from .config import GatewayConfig
-from .exploration import Explorer
+from ..server.exploration import Explorer
 from .judging import JudgeWorker
 from .metrics import GatewayMetrics
 from .operating import LiveOperatingPoint, LiveTally
@@ -276,7 +276,7 @@ class Gateway:
         return plan
 
     def _explore(self, plan: Plan, ranking: list[int]) -> list[int]:
-        """The ranking with an explored model first, when the draw says so (see gateway/exploration.py);
+        """The ranking with an explored model first, when the draw says so (see server/exploration.py);
         the propensity of the model tried first goes on the plan."""
         eligible = [i for i in ranking if (up := self.player[i]) is not None and up.breaker.state is not BreakerState.OPEN]
         if not eligible:  # every breaker open: nothing to draw, the call fails over as it would

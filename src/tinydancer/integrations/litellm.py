@@ -31,9 +31,11 @@ This module is the import path; the strategy lives in :mod:`~tinydancer.integrat
 the logger in :mod:`~tinydancer.integrations.litellm_logger`.
 """
 
+from .litellm_judge import JudgeSettings, LiteLLMJudge
 from .litellm_logger import DECISION_HEADER, Judge, TinyDancerLogger
 from .litellm_routing import (FALLBACK_CAUSES, LOCAL_BUDGET_S, METADATA_KEY, SERVICE_BUDGET_S, TinyDancerRoutingStrategy,
                               _fallback_counter)
 
-__all__ = ["TinyDancerLogger", "TinyDancerRoutingStrategy", "DECISION_HEADER", "FALLBACK_CAUSES", "Judge", "LOCAL_BUDGET_S",
+__all__ = ["TinyDancerLogger", "TinyDancerRoutingStrategy", "DECISION_HEADER", "FALLBACK_CAUSES", "Judge", "JudgeSettings",
+           "LiteLLMJudge", "LOCAL_BUDGET_S",
            "METADATA_KEY", "SERVICE_BUDGET_S", "_fallback_counter"]

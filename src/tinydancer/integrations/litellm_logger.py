@@ -21,6 +21,7 @@ from ..errors import ValidationError
 from ..llm import query_key
 from ..server.storage import CallRecord, SQLiteStorage, decision_record, open_storage
 from ..server.storage.base import clean_log
+from .litellm_judge import JudgedSample, JudgeSettings, LiteLLMJudge
 from .litellm_routing import METADATA_KEY, TinyDancerRoutingStrategy, _last_user_text
 
 try:
@@ -87,11 +88,17 @@ class TinyDancerLogger(CustomLogger):
     the call: a success without a grade writes no outcome, because an answer is not evidence that it
     was good enough (logged as success 1, every answer of the cheap model would teach the router
     that the cheap model always suffices).
+
+    ``judging`` (a :class:`~tinydancer.integrations.litellm_judge.JudgeSettings`, or a running
+    :class:`~tinydancer.integrations.litellm_judge.LiteLLMJudge`) is the same with a judge *model*:
+    a seeded ``sample_share`` of successful routed calls is graded by a LiteLLM model group or an
+    OpenAI-compatible endpoint within ``daily_dollars`` a UTC day, in the judge's own thread, and
+    each grade is an outcome of the call's decision with source ``judge``.
     """
 
     def __init__(self, storage: SQLiteStorage | str | Path, strategy: TinyDancerRoutingStrategy | None = None,
                  max_queue: int = 10_000, judge: Judge | None = None, judge_rate: float = 1.0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, judging: JudgeSettings | LiteLLMJudge | None = None) -> None:
         super().__init__()
         if not 0.0 <= judge_rate <= 1.0:
             raise ValidationError(f"judge_rate is a share of successful calls, in [0, 1]; got {judge_rate}")
@@ -108,6 +115,8 @@ class TinyDancerLogger(CustomLogger):
         #: decision id → attempts logged so far (the writer thread's own; bounded)
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._queue: queue.Queue[tuple[dict[str, Any], bool, Any] | None] = queue.Queue(maxsize=max_queue)
+        self.judging = judging if not isinstance(judging, JudgeSettings) else LiteLLMJudge(
+            judging, self._write_grade, lambda: None if self.strategy is None else self.strategy.llm_router)
         self._thread = threading.Thread(target=self._drain, name="tinydancer-litellm-log", daemon=True)
         self._thread.start()
         self.dropped_metric = _dropped_counter()
@@ -188,6 +197,17 @@ class TinyDancerLogger(CustomLogger):
         self.flush()
         self._queue.put(None)
         self._thread.join(timeout=5)
+        if self.judging is not None:
+            self.judging.close()
+
+    def _write_grade(self, sample: JudgedSample, quality: float) -> None:
+        """A judge's grade as an outcome of the call's decision (the judge's thread)."""
+        if sample.remote:  # the service logged the decision: the grade goes to it as feedback
+            if self.strategy is not None and self.strategy.service_url is not None and sample.rank == 0:
+                self._post_feedback(sample.decision_id, quality >= 0.5, quality, sample.cost)
+            return
+        self.storage.insert_log([], [], [(sample.decision_id, sample.model, sample.rank, int(quality >= 0.5), quality,
+                                          sample.cost, time.time(), "judge")])
 
     def _post_feedback(self, decision_id: str, success: bool, quality: float | None, cost: Any) -> None:
         import json
@@ -264,7 +284,13 @@ class TinyDancerLogger(CustomLogger):
         if not text:
             text = _last_user_text(kwargs.get("messages")) or ""
         graded = self._grade(ok, response_obj, text, model)
+        answer = _answer_text(response_obj) if ok and self.judging is not None else None
+        rank = ranking.index(model) if model in ranking else 0
+        sample = None if answer is None or not text else JudgedSample(
+            decision_id, model, rank, text, answer, slo.get("response_cost"), bool(tag.get("remote")))
         if tag.get("remote"):
+            if sample is not None and self.judging is not None:
+                self.judging.offer(sample)
             # the service logged this decision itself: outcomes go to it as feedback, for the model
             # it decided (the one its log holds), when this attempt went there
             if self.strategy is not None and self.strategy.service_url is not None and model == ranking[0]:
@@ -283,8 +309,8 @@ class TinyDancerLogger(CustomLogger):
             decisions.append(decision_record(
                 decision_id, "query", "litellm", ranking, np.tile(vec, (len(ranking), 1)),
                 np.array([quality.get(m, np.nan) for m in ranking], np.float32), None,
-                np.array([m != strong for m in ranking], np.uint8), 0.0, query_key(text) if text else None))
-        rank = ranking.index(model) if model in ranking else 0
+                np.array([m != strong for m in ranking], np.uint8), 0.0, query_key(text) if text else None,
+                propensity=tag.get("propensity"), explored=tag.get("explored")))
         outcomes = []
         if not ok:
             outcomes.append(call.failure_outcome(rank))
@@ -295,3 +321,5 @@ class TinyDancerLogger(CustomLogger):
         if refused:
             log.warning("tinydancer: log rows of %s refused: %s", decision_id, "; ".join(refused))
         self.storage.insert_log(decisions, calls, outcomes)
+        if sample is not None and self.judging is not None:  # after the decision is written: the grade refers to it
+            self.judging.offer(sample)

@@ -24,6 +24,14 @@ config's ``environment_variables:`` section can set:
 ``TINY_DANCER_LITELLM_BUDGET_MS``   the latency budget of a decision
 ``TINY_DANCER_LITELLM_JUDGE``       ``module:function`` grading successes (prompt, answer, model) →
                                     quality in [0, 1] (and ``_JUDGE_RATE``, the share graded)
+``TINY_DANCER_LITELLM_JUDGE_MODEL`` a judge model grading a sample of successes (a model group of
+                                    the proxy, or with ``_JUDGE_BASE_URL`` / ``_JUDGE_API_KEY`` a
+                                    model at an OpenAI-compatible endpoint); ``_JUDGE_SHARE``,
+                                    ``_JUDGE_DAILY_DOLLARS``, ``_JUDGE_RUBRIC`` (a file),
+                                    ``_JUDGE_SEED``, ``_JUDGE_INPUT_PER_MILLION`` /
+                                    ``_JUDGE_OUTPUT_PER_MILLION`` (see ``JudgeSettings``)
+``TINY_DANCER_LITELLM_EXPLORATION_SHARE``  the share of routed calls sent to a model the router
+                                    did not pick (at most 0.2; ``_SEED`` seeds it)
 =================================  ===========================================================
 
 A configuration that cannot work (no deployment mapped, a router file that does not load) is
@@ -44,7 +52,7 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from ..errors import ValidationError
-from .litellm import TinyDancerLogger, TinyDancerRoutingStrategy
+from .litellm import JudgeSettings, TinyDancerLogger, TinyDancerRoutingStrategy
 
 __all__ = ["ProxySettings", "TinyDancerProxyHandler", "proxy_handler"]
 
@@ -81,6 +89,9 @@ class ProxySettings:
     deployments: dict[str, str]
     judge: str | None = None
     judge_rate: float = 1.0
+    judging: JudgeSettings | None = None
+    exploration_share: float = 0.0
+    seed: int | None = None
 
     @classmethod
     def from_env(cls) -> "ProxySettings":
@@ -101,7 +112,24 @@ class ProxySettings:
                    quality_bar=_env_float("QUALITY_BAR"), budget_s=None if budget_ms is None else budget_ms / 1e3,
                    deployments={str(k): str(v) for k, v in deployments.items()},
                    judge=os.environ.get(ENV + "JUDGE") or None,
-                   judge_rate=1.0 if _env_float("JUDGE_RATE") is None else float(_env_float("JUDGE_RATE") or 0.0))
+                   judge_rate=1.0 if _env_float("JUDGE_RATE") is None else float(_env_float("JUDGE_RATE") or 0.0),
+                   judging=_judging_from_env(), exploration_share=_env_float("EXPLORATION_SHARE") or 0.0,
+                   seed=None if _env_float("SEED") is None else int(_env_float("SEED") or 0))
+
+
+def _judging_from_env() -> JudgeSettings | None:
+    """``TINY_DANCER_LITELLM_JUDGE_*`` as judge settings (None without ``_JUDGE_MODEL``)."""
+    model = os.environ.get(ENV + "JUDGE_MODEL")
+    if not model:
+        return None
+    optional = {"sample_share": _env_float("JUDGE_SHARE"), "daily_dollars": _env_float("JUDGE_DAILY_DOLLARS"),
+                "input_per_million": _env_float("JUDGE_INPUT_PER_MILLION"),
+                "output_per_million": _env_float("JUDGE_OUTPUT_PER_MILLION"),
+                "seed": None if _env_float("JUDGE_SEED") is None else int(_env_float("JUDGE_SEED") or 0)}
+    return JudgeSettings(model=model, base_url=os.environ.get(ENV + "JUDGE_BASE_URL") or None,
+                         api_key=os.environ.get(ENV + "JUDGE_API_KEY") or None,
+                         rubric=os.environ.get(ENV + "JUDGE_RUBRIC") or None,
+                         **{k: v for k, v in optional.items() if v is not None})
 
 
 def load_judge(spec: str) -> Any:
@@ -168,12 +196,14 @@ class TinyDancerProxyHandler(CustomLogger):
                     source = {"query_router": s.router or packaged_router_path()}
                 self.strategy = TinyDancerRoutingStrategy(
                     llm_router, mapping, groups=s.groups, strong_share=s.strong_share, cost_weight=s.cost_weight,
-                    quality_bar=s.quality_bar, budget_s=s.budget_s, **source).install(warm=False)
+                    quality_bar=s.quality_bar, budget_s=s.budget_s, exploration_share=s.exploration_share, seed=s.seed,
+                    **source).install(warm=False)
                 # not on the proxy's event loop: calls get LiteLLM's choice (cause "budget") until it is loaded
                 threading.Thread(target=self.strategy.warm, name="tinydancer-warm", daemon=True).start()
                 if self.logger is None:
                     judge = load_judge(s.judge) if s.judge else None
-                    self.logger = TinyDancerLogger(s.database, self.strategy, judge=judge, judge_rate=s.judge_rate)
+                    self.logger = TinyDancerLogger(s.database, self.strategy, judge=judge, judge_rate=s.judge_rate,
+                                                   judging=s.judging)
                 else:
                     self.logger.strategy = self.strategy
                 self.problem = None

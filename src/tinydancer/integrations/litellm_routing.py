@@ -21,6 +21,7 @@ import numpy as np
 from ..circuit import CircuitBreaker
 from ..errors import TinyDancerError, ValidationError
 from ..llm import QueryRouter
+from ..server.exploration import Explorer
 from ..server.storage import new_request_id
 
 try:
@@ -122,6 +123,22 @@ def _deployment_id(d: dict[str, Any]) -> str | None:
     return None if info.get("id") is None else str(info["id"])
 
 
+def explore_tag(explorer: Explorer, tag: dict[str, Any], offered: set[str]) -> bool:
+    """Draw where a fresh decision goes (:mod:`tinydancer.server.exploration`) among the router
+    models ``offered`` (played by the healthy, untried deployments): an explored model moves to the
+    head of the tag's ranking, and the propensity of the ranking's head goes on the tag.  True when
+    it explored; nothing on the tag when none of the ranking is offered (LiteLLM's choice follows)."""
+    ranking = tag["ranking"]
+    eligible = [i for i, m in enumerate(ranking) if m in offered]
+    if not eligible:
+        return False
+    draw = explorer.draw(eligible[0], eligible)
+    tag["propensity"], tag["explored"] = draw.propensity, draw.explored
+    if draw.explored:
+        tag["ranking"] = [ranking[draw.model]] + [m for i, m in enumerate(ranking) if i != draw.model]
+    return draw.explored
+
+
 class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
     """Content-aware deployment choice for a ``litellm.Router``, never worse than LiteLLM's own.
 
@@ -145,19 +162,33 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
       loop's late wake-up, so the time it adds holds within the budget; a service that fails ``breaker_threshold`` times in a row is not
       asked for ``breaker_reset_s``.  Past either, LiteLLM's own choice, counted by cause
       (``fallback_causes``, ``tiny_dancer_litellm_fallbacks_total{cause}``) and logged with the cause.
+    - ``exploration_share`` (at most 0.2, off by default) and ``seed``: with that probability a
+      call's first attempt goes to a model the router did not pick, among those the healthy,
+      untried deployments LiteLLM offers for this call play (:mod:`tinydancer.server.exploration`,
+      as the gateway does); the explored model heads the logged ranking and the decision carries
+      its propensity, which retraining's off-policy gate needs.  Never in a group we do not route,
+      never on a retry, and not with a service (the service logs its own decisions).
     """
 
     def __init__(self, llm_router: Any, deployments: dict[str, str], *, query_router: QueryRouter | str | Path | None = None,
                  service_url: str | None = None, api_key: str | None = None, strong_share: float | None = None,
                  cost_weight: float | None = None, quality_bar: float | None = None, embedder: Any = None,
                  cache_size: int = 10_000, groups: Iterable[str] | None = None, budget_s: float | None = None,
-                 timeout_s: float | None = None, breaker_threshold: int = 5, breaker_reset_s: float = 30.0) -> None:
+                 timeout_s: float | None = None, breaker_threshold: int = 5, breaker_reset_s: float = 30.0,
+                 exploration_share: float = 0.0, seed: int | None = None) -> None:
         if (query_router is None) == (service_url is None):
             raise ValidationError("give query_router (a local router) or service_url (a running Tiny Dancer service)")
         if budget_s is None:
             budget_s = timeout_s  # the name this parameter had before the budget covered local routing too
         if budget_s is not None and not budget_s > 0:
             raise ValidationError(f"budget_s must be > 0 seconds, got {budget_s}")
+        if not 0.0 <= exploration_share <= 0.2:
+            raise ValidationError(f"exploration_share is a share of routed calls in [0, 0.2]; got {exploration_share}")
+        if exploration_share and service_url is not None:
+            raise ValidationError("exploration_share needs a local query_router: a service logs its own decisions, so "
+                                  "an explored call's propensity could not be logged with it")
+        self.explorer = Explorer(exploration_share, seed)
+        self.explored = 0
         self.llm_router = llm_router
         self.deployments = dict(deployments)
         self.groups = None if groups is None else frozenset(groups)
@@ -226,7 +257,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
 
     def stats(self) -> dict[str, Any]:
         """Decisions made, calls left to LiteLLM by cause, and the service breaker's state."""
-        return {"routed": self.routed, "fallbacks": self.fallbacks, "fallback_causes": dict(self.fallback_causes),
+        return {"routed": self.routed, "explored": self.explored, "fallbacks": self.fallbacks, "fallback_causes": dict(self.fallback_causes),
                 "budget_s": self.budget_s, "breaker": self.breaker.status() if self.service_url else None}
 
     # ------------------------------------------------------------------ which calls are ours
@@ -345,9 +376,8 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             log.warning("tinydancer did not route a call to %r: %s; LiteLLM's own choice is used (%d call(s) so far "
                         "for this cause)", model, leave.detail, self.fallback_causes[leave.cause])
 
-    def _pick(self, model: str, ranking: list[str], healthy: list[dict[str, Any]], tag: dict[str, Any]) -> dict[str, Any]:
-        """The first model of ``ranking`` that a healthy, untried deployment plays (a random one of
-        its deployments, as LiteLLM's shuffle would)."""
+    def _by_model(self, healthy: list[dict[str, Any]], tag: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """The healthy deployments this call has not tried yet, by the router model each plays."""
         metadata_tried = {str(r.get("deployment_id")) for r in tag.get("_previous", ()) if isinstance(r, dict)}
         tried = set(tag.get("tried", ())) | metadata_tried
         untried = [d for d in healthy if _deployment_id(d) not in tried] or healthy
@@ -356,11 +386,22 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
             plays = self.plays(d)
             if plays is not None:
                 by_model.setdefault(plays, []).append(d)
+        return by_model
+
+    def _pick(self, model: str, ranking: list[str], healthy: list[dict[str, Any]], tag: dict[str, Any]) -> dict[str, Any]:
+        """The first model of ``ranking`` that a healthy, untried deployment plays (a random one of
+        its deployments, as LiteLLM's shuffle would)."""
+        by_model = self._by_model(healthy, tag)
         for m in ranking:
             if m in by_model:
                 return random.choice(by_model[m])
         raise _LeaveToLiteLLM("no_mapped_deployment", f"none of the healthy deployments of {model!r} plays "
                                                       f"{', '.join(ranking)}")
+
+    def _explore(self, tag: dict[str, Any], healthy: list[dict[str, Any]]) -> None:
+        """A fresh decision's exploration draw (see the class and :func:`explore_tag`)."""
+        if self.explorer.active and explore_tag(self.explorer, tag, set(self._by_model(healthy, tag))):
+            self.explored += 1
 
     async def async_get_available_deployment(self, model: str, messages: list[dict[str, str]] | None = None,
                                              input: str | list | None = None, specific_deployment: bool | None = False,
@@ -399,6 +440,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
                     ranking, emb, quality = await self._decide_local(text, deadline)
                     decision_id = new_request_id()
                 tag = {"decision_id": decision_id, "ranking": ranking, "remote": self.service_url is not None, "tried": []}
+                self._explore(tag, healthy)
                 fresh = True
             else:  # a retry, or a fallback into another group we route: the same decision
                 fresh = False
@@ -440,6 +482,7 @@ class TinyDancerRoutingStrategy(CustomRoutingStrategyBase):
                     raise _LeaveToLiteLLM("router_error", f"the query router failed ({_describe(exc)})") from exc
                 ranking, quality = self._rank_local(emb, out)
                 tag = {"decision_id": new_request_id(), "ranking": ranking, "remote": False, "tried": []}
+                self._explore(tag, healthy)
             chosen = self._pick(model, tag["ranking"], healthy, {**tag, "_previous": (metadata or {}).get("previous_models") or ()})
         except Exception as exc:  # never fail the user's call because of us
             leave = exc if isinstance(exc, _LeaveToLiteLLM) else _LeaveToLiteLLM("router_error", f"routing failed ({_describe(exc)})")

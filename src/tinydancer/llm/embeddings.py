@@ -410,8 +410,15 @@ def embedder_for_id(embedder_id: str, cache: bool = True) -> Embedder:
 
     A static id names its recipe's version: a router built on another version is refused rather
     than fed vectors from a different table."""
+    from .prompt_features import FEATURES_ID, FeaturedEmbedder, split_id
     from .static_embedder import STATIC_VERSION, parse_static_id
 
+    base, features = split_id(embedder_id)
+    if features is not None:
+        if features != FEATURES_ID:
+            raise ValidationError(f"the router reads {base!r} embeddings with prompt features {features!r}; this "
+                                  f"install computes {FEATURES_ID!r}: retrain the router")
+        return FeaturedEmbedder(embedder_for_id(base, cache=cache))
     if embedder_id == MINILM_ID:
         return make_embedder("minilm", cache=cache)
     if embedder_id.startswith("hashing-v1-"):

@@ -176,7 +176,10 @@ class QueryRouter:
     @embedder.setter
     def embedder(self, value: Any) -> None:
         if value.id != self.embedder_id:
-            raise ValidationError(f"this router was trained on {self.embedder_id!r} embeddings, not {value.id!r}")
+            from .prompt_features import describe_inputs
+
+            raise ValidationError(f"this router was trained on {describe_inputs(self.embedder_id)}; it was given "
+                                  f"{describe_inputs(value.id)}")
         self._embedder = value
 
     # ------------------------------------------------------------------ scoring
@@ -197,9 +200,15 @@ class QueryRouter:
             return self.embedder.embed(texts)
         x = as_float_array(queries, "query embedding", ndim=(1, 2))
         x = x[None, :] if x.ndim == 1 else x
-        if x.shape[1] != self.model.config.input_dim:
-            raise ValidationError(f"embeddings must have {self.model.config.input_dim} values ({self.embedder_id}), got {x.shape[1]}")
+        self._check_width(x.shape[1])
         return x
+
+    def _check_width(self, width: int) -> None:
+        if width != self.model.config.input_dim:
+            from .prompt_features import describe_inputs
+
+            raise ValidationError(f"embeddings must have {self.model.config.input_dim} values "
+                                  f"({describe_inputs(self.embedder_id)}), got {width}")
 
     def predict(self, queries: Any) -> np.ndarray:
         """All outputs, (N, M) qualities [+ the advantage column for two models].
@@ -257,7 +266,9 @@ class QueryRouter:
 
     def outputs_for(self, embedding: Sequence[float] | np.ndarray, text: str | None = None) -> np.ndarray:
         """Outputs for one query's embedding; given its text as well, the outcome memory applies."""
-        out = self.estimate(embedding if isinstance(embedding, np.ndarray) else np.asarray(embedding, dtype=np.float32))
+        x = embedding if isinstance(embedding, np.ndarray) else np.asarray(embedding, dtype=np.float32)
+        self._check_width(x.shape[-1])
+        out = self.estimate(x)
         if out.ndim != 1:
             raise ValidationError("route() takes one query; use predict() and choose() for batches")
         if text is not None and self.memory is not None:

@@ -57,6 +57,11 @@ class QueryRouterConfig:
     #: enough queries, else 1
     memory_prior: float | None = None
     memory_priors: tuple[float, ...] = (1.0, 0.25, 4.0)
+    #: input variants cross-validation chooses between, on the same folds: "none" (the embedding
+    #: alone) and/or a prompt feature set's id (``prompt_features.FEATURES_ID``: the embedding with
+    #: cheap prompt features appended).  The first is the default, kept unless the folds clearly
+    #: prefer another (the one-standard-error rule of ``selection._best``)
+    feature_sets: tuple[str, ...] = ("none",)
     seed: int = 0
     #: processes that train the folds' networks; None = one per core for tables of 2,000 rows or
     #: more, else 1 (the result is the same either way: each network is seeded)
@@ -64,6 +69,11 @@ class QueryRouterConfig:
 
     def __post_init__(self) -> None:
         name = "QueryRouterConfig"
+        from .prompt_features import FEATURES_ID
+
+        unknown = [f for f in self.feature_sets if f not in ("none", FEATURES_ID)]
+        if unknown or not self.feature_sets:
+            raise ValidationError(f"{name}.feature_sets must list 'none' and/or {FEATURES_ID!r}, got {self.feature_sets!r}")
         for field, values in (("hidden_dims", self.hidden_dims), ("neighbour_candidates", self.neighbour_candidates),
                               ("ridge_alphas", self.ridge_alphas), ("network_weights", self.network_weights),
                               ("memory_priors", self.memory_priors)):

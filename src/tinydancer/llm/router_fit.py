@@ -26,7 +26,8 @@ from .linear_head import LinearHead
 from .memory import OutcomeMemory
 from .router_config import QueryRouterConfig
 from .routing_problem import RoutingProblem, validation_split
-from .selection import Selection, select
+from .prompt_features import FeaturedEmbedder, split_id, with_features
+from .selection import Selection, _best, select
 from .tables import RoutingTable
 
 __all__ = ["fit", "problem_for", "default_cost_weight"]
@@ -72,16 +73,9 @@ def fit(
         embedder_id = embedder.id
     else:
         embedder_id = table.meta.get("embedder_id") or (embedder.id if embedder is not None else "unknown")
-    problem, models, costs = problem_for(table, config, embedder_id, teacher_logits, init)
+    problem, models, costs, s, table, embedder_id, features = _problem_and_settings(
+        table, config, embedder_id, teacher_logits, init, say)
     n, m = problem.n, problem.m
-    if problem.partial and config.neighbours == 0:
-        raise ValidationError("a table with missing cells needs neighbour smoothing (neighbours > 0): a missing "
-                              "cell's target is the mean outcome of the query's neighbours that have one")
-    min_rows = 20 * max(1, config.folds if init is None else 1)
-    if n < min_rows:
-        raise ValidationError(f"{n} queries are too few to train and validate a router with {config.folds} folds; "
-                              f"give at least {min_rows}, or fewer folds")
-    s = _settings(problem, config, init, say)
     k, hidden, weight, selection = s.neighbours, s.hidden, s.network_weight, s.selection
 
     all_rows = np.arange(n)
@@ -96,6 +90,8 @@ def fit(
                               prior=None if init is None else init.head)
     _fit_i, stop = validation_split(n, config.validation_fraction, config.seed)
     info = _info(problem, config, s, epochs, len(stop), teacher_logits is not None, init)
+    if features is not None:
+        info["features"] = features
     memory = None
     if config.memory:  # the observed outcomes only, added to the earlier router's when fine-tuning
         base = init.memory if init is not None and init.memory is not None else OutcomeMemory.empty(0, s.prior)
@@ -121,9 +117,49 @@ def fit(
     else:
         router.cost_weight = default_cost_weight(router, outputs, problem.filled(rows, all_rows)[:, :m], problem.costs[rows])
     info["seconds"] = round(time.perf_counter() - started, 2)
+    if embedder is not None and split_id(embedder_id)[1] is not None and split_id(embedder_id)[0] == embedder.id:
+        embedder = FeaturedEmbedder(embedder)
     if embedder is not None and embedder.id == embedder_id:
         router.embedder = embedder
     return router
+
+
+def _problem_and_settings(table: RoutingTable, config: QueryRouterConfig, embedder_id: str,
+                          teacher_logits: np.ndarray | None, init: Router | None, say: Callable[[str], None],
+                          ) -> tuple[RoutingProblem, list[str], np.ndarray, Settings, RoutingTable, str, dict[str, Any] | None]:
+    """The problem and settings to train with, and the table and embedder id they read.
+
+    With more than one ``config.feature_sets`` (and cross-validation, and no router to fine-tune)
+    each input variant is cross-validated on the same folds and the first listed is kept unless
+    another is better by more than a standard error of the paired fold differences; the
+    candidates' fold AIQs are returned for the router's info."""
+    variants = list(dict.fromkeys(config.feature_sets)) if init is None and config.folds >= 2 else ["none"]
+    if split_id(embedder_id)[1] is not None:  # the table's vectors carry features already
+        variants = ["none"]
+    tried: dict[str, tuple[Any, ...]] = {}
+    for variant in variants:
+        t, eid = table, embedder_id
+        if variant != "none":
+            assert t.embeddings is not None
+            t = t.subset(np.arange(len(t)))
+            t.embeddings = with_features(table.embeddings, table.queries)
+            eid = f"{embedder_id}+{variant}"
+            say(f"cross-validating with prompt features {variant}")
+        problem, models, costs = problem_for(t, config, eid, teacher_logits, init)
+        if problem.partial and config.neighbours == 0:
+            raise ValidationError("a table with missing cells needs neighbour smoothing (neighbours > 0): a missing "
+                                  "cell's target is the mean outcome of the query's neighbours that have one")
+        min_rows = 20 * max(1, config.folds if init is None else 1)
+        if problem.n < min_rows:
+            raise ValidationError(f"{problem.n} queries are too few to train and validate a router with {config.folds} "
+                                  f"folds; give at least {min_rows}, or fewer folds")
+        tried[variant] = (problem, models, costs, _settings(problem, config, init, say), t, eid)
+    if len(tried) == 1:
+        return (*next(iter(tried.values())), None)
+    folds = {v: item[3].selection.fold_aiq for v, item in tried.items()}
+    chosen = _best(folds, prefer_first=True)
+    say(f"inputs: {chosen} (fold AIQ " + ", ".join(f"{v} {np.mean(a):.4f}" for v, a in folds.items()) + ")")
+    return (*tried[chosen], {"chosen": chosen, "fold_aiq": {v: [float(x) for x in a] for v, a in folds.items()}})
 
 
 def _settings(problem: RoutingProblem, config: QueryRouterConfig, init: Router | None,

@@ -169,6 +169,37 @@ def _upstreams(r: dict[str, Any], colors: dict[str, str]) -> str:
             "attempts after a call's first one.</p>")
 
 
+def _keys(r: dict[str, Any]) -> str:
+    """Spend per client key name; with a running gateway, today's spend against each key's budget."""
+    keys = r.get("keys") or []
+    if not keys:
+        return '<p class="note">No gateway calls in this window.</p>'
+    live = any("spent_today" in k for k in keys)
+    dearest = next((k["dearest"] for k in keys if k.get("dearest")), None)
+    head = ('<tr><th>key</th><th class="n">calls</th><th class="n">spend</th><th class="n">share of spend</th>'
+            + (f'<th class="n">same calls at {_e(dearest)}</th><th class="n">saved</th>' if dearest else "")
+            + '<th class="n">failed calls</th>'
+            + ('<th class="n">today / daily budget (UTC)</th><th class="n">refused today</th>' if live else "") + "</tr>")
+    rows = []
+    for k in keys:
+        saved = "" if not dearest else (f'<td class="n" data-value="{k["at_dearest"]!r}">{money(k["at_dearest"])}</td>'
+                                        f'<td class="n" data-value="{k["saved"]!r}">{money(k["saved"])} ({_pct(k["saved_pct"])})</td>')
+        today = ""
+        if live:
+            budget = k.get("budget")
+            spent = k.get("spent_today")
+            used = f" ({_pct(100 * spent / budget)})" if budget and spent is not None else ""
+            today = (f'<td class="n" data-value="{_e(spent)}">{money(spent)} / {"no budget" if budget is None else money(budget)}'
+                     f'{used}</td><td class="n" data-refused="{_e(k.get("refused_today", ""))}">{_e(k.get("refused_today", "–"))}</td>')
+        rows.append(f'<tr data-key="{_e(k["name"])}"><td>{_e(k["name"])}</td><td class="n" data-value="{k["calls"]}">{k["calls"]:,}</td>'
+                    f'<td class="n" data-value="{k["spend"]!r}">{money(k["spend"])}</td><td class="n">{_pct(100 * k["share"])}</td>'
+                    f'{saved}<td class="n" data-value="{k["failed_calls"]}">{k["failed_calls"]:,}</td>{today}</tr>')
+    note = ("Saved: the key's served calls with token usage, priced at the dearest upstream. "
+            + ("Today's spend and refusals are this gateway's live count (budgets reset at 00:00 UTC). " if live else "")
+            + "Calls without a client key name (no named client keys configured) are one row, (no key).")
+    return f'<table id="keys">{head}{"".join(rows)}</table><p class="note">{note}</p>'
+
+
 def _quality(r: dict[str, Any]) -> str:
     q = r["quality"]
     rows = []
@@ -255,6 +286,7 @@ def render_dashboard(r: dict[str, Any], *, refresh_s: int | None = 30, base: str
 <main>
 <section><h2>Calls, spend and savings</h2>{_cards(r)}{_honesty(r)}</section>
 <section><h2>Calls per upstream</h2>{_chart(r["series"], colors)}{_upstreams(r, colors)}</section>
+<section><h2>Spend per client key</h2>{_keys(r)}</section>
 <section><h2>Quality evidence</h2>{_quality(r)}</section>
 <section><h2>Router</h2>{_router(r)}</section>
 <section><h2>Last decisions</h2>{_recent(r)}</section>

@@ -5,7 +5,7 @@ The logs say how one model did on each prompt: the one the call went to.  A rout
 have sent some of those prompts elsewhere cannot be scored on them directly, and scoring it on
 the prompts where it agrees with the logging policy alone favours whatever that policy already
 did.  With exploration on, every decision carries the probability ``p`` of the model it went to
-(gateway/exploration.py), and the mean quality a router's policy π would get is estimated
+(server/exploration.py), and the mean quality a router's policy π would get is estimated
 without bias by
 
 - **IPS**:  mean_i  1[a_i = π(x_i)] / p_i · y_i
@@ -67,7 +67,7 @@ def simulated_log(x: np.ndarray, choice: np.ndarray, success: np.ndarray, share:
                   rng: np.random.Generator) -> LoggedExploration:
     """What the gateway's exploration would log where the truth is known (benchmarks, tests): the
     logging policy picks ``choice``; with probability ``share`` a call goes to one of the other
-    models instead, uniformly (gateway/exploration.py); the served model succeeds with probability
+    models instead, uniformly (server/exploration.py); the served model succeeds with probability
     ``success[i, model]``."""
     n, m = success.shape
     explored = rng.random(n) < share

@@ -3,6 +3,7 @@
 One function, :func:`build_report`, reads a window of the log (an hour, a day, a week, all of it, or
 any ``--since``) and returns plain data (JSON-ready): calls and spend; the same calls priced at the
 dearest upstream and at a chosen reference model; calls, spend and share per upstream over time;
+spend per client key name (with a running gateway's daily budgets);
 fallbacks and errors; latency per upstream; quality evidence (outcomes per model, the router's
 predicted quality, outcome coverage); the router's versions; the last decisions.
 
@@ -11,7 +12,8 @@ model's prices.  The other model would have written a different answer of a diff
 its quality on these calls is unknown unless outcomes say something: the report gives the outcome
 coverage next to every saving, and says so (:data:`QUALITY_NOTE`).
 
-Fast on a large log: per-hour rollups (``call_hours``, ``call_latency``, kept by triggers; see the
+Fast on a large log: per-hour rollups (``call_hours`` by upstream, model, status and key name, and
+``call_latency``, kept by triggers; see the
 storage migrations) answer whole hours; the raw ``calls`` rows answer the partial hour at the
 window's start, so totals are exact.  Latency percentiles come from the rollup's histogram bins
 (35 a decade, each at most 10 % wide: the bin's midpoint is reported).  The router's predicted
@@ -32,7 +34,7 @@ import numpy as np
 
 from ..errors import ValidationError
 
-__all__ = ["WINDOWS", "Price", "QUALITY_NOTE", "build_report", "latency_bin", "parse_since", "prices_of", "registry_versions"]
+__all__ = ["NO_KEY", "WINDOWS", "Price", "QUALITY_NOTE", "build_report", "latency_bin", "parse_since", "prices_of", "registry_versions"]
 
 #: the dashboard's windows, in seconds (None: the whole log)
 WINDOWS: dict[str, float | None] = {"hour": 3600.0, "day": 86400.0, "week": 7 * 86400.0, "all": None}
@@ -134,17 +136,22 @@ class _Log:
         return [dict(zip(names, r)) for r in rows]
 
 
-_HOUR_COLUMNS = "hour, upstream, target, status, attempts, firsts, usage_n, prompt_tokens, completion_tokens, usage_cost, cost"
+#: a bucket row: these, the key name last ('' for calls without one, as the rollup keeps them)
+_HOUR_COLUMNS = ("hour, upstream, target, status, attempts, firsts, usage_n, prompt_tokens, completion_tokens, usage_cost, cost, "
+                 "key_name")
+#: the name a row of calls without a client key name gets (no client keys configured)
+NO_KEY = "(no key)"
 
 
 def _raw_hours(log: _Log, low: float, high: float | None, bucket_s: float) -> tuple[list[tuple[Any, ...]], dict]:
     """Raw calls rows in [low, high) aggregated as the rollups are, in buckets of ``bucket_s``."""
-    sql = ("SELECT upstream, target, status, attempt, prompt_tokens, completion_tokens, cost, ttft_ms, total_ms, created_at "
+    sql = ("SELECT upstream, target, status, attempt, prompt_tokens, completion_tokens, cost, ttft_ms, total_ms, created_at, "
+           "key_name "
            "FROM calls WHERE created_at >= ?" + (" AND created_at < ?" if high is not None else ""))
     agg: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0.0, 0.0])
     hist: dict[tuple[str, int], Counter] = defaultdict(Counter)
-    for up, target, status, attempt, pt, ct, cost, ttft, total, at in log.rows(sql, (low,) if high is None else (low, high)):
-        a = agg[(math.floor(at / bucket_s) * bucket_s, up, target, status)]
+    for up, target, status, attempt, pt, ct, cost, ttft, total, at, key in log.rows(sql, (low,) if high is None else (low, high)):
+        a = agg[(math.floor(at / bucket_s) * bucket_s, up, target, status, key or "")]
         used = pt is not None
         a[0] += 1
         a[1] += attempt == 0
@@ -157,7 +164,7 @@ def _raw_hours(log: _Log, low: float, high: float | None, bucket_s: float) -> tu
             hist[(up, 0)][latency_bin(total)] += 1
             if ttft is not None:
                 hist[(up, 1)][latency_bin(ttft)] += 1
-    return [(*k, *v) for k, v in agg.items()], hist
+    return [(*k[:4], *v, k[4]) for k, v in agg.items()], hist
 
 
 def _call_rows(log: _Log, since: float | None, now: float, window_s: float | None) -> tuple[list[tuple[Any, ...]], dict, float]:
@@ -195,7 +202,7 @@ def _totals(rows: list[tuple[Any, ...]]) -> tuple[dict[str, Any], dict[str, dict
              completion_tokens=0, usage_spend=0.0)
     ups: dict[str, dict[str, Any]] = {}
     served_by_model: Counter = Counter()
-    for _b, up, target, status, attempts, firsts, usage_n, pt, ct, usage_cost, cost in rows:
+    for _b, up, target, status, attempts, firsts, usage_n, pt, ct, usage_cost, cost, _key in rows:
         u = ups.setdefault(up, dict(model=target, attempts=0, served=0, fallback_attempts=0, spend=0.0, errors={}))
         t["calls"] += firsts
         t["attempts"] += attempts
@@ -219,6 +226,44 @@ def _totals(rows: list[tuple[Any, ...]]) -> tuple[dict[str, Any], dict[str, dict
     for u in ups.values():
         u["share"] = u["served"] / t["served"] if t["served"] else 0.0
     return t, ups
+
+
+def _keys(rows: list[tuple[Any, ...]], prices: Sequence[Price], spend: float,
+          live_keys: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spend per client key name, dearest first: calls, spend, share of the window's ``spend``, failed
+    calls, and the key's served calls with usage priced at the dearest upstream (the totals'
+    comparison, per key).  ``live_keys`` (a running gateway's ``KeySpend.status()`` keys) adds today's
+    spend, the budget and today's refusals, and the keys that made no call in the window."""
+    top = dearest(prices)
+    keys: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return keys.setdefault(name, dict(name=name, calls=0, served=0, spend=0.0, usage_calls=0, usage_spend=0.0,
+                                          prompt_tokens=0, completion_tokens=0))
+
+    for _b, _up, _t, status, attempts, firsts, usage_n, pt, ct, usage_cost, cost, key in rows:
+        k = entry(key or NO_KEY)
+        k["calls"] += firsts
+        k["spend"] += cost
+        if status == "ok":
+            k["served"] += attempts
+            k["usage_calls"] += usage_n
+            k["prompt_tokens"] += pt
+            k["completion_tokens"] += ct
+            k["usage_spend"] += usage_cost
+    for name in live_keys:
+        entry(name)
+    for name, k in keys.items():
+        at = None if top is None else top.cost(k["prompt_tokens"], k["completion_tokens"])
+        k.update(failed_calls=k["calls"] - k["served"], share=k["spend"] / spend if spend > 0 else 0.0,
+                 dearest=None if top is None else top.name, at_dearest=at,
+                 saved=None if at is None else at - k["usage_spend"],
+                 saved_pct=100.0 * (at - k["usage_spend"]) / at if at else None)
+        today = live_keys.get(name)
+        if today is not None:
+            k.update(spent_today=today.get("spent_today", 0.0), budget=today.get("budget"),
+                     refused_today=today.get("refused", 0))
+    return sorted(keys.values(), key=lambda k: (-k["spend"], k["name"]))
 
 
 def _counterfactuals(totals: dict[str, Any], prices: Sequence[Price], reference: str | None) -> list[dict[str, Any]]:
@@ -256,7 +301,7 @@ def _series(rows: list[tuple[Any, ...]], bucket_s: float, since: float | None, n
     first = last - (n - 1) * bucket_s
     calls: dict[str, list[int]] = {}
     spend: dict[str, list[float]] = {}
-    for b, up, _t, status, attempts, _f, _u, _pt, _ct, _uc, cost in rows:
+    for b, up, _t, status, attempts, _f, _u, _pt, _ct, _uc, cost, _key in rows:
         i = int(round((b - first) / bucket_s))
         if not 0 <= i < n:
             continue
@@ -403,6 +448,7 @@ def build_report(storage: Any, *, window: str = "day", prices: Sequence[Price] =
         coverage=quality["coverage"],
         quality_note=QUALITY_NOTE,
         upstreams=dict(sorted(upstreams.items())),
+        keys=_keys(rows, prices, totals["spend"], (live or {}).get("keys") or {}),
         series=_series(rows, bucket_s, since, now),
         quality=quality,
         router=dict(versions_in_window=quality.pop("versions"), registry=list(registry)),

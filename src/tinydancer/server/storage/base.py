@@ -63,7 +63,7 @@ class LabelledLogs:
     #: the decision each outcome belongs to
     request_ids: list[str] = field(default_factory=list)
     #: the probability of the decision's planned model under the logging policy (NaN: deterministic,
-    #: no exploration ran, or the call fell back); see gateway/exploration.py
+    #: no exploration ran, or the call fell back); see server/exploration.py
     propensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: whether that model was an exploration (False where the propensity is NaN)
     explored: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
@@ -309,7 +309,7 @@ def decision_record(request_id: str, kind: str, model_version: str, targets: Seq
                     latency_us: float, query_key: int | None = None, *, propensity: float | None = None,
                     explored: bool | None = None) -> tuple[Any, ...]:
     """The decisions row of one request from its ranked columns (what the service logs); a
-    ``propensity`` (and ``explored``) only where the gateway explored (gateway/exploration.py)."""
+    ``propensity`` (and ``explored``) only where the gateway explored (server/exploration.py)."""
     conf = np.ascontiguousarray(confidence, dtype=np.float32)
     light = np.ascontiguousarray(lightweight, dtype=np.uint8)
     unc = None if uncertainty is None else np.ascontiguousarray(uncertainty, dtype=np.float32)

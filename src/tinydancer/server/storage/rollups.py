@@ -1,6 +1,7 @@
-"""The dashboard's rollups of the ``calls`` table, as SQLite's migration 8 and PostgreSQL's 6 create them.
+"""The dashboard's rollups of the ``calls`` table, as SQLite's migration 10 and PostgreSQL's 8 create them.
 
-Per hour, upstream, model and status: attempts, first attempts (= calls), the token and cost sums
+Per hour, upstream, model, status and client key name (``''`` for calls without one: a key of
+the primary key cannot be NULL and still merge): attempts, first attempts (= calls), the token and cost sums
 (``call_hours``); per hour and upstream a histogram of successful attempts' total time (metric 0)
 and time to first byte (metric 1) (``call_latency``).  Triggers keep both in step with every insert
 (the gateway's log, ``storage copy``) and delete (retention); the migration fills them from the
@@ -36,11 +37,11 @@ def _sqlite_trigger(row: str, sign: int) -> str:
         for metric, col in ((0, "total_ms"), (1, "ttft_ms")))
     return f"""
     CREATE TRIGGER calls_rollup_{event.lower()} AFTER {event} ON calls BEGIN
-        INSERT INTO call_hours VALUES ({hour}, {row}.upstream, {row}.target, {row}.status, {sign},
+        INSERT INTO call_hours VALUES ({hour}, {row}.upstream, {row}.target, {row}.status, COALESCE({row}.key_name, ''), {sign},
             {sign} * ({row}.attempt = 0), {sign} * ({used}), {sign} * COALESCE({row}.prompt_tokens, 0),
             {sign} * COALESCE({row}.completion_tokens, 0), {sign} * (CASE WHEN {used} THEN COALESCE({row}.cost, 0) ELSE 0 END),
             {sign} * COALESCE({row}.cost, 0))
-            ON CONFLICT (hour, upstream, target, status) DO UPDATE SET attempts = attempts + excluded.attempts,
+            ON CONFLICT (hour, upstream, target, status, key_name) DO UPDATE SET attempts = attempts + excluded.attempts,
             firsts = firsts + excluded.firsts, usage_n = usage_n + excluded.usage_n,
             prompt_tokens = prompt_tokens + excluded.prompt_tokens,
             completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -50,10 +51,10 @@ def _sqlite_trigger(row: str, sign: int) -> str:
 
 SQLITE_ROLLUPS = f"""
     CREATE TABLE call_hours (
-        hour INTEGER NOT NULL, upstream TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+        hour INTEGER NOT NULL, upstream TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL, key_name TEXT NOT NULL,
         attempts INTEGER NOT NULL, firsts INTEGER NOT NULL, usage_n INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
         completion_tokens INTEGER NOT NULL, usage_cost REAL NOT NULL, cost REAL NOT NULL,
-        PRIMARY KEY (hour, upstream, target, status)
+        PRIMARY KEY (hour, upstream, target, status, key_name)
     );
     CREATE TABLE call_latency (
         hour INTEGER NOT NULL, upstream TEXT NOT NULL, metric INTEGER NOT NULL, bin INTEGER NOT NULL, n INTEGER NOT NULL,
@@ -61,10 +62,11 @@ SQLITE_ROLLUPS = f"""
     );
     {_sqlite_trigger("NEW", 1)}
     {_sqlite_trigger("OLD", -1)}
-    INSERT INTO call_hours SELECT {_HOUR_SQLITE.format(r="c")}, upstream, target, status, COUNT(*), SUM(attempt = 0),
+    INSERT INTO call_hours SELECT {_HOUR_SQLITE.format(r="c")}, upstream, target, status, COALESCE(key_name, ''), COUNT(*),
+        SUM(attempt = 0),
         SUM(prompt_tokens IS NOT NULL), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
         COALESCE(SUM(CASE WHEN prompt_tokens IS NOT NULL THEN cost END), 0), COALESCE(SUM(cost), 0)
-        FROM calls c GROUP BY 1, 2, 3, 4;
+        FROM calls c GROUP BY 1, 2, 3, 4, 5;
     INSERT INTO call_latency SELECT {_HOUR_SQLITE.format(r="c")}, upstream, 0, {_BIN_SQLITE.format(v="c.total_ms")}, COUNT(*)
         FROM calls c WHERE status = 'ok' GROUP BY 1, 2, 3, 4;
     INSERT INTO call_latency SELECT {_HOUR_SQLITE.format(r="c")}, upstream, 1, {_BIN_SQLITE.format(v="c.ttft_ms")}, COUNT(*)
@@ -83,12 +85,12 @@ def _pg_fold(source: str, sign: str) -> str:
     """Add the calls rows of ``source`` (times ``sign``) to both rollups: one upsert per group, in
     key order, so that concurrent commits (replicas sharing the log) lock rollup rows in one order."""
     return f"""
-        INSERT INTO call_hours SELECT {_HOUR_PG}, upstream, target, status, {sign} * COUNT(*),
+        INSERT INTO call_hours SELECT {_HOUR_PG}, upstream, target, status, COALESCE(key_name, ''), {sign} * COUNT(*),
             {sign} * COUNT(*) FILTER (WHERE attempt = 0), {sign} * COUNT(prompt_tokens),
             {sign} * COALESCE(SUM(prompt_tokens), 0), {sign} * COALESCE(SUM(completion_tokens), 0),
             {sign} * COALESCE(SUM(cost) FILTER (WHERE prompt_tokens IS NOT NULL), 0), {sign} * COALESCE(SUM(cost), 0)
-            FROM {source} c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-            ON CONFLICT (hour, upstream, target, status) DO UPDATE SET attempts = call_hours.attempts + excluded.attempts,
+            FROM {source} c GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+            ON CONFLICT (hour, upstream, target, status, key_name) DO UPDATE SET attempts = call_hours.attempts + excluded.attempts,
             firsts = call_hours.firsts + excluded.firsts, usage_n = call_hours.usage_n + excluded.usage_n,
             prompt_tokens = call_hours.prompt_tokens + excluded.prompt_tokens,
             completion_tokens = call_hours.completion_tokens + excluded.completion_tokens,
@@ -106,10 +108,10 @@ def _pg_fold(source: str, sign: str) -> str:
 #: statement's rows ("changed", a transition table)
 PG_ROLLUPS = f"""
     CREATE TABLE call_hours (
-        hour BIGINT NOT NULL, upstream TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+        hour BIGINT NOT NULL, upstream TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL, key_name TEXT NOT NULL,
         attempts BIGINT NOT NULL, firsts BIGINT NOT NULL, usage_n BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
         completion_tokens BIGINT NOT NULL, usage_cost DOUBLE PRECISION NOT NULL, cost DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (hour, upstream, target, status));
+        PRIMARY KEY (hour, upstream, target, status, key_name));
     CREATE TABLE call_latency (
         hour BIGINT NOT NULL, upstream TEXT NOT NULL, metric INTEGER NOT NULL, bin INTEGER NOT NULL, n BIGINT NOT NULL,
         PRIMARY KEY (hour, upstream, metric, bin));

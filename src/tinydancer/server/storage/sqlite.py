@@ -133,11 +133,11 @@ MIGRATIONS: list[str] = [
     # 8: the name of the client key each gateway call came with (never the key itself), for spend
     #    and budgets per key; NULL without client keys and in calls logged before this column
     "ALTER TABLE calls ADD COLUMN key_name TEXT",
-    # 9: bounded exploration (gateway/exploration.py): the probability of the planned model under the
+    # 9: bounded exploration (server/exploration.py): the probability of the planned model under the
     #    logging policy (NULL: deterministic) and whether it was explored, for off-policy estimates
     "ALTER TABLE decisions ADD COLUMN propensity REAL; ALTER TABLE decisions ADD COLUMN explored INTEGER",
     # 10: the dashboard's rollups (tinydancer.server.report): calls, tokens and cost per hour, upstream,
-    #    model and status, and a latency histogram per hour and upstream, kept by triggers on calls
+    #    model, status and client key name, and a latency histogram per hour and upstream, kept by triggers on calls
     #    (see rollups.py); outcomes get an index by time for the page
     SQLITE_ROLLUPS,
     # 11 (issue 27): who recorded each outcome: 'feedback', 'failure' (a failed gateway attempt) or

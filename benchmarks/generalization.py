@@ -1,0 +1,279 @@
+"""Does a strong/weak router carry across datasets?  Leave-one-dataset-out, and the packaged
+router's own test scores (issue 30, items 1 and 3).
+
+Units (``tinydancer.llm.public_tables``): MMLU, GSM8K, MT-bench, LLMRouter's math, code,
+knowledge and commonsense groups, AlpacaEval; LLMRouter's other tasks are always trained on.
+For each unit: train on every other unit (rows whose prompt appears verbatim in the held-out
+unit dropped: LLMRouter repeats some MMLU and GSM8K prompts), test on the unit.  MMLU, the only
+unit over 4,000 rows, is a seeded 4,000-row sample of its 14,037 (``UNIT_CAP``), both as training
+rows and held out.  The training units' strong-weak gaps are balanced as the packaged recipe does
+(``public_tables.balance_gaps``; ``--no-balance``: each pair's own gap).
+
+Routers, all trained on the same rows and the same embeddings:
+- ours: ``QueryRouter.fit`` as the packaged recipe runs it (outcome memory off; the prompt
+  features offered to cross-validation, kept only where the training table's own folds prefer
+  them by more than a standard error: the note says which, with each input's fold AIQ);
+- ridge and kNN on the embedding, alpha / k tuned by AIQ on the same folds (``robustness.tuned``);
+- prompt length (words: longer goes strong), and random: the mean and the 97.5th percentile of
+  1,000 random scorings of the held-out rows (the "95 % upper bound" a router must beat).
+
+Metrics: APGR (RouteLLM's, strong = the better model) and AIQ, each with a 95 % bootstrap interval
+over the same resamples of the held-out rows for every router.  Verdict: "ok" when ours is above
+random's upper bound and at or above the lower end of the best baseline's interval.
+
+Then router files (by default the packaged router; ``--routers label=DIR,...`` others, such as the
+packaged router before a rebuild) on every table's test split, which the packaged router's
+training (``tools/build_default_router.py``: every table's training split) never saw.
+
+    .venv/bin/python benchmarks/quality.py --generalization [--embedders static,minilm] [--no-features] \
+        [--routers packaged=src/tinydancer/gateway/default_router,before=/tmp/old] [--resamples 1000]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from _common import console, environment, table
+from quality import knn_predict
+from robustness import KNN_K, RIDGE_ALPHA, ridge_predict, tuned
+
+from tinydancer.llm.embeddings import make_embedder
+from tinydancer.llm.evaluation import choices_aiq, routellm_curve, sweep_choices
+from tinydancer.llm.prompt_features import FEATURES_ID, with_features
+from tinydancer.llm.public_tables import balance_gaps, held_out_units, merge, packaged_splits
+from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
+from tinydancer.llm.tables import RoutingTable
+
+Scorer = Callable[[RoutingTable, RoutingTable], tuple[np.ndarray, str]]
+
+
+# ---------------------------------------------------------------------- metrics
+def _curve_choices(score: np.ndarray) -> np.ndarray:
+    """(K, N) choices of a strong-advantage score swept over its quantiles (0 = strong, 1 = weak)."""
+    out = np.column_stack([np.zeros_like(score), np.zeros_like(score), score])
+    return sweep_choices(out, np.ones((len(score), 2)), (0, 1))
+
+
+def apgr_or_nan(score: np.ndarray, s: np.ndarray, w: np.ndarray) -> float:
+    """APGR, or NaN on a resample where the two models score the same (no gap to recover)."""
+    return float("nan") if s.mean() == w.mean() else routellm_curve(score, s, w).apgr
+
+
+def metrics(score: np.ndarray, test: RoutingTable, resamples: np.ndarray) -> dict[str, np.ndarray]:
+    """APGR and AIQ on the test rows (index 0) and on each resample (the rest)."""
+    s, w = test.scores[:, 0].astype(np.float64), test.scores[:, 1].astype(np.float64)
+    choices = _curve_choices(score)
+    rows = [np.arange(len(test))] + list(resamples)
+    apgr = np.array([apgr_or_nan(score[r], s[r], w[r]) for r in rows])
+    aiq = np.array([choices_aiq(choices[:, r], test.scores[r], test.costs[r]) for r in rows])
+    return {"apgr": apgr, "aiq": aiq}
+
+
+def random_bounds(test: RoutingTable, draws: int, seed: int = 1) -> dict[str, tuple[float, float]]:
+    """(mean, 97.5th percentile) of APGR and AIQ over random scorings of the test rows."""
+    rng = np.random.default_rng(seed)
+    s, w = test.scores[:, 0].astype(np.float64), test.scores[:, 1].astype(np.float64)
+    apgr, aiq = [], []
+    for _ in range(draws):
+        score = rng.random(len(test))
+        apgr.append(routellm_curve(score, s, w).apgr)
+        aiq.append(choices_aiq(_curve_choices(score), test.scores, test.costs))
+    return {k: (float(np.mean(v)), float(np.percentile(v, 97.5))) for k, v in (("apgr", apgr), ("aiq", aiq))}
+
+
+def interval(values: np.ndarray) -> str:
+    lo, hi = np.nanpercentile(values[1:], [2.5, 97.5])
+    return f"{values[0]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+# ---------------------------------------------------------------------- routers
+def ours(train: RoutingTable, test: RoutingTable, features: bool) -> tuple[np.ndarray, str]:
+    """Our router as the packaged recipe trains it (outcome memory off; with ``features`` the
+    prompt features offered to cross-validation, kept only if the folds prefer them): its
+    held-out scores and a note with what was chosen and the folds' AIQ for each input."""
+    t0 = time.perf_counter()
+    sets = ("none", FEATURES_ID) if features else ("none",)
+    router = QueryRouter.fit(train, QueryRouterConfig(memory=False, feature_sets=sets))
+    x = test.embeddings if "+" not in router.embedder_id else with_features(test.embeddings, test.queries)
+    c = router.info["selection"]["chosen"]
+    picked = router.info.get("features")
+    inputs = "embedding" if picked is None else (
+        f"inputs {picked['chosen']} (fold AIQ " + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in picked["fold_aiq"].items()) + ")")
+    note = (f"hidden {c['hidden_dim']}, k {c['neighbours']}, net weight {c['network_weight']:g}, {inputs}, "
+            f"{time.perf_counter() - t0:.0f} s")
+    return router.estimate(x)[:, 2], note
+
+
+def tuned_baseline(name: str) -> Scorer:
+    grid, fn = (RIDGE_ALPHA, ridge_predict) if name == "ridge" else (KNN_K, lambda xf, yf, xe, k: knn_predict(xf, yf, xe, min(int(k), len(xf))))
+
+    def run(train: RoutingTable, test: RoutingTable) -> tuple[np.ndarray, str]:
+        knob, note = tuned(grid, fn, train)
+        pred = fn(train.embeddings, train.scores, test.embeddings, knob)
+        return pred[:, 0] - pred[:, 1], f"{'alpha' if name == 'ridge' else 'k'} = {note}"
+    return run
+
+
+def length(_train: RoutingTable, test: RoutingTable) -> tuple[np.ndarray, str]:
+    rng = np.random.default_rng(0)  # ties (equal lengths) broken at random, not by row order
+    return np.array([len(q.split()) for q in test.queries], dtype=np.float64) + 1e-3 * rng.random(len(test)), "words"
+
+
+def baselines() -> dict[str, Scorer]:
+    return {"ridge": tuned_baseline("ridge"), "kNN": tuned_baseline("kNN"), "prompt length": length}
+
+
+# ---------------------------------------------------------------------- the runs
+def embed(t: RoutingTable, emb: object) -> RoutingTable:
+    return t.with_embeddings(emb)
+
+
+#: rows kept of a larger unit (only MMLU, 14,037), a seeded sample: otherwise MMLU is 60 % of every
+#: training table, and its 14k held-out rows and their MiniLM embeddings dominate the run's time
+UNIT_CAP = 4000
+
+
+def capped(t: RoutingTable, cap: int = UNIT_CAP) -> RoutingTable:
+    if len(t) <= cap:
+        return t
+    return t.subset(np.sort(np.random.default_rng(0).choice(len(t), cap, replace=False)))
+
+
+def lodo_units(data: Path) -> tuple[dict[str, RoutingTable], RoutingTable]:
+    units, always = held_out_units(data)
+    return {k: capped(t) for k, t in units.items()}, always
+
+
+def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool = True,
+         only: list[str] | None = None) -> list[list[str]]:
+    """The LODO rows; ``only``: hold out just these units (the others still train)."""
+    units, always = lodo_units(data)
+    units = {k: embed(t, emb) for k, t in units.items()}
+    always = embed(always, emb)
+    rows, started = [], time.perf_counter()
+    for name, test in units.items():
+        if only and name not in only:
+            continue
+        held = set(test.queries)
+        parts = [u for k, u in units.items() if k != name] + [always]
+        if balance:  # the packaged recipe's (tools/build_default_router.py)
+            parts = balance_gaps(parts)
+        train = merge(parts, f"all but {name}")
+        train.embeddings = np.vstack([p.embeddings for p in parts])
+        keep = np.array([q not in held for q in train.queries])
+        dropped = int((~keep).sum())
+        train = train.subset(np.flatnonzero(keep))
+        rng = np.random.default_rng(0)
+        draws = [rng.integers(0, len(test), len(test)) for _ in range(resamples)]
+        rand = random_bounds(test, resamples)
+        values, notes = {}, {}
+        scored = {"ours": ours(train, test, features)}
+        for rname, fn in baselines().items():
+            scored[rname] = fn(train, test)
+        for rname, (score, notes[rname]) in scored.items():
+            values[rname] = metrics(score, test, draws)
+        base = max(("ridge", "kNN", "prompt length"), key=lambda r: values[r]["apgr"][0])
+        lo_best = np.nanpercentile(values[base]["apgr"][1:], 2.5)
+        for rname in values:
+            v = values[rname]
+            verdict = ""
+            if rname.startswith("ours"):
+                ok = v["apgr"][0] > rand["apgr"][1] and v["apgr"][0] >= lo_best
+                verdict = ("ok" if ok else "MISS") + f" (best baseline {base})"
+            rows.append([name if rname == "ours" else "", rname, interval(v["apgr"]), interval(v["aiq"]), verdict,
+                         notes[rname]])
+        rows.append(["", "random (mean / 97.5 %)", f"{rand['apgr'][0]:.3f} / {rand['apgr'][1]:.3f}",
+                     f"{rand['aiq'][0]:.3f} / {rand['aiq'][1]:.3f}", "",
+                     f"train {len(train):,} (dropped {dropped} repeats), test {len(test):,}"])
+        console.print(f"{name}: done ({time.perf_counter() - started:.0f} s)")
+        for row in rows[-(len(values) + 1):]:
+            console.print(" | ".join(str(c) for c in row), soft_wrap=True)
+    return rows
+
+
+def features_only(data: Path, resamples: int, balance: bool = True) -> list[list[str]]:
+    """Leave one dataset out with no embedding at all: ridge on the prompt features alone (alpha
+    tuned on the same folds), against prompt length and random, on the same units and resamples.
+    Does what the features read carry across datasets where the embedding's signal does not?"""
+    units, always = lodo_units(data)
+    units = {k: _featured(t) for k, t in units.items()}
+    always = _featured(always)
+    rows = []
+    for name, test in units.items():
+        held = set(test.queries)
+        parts = [u for k, u in units.items() if k != name] + [always]
+        if balance:
+            parts = balance_gaps(parts)
+        train = merge(parts, f"all but {name}")
+        train.embeddings = np.vstack([p.embeddings for p in parts])
+        train = train.subset(np.flatnonzero([q not in held for q in train.queries]))
+        rng = np.random.default_rng(0)
+        draws = [rng.integers(0, len(test), len(test)) for _ in range(resamples)]
+        rand = random_bounds(test, resamples)
+        scored = {"ridge on prompt features only": tuned_baseline("ridge")(train, test), "prompt length": length(train, test)}
+        for rname, (score, note) in scored.items():
+            v = metrics(score, test, draws)
+            verdict = "above random" if v["apgr"][0] > rand["apgr"][1] else ""
+            rows.append([name if rname.startswith("ridge") else "", rname, interval(v["apgr"]), interval(v["aiq"]), verdict, note])
+        rows.append(["", "random (mean / 97.5 %)", f"{rand['apgr'][0]:.3f} / {rand['apgr'][1]:.3f}",
+                     f"{rand['aiq'][0]:.3f} / {rand['aiq'][1]:.3f}", "", f"train {len(train):,}, test {len(test):,}"])
+        console.print(f"{name}: done")
+    return rows
+
+
+def _featured(t: RoutingTable) -> RoutingTable:
+    """The table with its prompt features (unweighted, in [0, 1]) as its embeddings."""
+    from tinydancer.llm.prompt_features import prompt_features
+
+    out = t.subset(np.arange(len(t)))
+    out.embeddings = prompt_features(t.queries)
+    return out
+
+
+def packaged(data: Path, routers: dict[str, QueryRouter], resamples: int) -> list[list[str]]:
+    """Each router file (the packaged one, today's, ...) on every table's test split, scored on the
+    same resamples; random's 97.5th percentile beside."""
+    rows = []
+    for name, (_train, test) in packaged_splits(data).items():
+        if test is None:
+            continue
+        rng = np.random.default_rng(0)
+        draws = [rng.integers(0, len(test), len(test)) for _ in range(resamples)]
+        rand = random_bounds(test, resamples)
+        row = [name, f"{len(test):,}"]
+        for router in routers.values():
+            v = metrics(router.strong_scores(test.queries), test, draws)
+            row += [interval(v["apgr"]), interval(v["aiq"])]
+        rows.append(row + [f"{rand['apgr'][1]:.3f}", f"{rand['aiq'][1]:.3f}"])
+    return rows
+
+
+def main(data: Path, resamples: int, embedders: list[str], features: bool, routers: dict[str, Path],
+         balance: bool = True, only: list[str] | None = None, features_baseline: bool = False) -> None:
+    """LODO for each embedder (skipped with an empty list), then each router file on the test splits."""
+    console.print(environment() + " (shared with other jobs)")
+    for name in embedders:
+        emb = make_embedder(name)
+        t0 = time.perf_counter()
+        rows = lodo(data, emb, resamples, features, balance, only)
+        console.print(table(f"Leave one dataset out, {emb.id}{'' if balance else ', gaps not balanced'}: APGR and AIQ "
+                            "with 95 % bootstrap intervals "
+                            f"({resamples} resamples of the held-out rows) [{time.perf_counter() - t0:.0f} s]",
+                            ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows, key=f"generalization-{name}{'' if balance else '-unbalanced'}{'-' + ','.join(only) if only else ''}"))
+    if features_baseline:
+        rows = features_only(data, resamples, balance)
+        console.print(table(f"Leave one dataset out, no embedding: the prompt features alone ({resamples} resamples)",
+                            ["held out", "router", "APGR", "AIQ", "verdict", "note"], rows,
+                            key="generalization-features-only"))
+    if routers:
+        loaded = {label: QueryRouter.load(path) for label, path in routers.items()}
+        cols = ["test split", "rows"]
+        for label, r in loaded.items():
+            cols += [f"APGR {label}", f"AIQ {label}"]
+            console.print(f"{label}: {routers[label]} ({r.embedder_id}; {r.info.get('trained_on', '')[:160]})")
+        rows = packaged(data, loaded, resamples)
+        console.print(table("Router files on every table's test split (their training never saw these rows)",
+                            cols + ["random APGR 97.5 %", "random AIQ 97.5 %"], rows, key="generalization-packaged"))
