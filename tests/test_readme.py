@@ -68,7 +68,7 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
     # what the steps should have left behind
     assert (tmp_path / "labelled.jsonl").stat().st_size > 0
     assert (tmp_path / "routers" / "mine" / "router.safetensors").is_file()
-    assert "fine-tuned" in out and ("promoted" in out or "kept" in out or "not promoted" in out), out[-3000:]
+    assert "trained a 2-model router" in out and ("promoted" in out or "kept" in out or "not promoted" in out), out[-3000:]
     assert "hard prompts to strong" in out, out[-3000:]
     # step 9: the gateway retrained by itself (learning:) and the registry shows the off-policy evidence
     versions = list((tmp_path / "models" / "registry" / "versions").glob("*/version.json"))
