@@ -94,7 +94,11 @@ class LiveOperatingPoint:
         self.traffic = 0  # routed calls seen by this window (the rest of it is the warm start)
         if router.is_pair and router.score_quantiles is not None:
             levels = np.linspace(0.0, 1.0, len(router.score_quantiles))
-            self.values[:, 0] = np.interp(np.linspace(0.0, 1.0, self.size), levels, router.score_quantiles)
+            warm = np.interp(np.linspace(0.0, 1.0, self.size), levels, router.score_quantiles)
+            # in a fixed shuffled order: calls overwrite the window from slot 0, and in ascending
+            # order the first calls would replace the lowest scores only, holding the threshold high
+            # (too few strong calls) until the window had turned over once
+            self.values[:, 0] = warm[np.random.default_rng(0).permutation(self.size)]
         if restore and self.state_path is not None:
             self._restore()
         self._since = 0
