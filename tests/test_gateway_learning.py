@@ -137,6 +137,27 @@ def test_traffic_like_the_warm_start_keeps_the_share_while_the_window_turns_over
     assert all(0.24 <= share <= 0.36 for share in shares), shares
 
 
+def test_a_promoted_router_takes_its_point_on_the_recent_traffic_not_on_its_file(router_dir: Path) -> None:  # noqa: F811
+    """At a hot reload the window's calls are scored again by the new router, so its point is the
+    traffic's at once: its file's stored quantiles (here deliberately far off) do not decide it."""
+    from tinydancer.gateway.config import OperatingPointSpec
+    from tinydancer.gateway.operating import LiveOperatingPoint
+
+    served = QueryRouter.load(router_dir)
+    live = LiveOperatingPoint(served, "v1", OperatingPointSpec(strong_share=0.3, live_window=200), None)
+    emb = np.asarray(EMBEDDER.embed(chat_mix(250, seed=3)), dtype=np.float32)  # the window turns over
+    for row, out in zip(emb, served.estimate(emb)):
+        live.observe(out.tolist(), row)
+    promoted = QueryRouter.load(router_dir)
+    promoted.score_quantiles = np.linspace(0.98, 0.99, 101)  # a file that says nothing of this traffic
+    point = live.switch(promoted, "v2")
+    assert live.traffic == 200 and live.known.all()
+    rescored = promoted.estimate(emb[-200:])[:, 2]  # the last 200 calls are the window
+    assert point.threshold == pytest.approx(float(np.quantile(rescored, 0.7)), abs=1e-6)
+    share = float((rescored >= point.threshold).mean())
+    assert 0.25 <= share <= 0.35, share  # from the file alone it would be 0
+
+
 def test_a_restart_keeps_the_live_distribution(router_dir: Path, upstreams: dict[str, str], tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     knobs = {"operating_point": {"strong_share": 0.3, "live_window": 100}}

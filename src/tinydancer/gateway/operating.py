@@ -19,8 +19,11 @@ the oldest entry, so after ``live_window`` calls the point is the traffic's alon
 routers store no such distribution: under a ``budget`` they keep the router's own point until
 ``MIN_LIVE`` calls are in the window.
 
-Per router version: a promoted router scores on another scale, so its window starts again from
-its own file (a retrain stores the logged traffic's quantiles there).  The window is written
+Per router version: a promoted router scores on another scale, so its window is the recent
+traffic scored again by it: the window keeps each routed call's embedding (``live_window`` ×
+the embedding's width, 2 MB at 2,000 × 256 float32), and a hot-reloaded router re-scores them
+(its network and head, without the outcome memory, which needs the texts).  Slots with no
+embedding (the warm start, a window restored from its file) start from the new router's file.  The window is written
 atomically to a JSON file beside the log (``<database>.live.json``) by the service's watcher and
 at shutdown, and read back at start when it belongs to the router being served.  With PostgreSQL
 replicas each replica keeps its own file: each sees a sample of the same traffic behind the load
@@ -92,6 +95,9 @@ class LiveOperatingPoint:
         self.values = np.full((self.size, width), np.nan, dtype=np.float32)
         self.pos = 0  # the next slot to write
         self.traffic = 0  # routed calls seen by this window (the rest of it is the warm start)
+        #: each slot's embedding, where the call that wrote it had one (for re-scoring at a switch)
+        self.inputs: np.ndarray | None = None
+        self.known = np.zeros(self.size, dtype=bool)
         if router.is_pair and router.score_quantiles is not None:
             levels = np.linspace(0.0, 1.0, len(router.score_quantiles))
             warm = np.interp(np.linspace(0.0, 1.0, self.size), levels, router.score_quantiles)
@@ -105,18 +111,44 @@ class LiveOperatingPoint:
         self.point = self._compute(None)
 
     def switch(self, router: QueryRouter, version: str) -> OperatingPoint:
-        """A hot-reloaded router: a new window from its own file when its version is another."""
+        """A hot-reloaded router: when its version is another, a new window of the recent calls scored
+        again by it (slots with no embedding start from its file)."""
         if version != self.version or router.models != self.router.models:
+            carried = (self.inputs, self.known, self.pos) if router.models == self.router.models else None
             self._start(router, version, restore=False)
+            if carried is not None:
+                self._rescore(*carried)
             self._dirty = True
         else:
             self.router = router
             self.point = self._compute(None)
         return self.point
 
-    def observe(self, values: list[float]) -> None:
-        """One routed call's router outputs (what ``QueryRouter.ranking`` read)."""
+    def _rescore(self, inputs: np.ndarray | None, known: np.ndarray, pos: int) -> None:
+        """The old window's calls scored by the new router: the window is this traffic's at once."""
+        if inputs is None or not known.any():
+            return
+        try:
+            out = self.router.estimate(inputs[known])
+        except (ValidationError, ValueError) as exc:  # another embedding width: start from the file
+            log.warning("the live window was not re-scored by the new router (%s); it starts from its file", exc)
+            return
+        self.values[known] = out[:, 2:3] if self.router.is_pair else out[:, : self.values.shape[1]]
+        self.inputs, self.known, self.pos = inputs, known, pos  # the oldest call is still the next to go
+        self.traffic = int(known.sum())
+        self.point = self._compute(None)
+
+    def observe(self, values: list[float], embedding: np.ndarray | None = None) -> None:
+        """One routed call's router outputs (what ``QueryRouter.ranking`` read), and its embedding,
+        kept so that a promoted router can score the same traffic again."""
         self.values[self.pos] = values[2] if self.router.is_pair else values[: self.values.shape[1]]
+        if embedding is not None:
+            row = np.asarray(embedding, dtype=np.float32).reshape(-1)
+            if self.inputs is None or self.inputs.shape[1] != row.shape[0]:
+                self.inputs = np.zeros((self.size, row.shape[0]), dtype=np.float32)
+                self.known[:] = False
+            self.inputs[self.pos] = row
+        self.known[self.pos] = embedding is not None and self.inputs is not None
         self.pos = (self.pos + 1) % self.size
         self.traffic += 1
         self._dirty = True

@@ -262,7 +262,7 @@ class Gateway:
         plan.embedding = emb
         plan.quality = {m: float(q) for m, q in zip(self.router.models, values)}
         ranking = self.router.ranking(values, point, allowed)
-        self.live.observe(values)
+        self.live.observe(values, emb)
         sticky = self.sessions.get(session)
         if sticky is None and self.explorer.active:
             ranking = self._explore(plan, ranking)
