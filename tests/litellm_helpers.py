@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,3 +51,18 @@ def stand_in_judge(prompt: str, answer: str, model: str) -> float:
     if answer.startswith("[big-model]"):
         return 0.9
     return 0.9 if ("apples" in prompt or "bananas" in prompt) else 0.1
+
+
+async def wait_logged(logger: Any, calls: int, timeout_s: float = 20.0) -> None:
+    """Give the loop to LiteLLM's logging callbacks (it runs them as tasks after each call) until the
+    logger received ``calls`` of them, or ``timeout_s`` passed (the test's assertions then say what is missing)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while logger.received < calls and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Wait until ``condition()`` holds (a background writer has committed), at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)

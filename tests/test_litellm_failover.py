@@ -15,7 +15,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: before
 
 litellm = pytest.importorskip("litellm", reason="the LiteLLM integration's tests need litellm (the dev extra)")
 
-from litellm_helpers import EMBEDDER, MAPPING, deployment, easy_questions, fit_query_router  # noqa: E402
+from litellm_helpers import EMBEDDER, MAPPING, deployment, easy_questions, eventually, fit_query_router, wait_logged  # noqa: E402
 
 from tinydancer.gateway.standin import StandIn, running  # noqa: E402
 from tinydancer.integrations.litellm import TinyDancerRoutingStrategy  # noqa: E402
@@ -85,9 +85,7 @@ def test_retries_and_a_fallback_are_attempts_of_one_decision(stand_ins: dict[str
 
     async def go() -> Any:
         r = await router.acompletion(model="auto", messages=[{"role": "user", "content": "question 9000 about bananas"}])
-        deadline = asyncio.get_running_loop().time() + 20
-        while logger.received < 3 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_logged(logger, 3)
         return r
 
     try:
@@ -261,9 +259,7 @@ def test_with_a_service_a_retried_call_is_one_decision_and_its_failure_is_feedba
 
         async def go() -> Any:
             r = await router.acompletion(model="auto", messages=[{"role": "user", "content": "question 9000 about bananas"}])
-            deadline = asyncio.get_running_loop().time() + 20
-            while logger.received < 2 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
+            await wait_logged(logger, 2)
             return r
 
         try:
@@ -272,8 +268,8 @@ def test_with_a_service_a_retried_call_is_one_decision_and_its_failure_is_feedba
         finally:
             litellm.callbacks = []
             logger.close()
-        time.sleep(0.5)  # the service's log writer commits in the background
         storage = SQLiteStorage(db)
+        eventually(lambda: storage.count("decisions") == 1)  # the service's log writer commits in the background
         assert storage.count("decisions") == 1
         logs = storage.labelled("query")
     assert response.choices[0].message.content.startswith("[big-model]")
@@ -309,9 +305,7 @@ def test_judged_successes_write_outcomes_and_a_broken_stream_is_a_failed_stream(
                                               messages=[{"role": "user", "content": "question 9002 about bananas"}])
             async for _ in stream:
                 pass
-        deadline = asyncio.get_running_loop().time() + 20
-        while logger.received < 3 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_logged(logger, 3)
         return ids
 
     try:

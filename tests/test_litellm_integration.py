@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled cost map
 litellm = pytest.importorskip("litellm", reason="the LiteLLM integration's tests need litellm (the dev extra)")
 
-from litellm_helpers import EASY_Q, EMBEDDER, HARD_Q, MAPPING, fit_query_router  # noqa: E402
+from litellm_helpers import EASY_Q, EMBEDDER, HARD_Q, MAPPING, fit_query_router, wait_logged  # noqa: E402
 
 from tinydancer.errors import ValidationError  # noqa: E402
 from tinydancer.gateway.standin import StandIn, running  # noqa: E402
@@ -66,9 +66,7 @@ def test_calls_land_on_the_deployment_our_router_chose_and_outcomes_reach_storag
         with pytest.raises(litellm.exceptions.InternalServerError):
             await router.acompletion(model="auto", messages=[{"role": "user", "content": HARD_Q}])
         # LiteLLM runs its logging callbacks as tasks after each call: give them the loop until all three arrived
-        deadline = asyncio.get_running_loop().time() + 20
-        while logger.received < 3 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_logged(logger, 3)
         return answers
 
     try:
@@ -186,9 +184,7 @@ def test_with_a_service_the_decision_is_the_services_and_a_failure_reaches_its_f
         async def traffic() -> None:
             with pytest.raises(litellm.exceptions.InternalServerError):
                 await router.acompletion(model="auto", messages=[{"role": "user", "content": HARD_Q}])
-            deadline = asyncio.get_running_loop().time() + 20
-            while logger.received < 1 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
+            await wait_logged(logger, 1)
 
         try:
             asyncio.run(traffic())

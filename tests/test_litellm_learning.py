@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled cost map
 litellm = pytest.importorskip("litellm", reason="the LiteLLM integration's tests need litellm (the dev extra)")
 
-from litellm_helpers import EMBEDDER, MAPPING, deployment, fit_query_router  # noqa: E402
+from litellm_helpers import EMBEDDER, MAPPING, deployment, fit_query_router, wait_logged  # noqa: E402
 
 from tinydancer.errors import ValidationError  # noqa: E402
 from tinydancer.gateway.prompt_kinds import classify, generate, needs_strong  # noqa: E402
@@ -74,9 +74,7 @@ def test_judged_and_explored_litellm_traffic_is_what_retraining_decides_on(stand
             await router.acompletion(model="auto", messages=[{"role": "user", "content": text}])
         for text in prompts[:5]:  # a group we do not route: no decision, never explored, never judged
             await router.acompletion(model="plain", messages=[{"role": "user", "content": text}])
-        deadline = asyncio.get_running_loop().time() + 30
-        while logger.received < N_CALLS + 5 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_logged(logger, N_CALLS + 5, timeout_s=30)
 
     try:
         asyncio.run(traffic())
