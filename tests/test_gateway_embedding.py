@@ -184,3 +184,43 @@ def test_a_burst_is_batched_by_length_and_gets_the_vectors_of_one_by_one(tmp_pat
     assert len(length_groups(lengths, minilm.batch_size)) > 1  # it was split by length
     alone = np.stack([minilm.embed([t])[0] for t in texts])
     np.testing.assert_allclose(vectors, alone, atol=2e-5)
+
+
+class Inline(Gated):
+    """A real embedder that declares itself cheap for short texts (as the static one does), and
+    notes for each batch whether it ran on the event loop's thread."""
+
+    inline_chars = 40
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.on_loop: list[tuple[list[str], bool]] = []
+
+    def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:  # a worker thread: no loop runs there
+            on_loop = False
+        self.on_loop.append((list(texts), on_loop))
+        return super().embed(texts, progress)
+
+
+def test_a_short_prompt_of_a_cheap_embedder_is_embedded_on_the_loop_and_a_long_one_off_it(
+        hashing_router: Path, tmp_path: Path) -> None:
+    short, long = "question about apples", "a much longer question about the topology of sheaves " * 2
+    inline = Inline(HashingEmbedder(128))
+    for base, app in serve(hashing_router, inline, tmp_path):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+        inline.on_loop.clear()  # the gateway's warm-up call
+        answers = [client.chat.completions.with_raw_response.create(
+            model="tinydancer", messages=[{"role": "user", "content": text}]) for text in (short, long)]
+        assert [a.headers["x-tinydancer-model"] in ("strong", "weak") for a in answers] == [True, True]
+        client.close()
+        metrics = httpx.get(f"{base}/metrics").text
+    # the short prompt skipped the hop to a worker thread; the long one (over inline_chars) did not
+    assert inline.on_loop == [([short], True), ([long], False)]
+    # both vectors are the embedder's own, and both calls are counted as embedded
+    for texts, vector in inline.batches:
+        np.testing.assert_array_equal(vector, HashingEmbedder(128).embed(texts))
+    assert "tiny_dancer_gateway_embedded_prompts_total 2.0" in metrics

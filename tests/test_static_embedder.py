@@ -84,6 +84,8 @@ def test_a_prompt_is_the_normalized_sum_of_its_pieces(tmp_path) -> None:
     assert got.dtype == np.float32 and got.shape == (5, DIM)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(emb.embed(texts[::-1]), got[::-1])  # batching does not mix rows
+    for text, row in zip(texts, got):  # one text alone (the gateway's path) gets its batch row, bit for bit
+        np.testing.assert_array_equal(emb.embed([text])[0], row)
     emb.chunk_size = 2  # chunked (long tables): the same rows, progress per chunk
     ticks: list[int] = []
     np.testing.assert_array_equal(emb.embed(texts, progress=ticks.append), got)
@@ -93,17 +95,22 @@ def test_a_prompt_is_the_normalized_sum_of_its_pieces(tmp_path) -> None:
         emb.embed("one string")  # type: ignore[arg-type]
 
 
-def test_builds_are_identical_and_cached_atomically(tmp_path) -> None:
+def test_builds_are_identical_and_cached_atomically(tmp_path, capsys) -> None:
     a, b = tiny(tmp_path / "a"), tiny(tmp_path / "b")
     texts = ["explain galois theory please", "the cherries"]
     first = a.embed(texts)
     assert a.build_seconds is not None
+    # the first use says on stderr that it builds the table (tens of seconds for MiniLM's 30,522 pieces)
+    said = capsys.readouterr().err
+    assert "building the static embedder's token table" in said and f"{len(VOCAB)}/{len(VOCAB)}" in said
     np.testing.assert_array_equal(first, b.embed(texts))
     np.testing.assert_array_equal(np.load(a.table_path()), np.load(b.table_path()))
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [a.table_path().name]  # no temporary file left
+    capsys.readouterr()
     again = tiny(tmp_path / "a")
     np.testing.assert_array_equal(again.embed(texts), first)
     assert again.build_seconds is None  # read from the cache, not rebuilt
+    assert "building" not in capsys.readouterr().err  # and silently
     a.table_path().write_bytes(b"not a table")  # a damaged cache file is rebuilt, not trusted
     rebuilt = tiny(tmp_path / "a")
     np.testing.assert_array_equal(rebuilt.embed(texts), first)

@@ -485,6 +485,27 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/llm/router_fit.py", "    chosen = _best(folds, prefer_first=True)\n",
            "    chosen = next(iter(folds))\n",
            ("tests/test_prompt_features.py::test_cross_validation_keeps_the_features_where_they_carry_the_signal_and_the_file_records_them",)),
+    # ------------------------------------------------------------------ issue 29's leftovers: latency, the default embedder
+    Mutant("gateway-inline-unbounded", "a cheap embedder embeds a prompt of any length on the event loop",
+           "src/tinydancer/gateway/scoring.py", "        if not self._busy and len(text) <= self.inline_chars:\n",
+           "        if not self._busy:\n",
+           (GE + "test_a_short_prompt_of_a_cheap_embedder_is_embedded_on_the_loop_and_a_long_one_off_it",)),
+    Mutant("gateway-inline-never", "a short prompt still hops to a worker thread for a 0.1 ms embedding",
+           "src/tinydancer/gateway/scoring.py", '        self.inline_chars = int(getattr(embedder, "inline_chars", 0) or 0)\n',
+           "        self.inline_chars = 0\n",
+           (GE + "test_a_short_prompt_of_a_cheap_embedder_is_embedded_on_the_loop_and_a_long_one_off_it",)),
+    Mutant("static-one-text-first-piece", "one prompt alone is embedded as its first piece, unlike its batch row",
+           "src/tinydancer/llm/static_embedder.py", "            out[0] = np.add.reduceat(table[ids], [0], axis=0)[0]\n",
+           "            out[0] = table[ids[0]]\n",
+           ("tests/test_static_embedder.py::test_a_prompt_is_the_normalized_sum_of_its_pieces",)),
+    Mutant("static-build-silent", "the first use builds the static table for tens of seconds without a word",
+           "src/tinydancer/llm/static_embedder.py", "content_ranks(tokens), self._dim, progress=advance)",
+           "content_ranks(tokens), self._dim)",
+           ("tests/test_static_embedder.py::test_builds_are_identical_and_cached_atomically",)),
+    Mutant("gateway-live-share-unset", "the live strong-share gauge is never read from the window",
+           "src/tinydancer/gateway/state.py", "        self.metrics.live_strong_share.set_function(self.tally.strong_share)\n",
+           "",
+           (GL + "test_the_live_strong_share_meets_the_configured_one_on_traffic_unlike_the_training_data",)),
 ]
 
 

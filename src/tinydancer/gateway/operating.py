@@ -203,19 +203,22 @@ class LiveOperatingPoint:
 
     # ------------------------------------------------------------------ the file
     def snapshot(self) -> dict[str, Any] | None:
-        """The window as JSON-able data when it changed since the last one (taken on the event loop;
+        """The window, for :meth:`save`, when it changed since the last one (taken on the event loop;
         written elsewhere)."""
         if not self._dirty:
             return None
         self._dirty = False
-        filled = np.isfinite(self.values).all(axis=1)
+        # a copy of the window (8 KB); its 2,000 values are formatted by save(), off the event loop
         return {"version": self.version, "models": self.router.models, "window": self.size, "pos": self.pos,
-                "traffic": self.traffic, "values": [None if not ok else [round(float(v), 7) for v in row]
-                                                    for row, ok in zip(self.values, filled)]}
+                "traffic": self.traffic, "values": self.values.copy()}
 
     def save(self, snapshot: dict[str, Any] | None = None) -> None:
         data = self.snapshot() if snapshot is None else snapshot
         if data is not None and self.state_path is not None:
+            values = data["values"]
+            filled = np.isfinite(values).all(axis=1)
+            data = {**data, "values": [None if not ok else [round(float(v), 7) for v in row]
+                                       for row, ok in zip(values, filled)]}
             atomic_write_json(self.state_path, data)
 
     def _restore(self) -> None:
