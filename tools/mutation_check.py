@@ -506,6 +506,10 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/gateway/state.py", "        self.metrics.live_strong_share.set_function(self.tally.strong_share)\n",
            "",
            (GL + "test_the_live_strong_share_meets_the_configured_one_on_traffic_unlike_the_training_data",)),
+    Mutant("router-train-default-minilm", "router train reads prompts with MiniLM unless told otherwise",
+           "src/tinydancer/cli/router.py", '    embedder: str = typer.Option("static", help="Embedder for rows',
+           '    embedder: str = typer.Option("minilm", help="Embedder for rows',
+           ("tests/test_query_router.py::test_router_train_reads_prompts_with_the_static_embedder_unless_told_otherwise",)),
 ]
 
 
