@@ -10,7 +10,9 @@ Starlette, one uvicorn worker):
   GSM8K training splits, strong share 0.3), on that embedder);
 - through LiteLLM's proxy (``litellm[proxy]``, one worker, offline with a local cost map).
 Each at 8 and 32 connections, streaming and not.  "added" is the p50 / p99 over the direct
-call's at the same settings.  Every process is on this machine and shares its 2 cores with wrk.
+call's at the same settings.  The gateway process's CPU time per call (from /proc, around each
+run) is printed too: on cores shared with other jobs it moves far less than the latencies do.
+Every process is on this machine and shares its 2 cores with wrk.
 
 LiteLLM runs from its own virtual environment (its pins clash with ours):
 ``python3 -m venv benchmarks/.litellm && benchmarks/.litellm/bin/pip install 'litellm[proxy]'``
@@ -66,6 +68,15 @@ end
 def body(model: str, stream: bool) -> str:
     return json.dumps({"model": model, "stream": stream, "messages": [
         {"role": "user", "content": "Explain photosynthesis to a student in two sentences."}]})
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_http(url: str, seconds: float = 120) -> None:
@@ -168,7 +179,11 @@ def main() -> None:
             lua = (script(f"routed-{s}", DISTINCT % s) if model is None
                    else script(f"{target}-{model}-{s}", FIXED % body(model, stream)))
             cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(lua), url[target] + "/v1/chat/completions"]
-            return parse_wrk(subprocess.run(cmd, capture_output=True, text=True).stdout)
+            before = cpu_seconds(procs[1].pid)
+            stats = parse_wrk(subprocess.run(cmd, capture_output=True, text=True).stdout)
+            # the gateway process's CPU time per answered call: what other jobs on the cores move least
+            stats["gateway_cpu_us"] = (cpu_seconds(procs[1].pid) - before) * 1e6 / max(stats["requests"], 1.0)
+            return stats
 
         ways = [("stand-in directly", "standin", "standin"), ("gateway, named model", "gateway", "weak"),
                 (ROUTED, "gateway", None), (f"LiteLLM {version} proxy", "litellm", "standin")]
@@ -201,6 +216,9 @@ def main() -> None:
              histogram_p50(m, "tiny_dancer_gateway_overhead_seconds", 'kind="routed"')],
             ["prompts embedded / batches (mean batch)", f"{texts:,.0f} / {batches:,.0f} ({texts / max(batches, 1):.1f})"],
             ["calls logged ok", f"{sum(v for k, v in m.items() if k.startswith('tiny_dancer_gateway_calls_total') and 'ok' in k):,.0f}"],
+            *([f"gateway CPU time per call (user + system), {label}, {conns} conn.",
+               f"{record[(label, conns, False)]['gateway_cpu_us']:,.0f} µs"]
+              for conns in map(int, args.connections.split(",")) for label in ("gateway, named model", ROUTED)),
         ]))
         for conns in map(int, args.connections.split(",")):
             lite = record[(ways[-1][0], conns, False)]
