@@ -18,7 +18,11 @@ The table gives, per window of calls, quality, $ a call, strong share, the share
 sent to weak and of hard ones sent to strong, the explored share (when the gateway has
 ``exploration``, issue 27 item 2) and the judge's spending; then the packaged router (first
 window) against the learnt one (last window, and a fresh held-out set routed by the final router),
-with always-strong and the oracle priced on the same tokens.
+with always-strong and the oracle priced on the same tokens, and the bound on the last 500 calls:
+a perfect ranking at the same live operating point with the same exploration draws (where it
+misses a target, so would any router: the traffic's mix in the live window differs from the
+configured share).  The live strong share is printed as the gateway's metric (its live window)
+beside the last 500 calls' strong share and hard share.
 
     python benchmarks/online_learning.py --calls 3000 --seed 0 --strong-share 0.3 --explore 0.02
 """
@@ -51,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--judge-share", type=float, default=0.2, help="judge.sample_share")
     ap.add_argument("--judge-dollars", type=float, default=5.0, help="judge.daily_dollars")
     ap.add_argument("--retrain-every", type=int, default=500)
+    ap.add_argument("--live-window", type=int, default=2000, help="operating_point.live_window (the gateway's default)")
     ap.add_argument("--window", type=int, default=250, help="calls per row of the table")
     ap.add_argument("--heldout", type=int, default=1000, help="fresh prompts routed by the final router")
     ap.add_argument("--min-samples", type=int, default=50, help="retraining's min_samples")
@@ -62,7 +67,8 @@ def parse_args() -> argparse.Namespace:
 def gateway_yaml(folder: Path, urls: dict[str, str], args: argparse.Namespace, share: float) -> Path:
     from tinydancer.gateway.config import GatewayConfig
 
-    lines = [f"router: {folder / 'router'}", f"operating_point: {{strong_share: {share}}}", "upstreams:"]
+    lines = [f"router: {folder / 'router'}", f"operating_point: {{strong_share: {share}, live_window: {args.live_window}}}",
+             "upstreams:"]
     for name, (inp, out) in PRICES.items():
         lines.append(f"  - {{name: {name}, base_url: '{urls[name]}/v1', model: {name}-model, "
                      f"input_per_million: {inp}, output_per_million: {out}}}")
@@ -153,6 +159,23 @@ def score_ties(gw: Any, texts: list[str]) -> str:
             f"of {len(adv)}")
 
 
+def perfect_ranking(hard: np.ndarray, explored_mask: np.ndarray | None, share: float, window: int,
+                    seed: int) -> np.ndarray:
+    """Which calls a router that ranks every hard prompt above every easy one would have sent to
+    strong, at the same live operating point (the ``share`` quantile of the last ``window`` calls'
+    scores, refreshed every ``window // 200`` calls, as gateway/operating.py does) and with the
+    same exploration draws: the best any router could do on this traffic at this point.  Where it
+    misses a target, the miss comes from the traffic's mix against the configured share, not from
+    learning."""
+    score = hard + 0.5 * np.random.default_rng(seed).random(len(hard))  # random order within a group
+    threshold = np.full(len(hard), 0.75)  # the first calls: the perfect split itself
+    refresh = max(1, window // 200)
+    for t in range(50, len(hard), refresh):
+        threshold[t:t + refresh] = np.quantile(score[max(0, t - window):t], 1.0 - share)
+    strong = score >= threshold
+    return strong if explored_mask is None else strong ^ explored_mask  # two models: explored = the other one
+
+
 def main() -> None:
     args = parse_args()
     import openai
@@ -195,6 +218,7 @@ def main() -> None:
                     console.print(f"[dim]{i + 1} calls: {events[-1][1]}[/]")
             wait_for(lambda: gw.judge.held == 0)
             judge_spent = gw.judge.budget.spent
+            live_share = (gw.tally.strong_share(), gw.tally.n)  # the gateway's own metric, over its window
             heldout = generate(args.heldout, args.seed + 10_000, args.hard_share)
             final_choice = route_offline(gw, [p.text for p in heldout])
             no_memory = route_offline(gw, [p.text for p in heldout], memory=False)
@@ -203,7 +227,7 @@ def main() -> None:
         explored_mask = explored(db, ids)
     elapsed = time.perf_counter() - started
     report(args, share, traffic, served, costs, tokens, explored_mask, events, heldout, (final_choice, no_memory),
-           judge_spent, n_judged, elapsed)
+           judge_spent, n_judged, elapsed, live_share)
     console.print(f"the final router's scores: {ties}")
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -211,7 +235,7 @@ def main() -> None:
 def report(args: argparse.Namespace, share: float, traffic: list[Any], served: list[str], costs: list[float],
            tokens: list[tuple[int, int]], explored_mask: np.ndarray | None, events: list[tuple[int, str]],
            heldout: list[Any], final: tuple[list[str], list[str]], judge_spent: float, n_judged: int,
-           elapsed: float) -> None:
+           elapsed: float, live_share: tuple[float, int]) -> None:
     hard = np.array([p.needs_strong for p in traffic])
     strong = np.array([m == "strong" for m in served])
     quality = (strong | ~hard).astype(float)
@@ -249,6 +273,9 @@ def report(args: argparse.Namespace, share: float, traffic: list[Any], served: l
         summary.append([name, f"{(h_strong | ~h_hard).mean():.3f}", "-", f"{100 * h_strong.mean():.1f}",
                         pct(~h_strong, ~h_hard), pct(h_strong, h_hard)])
     summary.append(["always strong (same tokens)", "1.000", f"{1e6 * always_strong.mean():.1f}", "100.0", "0.0", "100.0"])
+    bound = perfect_ranking(hard, explored_mask, share, args.live_window, args.seed)
+    summary.append([f"perfect ranking at the same live point and exploration (last 500)", f"{(bound | ~hard)[last].mean():.3f}",
+                    "-", f"{100 * bound[last].mean():.1f}", pct(~bound[last], ~hard[last]), pct(bound[last], hard[last])])
     summary.append(["oracle (same tokens)", "1.000", f"{1e6 * oracle.mean():.1f}", f"{100 * hard.mean():.1f}", "100.0",
                     "100.0"])
     console.print(table("Before and after, and peers priced on the same tokens",
@@ -263,6 +290,9 @@ def report(args: argparse.Namespace, share: float, traffic: list[Any], served: l
                   f"{100 * hs:.1f} % (≥ 90); explored "
                   + ("n/a (no exploration in this gateway)" if exp_share is None else f"{100 * exp_share:.2f} % (≤ 3)")
                   + f"; judge ${judge_spent:.4f} for {n_judged} grades (budget ${args.judge_dollars:g} a day)")
+    console.print(f"live strong share (the gateway's metric, its last {live_share[1]} routed calls) "
+                  f"{100 * live_share[0]:.1f} % at {100 * share:g} % (±3); strong {100 * strong[last].mean():.1f} % of "
+                  f"the last 500 calls, whose hard share is {100 * hard[last].mean():.1f} %")
     for at, what in events:
         console.print(f"  retrain at {at}: {what}")
     console.print(f"[dim]{elapsed:.0f} s; {environment()}[/]")
