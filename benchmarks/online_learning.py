@@ -60,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--heldout", type=int, default=1000, help="fresh prompts routed by the final router")
     ap.add_argument("--min-samples", type=int, default=50, help="retraining's min_samples")
     ap.add_argument("--allow-mix-shift", action="store_true", help="retraining's --allow-mix-shift")
+    ap.add_argument("--bound-seeds", type=int, default=0,
+                    help="no gateway: the perfect-ranking bound over this many traffic seeds (how often any router can "
+                         "meet the targets at this point)")
     ap.add_argument("--plot", type=Path, default=None, help="write PNG plots with this prefix (needs the plot extra)")
     return ap.parse_args()
 
@@ -176,8 +179,41 @@ def perfect_ranking(hard: np.ndarray, explored_mask: np.ndarray | None, share: f
     return strong if explored_mask is None else strong ^ explored_mask  # two models: explored = the other one
 
 
+def bound_over_seeds(args: argparse.Namespace, share: float) -> None:
+    """How often a perfect ranking meets the targets in the last 500 calls, over ``--bound-seeds``
+    traffic seeds (the exploration draws Bernoulli(--explore), as the gateway's): the ceiling of the
+    benchmark's pass rate at this operating point, live window and exploration."""
+    from tinydancer.gateway.prompt_kinds import generate
+
+    out = []
+    for seed in range(args.bound_seeds):
+        hard = np.array([p.needs_strong for p in generate(args.calls, seed, args.hard_share)])
+        explored_mask = np.random.default_rng([seed, 1]).random(args.calls) < args.explore
+        strong = perfect_ranking(hard, explored_mask, share, args.live_window, seed)
+        last, live = slice(args.calls - 500, args.calls), slice(max(0, args.calls - args.live_window), args.calls)
+        out.append(((~strong[last])[~hard[last]].mean(), strong[last][hard[last]].mean(), strong[last].mean(),
+                    strong[live].mean()))
+    r = np.array(out)
+    met = (r[:, 0] >= 0.9) & (r[:, 1] >= 0.9)
+    rows = [["both ≥ 90 % (easy→weak, hard→strong), last 500", f"{100 * met.mean():.1f}",
+             f"{100 * met.mean() ** 10:.1f}"],
+            ["strong share of the last 500 within ±3 points", f"{100 * (np.abs(r[:, 2] - share) <= 0.03).mean():.1f}",
+             f"{100 * (np.abs(r[:, 2] - share) <= 0.03).mean() ** 10:.1f}"],
+            [f"live strong share (last {args.live_window}) within ±3 points",
+             f"{100 * (np.abs(r[:, 3] - share) <= 0.03).mean():.1f}",
+             f"{100 * (np.abs(r[:, 3] - share) <= 0.03).mean() ** 10:.1f}"]]
+    console.print(table(f"A perfect ranking at strong_share {share}, live window {args.live_window}, exploration "
+                        f"{args.explore}, hard share {args.hard_share}, {args.calls} calls: {args.bound_seeds} traffic seeds",
+                        ["target", "% of seeds met", "% chance 10 of 10 seeds meet it"], rows))
+    console.print(f"hard→strong in the last 500: min {100 * r[:, 1].min():.1f} %, 5th percentile "
+                  f"{100 * np.percentile(r[:, 1], 5):.1f} %; easy→weak min {100 * r[:, 0].min():.1f} %")
+
+
 def main() -> None:
     args = parse_args()
+    if args.bound_seeds:
+        bound_over_seeds(args, args.hard_share if args.strong_share is None else args.strong_share)
+        return
     import openai
 
     from tinydancer.gateway import create_gateway_app, load_config
