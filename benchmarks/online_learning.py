@@ -54,7 +54,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--explore", type=float, default=0.0, help="exploration share (written only if the gateway has it)")
     ap.add_argument("--judge-share", type=float, default=0.2, help="judge.sample_share")
     ap.add_argument("--judge-dollars", type=float, default=5.0, help="judge.daily_dollars")
-    ap.add_argument("--retrain-every", type=int, default=500)
+    ap.add_argument("--retrain-every", type=int, default=500, help="calls between two looks at the log")
+    ap.add_argument("--min-new-outcomes", type=int, default=0,
+                    help="a look retrains only when this many new grades arrived since the last retrain "
+                         "(learning.min_new_outcomes; 0: every look)")
     ap.add_argument("--live-window", type=int, default=2000, help="operating_point.live_window (the gateway's default)")
     ap.add_argument("--window", type=int, default=250, help="calls per row of the table")
     ap.add_argument("--heldout", type=int, default=1000, help="fresh prompts routed by the final router")
@@ -239,6 +242,7 @@ def main() -> None:
         with running(app) as base:
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=2)
             served, costs, tokens, ids, events = [], [], [], [], []
+            graded_at_retrain = 0.0
             for i, p in enumerate(traffic):
                 raw = client.chat.completions.with_raw_response.create(
                     model="tinydancer", messages=[{"role": "user", "content": p.text}])
@@ -250,6 +254,10 @@ def main() -> None:
                 inp, out = PRICES[model]
                 costs.append((usage.prompt_tokens * inp + usage.completion_tokens * out) / 1e6)
                 if (i + 1) % args.retrain_every == 0 and i + 1 < len(traffic):
+                    # as learning.min_new_outcomes does in the gateway: a turn with too few new grades is skipped
+                    if graded() - graded_at_retrain < args.min_new_outcomes:
+                        continue
+                    graded_at_retrain = graded()
                     events.append((i + 1, retrain(gw, db, folder, args, graded)))
                     console.print(f"[dim]{i + 1} calls: {events[-1][1]}[/]")
             wait_for(lambda: gw.judge.held == 0)
