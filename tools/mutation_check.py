@@ -178,6 +178,10 @@ MUTANTS: list[Mutant] = [
            "    planned = [r[11] is not None and r[2] == (r[14] or 0) for r in rows]\n",
            "    planned = [r[11] is not None for r in rows]\n",
            (GL + "test_a_call_that_fell_back_logs_its_planned_models_propensity_and_failure",)),
+    Mutant("storage-propensity-rank-unlogged", "the rank of the model a propensity is for is not stored, so a fallen-back "
+           "call's propensity lands on the fallback's answer", "src/tinydancer/server/storage/base.py",
+           "        None if propensity is None or propensity_rank == 0 else int(propensity_rank),\n", "        None,\n",
+           (SC + "test_a_fallen_back_decisions_propensity_is_its_planned_models_outcomes_only",)),
     Mutant("offpolicy-gate-lenient", "the off-policy gate promotes whatever the evidence says",
            "src/tinydancer/server/offpolicy.py", "    passed = low >= -margin\n", "    passed = True\n",
            ("tests/test_offpolicy.py::test_the_gate_accepts_a_better_router_and_refuses_a_shuffled_one",)),
