@@ -71,8 +71,8 @@ class LabelledLogs:
     explored: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     #: who said it (see ``OUTCOME_SOURCES``); None for outcomes recorded before sources were kept
     sources: list[str | None] = field(default_factory=list)
-    #: whether this outcome, one with a propensity, is of a planned model that failed and the call
-    #: fell back to another (its outcome is the failure; the fallback's answer is not the policy's)
+    #: whether this outcome, one with a propensity, is of a planned model that failed while another
+    #: model answered the call (its outcome is the failure; the fallback's answer is not the policy's)
     fell_back: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
