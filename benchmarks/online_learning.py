@@ -18,7 +18,11 @@ The table gives, per window of calls, quality, $ a call, strong share, the share
 sent to weak and of hard ones sent to strong, the explored share (when the gateway has
 ``exploration``, issue 27 item 2) and the judge's spending; then the packaged router (first
 window) against the learnt one (last window, and a fresh held-out set routed by the final router),
-with always-strong and the oracle priced on the same tokens.
+with always-strong and the oracle priced on the same tokens, and the bound on the last 500 calls:
+a perfect ranking at the same live operating point with the same exploration draws (where it
+misses a target, so would any router: the traffic's mix in the live window differs from the
+configured share).  The live strong share is printed as the gateway's metric (its live window)
+beside the last 500 calls' strong share and hard share.
 
     python benchmarks/online_learning.py --calls 3000 --seed 0 --strong-share 0.3 --explore 0.02
 """
@@ -50,11 +54,18 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--explore", type=float, default=0.0, help="exploration share (written only if the gateway has it)")
     ap.add_argument("--judge-share", type=float, default=0.2, help="judge.sample_share")
     ap.add_argument("--judge-dollars", type=float, default=5.0, help="judge.daily_dollars")
-    ap.add_argument("--retrain-every", type=int, default=500)
+    ap.add_argument("--retrain-every", type=int, default=500, help="calls between two looks at the log")
+    ap.add_argument("--min-new-outcomes", type=int, default=0,
+                    help="a look retrains only when this many new grades arrived since the last retrain "
+                         "(learning.min_new_outcomes; 0: every look)")
+    ap.add_argument("--live-window", type=int, default=2000, help="operating_point.live_window (the gateway's default)")
     ap.add_argument("--window", type=int, default=250, help="calls per row of the table")
     ap.add_argument("--heldout", type=int, default=1000, help="fresh prompts routed by the final router")
     ap.add_argument("--min-samples", type=int, default=50, help="retraining's min_samples")
     ap.add_argument("--allow-mix-shift", action="store_true", help="retraining's --allow-mix-shift")
+    ap.add_argument("--bound-seeds", type=int, default=0,
+                    help="no gateway: the perfect-ranking bound over this many traffic seeds (how often any router can "
+                         "meet the targets at this point)")
     ap.add_argument("--plot", type=Path, default=None, help="write PNG plots with this prefix (needs the plot extra)")
     return ap.parse_args()
 
@@ -62,7 +73,8 @@ def parse_args() -> argparse.Namespace:
 def gateway_yaml(folder: Path, urls: dict[str, str], args: argparse.Namespace, share: float) -> Path:
     from tinydancer.gateway.config import GatewayConfig
 
-    lines = [f"router: {folder / 'router'}", f"operating_point: {{strong_share: {share}}}", "upstreams:"]
+    lines = [f"router: {folder / 'router'}", f"operating_point: {{strong_share: {share}, live_window: {args.live_window}}}",
+             "upstreams:"]
     for name, (inp, out) in PRICES.items():
         lines.append(f"  - {{name: {name}, base_url: '{urls[name]}/v1', model: {name}-model, "
                      f"input_per_million: {inp}, output_per_million: {out}}}")
@@ -153,8 +165,58 @@ def score_ties(gw: Any, texts: list[str]) -> str:
             f"of {len(adv)}")
 
 
+def perfect_ranking(hard: np.ndarray, explored_mask: np.ndarray | None, share: float, window: int,
+                    seed: int) -> np.ndarray:
+    """Which calls a router that ranks every hard prompt above every easy one would have sent to
+    strong, at the same live operating point (the ``share`` quantile of the last ``window`` calls'
+    scores, refreshed every ``window // 200`` calls, as gateway/operating.py does) and with the
+    same exploration draws: the best any router could do on this traffic at this point.  Where it
+    misses a target, the miss comes from the traffic's mix against the configured share, not from
+    learning."""
+    score = hard + 0.5 * np.random.default_rng(seed).random(len(hard))  # random order within a group
+    threshold = np.full(len(hard), 0.75)  # the first calls: the perfect split itself
+    refresh = max(1, window // 200)
+    for t in range(50, len(hard), refresh):
+        threshold[t:t + refresh] = np.quantile(score[max(0, t - window):t], 1.0 - share)
+    strong = score >= threshold
+    return strong if explored_mask is None else strong ^ explored_mask  # two models: explored = the other one
+
+
+def bound_over_seeds(args: argparse.Namespace, share: float) -> None:
+    """How often a perfect ranking meets the targets in the last 500 calls, over ``--bound-seeds``
+    traffic seeds (the exploration draws Bernoulli(--explore), as the gateway's): the ceiling of the
+    benchmark's pass rate at this operating point, live window and exploration."""
+    from tinydancer.gateway.prompt_kinds import generate
+
+    out = []
+    for seed in range(args.bound_seeds):
+        hard = np.array([p.needs_strong for p in generate(args.calls, seed, args.hard_share)])
+        explored_mask = np.random.default_rng([seed, 1]).random(args.calls) < args.explore
+        strong = perfect_ranking(hard, explored_mask, share, args.live_window, seed)
+        last, live = slice(args.calls - 500, args.calls), slice(max(0, args.calls - args.live_window), args.calls)
+        out.append(((~strong[last])[~hard[last]].mean(), strong[last][hard[last]].mean(), strong[last].mean(),
+                    strong[live].mean()))
+    r = np.array(out)
+    met = (r[:, 0] >= 0.9) & (r[:, 1] >= 0.9)
+    rows = [["both ≥ 90 % (easy→weak, hard→strong), last 500", f"{100 * met.mean():.1f}",
+             f"{100 * met.mean() ** 10:.1f}"],
+            ["strong share of the last 500 within ±3 points", f"{100 * (np.abs(r[:, 2] - share) <= 0.03).mean():.1f}",
+             f"{100 * (np.abs(r[:, 2] - share) <= 0.03).mean() ** 10:.1f}"],
+            [f"live strong share (last {args.live_window}) within ±3 points",
+             f"{100 * (np.abs(r[:, 3] - share) <= 0.03).mean():.1f}",
+             f"{100 * (np.abs(r[:, 3] - share) <= 0.03).mean() ** 10:.1f}"]]
+    console.print(table(f"A perfect ranking at strong_share {share}, live window {args.live_window}, exploration "
+                        f"{args.explore}, hard share {args.hard_share}, {args.calls} calls: {args.bound_seeds} traffic seeds",
+                        ["target", "% of seeds met", "% chance 10 of 10 seeds meet it"], rows))
+    console.print(f"hard→strong in the last 500: min {100 * r[:, 1].min():.1f} %, 5th percentile "
+                  f"{100 * np.percentile(r[:, 1], 5):.1f} %; easy→weak min {100 * r[:, 0].min():.1f} %")
+
+
 def main() -> None:
     args = parse_args()
+    if args.bound_seeds:
+        bound_over_seeds(args, args.hard_share if args.strong_share is None else args.strong_share)
+        return
     import openai
 
     from tinydancer.gateway import create_gateway_app, load_config
@@ -180,6 +242,7 @@ def main() -> None:
         with running(app) as base:
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=2)
             served, costs, tokens, ids, events = [], [], [], [], []
+            graded_at_retrain = 0.0
             for i, p in enumerate(traffic):
                 raw = client.chat.completions.with_raw_response.create(
                     model="tinydancer", messages=[{"role": "user", "content": p.text}])
@@ -191,10 +254,15 @@ def main() -> None:
                 inp, out = PRICES[model]
                 costs.append((usage.prompt_tokens * inp + usage.completion_tokens * out) / 1e6)
                 if (i + 1) % args.retrain_every == 0 and i + 1 < len(traffic):
+                    # as learning.min_new_outcomes does in the gateway: a turn with too few new grades is skipped
+                    if graded() - graded_at_retrain < args.min_new_outcomes:
+                        continue
+                    graded_at_retrain = graded()
                     events.append((i + 1, retrain(gw, db, folder, args, graded)))
                     console.print(f"[dim]{i + 1} calls: {events[-1][1]}[/]")
             wait_for(lambda: gw.judge.held == 0)
             judge_spent = gw.judge.budget.spent
+            live_share = (gw.tally.strong_share(), gw.tally.n)  # the gateway's own metric, over its window
             heldout = generate(args.heldout, args.seed + 10_000, args.hard_share)
             final_choice = route_offline(gw, [p.text for p in heldout])
             no_memory = route_offline(gw, [p.text for p in heldout], memory=False)
@@ -203,7 +271,7 @@ def main() -> None:
         explored_mask = explored(db, ids)
     elapsed = time.perf_counter() - started
     report(args, share, traffic, served, costs, tokens, explored_mask, events, heldout, (final_choice, no_memory),
-           judge_spent, n_judged, elapsed)
+           judge_spent, n_judged, elapsed, live_share)
     console.print(f"the final router's scores: {ties}")
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -211,7 +279,7 @@ def main() -> None:
 def report(args: argparse.Namespace, share: float, traffic: list[Any], served: list[str], costs: list[float],
            tokens: list[tuple[int, int]], explored_mask: np.ndarray | None, events: list[tuple[int, str]],
            heldout: list[Any], final: tuple[list[str], list[str]], judge_spent: float, n_judged: int,
-           elapsed: float) -> None:
+           elapsed: float, live_share: tuple[float, int]) -> None:
     hard = np.array([p.needs_strong for p in traffic])
     strong = np.array([m == "strong" for m in served])
     quality = (strong | ~hard).astype(float)
@@ -249,6 +317,9 @@ def report(args: argparse.Namespace, share: float, traffic: list[Any], served: l
         summary.append([name, f"{(h_strong | ~h_hard).mean():.3f}", "-", f"{100 * h_strong.mean():.1f}",
                         pct(~h_strong, ~h_hard), pct(h_strong, h_hard)])
     summary.append(["always strong (same tokens)", "1.000", f"{1e6 * always_strong.mean():.1f}", "100.0", "0.0", "100.0"])
+    bound = perfect_ranking(hard, explored_mask, share, args.live_window, args.seed)
+    summary.append([f"perfect ranking at the same live point and exploration (last 500)", f"{(bound | ~hard)[last].mean():.3f}",
+                    "-", f"{100 * bound[last].mean():.1f}", pct(~bound[last], ~hard[last]), pct(bound[last], hard[last])])
     summary.append(["oracle (same tokens)", "1.000", f"{1e6 * oracle.mean():.1f}", f"{100 * hard.mean():.1f}", "100.0",
                     "100.0"])
     console.print(table("Before and after, and peers priced on the same tokens",
@@ -263,6 +334,9 @@ def report(args: argparse.Namespace, share: float, traffic: list[Any], served: l
                   f"{100 * hs:.1f} % (≥ 90); explored "
                   + ("n/a (no exploration in this gateway)" if exp_share is None else f"{100 * exp_share:.2f} % (≤ 3)")
                   + f"; judge ${judge_spent:.4f} for {n_judged} grades (budget ${args.judge_dollars:g} a day)")
+    console.print(f"live strong share (the gateway's metric, its last {live_share[1]} routed calls) "
+                  f"{100 * live_share[0]:.1f} % at {100 * share:g} % (±3); strong {100 * strong[last].mean():.1f} % of "
+                  f"the last 500 calls, whose hard share is {100 * hard[last].mean():.1f} %")
     for at, what in events:
         console.print(f"  retrain at {at}: {what}")
     console.print(f"[dim]{elapsed:.0f} s; {environment()}[/]")

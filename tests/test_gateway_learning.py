@@ -230,6 +230,57 @@ def test_exploration_never_breaks_max_cost_an_open_breaker_or_a_session(router_d
     assert all(m == "weak" and rows[rid][1] == 1.0 and not rows[rid][2] for m, rid in shut)
 
 
+def test_a_call_that_fell_back_logs_its_planned_models_propensity_and_failure(router_dir: Path, upstreams: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    """The planned model (explored or the router's pick) fails on purpose and the call falls back: the
+    decision keeps the planned model's propensity, at the rank of its failed attempt, so the off-policy
+    data holds that model's failure; the answer of the model it fell back to carries no propensity."""
+    db = tmp_path / "gw.db"
+    texts = chat_mix(120, seed=8)
+    # many failures in a row must not open strong's breaker: every call then plans as it would
+    with gateway(router_dir, upstreams, db, exploration={"share": 0.2, "seed": 5}, breaker_failures=10_000) as (base, gw):
+        router = gw.router
+        httpx.post(f"{upstreams['strong']}/_standin/mode", json={"mode": "500"}).raise_for_status()
+        c = client(base)
+        served = [send(c, t) for t in texts]
+        rows = decisions(db, [rid for _m, rid in served])
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}) as http:
+            for _m, rid in served:  # a person's feedback on the answer the caller got (the served model)
+                http.post("/v1/feedback", json={"request_id": rid, "success": True}).raise_for_status()
+    picks = router.predict(texts)[:, 2] >= router.threshold
+    storage = SQLiteStorage(db)
+    try:
+        logs = storage.labelled("query")
+        ranks = dict(storage._conn().execute("SELECT request_id, propensity_rank FROM decisions").fetchall())
+    finally:
+        storage.close()
+    fell, fell_explored = 0, 0
+    for (model, rid), pick_strong in zip(served, picks):
+        targets, propensity, flag = rows[rid]
+        assert model == "weak"  # strong answers 500: every call ends at weak
+        planned = "weak" if (pick_strong == bool(flag)) else "strong"  # explored: the other one
+        assert propensity == pytest.approx(0.2 if flag else 0.8)  # logged whether or not it fell back
+        if planned == "strong":
+            fell, fell_explored = fell + 1, fell_explored + bool(flag)
+            assert targets == ["weak", "strong"] and ranks[rid] == 1
+        else:
+            assert targets == ["weak"] and ranks[rid] is None
+    # both kinds fell back: the router's strong picks, and weak picks that exploration sent to strong
+    assert fell_explored >= 5 and fell - fell_explored >= 5
+    by_outcome = {(r, t): i for i, (r, t) in enumerate(zip(logs.request_ids, logs.targets))}
+    for (_model, rid), pick_strong in zip(served, picks):
+        flag = rows[rid][2]
+        weak = by_outcome[(rid, "weak")]
+        if (pick_strong == bool(flag)):  # planned weak, answered by weak: its outcome carries the propensity
+            assert logs.propensity[weak] == pytest.approx(0.2 if flag else 0.8) and not logs.fell_back[weak]
+        else:  # planned strong: its failure carries the propensity; weak's answer (a fallback) none
+            strong = by_outcome[(rid, "strong")]
+            assert logs.labels[strong] == 0 and logs.sources[strong] == "failure"
+            assert logs.propensity[strong] == pytest.approx(0.2 if flag else 0.8) and logs.fell_back[strong]
+            assert bool(logs.explored[strong]) == bool(flag)
+            assert np.isnan(logs.propensity[weak]) and not logs.explored[weak] and not logs.fell_back[weak]
+
+
 def test_exploration_is_replayed_by_its_seed(router_dir: Path, upstreams: dict[str, str], tmp_path: Path) -> None:
     texts = chat_mix(60, seed=6)
     runs = []

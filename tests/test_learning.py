@@ -113,7 +113,7 @@ def test_service_hot_reloads_a_promoted_file(tmp_path) -> None:
 
 def test_storage_migrates_and_reports_percentiles(tmp_path) -> None:
     storage = SQLiteStorage(tmp_path / "s.db")
-    assert storage.schema_version == 11 and storage.migrate() == 11  # idempotent
+    assert storage.schema_version == 12 and storage.migrate() == 12  # idempotent
     for i in range(100):
         storage.record_decisions(f"r{i}", "candidate", "v", [DecisionRow("a", 0, np.zeros(5), 0.5, 0.1, True)], float(i + 1))
     stats = storage.statistics()

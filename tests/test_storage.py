@@ -137,7 +137,7 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path) 
     conn.commit()
     conn.close()
     storage = SQLiteStorage(path)
-    assert storage.schema_version == len(MIGRATIONS) == 11
+    assert storage.schema_version == len(MIGRATIONS) == 12
     storage.record_outcome("old", None, True, 0.8, None)
     storage.insert_decision_rows([decision_record("new", "query", "v1", ["m"], np.zeros((1, 3), np.float32),
                                                   np.array([0.5], np.float32), None, np.array([1], np.uint8), 9.0,

@@ -140,6 +140,24 @@ def test_exploration_propensities_reach_retraining(backend: tuple[str, Any]) -> 
     assert logs.explored.tolist() == [True, False, False]
 
 
+def test_a_fallen_back_decisions_propensity_is_its_planned_models_outcomes_only(backend: tuple[str, Any]) -> None:
+    """A call that fell back from its planned model logs the propensity at that model's rank: its
+    failure carries it; the answer of the model it fell back to (rank 0) does not."""
+    _, storage = backend
+    row = decision_record("f1", "query", "v1", ["weak", "strong"], np.ones((2, 4), np.float32),
+                          np.array([0.5, 0.5], np.float32), None, np.array([1, 0], np.uint8), 1.0, propensity=0.01,
+                          explored=True, propensity_rank=1)
+    storage.insert_log([row], [], [("f1", "strong", 1, 0, None, None, 1.0, "failure")])
+    storage.record_outcome("f1", "weak", True, 0.9, None)
+    logs = storage.labelled("query")
+    got = {t: (p, e, f) for t, p, e, f in zip(logs.targets, logs.propensity, logs.explored, logs.fell_back)}
+    assert got["strong"] == (pytest.approx(0.01), True, True)
+    assert np.isnan(got["weak"][0]) and not got["weak"][1] and not got["weak"][2]
+    with pytest.raises(ValueError, match="propensity_rank"):
+        decision_record("f2", "query", "v1", ["weak"], np.ones((1, 4), np.float32), np.array([0.5], np.float32), None,
+                        np.ones(1, np.uint8), 1.0, propensity=0.5, propensity_rank=1)
+
+
 def test_spend_per_key_name_since_a_time(backend: tuple[str, Any]) -> None:
     """What budgets are rebuilt from after a restart: known costs since a time, per key name."""
     _, storage = backend

@@ -168,6 +168,20 @@ MUTANTS: list[Mutant] = [
            "        eligible = [i for i in ranking if (up := self.player[i]) is not None and up.breaker.state is not BreakerState.OPEN]\n",
            "        eligible = [i for i in ranking if (up := self.player[i]) is not None]\n",
            (GL + "test_exploration_never_breaks_max_cost_an_open_breaker_or_a_session",)),
+    Mutant("gateway-fallback-propensity-dropped", "a call that fell back from its planned (explored) model is logged without a "
+           "propensity, so that model's failures vanish from the off-policy data", "src/tinydancer/gateway/state.py",
+           "        rank = targets.index(planned) if planned in targets and calls[0].target == planned else None\n",
+           "        rank = 0 if served is not None and served.target == planned == calls[0].target else None\n",
+           (GL + "test_a_call_that_fell_back_logs_its_planned_models_propensity_and_failure",)),
+    Mutant("storage-propensity-on-every-outcome", "a decision's propensity is read onto every outcome of it, the fallback's "
+           "answer included", "src/tinydancer/server/storage/base.py",
+           "    planned = [r[11] is not None and r[2] == (r[14] or 0) for r in rows]\n",
+           "    planned = [r[11] is not None for r in rows]\n",
+           (GL + "test_a_call_that_fell_back_logs_its_planned_models_propensity_and_failure",)),
+    Mutant("storage-propensity-rank-unlogged", "the rank of the model a propensity is for is not stored, so a fallen-back "
+           "call's propensity lands on the fallback's answer", "src/tinydancer/server/storage/base.py",
+           "        None if propensity is None or propensity_rank == 0 else int(propensity_rank),\n", "        None,\n",
+           (SC + "test_a_fallen_back_decisions_propensity_is_its_planned_models_outcomes_only",)),
     Mutant("offpolicy-gate-lenient", "the off-policy gate promotes whatever the evidence says",
            "src/tinydancer/server/offpolicy.py", "    passed = low >= -margin\n", "    passed = True\n",
            ("tests/test_offpolicy.py::test_the_gate_accepts_a_better_router_and_refuses_a_shuffled_one",)),

@@ -66,6 +66,8 @@ class Plan:
     #: (None: no exploration ran, the choice was deterministic) and whether it was an exploration
     propensity: float | None = None
     explored: bool | None = None
+    #: the router model that propensity is for (the first eligible one: an open breaker's is passed over)
+    planned: str | None = None
     #: the name of the client key the call came with (logged, counted against its budget)
     key_name: str | None = None
     #: the ``model`` the client asked for
@@ -286,7 +288,7 @@ class Gateway:
             return ranking
         # the router's pick when its breaker is open is the first model forwarding would try instead
         draw = self.explorer.draw(eligible[0], eligible)
-        plan.propensity, plan.explored = draw.propensity, draw.explored
+        plan.propensity, plan.explored, plan.planned = draw.propensity, draw.explored, self.router.models[draw.model]
         if draw.explored:
             self.metrics.explored.inc()
             ranking = [draw.model] + [i for i in ranking if i != draw.model]
@@ -363,12 +365,18 @@ class Gateway:
         confidence = np.array([plan.quality.get(t, np.nan) for t in targets], dtype=np.float32)
         strong = self.router.models[self.router.strong]
         light = np.array([t != strong for t in targets], dtype=np.uint8)
-        # a propensity is the planned model's: a call its planned model did not serve (it fell back)
-        # is logged without one, so an outcome is never weighed as if the planned model gave it
-        clean = served is not None and served.target == calls[0].target
+        # the propensity is the planned model's (the explored one, or the router's pick), logged with the
+        # rank of that model's outcome: 0 when it answered, its failed attempt's when the call fell back
+        # from it. Dropping the fallen-back calls instead would drop exactly the planned model's failures
+        # from the off-policy data and the reweighted targets (a flaky model would look better than it
+        # is); the fallback's own answer carries no propensity (it was not drawn). A planned model that
+        # was never tried (no free slot, its breaker opened meanwhile) has no outcome: no propensity.
+        planned = plan.planned
+        rank = targets.index(planned) if planned in targets and calls[0].target == planned else None
         row = decision_record(plan.request_id, "query", self.router_version, targets, inputs, confidence, None, light,
                               plan.overhead_s * 1e6, query_key(plan.text),
-                              propensity=plan.propensity if clean else None, explored=plan.explored if clean else None)
+                              propensity=None if rank is None else plan.propensity,
+                              explored=None if rank is None else plan.explored, propensity_rank=rank or 0)
         # a failed attempt is an outcome of its model; a caller that hung up, or sent a request the
         # upstream refused (4xx), says nothing about the model
         outcomes = [c.failure_outcome(targets.index(c.target)) for c in failed

@@ -62,13 +62,18 @@ class LabelledLogs:
     feedback_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: the decision each outcome belongs to
     request_ids: list[str] = field(default_factory=list)
-    #: the probability of the decision's planned model under the logging policy (NaN: deterministic,
-    #: no exploration ran, or the call fell back); see server/exploration.py
+    #: the probability, under the logging policy, of the model this outcome is about when that is
+    #: the model the decision planned (see server/exploration.py); NaN for a deterministic decision
+    #: and for any other model's outcome (the model a call fell back to was not drawn: its outcome
+    #: is no evidence about the policy's choice)
     propensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: whether that model was an exploration (False where the propensity is NaN)
     explored: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     #: who said it (see ``OUTCOME_SOURCES``); None for outcomes recorded before sources were kept
     sources: list[str | None] = field(default_factory=list)
+    #: whether this outcome, one with a propensity, is of a planned model that failed while another
+    #: model answered the call (its outcome is the failure; the fallback's answer is not the policy's)
+    fell_back: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ LOG_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
                   ("confidence", "blob", False), ("uncertainty", "blob", True), ("lightweight", "blob", False),
                   ("n_lightweight", "i32", False), ("confidence_sum", "real", True), ("uncertainty_sum", "real", True),
                   ("latency_us", "real", False), ("created_at", "real", False), ("query_key", "text", True),
-                  ("propensity", "real", True), ("explored", "i32", True)),
+                  ("propensity", "real", True), ("explored", "i32", True), ("propensity_rank", "i32", True)),
     "calls": (("request_id", "text", False), ("attempt", "i32", False), ("upstream", "text", False),
               ("target", "text", False), ("status", "text", False), ("http_status", "i32", True), ("stream", "i32", False),
               ("prompt_tokens", "i64", True), ("completion_tokens", "i64", True), ("cost", "real", True),
@@ -307,9 +312,13 @@ def keeps_registry(storage: Any) -> bool:
 def decision_record(request_id: str, kind: str, model_version: str, targets: Sequence[str], inputs: np.ndarray,
                     confidence: np.ndarray, uncertainty: np.ndarray | None, lightweight: np.ndarray,
                     latency_us: float, query_key: int | None = None, *, propensity: float | None = None,
-                    explored: bool | None = None) -> tuple[Any, ...]:
+                    explored: bool | None = None, propensity_rank: int = 0) -> tuple[Any, ...]:
     """The decisions row of one request from its ranked columns (what the service logs); a
-    ``propensity`` (and ``explored``) only where the gateway explored (server/exploration.py)."""
+    ``propensity`` (and ``explored``) only where the gateway explored (server/exploration.py), for
+    the model at ``propensity_rank`` in ``targets``: 0 when the planned model answered, the rank of
+    its failed attempt when the call fell back from it."""
+    if propensity is not None and not 0 <= propensity_rank < len(targets):
+        raise ValueError(f"propensity_rank {propensity_rank} is not a rank of the {len(targets)} targets")
     conf = np.ascontiguousarray(confidence, dtype=np.float32)
     light = np.ascontiguousarray(lightweight, dtype=np.uint8)
     unc = None if uncertainty is None else np.ascontiguousarray(uncertainty, dtype=np.float32)
@@ -321,6 +330,7 @@ def decision_record(request_id: str, kind: str, model_version: str, targets: Seq
         float(finite.sum()) if finite.size else None, None if unc is None else float(unc.sum()), latency_us, time.time(),
         None if query_key is None else f"{query_key:016x}",
         None if propensity is None else float(propensity), None if explored is None else int(explored),
+        None if propensity is None or propensity_rank == 0 else int(propensity_rank),
     )
 
 
@@ -385,7 +395,7 @@ def refuse_duplicate(request_id: str, target: str, existing: Any, correction: bo
 
 #: what :func:`labelled_from_rows` reads, in this order, from decisions d joined with outcomes o
 LABELLED_COLUMNS = ("d.inputs, d.n, o.rank, o.success, o.quality, d.created_at, d.model_version, o.target, d.query_key, "
-                    "o.created_at, o.request_id, d.propensity, d.explored, o.source")
+                    "o.created_at, o.request_id, d.propensity, d.explored, o.source, d.propensity_rank")
 
 #: who recorded an outcome (the ``outcomes.source`` column): ``feedback`` (POST /v1/feedback or
 #: :meth:`Storage.record_outcome`), ``failure`` (the gateway: an attempt that failed), ``judge`` (the
@@ -418,6 +428,8 @@ def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:
     if not rows:
         return LabelledLogs(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0), [])
     inputs = [np.frombuffer(bytes(blob), dtype=np.float32).reshape(n, -1)[rank] for blob, n, rank, *_ in rows]
+    # a decision's propensity is its planned model's: the outcome at its rank (NULL rank: 0) carries it
+    planned = [r[11] is not None and r[2] == (r[14] or 0) for r in rows]
     return LabelledLogs(
         inputs=np.stack(inputs),
         labels=np.array([r[3] for r in rows], dtype=np.float32),
@@ -428,9 +440,10 @@ def labelled_from_rows(rows: Sequence[Sequence[Any]]) -> LabelledLogs:
         query_keys=[None if r[8] is None else int(r[8], 16) for r in rows],
         feedback_at=np.array([r[9] for r in rows], dtype=np.float64),
         request_ids=[str(r[10]) for r in rows],
-        propensity=np.array([np.nan if r[11] is None else r[11] for r in rows], dtype=np.float64),
-        explored=np.array([bool(r[12]) for r in rows], dtype=bool),
+        propensity=np.array([r[11] if planned[i] else np.nan for i, r in enumerate(rows)], dtype=np.float64),
+        explored=np.array([bool(r[12]) and planned[i] for i, r in enumerate(rows)], dtype=bool),
         sources=[r[13] for r in rows],
+        fell_back=np.array([planned[i] and (r[14] or 0) > 0 for i, r in enumerate(rows)], dtype=bool),
     )
 
 

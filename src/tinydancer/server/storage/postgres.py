@@ -109,6 +109,8 @@ PG_MIGRATIONS: list[str] = [
     PG_ROLLUPS,
     # 9 (issue 27): who recorded each outcome (SQLite's 11): 'feedback', 'failure' or 'judge'; NULL before
     "ALTER TABLE outcomes ADD COLUMN source TEXT",
+    # 10 (issue 27): the rank of the model the propensity is for (SQLite's 12; NULL: rank 0)
+    "ALTER TABLE decisions ADD COLUMN propensity_rank INTEGER",
 ]
 
 

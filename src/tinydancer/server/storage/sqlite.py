@@ -143,6 +143,9 @@ MIGRATIONS: list[str] = [
     # 11 (issue 27): who recorded each outcome: 'feedback', 'failure' (a failed gateway attempt) or
     #    'judge' (the gateway's judge grading a sampled answer); NULL for outcomes recorded before
     "ALTER TABLE outcomes ADD COLUMN source TEXT",
+    # 12 (issue 27): the rank, in the decision's targets, of the model the propensity is for: 0 when
+    #    it answered; its failed attempt's rank when the call fell back from it (NULL: rank 0)
+    "ALTER TABLE decisions ADD COLUMN propensity_rank INTEGER",
 ]
 
 
@@ -327,7 +330,7 @@ class SQLiteStorage:
     def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None:
         """Insert rows made by :func:`decision_tuples` in one transaction."""
         with self._tx() as conn:
-            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
+            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
 
     def insert_log(self, decisions: list[tuple[Any, ...]], calls: list[tuple[Any, ...]],
                    outcomes: list[tuple[Any, ...]], prompts: Sequence[tuple[Any, ...]] = ()) -> None:
@@ -337,7 +340,7 @@ class SQLiteStorage:
             if prompts:
                 conn.executemany("INSERT OR IGNORE INTO prompts VALUES (?,?,?)", prompts)
             if decisions:
-                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
             if calls:
                 conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             if outcomes:
