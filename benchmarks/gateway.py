@@ -12,14 +12,17 @@ Starlette, one uvicorn worker):
 Each at 8 and 32 connections, streaming and not.  "added" is the p50 / p99 over the direct
 call's at the same settings.  The gateway process's CPU time per call (from /proc, around each
 run) is printed too: on cores shared with other jobs it moves far less than the latencies do.
-Every process is on this machine and shares its 2 cores with wrk.
+Every process is on this machine and shares its 2 cores with wrk.  With ``--pin`` the two proxies
+(ours and LiteLLM's) run on core 1 and the stand-in and wrk on core 0, as in production, where the
+clients and the LLM are on other machines: the proxy under test then competes only with itself.
+The direct calls run under the same pinning, so "added" compares like with like.
 
 LiteLLM runs from its own virtual environment (its pins clash with ours):
 ``python3 -m venv benchmarks/.litellm && benchmarks/.litellm/bin/pip install 'litellm[proxy]'``
 (``make bench`` does this).
 
     .venv/bin/python benchmarks/gateway.py [--duration 8] [--connections 8,32] [--litellm PATH]
-        [--embedder packaged|static|minilm] [--no-stream]
+        [--embedder packaged|static|minilm] [--no-stream] [--pin]
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ end
 def body(model: str, stream: bool) -> str:
     return json.dumps({"model": model, "stream": stream, "messages": [
         {"role": "user", "content": "Explain photosynthesis to a student in two sentences."}]})
+
+
+def pinned(cpu: int | None):
+    """A ``preexec_fn`` that puts the child on one core (Linux), or None when not pinning."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
 
 
 def cpu_seconds(pid: int) -> float:
@@ -124,7 +134,13 @@ def main() -> None:
                     help="the routed calls' router: the packaged one, or one trained here on this embedder")
     ap.add_argument("--no-stream", action="store_true", help="non-streamed calls only (half the time)")
     ap.add_argument("--router", type=Path, default=None, help="a router folder to route with (instead of --embedder)")
+    ap.add_argument("--pin", action="store_true",
+                    help="proxies on core 1, the stand-in and wrk on core 0 (as when clients and the LLM are elsewhere)")
     args = ap.parse_args()
+    if args.pin and (not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2
+                     or not {0, 1} <= os.sched_getaffinity(0)):
+        sys.exit("--pin needs Linux and cores 0 and 1 available to this process")
+    proxy_cpu, load_cpu = (1, 0) if args.pin else (None, None)
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     litellm = args.litellm if args.litellm.exists() else shutil.which("litellm")
@@ -157,12 +173,14 @@ def main() -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TINY_DANCER_")}, "TINY_DANCER_API_KEYS": KEY}
     procs = [
         subprocess.Popen([sys.executable, "-m", "tinydancer.gateway.standin", "--port", str(ports["standin"]), "--name",
-                          "standin"], **quiet),
+                          "standin"], preexec_fn=pinned(load_cpu), **quiet),
         subprocess.Popen([sys.executable, "-m", "tinydancer", "gateway", "--config", str(tmp / "gateway.yaml"), "--port",
-                          str(ports["gateway"]), "--database-path", str(tmp / "gw.db")], env=env, **quiet),
+                          str(ports["gateway"]), "--database-path", str(tmp / "gw.db")], env=env, preexec_fn=pinned(proxy_cpu),
+                         **quiet),
         subprocess.Popen([str(litellm), "--config", str(tmp / "litellm.yaml"), "--port", str(ports["litellm"]),
                           "--num_workers", "1"], env={**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                                                       "LITELLM_MASTER_KEY": KEY, "LITELLM_LOG": "ERROR"}, **quiet),
+                                                       "LITELLM_MASTER_KEY": KEY, "LITELLM_LOG": "ERROR"},
+                         preexec_fn=pinned(proxy_cpu), **quiet),
     ]
     try:
         wait_http(url["standin"] + "/v1/models")
@@ -180,7 +198,7 @@ def main() -> None:
                    else script(f"{target}-{model}-{s}", FIXED % body(model, stream)))
             cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(lua), url[target] + "/v1/chat/completions"]
             before = cpu_seconds(procs[1].pid)
-            stats = parse_wrk(subprocess.run(cmd, capture_output=True, text=True).stdout)
+            stats = parse_wrk(subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pinned(load_cpu)).stdout)
             # the gateway process's CPU time per answered call: what other jobs on the cores move least
             stats["gateway_cpu_us"] = (cpu_seconds(procs[1].pid) - before) * 1e6 / max(stats["requests"], 1.0)
             return stats
@@ -205,7 +223,8 @@ def main() -> None:
                                  "—" if direct else f"{stats['p99_ms'] - base['p99_ms']:+.2f}",
                                  f"{stats['rps'] / lite['rps']:.1f}×" if lite["rps"] else "—", f"{bad:.0f}"])
                     record[(label, conns, stream)] = stats
-        console.print(table(f"one uvicorn worker each, wrk -t1 -d{args.duration}s on loopback, 2 cores shared by all",
+        where = ("proxies on core 1, stand-in and wrk on core 0" if args.pin else "2 cores shared by all")
+        console.print(table(f"one uvicorn worker each, wrk -t1 -d{args.duration}s on loopback, {where}",
                             ["path", "requests/s", "p50 ms", "p99 ms", "added p50", "added p99", "vs LiteLLM", "failed"], rows))
         m = scrape(url["gateway"])
         batches = m.get("tiny_dancer_gateway_embed_batches_total", 0.0)
