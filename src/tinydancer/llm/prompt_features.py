@@ -5,7 +5,7 @@ Why: a mean-pooled sentence embedding says what a prompt is *about*, and little 
 is to answer — how long it is, whether it carries code or math notation, whether it asks a
 question or gives a task, how many steps or constraints it sets, which script it is written in.
 These are what tend to carry across domains (a proof request is hard whether it is about primes
-or graphs), they cost a few regular expressions (tens of µs, ``benchmarks/prompt_features.py``),
+or graphs), they cost a few regular expressions (10-30 µs, ``benchmarks/prompt_features.py``),
 and each one can be read by a person.
 
 Each feature lies in [0, 1] (counts on a log scale, capped).  The set is versioned: its id
@@ -71,8 +71,8 @@ def _log_scaled(count: int, cap: float) -> float:
 #: whose every alternative starts with a literal or a set (the regex engine then skips to the next
 #: candidate character, where the patterns above, led by ``^`` or ``\b``, try every position).
 #: When a hint finds nothing its pattern cannot match and its count is 0; when it finds something
-#: the pattern itself runs, so every value is exactly the pattern's (issue 30: 106 -> ... µs on
-#: MMLU prompts; tests/test_prompt_features.py pins the values against the plain findall).
+#: the pattern itself runs, so every value is exactly the pattern's (tests/test_prompt_features.py
+#: pins them against the plain findall).  MMLU's prompts: 68 -> 28 µs each (benchmarks/RESULTS.md).
 _CODE_HINT = re.compile(r"`|\{|\}|;|=>|::|\(\)")
 _CODE_WORDS = ("def", "class", "import", "from", "#include", "public", "fn", "function", "let", "const", "var")
 _MATH_SYMBOL = re.compile(r"[$\\^∑∫√≤≥π∞]")
@@ -88,9 +88,7 @@ _REASONING_WORDS = ("prove", "proof", "derive", "why", "explain", "justify", "re
 def _code_count(head: str) -> int:
     """``len(_CODE.findall(head))``, without the scan when no code notation can be there: every
     match holds a symbol of ``_CODE_HINT`` or starts a line (after white space) with a keyword."""
-    if _CODE_HINT.search(head) is None and not (
-            any(w in head for w in _CODE_WORDS)
-            and any(line.lstrip().startswith(_CODE_WORDS) for line in head.split("\n"))):
+    if _CODE_HINT.search(head) is None and not any(line.lstrip().startswith(_CODE_WORDS) for line in head.split("\n")):
         return 0
     return len(_CODE.findall(head))
 
