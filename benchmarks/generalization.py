@@ -19,9 +19,11 @@ Routers, all trained on the same rows and the same embeddings:
 - prompt length (words: longer goes strong), and random: the mean and the 97.5th percentile of
   1,000 random scorings of the held-out rows (the "95 % upper bound" a router must beat);
 - with ``--pick-by-folds``: ridge on the 11 prompt features alone (no embedding: the cheap model
-  that reads only what might carry), and "ours, picked by the folds": whichever of ours, ridge,
-  kNN, prompt length and that features-only ridge has the best mean AIQ on the training table's
-  folds (the notes give each one's), held out as it is.  The held-out unit never enters the pick.
+  that reads only what might carry); ours on embeddings with the training tables' mean
+  directions projected out (``without_sources``: what tells the datasets apart, first order);
+  and "ours, picked by the folds": whichever of these and ours, ridge, kNN and prompt length has
+  the best mean AIQ on the training table's folds (the notes give each one's), held out as it
+  is.  The held-out unit never enters the pick.
 
 Metrics: APGR (RouteLLM's, strong = the better model) and AIQ, each with a 95 % bootstrap interval
 over the same resamples of the held-out rows for every router.  Verdict: "ok" when ours is above
@@ -97,7 +99,8 @@ def interval(values: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------------- routers
-def ours(train: RoutingTable, test: RoutingTable, features: bool, groups: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+def ours(train: RoutingTable, test: RoutingTable, features: bool, groups: np.ndarray | None = None,
+         label: str = "ours") -> tuple[np.ndarray, str]:
     """Our router as the packaged recipe trains it (outcome memory off; with ``features`` the
     prompt features offered to cross-validation, kept only if the folds prefer them; with
     ``groups``, the training rows' source tables, folds that hold out whole tables): its
@@ -112,7 +115,7 @@ def ours(train: RoutingTable, test: RoutingTable, features: bool, groups: np.nda
         f"inputs {picked['chosen']} (fold AIQ " + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in picked["fold_aiq"].items()) + ")")
     note = (f"hidden {c['hidden_dim']}, k {c['neighbours']}, net weight {c['network_weight']:g}, {inputs}, "
             f"{time.perf_counter() - t0:.0f} s")
-    CV_AIQ["ours"] = float(router.info["selection"]["cv_aiq"])
+    CV_AIQ[label] = float(router.info["selection"]["cv_aiq"])
     return router.estimate(x)[:, 2], note
 
 
@@ -131,6 +134,26 @@ def fold_aiq(score: np.ndarray, val: RoutingTable) -> float:
     """AIQ of a strong-advantage score on a held-out fold, as our router's selection scores it."""
     zero = np.zeros_like(score)
     return router_aiq(np.column_stack([zero, zero, score]), val.scores, val.costs, (0, 1))
+
+
+def without_sources(train: RoutingTable, test: RoutingTable, groups: np.ndarray) -> tuple[RoutingTable, RoutingTable]:
+    """Both tables with the directions that tell the training tables apart removed from their
+    embeddings: the span of the groups' mean embeddings (about the overall mean), learnt on the
+    training rows only, projected out, and each row re-normalized.  A router then cannot lean on
+    the first-order "which dataset is this" signal that does not carry to a new one."""
+    x = train.embeddings.astype(np.float64)
+    labels = np.unique(groups)
+    means = np.stack([x[groups == g].mean(axis=0) for g in labels]) - x.mean(axis=0)
+    _u, sv, vt = np.linalg.svd(means, full_matrices=False)
+    basis = vt[sv > 1e-6 * sv[0]]
+    out = []
+    for t in (train, test):
+        y = t.embeddings.astype(np.float64)
+        y = y - (y @ basis.T) @ basis
+        c = t.subset(np.arange(len(t)))
+        c.embeddings = (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        out.append(c)
+    return out[0], out[1]
 
 
 def tuned_baseline(name: str, groups: np.ndarray | None = None) -> Scorer:
@@ -244,6 +267,9 @@ def lodo(data: Path, emb: object, resamples: int, features: bool, balance: bool 
             scored[rname] = fn(train, test)
         if pick:
             scored["ridge on prompt features"] = features_ridge(groups)(train, test)
+            if groups is not None:
+                scored["ours, source directions removed"] = ours(*without_sources(train, test, groups), features,
+                                                                 groups, label="ours, source directions removed")
         for rname, (score, notes[rname]) in scored.items():
             values[rname] = metrics(score, test, draws)
             if rname in CV_AIQ:
