@@ -341,7 +341,8 @@ def _featured(t: RoutingTable) -> RoutingTable:
 
 def packaged(data: Path, routers: dict[str, QueryRouter], resamples: int) -> list[list[str]]:
     """Each router file (the packaged one, today's, ...) on every table's test split, scored on the
-    same resamples; random's 97.5th percentile beside."""
+    same resamples; prompt length's APGR (what grouped folds prefer held out) and random's 97.5th
+    percentile beside."""
     rows = []
     for name, (_train, test) in packaged_splits(data).items():
         if test is None:
@@ -353,7 +354,8 @@ def packaged(data: Path, routers: dict[str, QueryRouter], resamples: int) -> lis
         for router in routers.values():
             v = metrics(router.strong_scores(test.queries), test, draws)
             row += [interval(v["apgr"]), interval(v["aiq"])]
-        rows.append(row + [f"{rand['apgr'][1]:.3f}", f"{rand['aiq'][1]:.3f}"])
+        rows.append(row + [interval(metrics(_words(test), test, draws)["apgr"]), f"{rand['apgr'][1]:.3f}",
+                           f"{rand['aiq'][1]:.3f}"])
     return rows
 
 
@@ -385,4 +387,5 @@ def main(data: Path, resamples: int, embedders: list[str], features: bool, route
             console.print(f"{label}: {routers[label]} ({r.embedder_id}; {r.info.get('trained_on', '')[:160]})")
         rows = packaged(data, loaded, resamples)
         console.print(table("Router files on every table's test split (their training never saw these rows)",
-                            cols + ["random APGR 97.5 %", "random AIQ 97.5 %"], rows, key="generalization-packaged"))
+                            cols + ["APGR prompt length", "random APGR 97.5 %", "random AIQ 97.5 %"], rows,
+                            key="generalization-packaged"))
