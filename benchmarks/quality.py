@@ -345,6 +345,10 @@ def main() -> None:
                         "out with ridge on the prompt features alone (no embedding)")
     parser.add_argument("--no-balance", action="store_true", help="with --generalization: train on each pair's own "
                         "strong-weak gap (the packaged recipe balances them)")
+    parser.add_argument("--pick-by-folds", action="store_true", help="with --generalization: add ridge on the prompt "
+                        "features alone, and the router the training table's folds prefer among all of them")
+    parser.add_argument("--random-folds", action="store_true", help="with --generalization: our router's "
+                        "cross-validation on random rows of the pooled training table (before issue 30's grouped folds)")
     parser.add_argument("--routers", default=None, help="with --generalization: router files to score on every test "
                         "split, as label=PATH,... (default: the packaged router; none: skip)")
     args = parser.parse_args()
@@ -364,7 +368,8 @@ def main() -> None:
         embedders = [e for e in (args.embedders if args.embedders is not None else "static").split(",") if e]
         generalization.main(data, args.resamples, embedders, not args.no_features,
                             {label: Path(path) for label, path in routers.items()}, not args.no_balance,
-                            args.held_out.split(",") if args.held_out else None, args.features_only)
+                            args.held_out.split(",") if args.held_out else None, args.features_only,
+                            not args.random_folds, args.pick_by_folds)
         return
     if args.robustness:
         import robustness

@@ -36,7 +36,7 @@ from quality import knn_predict
 from tinydancer.llm.embeddings import make_embedder
 from tinydancer.llm.evaluation import aiq, sweep_choices
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
-from tinydancer.llm.selection import kfold
+from tinydancer.llm.selection import group_kfold, kfold
 from tinydancer.llm.tables import ROUTELLM_PRICES, ROUTELLM_STRONG, ROUTELLM_WEAK, RoutingTable, standard_splits
 
 KNN_K = (5, 10, 20, 50, 100, 200, 400)
@@ -82,12 +82,14 @@ def logistic_predict(xf: np.ndarray, yf: np.ndarray, xe: np.ndarray, c: float) -
 
 
 def tuned(grid: tuple, predict: Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray],
-          train: RoutingTable) -> tuple[float, str]:
+          train: RoutingTable, groups: np.ndarray | None = None) -> tuple[float, str]:
     """The knob whose predictions give the best mean AIQ over the same k folds of train that our
-    router's settings are chosen on (``selection.kfold``)."""
+    router's settings are chosen on (``selection.kfold``, or ``selection.group_kfold`` with
+    ``groups``: whole source tables held out)."""
     cfg = QueryRouterConfig()
     scores = {v: [] for v in grid}
-    for fit_i, val_i in kfold(len(train), cfg.folds, cfg.seed):
+    folds = kfold(len(train), cfg.folds, cfg.seed) if groups is None else group_kfold(groups, cfg.folds, cfg.seed)
+    for fit_i, val_i in folds:
         val = train.subset(val_i)
         ones = np.ones((1, len(val)))
         for v in grid:

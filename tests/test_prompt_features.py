@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tinydancer.errors import ValidationError
 from tinydancer.llm import QueryRouter, QueryRouterConfig, RoutingTable
 from tinydancer.llm.embeddings import HashingEmbedder, embedder_for_id
+from tinydancer.llm import prompt_features as pf
 from tinydancer.llm.prompt_features import FEATURE_NAMES, FEATURES_ID, FeaturedEmbedder, prompt_features
+from tinydancer.llm.public_tables import held_out_units
+from tinydancer.llm.tables import shared_data_dir
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -31,6 +38,55 @@ def test_each_feature_reads_what_it_names() -> None:
     assert f[5, COL["non-Latin script share"]] == 1 and f[1, COL["non-Latin script share"]] == 0
     assert f[6, COL["steps and constraints (log count)"]] > f[0, COL["steps and constraints (log count)"]]
     assert f[6, COL["length (log words)"]] > f[0, COL["length (log words)"]]
+
+
+def plain_features(text: str) -> list[float]:
+    """The features as first written (issue 30): every pattern's findall, no shortcut.  The shipped
+    ``_one`` skips a pattern when a cheaper test shows it cannot match; its values must equal these."""
+    scaled = lambda count, cap: min(1.0, math.log1p(count) / math.log1p(cap))  # noqa: E731
+    head = text[:pf.SCAN_CHARS]
+    words = len(text.split()) if len(text) <= 4 * pf.SCAN_CHARS else len(text) // 6
+    non_latin = 0.0 if head.isascii() else len(pf._NON_LATIN.findall(head)) / (len(pf._LETTER.findall(head)) or 1)
+    low = head.lower()
+    return [scaled(words, 1000), scaled(len(pf._CODE.findall(head)), 10), scaled(len(pf._MATH.findall(head)), 10),
+            scaled(len(pf._NUMBER.findall(head)), 20),
+            1.0 if head.rstrip().endswith("?") or pf._QUESTION_START.match(low) else 0.0,
+            1.0 if pf._TASK_START.match(low) else 0.0, scaled(len(pf._STEPS.findall(low)), 20),
+            1.0 if len(pf._CHOICES.findall(head)) >= 2 else 0.0, scaled(len(pf._REASONING.findall(low)), 5), non_latin,
+            scaled(head.count("\n"), 50)]
+
+
+#: pieces that sit on the patterns' edges: keywords at and off line starts, notation, list markers,
+#: options, word boundaries, non-Latin letters and white space the patterns' \s matches
+_PIECES = ["def", "class", "import", "from", "#include", "fn", "let", "var", "function", "define", "undefined", "()",
+           "f()", "{", "}", ";", "=>", "::", "```", "$x$", "$", "\\frac", "\\le", "x^2", " ^ 3", "3 + 4", "2*5", "1<2",
+           "π", "∑", "must", "At least", "at most", "no more than", "steps", "step-by-step", "Step by step", "first",
+           "then", "also", "each", "everything", "include", "proof", "Prove", "why", "optimise", "optimize",
+           "algorithms", "lemma", "reasoning", "A.", "B)", "(C)", "D:", "- ", "* ", "• ", "1.", "2)", "a.", "b)",
+           "\n", "\n\n", " ", "  ", "\t", "\r", "\u2003", "\x0b", "x", "é", "Жизнь", "中文", "?", "What", "write",
+           "1,5", "3.14", "_", "9"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.text(alphabet="ab1 .;:()^$\\{}\n\t-*=<>?A", max_size=4), max_size=60))
+# each shortcut's edge, alone: a power, a keyword line with no symbol, a list marker with no step word
+@example(["x^2"])
+@example(["Solve a ^ 3"])
+@example(["\n", "  ", "def", " f(x):\n    return x"])
+@example(["- ", "apples\n", "2) ", "pears"])
+@example(["Step by step, why?"])
+def test_the_shortcuts_leave_every_value_as_the_patterns_give_it(pieces: list[str]) -> None:
+    text = "".join(pieces) or "x"
+    assert prompt_features([text])[0].tolist() == np.asarray(plain_features(text), dtype=np.float32).tolist()
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="../shared/data is not present")
+def test_the_shortcuts_leave_every_public_prompts_values_as_they_were() -> None:
+    units, other = held_out_units(shared_data_dir())
+    texts = [q for t in [*units.values(), other] for q in t.queries]
+    texts.append(texts[0] * 20)  # past SCAN_CHARS and its word-count shortcut
+    want = np.asarray([plain_features(t) for t in texts], dtype=np.float32)
+    np.testing.assert_array_equal(prompt_features(texts), want)
 
 
 def notation_table(n: int, seed: int) -> RoutingTable:

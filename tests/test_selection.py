@@ -9,13 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinydancer.errors import ModelFileError, ValidationError
 from tinydancer.llm.embeddings import HashingEmbedder
 from tinydancer.llm.linear_head import LinearHead
 from tinydancer.llm.neighbours import NeighbourIndex, neighbour_means_by_k
 from tinydancer.llm.query_router import QueryRouter, QueryRouterConfig
-from tinydancer.llm.selection import _best, kfold
+from tinydancer.llm.prompt_features import FEATURES_ID
+from tinydancer.llm.selection import _best, group_kfold, kfold
+from tinydancer.llm.tables import RoutingTable
 
 from test_query_router import multi_table, pair_table
 
@@ -65,6 +69,68 @@ def test_folds_partition_the_rows() -> None:
     assert sorted(held.tolist()) == list(range(100))
     for f, h in folds:
         assert not set(f) & set(h) and len(f) + len(h) == 100 and abs(len(h) - 33) <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=2, max_size=12), folds=st.integers(2, 6), seed=st.integers(0, 9))
+def test_grouped_folds_partition_the_rows_and_never_split_a_group(sizes: list[int], folds: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    groups = rng.permutation(np.repeat([f"table {i}" for i in range(len(sizes))], sizes))  # rows of a group interleaved
+    if len(sizes) < folds:
+        with pytest.raises(ValidationError, match="groups"):
+            group_kfold(groups, folds, seed)
+        return
+    cut = group_kfold(groups, folds, seed)
+    assert len(cut) == folds
+    held = np.concatenate([h for _f, h in cut])
+    assert sorted(held.tolist()) == list(range(len(groups)))  # every row held out exactly once
+    for f, h in cut:
+        assert len(h) > 0 and not set(f) & set(h) and len(f) + len(h) == len(groups)
+        assert not set(groups[f]) & set(groups[h])  # a group is wholly held out or wholly trained on
+    # the largest group never shares its fold while a fold is still empty (greedy, largest first)
+    big = int(np.argmax(sizes))
+    big_fold = next(h for _f, h in cut if f"table {big}" in set(groups[h]))
+    if len(sizes) <= folds:
+        assert set(groups[big_fold]) == {f"table {big}"}
+
+
+def _source_table(sources: int = 6, per: int = 80, seed: int = 0) -> tuple[RoutingTable, np.ndarray]:
+    """A pooled table whose embedding tells the sources apart and predicts the outcome only
+    within a source it has seen (each source's own two directions carry the strong model's gain
+    u), while the prompt's length carries u noisily in every source: what transfers."""
+    rng = np.random.default_rng(seed)
+    n = sources * per
+    source = np.repeat(np.arange(sources), per)
+    u = rng.random(n)
+    x = np.zeros((n, 2 * sources), np.float32)
+    x[np.arange(n), 2 * source] = u
+    x[np.arange(n), 2 * source + 1] = np.sqrt(1 - u ** 2)
+    words = np.clip(np.round(3 + 60 * u + rng.normal(0, 12, n)), 1, None).astype(int)
+    queries = [" ".join(["word"] * int(w)) + f" q{i}" for i, w in enumerate(words)]
+    scores = np.column_stack([0.5 + 0.45 * u, 0.5 + 0.225 * (1 - u)]).astype(np.float32)
+    return RoutingTable(queries, ["strong", "weak"], scores, np.tile([10.0, 1.0], (n, 1)), embeddings=x), source
+
+
+def test_grouped_folds_choose_the_input_that_carries_to_a_new_source() -> None:
+    table, source = _source_table()
+    cfg = QueryRouterConfig(memory=False, feature_sets=("none", FEATURES_ID), network_weights=(0.0,), hidden_dims=(4,),
+                            epochs=3, neighbours=0, ridge_alphas=(1.0,), workers=1)
+    by_rows = QueryRouter.fit(table, cfg)
+    by_source = QueryRouter.fit(table, cfg, groups=[f"source {s}" for s in source])
+    # random folds share every source with their training rows: the embedding alone routes them
+    # (near) perfectly, and the features' noisy length adds nothing the folds agree on
+    assert by_rows.info["features"]["chosen"] == "none"
+    assert by_rows.info["selection"]["folds_by"] == "random rows"
+    # folds that hold out whole sources see the embedding fail on a source it never trained on,
+    # and the length (in the prompt features) carry: the features win
+    picked = by_source.info["features"]
+    assert picked["chosen"] == FEATURES_ID
+    assert np.mean(picked["fold_aiq"][FEATURES_ID]) > np.mean(picked["fold_aiq"]["none"]) + 0.02
+    assert by_source.info["selection"]["folds_by"] == "group (6 groups held out whole)"
+    with pytest.raises(ValidationError, match="one label per query"):
+        QueryRouter.fit(table, cfg, groups=source[:-1])
+    with pytest.raises(ValidationError, match="at least as many"):
+        QueryRouter.fit(table, cfg, groups=source % 2)
 
 
 def test_the_default_wins_unless_the_folds_agree_on_another() -> None:

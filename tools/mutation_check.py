@@ -524,6 +524,23 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/cli/router.py", '    embedder: str = typer.Option("static", help="Embedder for rows',
            '    embedder: str = typer.Option("minilm", help="Embedder for rows',
            ("tests/test_query_router.py::test_router_train_reads_prompts_with_the_static_embedder_unless_told_otherwise",)),
+    Mutant("cv-groups-ignored", "cross-validation given source groups still cuts random folds of the pooled table",
+           "src/tinydancer/llm/selection.py",
+           "    folds = kfold(problem.n, cfg.folds, cfg.seed) if problem.groups is None else group_kfold(problem.groups, cfg.folds, cfg.seed)\n",
+           "    folds = kfold(problem.n, cfg.folds, cfg.seed)\n",
+           ("tests/test_selection.py::test_grouped_folds_choose_the_input_that_carries_to_a_new_source",)),
+    Mutant("group-kfold-splits-groups", "grouped folds deal rows out in turn, splitting each group across folds",
+           "src/tinydancer/llm/selection.py", "    row_fold = fold_of[codes]\n", "    row_fold = np.arange(len(codes)) % folds\n",
+           ("tests/test_selection.py::test_grouped_folds_partition_the_rows_and_never_split_a_group",)),
+    Mutant("features-code-shortcut-too-eager", "code notation reads 0 when a line starts with a keyword but no symbol is there",
+           "src/tinydancer/llm/prompt_features.py",
+           "    if _CODE_HINT.search(head) is None and not any(line.lstrip().startswith(_CODE_WORDS) for line in",
+           "    if _CODE_HINT.search(head) is None or not any(line.lstrip().startswith(_CODE_WORDS) for line in",
+           ("tests/test_prompt_features.py::test_the_shortcuts_leave_every_value_as_the_patterns_give_it",)),
+    Mutant("features-math-shortcut-misses-powers", "math notation reads 0 for x^2 with no other notation",
+           "src/tinydancer/llm/prompt_features.py", '_MATH_SYMBOL = re.compile(r"[$\\\\^∑∫√≤≥π∞]")',
+           '_MATH_SYMBOL = re.compile(r"[$\\\\∑∫√≤≥π∞]")',
+           ("tests/test_prompt_features.py::test_the_shortcuts_leave_every_value_as_the_patterns_give_it",)),
 ]
 
 

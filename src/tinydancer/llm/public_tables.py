@@ -35,7 +35,7 @@ from .tables import (ROUTELLM_PRICES, ROUTELLM_STRONG, ROUTELLM_WEAK, RoutingTab
                      load_routellm_mmlu, split_routellm)
 
 __all__ = ["PAIR", "LLMROUTER_STRONG", "LLMROUTER_WEAK", "ALPACA_STRONG", "ALPACA_WEAK", "pair_table", "merge", "balance_gaps",
-           "held_out_units", "packaged_splits", "load_mt_bench", "load_alpacaeval", "llmrouter_groups"]
+           "held_out_units", "packaged_splits", "source_groups", "load_mt_bench", "load_alpacaeval", "llmrouter_groups"]
 
 PAIR = ["strong", "weak"]
 #: RouteLLM's prices ($24.7 and $0.24 per million tokens) as dollars a call at 1,000 tokens a call
@@ -72,6 +72,12 @@ def merge(parts: list[RoutingTable], source: str) -> RoutingTable:
     """One pair table of several, rows in order."""
     return RoutingTable(sum((p.queries for p in parts), []), list(PAIR), np.vstack([p.scores for p in parts]),
                         np.vstack([p.costs for p in parts]), meta={"source": source})
+
+
+def source_groups(parts: list[RoutingTable]) -> np.ndarray:
+    """One label per row of ``merge(parts, ...)``: the part's source, for cross-validation that holds
+    out whole tables (``QueryRouter.fit(..., groups=...)``)."""
+    return np.concatenate([np.full(len(p), p.meta.get("source") or f"part {i}", dtype=object) for i, p in enumerate(parts)])
 
 
 def balance_gaps(parts: list[RoutingTable]) -> list[RoutingTable]:

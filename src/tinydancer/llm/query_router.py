@@ -446,6 +446,7 @@ class QueryRouter:
         teacher_logits: np.ndarray | None = None,
         progress: Callable[[str], None] | None = None,
         init: "QueryRouter | None" = None,
+        groups: Any = None,
     ) -> "QueryRouter":
         """Train on a routing table, its settings chosen by cross-validation on the same table.
 
@@ -461,9 +462,14 @@ class QueryRouter:
         partial table needs neighbour smoothing).  ``init`` fine-tunes an existing router (its
         models, embedder, network, normalization, settings and linear head) instead of starting
         afresh; the table may score any subset of its models.
+
+        ``groups`` (one label per row, e.g. the source table each row of a pooled table came from)
+        makes the cross-validation hold out whole groups (``selection.group_kfold``): settings and
+        inputs are then chosen by how they do on a source the fold never trained on, not by how
+        well they recognise a known one.
         """
         return router_fit.fit(cls, table, config, embedder=embedder, teacher_logits=teacher_logits, progress=progress,
-                              init=init)
+                              init=init, groups=groups)
 
     # ------------------------------------------------------------------ files (router_file)
     def save(self, folder: str | Path) -> Path:

@@ -58,9 +58,11 @@ def fit(
     teacher_logits: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
     init: Router | None = None,
+    groups: Any = None,
 ) -> Router:
     """:meth:`QueryRouter.fit <tinydancer.llm.query_router.QueryRouter.fit>` (documented there)."""
     config = config or QueryRouterConfig()
+    groups = _check_groups(groups, len(table), config)
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     if table.embeddings is None:
@@ -74,7 +76,7 @@ def fit(
     else:
         embedder_id = table.meta.get("embedder_id") or (embedder.id if embedder is not None else "unknown")
     problem, models, costs, s, table, embedder_id, features = _problem_and_settings(
-        table, config, embedder_id, teacher_logits, init, say)
+        table, config, embedder_id, teacher_logits, init, say, groups)
     n, m = problem.n, problem.m
     k, hidden, weight, selection = s.neighbours, s.hidden, s.network_weight, s.selection
 
@@ -124,9 +126,23 @@ def fit(
     return router
 
 
+def _check_groups(groups: Any, n: int, config: QueryRouterConfig) -> np.ndarray | None:
+    """``groups`` as one label per row, or None; refused unless it can make ``config.folds`` folds."""
+    if groups is None:
+        return None
+    labels = np.asarray(groups)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValidationError(f"groups must give one label per query ({n}), got shape {labels.shape}")
+    distinct = len(np.unique(labels))
+    if config.folds >= 2 and distinct < config.folds:
+        raise ValidationError(f"groups holds {distinct} distinct labels; grouped cross-validation with {config.folds} "
+                              "folds needs at least as many (one per source table), or set fewer folds")
+    return labels
+
+
 def _problem_and_settings(table: RoutingTable, config: QueryRouterConfig, embedder_id: str,
                           teacher_logits: np.ndarray | None, init: Router | None, say: Callable[[str], None],
-                          ) -> tuple[RoutingProblem, list[str], np.ndarray, Settings, RoutingTable, str, dict[str, Any] | None]:
+                          groups: np.ndarray | None = None) -> tuple[RoutingProblem, list[str], np.ndarray, Settings, RoutingTable, str, dict[str, Any] | None]:
     """The problem and settings to train with, and the table and embedder id they read.
 
     With more than one ``config.feature_sets`` (and cross-validation, and no router to fine-tune)
@@ -146,6 +162,7 @@ def _problem_and_settings(table: RoutingTable, config: QueryRouterConfig, embedd
             eid = f"{embedder_id}+{variant}"
             say(f"cross-validating with prompt features {variant}")
         problem, models, costs = problem_for(t, config, eid, teacher_logits, init)
+        problem.groups = groups
         if problem.partial and config.neighbours == 0:
             raise ValidationError("a table with missing cells needs neighbour smoothing (neighbours > 0): a missing "
                                   "cell's target is the mean outcome of the query's neighbours that have one")

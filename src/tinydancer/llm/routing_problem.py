@@ -49,6 +49,9 @@ class RoutingProblem:
     teacher: np.ndarray | None = None  # two models: teacher logits per query
     #: every row's nearest rows, when cross-validation will smooth many subsets (see neighbours)
     index: NeighbourIndex | None = None
+    #: one label per row (its source table, dataset or tenant): cross-validation then holds out
+    #: whole groups (``selection.group_kfold``); None = random folds
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # smoothing is the costly part of a fold; each hidden size of a fold reuses the fold's

@@ -18,6 +18,10 @@ of the paired fold differences (see :func:`_best`):
 4. ``memory_prior`` — the outcome memory's prior weight, scored on the held-out queries that
    repeat a query of the other folds word for word (skipped, prior 1, when too few repeat).
 
+The folds are random rows, or, when the problem carries ``groups`` (one label per row: the source
+table a pooled training row came from), whole groups (:func:`group_kfold`): a pooled table's
+random folds reward recognising the source, which does not carry to traffic from a new one.
+
 The result records every candidate's per-fold AIQ, so the spread across folds is on file.
 """
 
@@ -35,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import TinyDancerError
+from ..errors import TinyDancerError, ValidationError
 from .evaluation import router_aiq
 from .linear_head import LinearHead
 from .memory import OutcomeMemory, query_keys
@@ -60,6 +64,29 @@ def kfold(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.sort(np.concatenate(parts[:i] + parts[i + 1:])), np.sort(part)) for i, part in enumerate(parts)]
 
 
+def group_kfold(groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, held-out rows) per fold, each group's rows all in one fold.
+
+    Why: on a table pooled from several sources (datasets, task families, tenants), random folds
+    share every source between a fold's training and held-out rows, so they reward recognising
+    which source a query comes from — exactly what does not carry to a source the router has
+    never seen.  Holding out whole groups scores a setting as it will be used on new traffic.
+    Groups go largest first (ties in seeded order) to the fold with the fewest rows so far, so the
+    folds stay as even as the groups allow."""
+    labels, codes, sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    if len(labels) < folds:
+        raise ValidationError(f"{len(labels)} groups cannot fill {folds} grouped folds: give at least {folds} groups "
+                              "(datasets, sources), or fewer folds")
+    tie = np.random.default_rng(seed).permutation(len(labels))
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    rows_in = np.zeros(folds, dtype=np.int64)
+    for g in np.lexsort((tie, -sizes)):
+        fold_of[g] = int(np.argmin(rows_in))
+        rows_in[fold_of[g]] += sizes[g]
+    row_fold = fold_of[codes]
+    return [(np.flatnonzero(row_fold != i), np.flatnonzero(row_fold == i)) for i in range(folds)]
+
+
 @dataclass
 class Selection:
     """The chosen settings, and every candidate's AIQ on each fold."""
@@ -77,6 +104,8 @@ class Selection:
     seconds: float = 0.0
     #: processes the fold networks trained in
     workers: int = 1
+    #: distinct groups the folds held out whole (None: random folds)
+    groups: int | None = None
 
     @property
     def fold_aiq(self) -> list[float]:
@@ -92,6 +121,7 @@ class Selection:
             "cv_aiq": float(folds.mean()), "cv_aiq_std": float(folds.std()),
             "cv_aiq_range": [float(folds.min()), float(folds.max())],
             "candidates": self.scores, "seconds": round(self.seconds, 2), "workers": self.workers,
+            "folds_by": "random rows" if self.groups is None else f"group ({self.groups} groups held out whole)",
         }
 
 
@@ -185,7 +215,7 @@ def select(problem: RoutingProblem, progress: Callable[[str], None] | None = Non
     cfg = problem.config
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
-    folds = kfold(problem.n, cfg.folds, cfg.seed)
+    folds = kfold(problem.n, cfg.folds, cfg.seed) if problem.groups is None else group_kfold(problem.groups, cfg.folds, cfg.seed)
     k_most = cfg.neighbours if cfg.neighbours is not None else max(cfg.neighbour_candidates)
     if problem.index is None and k_most > 0 and problem.n <= INDEX_MAX_ROWS:
         # the smallest subset smoothed is a fold's training slice; twice the expected need is margin
@@ -266,4 +296,5 @@ def select(problem: RoutingProblem, progress: Callable[[str], None] | None = Non
         oof[h] = out
     return Selection(neighbours=k, ridge_alpha=alpha, hidden_dim=int(hidden), network_weight=float(weight),
                      memory_prior=float(prior), folds=cfg.folds, scores=scores, out_of_fold=oof,
-                     seconds=time.perf_counter() - started, workers=workers)
+                     seconds=time.perf_counter() - started, workers=workers,
+                     groups=None if problem.groups is None else len(np.unique(problem.groups)))
