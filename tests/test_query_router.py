@@ -560,3 +560,18 @@ def test_router_train_reads_prompts_with_the_static_embedder_unless_told_otherwi
     assert r.exit_code == 0 and json.loads(r.output)["model"] in ("cheap", "mid", "top")
     helped = runner.invoke(app, ["router", "train", "--help"], env={"COLUMNS": "200"}).output
     assert "[default: static]" in helped.split("--embedder")[1].split("--prices")[0]
+
+
+def test_a_subset_cuts_the_per_row_arrays_of_its_meta_with_its_rows() -> None:
+    queries = [f"q{i}" for i in range(6)]
+    scores = np.tile([[1.0, 0.0]], (6, 1))
+    table = RoutingTable(queries, ["strong", "weak"], scores, np.ones((6, 2)),
+                         meta={"source": "t", "contaminated": np.array([0, 1, 0, 1, 1, 0], dtype=bool),
+                               "cluster_id": np.arange(6) * 10})
+    part = table.subset([5, 1, 2])
+    assert part.queries == ["q5", "q1", "q2"]
+    assert part.meta["contaminated"].tolist() == [False, True, False]
+    assert part.meta["cluster_id"].tolist() == [50, 10, 20]
+    assert part.meta["source"] == "t"
+    # a nested subset stays aligned with the original rows
+    assert part.subset([1]).meta["cluster_id"].tolist() == [10]

@@ -541,6 +541,11 @@ MUTANTS: list[Mutant] = [
            "src/tinydancer/llm/prompt_features.py", '_MATH_SYMBOL = re.compile(r"[$\\\\^∑∫√≤≥π∞]")',
            '_MATH_SYMBOL = re.compile(r"[$\\\\∑∫√≤≥π∞]")',
            ("tests/test_prompt_features.py::test_the_shortcuts_leave_every_value_as_the_patterns_give_it",)),
+    Mutant("table-subset-stale-meta", "a subset keeps the whole table's per-row meta arrays (a contamination mask out of line)",
+           "src/tinydancer/llm/tables.py",
+           "        meta = {k: v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v\n",
+           "        meta = {k: v if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v\n",
+           ("tests/test_query_router.py::test_a_subset_cuts_the_per_row_arrays_of_its_meta_with_its_rows",)),
 ]
 
 

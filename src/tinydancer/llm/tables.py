@@ -101,14 +101,19 @@ class RoutingTable:
         return len(self.queries)
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "RoutingTable":
+        """The rows at ``index``; per-row arrays in ``meta`` (a ``contaminated`` mask, ``cluster_id``,
+        ``source_rows``: any array as long as the table) are cut the same way, so they stay aligned."""
         idx = np.asarray(index)
+        n = len(self)
+        meta = {k: v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v
+                for k, v in self.meta.items()}
         return RoutingTable(
             [self.queries[i] for i in idx],
             list(self.models),
             self.scores[idx],
             self.costs[idx],
             None if self.embeddings is None else self.embeddings[idx],
-            dict(self.meta),
+            meta,
         )
 
     @property
