@@ -3,7 +3,7 @@
 Every import counts, including those inside functions and under ``TYPE_CHECKING``: a circle
 hidden in a function is still a circle.  Layers, bottom up:
 
-    ground     errors, _io, _validation, _version, circuit, _aliases
+    ground     errors, _io, _validation, _version, circuit, _aliases, _lines
     nn         the network, its files and its training
     candidates / llm   the two routing engines (neither imports the other)
     server     the HTTP service, storage, the learning loop
@@ -26,7 +26,7 @@ import tinydancer
 from tinydancer import _aliases
 
 SRC = Path(tinydancer.__file__).resolve().parent
-GROUND = {"errors", "_io", "_validation", "_version", "circuit", "_aliases"}
+GROUND = {"errors", "_io", "_validation", "_version", "circuit", "_aliases", "_lines"}
 LAYERS = {"nn": 1, "candidates": 2, "llm": 2, "server": 3, "gateway": 4, "integrations": 4}
 
 

@@ -513,7 +513,7 @@ MUTANTS: list[Mutant] = [
            "            out[0] = table[ids[0]]\n",
            ("tests/test_static_embedder.py::test_a_prompt_is_the_normalized_sum_of_its_pieces",)),
     Mutant("static-build-silent", "the first use builds the static table for tens of seconds without a word",
-           "src/tinydancer/llm/static_embedder.py", "content_ranks(tokens), self._dim, progress=advance)",
+           "src/tinydancer/llm/static_embedder.py", "content_ranks(tokens), self._dim, progress=lines.advance)",
            "content_ranks(tokens), self._dim)",
            ("tests/test_static_embedder.py::test_builds_are_identical_and_cached_atomically",)),
     Mutant("gateway-live-share-unset", "the live strong-share gauge is never read from the window",

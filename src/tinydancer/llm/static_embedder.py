@@ -48,7 +48,7 @@ import numpy as np
 
 from .._io import atomic_write_bytes
 from ..errors import ValidationError
-from ..progress import item_progress
+from .._lines import LineProgress
 from .embedder_inputs import check_texts
 
 #: bump when anything in the recipe changes (inputs, pooling, PCA, weights): it is in the id
@@ -209,10 +209,11 @@ class StaticEmbedder:
                     tokens[i] = piece
                 # once per install and weights (~30-40 s on 2 cores): said on stderr with its rate and time
                 # left, so that the first `router train` or gateway start is not a silent wait
-                with item_progress(f"building the static embedder's token table ({len(tokens):,} pieces through "
-                                   f"MiniLM, once; cached in {self.cache_dir})", len(tokens), quiet=False) as advance:
-                    table = build_table(self.source.encoder(), len(tokens), vocab["[CLS]"], vocab["[SEP]"],
-                                        content_ranks(tokens), self._dim, progress=advance)
+                lines = LineProgress(f"building the static embedder's token table ({len(tokens):,} pieces through "
+                                     f"MiniLM, once; cached in {self.cache_dir})", len(tokens))
+                table = build_table(self.source.encoder(), len(tokens), vocab["[CLS]"], vocab["[SEP]"],
+                                    content_ranks(tokens), self._dim, progress=lines.advance)
+                lines.finish()
                 if "[UNK]" in vocab:  # an unknown character says nothing about the query: it adds nothing
                     table[vocab["[UNK]"]] = 0.0
                 _save_npy(path, table)
