@@ -103,6 +103,7 @@ def test_one_bad_prompt_does_not_fail_the_batch_it_shares() -> None:
 
     router = QueryRouter.load(default_router_path())
     scorer = Scorer(router, embedder_for_id(router.embedder_id, cache=False), max_batch=32)
+    scorer.inline_chars = 0  # every prompt the batched way (a short one would otherwise be embedded alone, inline)
     batches: list[int] = []
     scorer.on_batch = batches.append
 
@@ -114,6 +115,8 @@ def test_one_bad_prompt_does_not_fail_the_batch_it_shares() -> None:
     assert not any(isinstance(r, BaseException) for r in results[:9]), results
     assert all(np.isfinite(r[1]).all() for r in results[:9])
     assert isinstance(results[9], Exception)  # the bad one alone hears of it
+    # the ten shared one batch, which failed; then each was embedded alone, and the nine good ones counted
+    assert batches == [1] * 9, batches
 
 
 def test_a_prompt_with_a_lone_surrogate_is_refused_alone(stack: Stack) -> None:
