@@ -333,7 +333,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--robustness", action="store_true", help="the stress tables with bootstrap intervals "
                                                                    "(benchmarks/robustness.py) instead")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, with --robustness")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, with --robustness or --generalization")
     parser.add_argument("--embedders", default=None, help="with --robustness: compare embedders (make_embedder names, "
                         "the first is the reference), e.g. minilm,static; with --generalization: run each")
     parser.add_argument("--generalization", action="store_true", help="leave one dataset out, and the packaged router's "
@@ -347,8 +347,9 @@ def main() -> None:
                         "strong-weak gap (the packaged recipe balances them)")
     parser.add_argument("--pick-by-folds", action="store_true", help="with --generalization: add ridge on the prompt "
                         "features alone, and the router the training table's folds prefer among all of them")
-    parser.add_argument("--random-folds", action="store_true", help="with --generalization: our router's "
-                        "cross-validation on random rows of the pooled training table (before issue 30's grouped folds)")
+    parser.add_argument("--random-folds", action="store_true", help="with --generalization: our router's, "
+                        "ridge's and kNN's settings chosen on random rows of the pooled training table, not on folds "
+                        "that hold out whole training units (before issue 30's grouped folds)")
     parser.add_argument("--routers", default=None, help="with --generalization: router files to score on every test "
                         "split, as label=PATH,... (default: the packaged router; none: skip)")
     args = parser.parse_args()

@@ -32,7 +32,7 @@ def label(
                                          "alone) or reference (a match with each prompt's reference answer). Default: "
                                          "reference when every prompt has one, else pairwise."),
     judge: Optional[str] = typer.Option(None, help="The upstream that grades answers (pairwise and judge graders): "
-                                        "your strongest model, better one the table does not score."),
+                                        "your strongest model, better still one the table does not score."),
     rubric: Optional[Path] = typer.Option(None, help="A text file of grading instructions replacing the default ones "
                                           "(judge and pairwise graders; the verdict's form is kept)."),
     match: str = typer.Option("normalized", help="Reference grader: exact, normalized or contains."),

@@ -17,7 +17,7 @@ __all__ = ["retrain"]
 
 @friendly_errors
 def retrain(
-    database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's SQLite file."),
+    database_path: Path = typer.Option(Path("tinydancer.db"), help="The service's or gateway's SQLite log."),
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="TINY_DANCER_DATABASE_URL",
                                                help="A postgresql:// URL: replicas share one log (replaces --database-path)."),
     model_path: Optional[Path] = typer.Option(None, help="The served model file (replaced atomically on promotion)."),

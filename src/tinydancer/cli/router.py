@@ -26,7 +26,7 @@ def router_train(
     table: Path = typer.Argument(..., help="Routing table (.jsonl): query, scores per model, costs in dollars per call (or --prices)."),
     out: Path = typer.Option(..., "--out", help="Folder for router.safetensors."),
     embedder: str = typer.Option("static", help="Embedder for rows without embeddings: static[-DIM] (the default: "
-                                 "static token vectors distilled from MiniLM, ~100× faster per prompt, AIQ within "
+                                 "static token vectors distilled from MiniLM, 70–190× faster per prompt, AIQ within "
                                  "MiniLM's interval on the 7 robustness tables), minilm (the transformer itself), "
                                  "minilm-torch, hashing-DIM."),
     prices: Optional[Path] = typer.Option(None, help="Price table JSON {model: dollars per call} for rows without costs; per-million-token prices ({model: {input_price, output_price}}) are converted at an assumed 500 prompt + 500 answer tokens a call."),
