@@ -106,6 +106,10 @@ def main() -> None:
                  "(`tinydancer_cost`, `tinydancer_cost_source`).", "POST", "/v1/chat/completions",
                  {**stream, "stream_options": {"include_usage": True}}, ("content-type",))
             call("The routed aliases and the upstreams.", "GET", "/v1/models")
+            call("Passed through, not routed (`/v1/completions` and `/v1/responses` alike): `model` names an upstream, "
+                 "and the call gets its slots, breaker, size limit and scrubbed errors, without fallback; counted in "
+                 "`/metrics`, not logged as a decision.", "POST", "/v1/embeddings",
+                 {"model": "weak", "input": "What is the capital of France?"})
             call("How a routed call turned out (here, a gateway call: without `candidate_id` it goes to the model "
                  "that answered). One outcome per decision and target; `\"correction\": true` replaces one.",
                  "POST", "/v1/feedback", {"request_id": decision, "success": True, "quality": 0.9})
@@ -130,6 +134,9 @@ def main() -> None:
             call("The seed's candidate scoring (see docs/candidates.md).", "POST", "/v1/route", candidates)
             call("Spend today (UTC) and daily budget per client key name (`key_budgets` in gateway.yaml; here "
                  "no keys are set, so none are listed).", "GET", "/admin/keys")
+            call("Each upstream's breaker, calls in flight and waiting, and the live operating point with the router "
+                 "version and how many routed calls its window holds.", "GET", "/admin/upstreams")
+            call("Close every upstream's breaker.", "POST", "/admin/upstreams/reset", {})
             call("Liveness.", "GET", "/health")
             call("Readiness: 503 with the reason while the service should not take traffic; when ready, what it serves "
                  "and its process id (after a restart, which process answered).", "GET", "/health/ready")
