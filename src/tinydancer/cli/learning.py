@@ -47,7 +47,8 @@ def retrain(
     Logged outcomes alone cannot promote a model that moves the routing mix by more than
     --max-mix-shift, nor one that is worse on the --reference set: the logs are what clients send.
     A query router whose gateway explored is judged by an off-policy estimate of its quality on
-    the held-out explored decisions (doubly robust, 95 % bootstrap interval; see the README).
+    the held-out decisions logged with a propensity, explored or not (doubly robust, 95 % bootstrap
+    interval; see the README).
     """
     from dataclasses import asdict
 
