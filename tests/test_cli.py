@@ -169,3 +169,15 @@ def test_the_old_top_level_commands_still_work_and_name_their_replacement(tmp_pa
     assert "use `tinydancer candidates predict`" in old.stderr and new.stderr == ""
     top = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
     assert top.index("gateway") < top.index("candidates") and "│ train " not in top  # the gateway leads; aliases hidden
+
+
+def test_an_error_is_one_line_at_any_width_and_its_brackets_are_printed_as_they_are(tmp_path) -> None:
+    # a path long enough that an 80-column console would wrap it, with brackets rich would read as markup
+    folder = tmp_path / ("x" * 90) / "[bold]data"
+    folder.mkdir(parents=True)
+    data = folder / "bad.csv"
+    data.write_text("a,b,label\n1,x,0\n")
+    result = runner.invoke(app, ["candidates", "train", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "not a number" in lines[0] and "/[bold]data/bad.csv" in lines[0], result.output

@@ -546,6 +546,12 @@ MUTANTS: list[Mutant] = [
            "        meta = {k: v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v\n",
            "        meta = {k: v if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v\n",
            ("tests/test_query_router.py::test_a_subset_cuts_the_per_row_arrays_of_its_meta_with_its_rows",)),
+    Mutant("cli-error-wraps", "a long error is wrapped at the console's width, a path split across lines",
+           "src/tinydancer/cli/common.py", '{escape(str(exc))}", soft_wrap=True)', '{escape(str(exc))}")',
+           ("tests/test_cli.py::test_an_error_is_one_line_at_any_width_and_its_brackets_are_printed_as_they_are",)),
+    Mutant("cli-error-markup", "an error's own brackets are read as rich markup and vanish",
+           "src/tinydancer/cli/common.py", '{escape(str(exc))}", soft_wrap=True)', '{exc}", soft_wrap=True)',
+           ("tests/test_cli.py::test_an_error_is_one_line_at_any_width_and_its_brackets_are_printed_as_they_are",)),
 ]
 
 

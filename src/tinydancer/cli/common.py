@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import TinyDancerError
@@ -30,7 +31,9 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except TinyDancerError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
+            # one line whatever the width (a log keeps a long path whole), and the message's own
+            # brackets (a list of names, a path) printed as they are, not read as rich markup
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from ..errors import TinyDancerError
 from ..progress import err_console, item_progress
@@ -103,4 +104,4 @@ def label(
         err_console.print(f"[yellow]{report.charged_worst_case} calls were charged their worst case: usage missing or "
                           "impossible (not a whole number, negative, above the worst case), or no readable answer[/]")
     for e in report.errors:
-        err_console.print(f"[yellow]{e}[/]")
+        err_console.print(f"[yellow]{escape(str(e))}[/]", soft_wrap=True)  # an upstream's text, printed as it is
