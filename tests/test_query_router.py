@@ -560,6 +560,11 @@ def test_router_train_reads_prompts_with_the_static_embedder_unless_told_otherwi
     assert r.exit_code == 0 and json.loads(r.output)["model"] in ("cheap", "mid", "top")
     helped = runner.invoke(app, ["router", "train", "--help"], env={"COLUMNS": "200"}).output
     assert "[default: static]" in helped.split("--embedder")[1].split("--prices")[0]
+    # and so does the Python API, given a table without vectors and no embedder
+    t = multi_table(120, 0)
+    bare = RoutingTable(t.queries, t.models, t.scores, t.costs)
+    fitted = QueryRouter.fit(bare, QueryRouterConfig(hidden_dims=(8,), epochs=3, memory=False, folds=1))
+    assert fitted.embedder_id == "static-minilm-v1-256"
 
 
 def test_a_subset_cuts_the_per_row_arrays_of_its_meta_with_its_rows() -> None:

@@ -552,6 +552,9 @@ MUTANTS: list[Mutant] = [
     Mutant("cli-error-markup", "an error's own brackets are read as rich markup and vanish",
            "src/tinydancer/cli/common.py", '{escape(str(exc))}", soft_wrap=True)', '{exc}", soft_wrap=True)',
            ("tests/test_cli.py::test_an_error_is_one_line_at_any_width_and_its_brackets_are_printed_as_they_are",)),
+    Mutant("fit-default-minilm", "QueryRouter.fit embeds a bare table with MiniLM, unlike router train",
+           "src/tinydancer/llm/router_fit.py", '            embedder = make_embedder("static")', '            embedder = make_embedder("minilm")',
+           ("tests/test_query_router.py::test_router_train_reads_prompts_with_the_static_embedder_unless_told_otherwise",)),
 ]
 
 

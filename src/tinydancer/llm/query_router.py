@@ -467,6 +467,10 @@ class QueryRouter:
         makes the cross-validation hold out whole groups (``selection.group_kfold``): settings and
         inputs are then chosen by how they do on a source the fold never trained on, not by how
         well they recognise a known one.
+
+        A table without embeddings is embedded with ``embedder``, by default the static embedder
+        (``make_embedder("static")``, as ``router train``): within MiniLM's interval on the
+        robustness tables at 70-190x its speed.
         """
         return router_fit.fit(cls, table, config, embedder=embedder, teacher_logits=teacher_logits, progress=progress,
                               init=init, groups=groups)

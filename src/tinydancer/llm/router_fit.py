@@ -69,7 +69,7 @@ def fit(
         if embedder is None:
             from .embeddings import make_embedder
 
-            embedder = make_embedder("minilm")
+            embedder = make_embedder("static")  # as `router train`: routes as well as MiniLM, 70-190x faster
         say(f"embedding {len(table)} queries with {embedder.id}")
         table = table.with_embeddings(embedder)
         embedder_id = embedder.id
