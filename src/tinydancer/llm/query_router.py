@@ -463,14 +463,10 @@ class QueryRouter:
         models, embedder, network, normalization, settings and linear head) instead of starting
         afresh; the table may score any subset of its models.
 
-        ``groups`` (one label per row, e.g. the source table each row of a pooled table came from)
-        makes the cross-validation hold out whole groups (``selection.group_kfold``): settings and
-        inputs are then chosen by how they do on a source the fold never trained on, not by how
-        well they recognise a known one.
-
-        A table without embeddings is embedded with ``embedder``, by default the static embedder
-        (``make_embedder("static")``, as ``router train``): within MiniLM's interval on the
-        robustness tables at 70-190x its speed.
+        ``groups`` (one label per row, e.g. each row's source table) makes the folds hold out whole
+        groups (``selection.group_kfold``): settings are chosen on sources a fold never trained on,
+        not for recognising known ones.  A table without vectors is embedded with ``embedder``
+        (default: the static one, as ``router train``: MiniLM's quality at 70-190x its speed).
         """
         return router_fit.fit(cls, table, config, embedder=embedder, teacher_logits=teacher_logits, progress=progress,
                               init=init, groups=groups)
