@@ -36,10 +36,14 @@ import numpy as np
 
 from ...errors import TinyDancerError
 from .rollups import SQLITE_ROLLUPS
-from .base import (CORRECTIONS_SQL, with_source, LABELLED_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
+from .base import (CORRECTIONS_SQL, with_source, LABELLED_COLUMNS, LOG_COLUMNS, LOG_TABLES, SPEND_BY_KEY_SQL, OUTCOME_INSERT, DecisionRow, LabelledLogs, candidate_rows, decision_tuples, outcome_target, refuse_duplicate,
                    inputs_from_rows, labelled_from_rows, statistics_from)
 
 log = logging.getLogger("tinydancer.storage")
+
+#: the log's inserts, one placeholder per column of ``LOG_COLUMNS`` (a migration that adds a column
+#: adds it there, not to a count of question marks here)
+_INSERT = {table: f"INSERT INTO {table} VALUES ({','.join('?' * len(cols))})" for table, cols in LOG_COLUMNS.items()}
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -330,7 +334,7 @@ class SQLiteStorage:
     def insert_decision_rows(self, data: list[tuple[Any, ...]]) -> None:
         """Insert rows made by :func:`decision_tuples` in one transaction."""
         with self._tx() as conn:
-            conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data)
+            conn.executemany(_INSERT["decisions"], data)
 
     def insert_log(self, decisions: list[tuple[Any, ...]], calls: list[tuple[Any, ...]],
                    outcomes: list[tuple[Any, ...]], prompts: Sequence[tuple[Any, ...]] = ()) -> None:
@@ -340,9 +344,9 @@ class SQLiteStorage:
             if prompts:
                 conn.executemany("INSERT OR IGNORE INTO prompts VALUES (?,?,?)", prompts)
             if decisions:
-                conn.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+                conn.executemany(_INSERT["decisions"], decisions)
             if calls:
-                conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", calls)
+                conn.executemany(_INSERT["calls"], calls)
             if outcomes:
                 conn.executemany(f"INSERT OR IGNORE INTO {OUTCOME_INSERT} VALUES (?,?,?,?,?,?,?,?)", with_source(outcomes))
 
